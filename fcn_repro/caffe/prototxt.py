@@ -1,0 +1,605 @@
+"""Protobuf text format, as Caffe writes it and as people hand-write it.
+
+No schema is needed: the parser yields :class:`Message` objects, ordered lists
+of ``(field, value)`` pairs that keep every repeat and every unknown field.
+Scalars become Python values:
+
+* ``"quoted"`` / ``'quoted'`` strings (escapes decoded, adjacent strings
+  concatenated) -> :class:`str`
+* bare identifiers (``MAX``, ``TRAIN``) -> :class:`Enum`, a ``str`` subclass,
+  so the writer can emit them unquoted again
+* ``true`` / ``false`` (also ``True``/``False``/``t``/``f``) -> :class:`bool`
+* integers (decimal, hex, octal) -> :class:`int`; anything with ``.``/``e`` or
+  ``inf``/``nan`` (optionally negative, optional ``f`` suffix) -> :class:`float`
+
+``parse_prototxt`` additionally upgrades legacy nets (V1 ``layers`` with enum
+types, ``input``/``input_dim``/``input_shape``) to the V2 form Caffe itself
+upgrades them to, so consumers only see ``layer { type: "..." }``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable, Iterator
+
+__all__ = [
+    "Enum", "Message", "PrototxtError", "parse_text", "parse_prototxt",
+    "format_text", "write_prototxt", "upgrade_net", "is_v1_net",
+]
+
+
+class PrototxtError(ValueError):
+    """A text-format error; the message names file:line:column."""
+
+    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0):
+        self.filename, self.line, self.col = filename, line, col
+        super().__init__(f"{filename}:{line}:{col}: {msg}")
+
+
+class Enum(str):
+    """An enum value written bare in text format (``pool: MAX``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Enum({str.__repr__(self)})"
+
+
+class Message:
+    """An ordered multimap of fields: what a protobuf message is, without schema.
+
+    ``get`` follows protobuf's rule for singular fields (the last value wins);
+    ``getall`` returns every repeat in order.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, Any]] | None = None, **kw: Any):
+        self.fields: list[tuple[str, Any]] = list(fields or [])
+        for k, v in kw.items():
+            self.add(k, v)
+
+    # -- reading
+    def get(self, name: str, default: Any = None) -> Any:
+        for k, v in reversed(self.fields):
+            if k == name:
+                return v
+        return default
+
+    def getall(self, name: str) -> list[Any]:
+        return [v for k, v in self.fields if k == name]
+
+    def has(self, name: str) -> bool:
+        return any(k == name for k, _ in self.fields)
+
+    __contains__ = has
+
+    def sub(self, name: str) -> "Message":
+        """The sub-message ``name``, or an empty one when absent (protobuf default)."""
+        v = self.get(name)
+        if v is None:
+            return Message()
+        if not isinstance(v, Message):
+            raise TypeError(f"field {name!r} is a scalar ({v!r}), not a message")
+        return v
+
+    def keys(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for k, _ in self.fields:
+            seen.setdefault(k)
+        return list(seen)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    # -- writing
+    def add(self, name: str, value: Any) -> "Message":
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                self.fields.append((name, v))
+        else:
+            self.fields.append((name, value))
+        return self
+
+    def set(self, name: str, value: Any) -> "Message":
+        """Replace every occurrence of ``name`` (in place of the first one)."""
+        vals = list(value) if isinstance(value, (list, tuple)) else [value]
+        out: list[tuple[str, Any]] = []
+        placed = False
+        for k, v in self.fields:
+            if k == name:
+                if not placed:
+                    out.extend((name, x) for x in vals)
+                    placed = True
+            else:
+                out.append((k, v))
+        if not placed:
+            out.extend((name, x) for x in vals)
+        self.fields = out
+        return self
+
+    def remove(self, name: str) -> "Message":
+        self.fields = [(k, v) for k, v in self.fields if k != name]
+        return self
+
+    def copy(self) -> "Message":
+        """A deep copy (sub-messages copied, scalars shared: they are immutable)."""
+        return Message((k, v.copy() if isinstance(v, Message) else v) for k, v in self.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts for inspection: repeated fields become lists."""
+        out: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for k, _ in self.fields:
+            counts[k] = counts.get(k, 0) + 1
+        for k, v in self.fields:
+            v = v.to_dict() if isinstance(v, Message) else v
+            if counts[k] > 1:
+                out.setdefault(k, []).append(v)
+            else:
+                out[k] = v
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and self.fields == other.fields
+
+    def __repr__(self) -> str:
+        return f"Message({self.fields!r})"
+
+    def __str__(self) -> str:
+        return format_text(self)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+_PUNCT = set("{}<>[]:;,")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"',
+            "a": "\a", "b": "\b", "f": "\f", "v": "\v", "?": "?"}
+
+
+class _Tok:
+    __slots__ = ("kind", "text", "value", "line", "col")
+
+    def __init__(self, kind: str, text: str, value: Any, line: int, col: int):
+        self.kind, self.text, self.value, self.line, self.col = kind, text, value, line, col
+
+
+def _tokenize(text: str, filename: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n, line, lstart = 0, len(text), 1, 0
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            i += 1
+            lstart = i
+            continue
+        if c in " \t\r\f\v":
+            i += 1
+            continue
+        col = i - lstart + 1
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c in _PUNCT:
+            toks.append(_Tok("punct", c, c, line, col))
+            i += 1
+            continue
+        if c in "\"'":
+            quote, j, buf = c, i + 1, []
+            while True:
+                if j >= n or text[j] == "\n":
+                    raise PrototxtError("unterminated string", filename, line, col)
+                ch = text[j]
+                if ch == quote:
+                    j += 1
+                    break
+                if ch == "\\":
+                    if j + 1 >= n:
+                        raise PrototxtError("unterminated string", filename, line, col)
+                    e = text[j + 1]
+                    if e in _ESCAPES:
+                        buf.append(_ESCAPES[e])
+                        j += 2
+                    elif e in "xX":
+                        k = j + 2
+                        while k < n and k < j + 4 and text[k] in "0123456789abcdefABCDEF":
+                            k += 1
+                        if k == j + 2:
+                            raise PrototxtError("bad \\x escape", filename, line, j - lstart + 1)
+                        buf.append(chr(int(text[j + 2:k], 16)))
+                        j = k
+                    elif e in "01234567":
+                        k = j + 1
+                        while k < n and k < j + 4 and text[k] in "01234567":
+                            k += 1
+                        buf.append(chr(int(text[j + 1:k], 8)))
+                        j = k
+                    else:
+                        raise PrototxtError(f"unknown escape \\{e}", filename, line, j - lstart + 1)
+                else:
+                    buf.append(ch)
+                    j += 1
+            toks.append(_Tok("string", text[i:j], "".join(buf), line, col))
+            i = j
+            continue
+        if c.isalnum() or c in "_-+.":
+            j = i + 1
+            while j < n and (text[j].isalnum() or text[j] in "_-+."):
+                # a sign is part of a number only right after an exponent marker
+                if text[j] in "+-" and text[j - 1] not in "eE":
+                    break
+                j += 1
+            word = text[i:j]
+            toks.append(_Tok("word", word, None, line, col))
+            i = j
+            continue
+        raise PrototxtError(f"unexpected character {c!r}", filename, line, col)
+    toks.append(_Tok("eof", "", None, line, n - lstart + 1))
+    return toks
+
+
+def _scalar(word: str) -> Any:
+    """Convert a bare word to int/float/bool/Enum; None when it is not a scalar."""
+    low = word.lower()
+    if word in ("true", "True", "t"):
+        return True
+    if word in ("false", "False", "f"):
+        return False
+    sign = -1 if word.startswith("-") else 1
+    body = word[1:] if word[:1] in "+-" else word
+    lb = body.lower()
+    if lb in ("inf", "infinity", "inff", "infinityf"):
+        return sign * math.inf
+    if lb in ("nan", "nanf"):
+        return math.nan
+    if body[:1].isdigit() or body[:1] == ".":
+        try:
+            if lb.startswith("0x"):
+                return sign * int(body, 16)
+            if len(body) > 1 and body[0] == "0" and body.isdigit():
+                return sign * int(body, 8)
+            if body.isdigit():
+                return sign * int(body)
+            fb = body[:-1] if lb.endswith("f") and not lb.startswith("0x") else body
+            return sign * float(fb)
+        except ValueError:
+            return None
+    if word[:1] in "+-":
+        return None
+    if (low[0].isalpha() or low[0] == "_") and all(ch.isalnum() or ch == "_" for ch in word):
+        return Enum(word)
+    return None
+
+
+class _Parser:
+    def __init__(self, text: str, filename: str):
+        self.filename = filename
+        self.toks = _tokenize(text, filename)
+        self.pos = 0
+
+    def err(self, msg: str, tok: _Tok | None = None) -> PrototxtError:
+        tok = tok or self.toks[self.pos]
+        return PrototxtError(msg, self.filename, tok.line, tok.col)
+
+    def peek(self) -> _Tok:
+        return self.toks[self.pos]
+
+    def next(self) -> _Tok:
+        t = self.toks[self.pos]
+        self.pos += 1
+        return t
+
+    def parse_message(self, close: str | None) -> Message:
+        msg = Message()
+        while True:
+            t = self.peek()
+            if t.kind == "eof":
+                if close is not None:
+                    raise self.err(f"expected '{close}' before end of input")
+                return msg
+            if t.kind == "punct" and t.text == close:
+                self.pos += 1
+                return msg
+            if t.kind != "word" or not (t.text[0].isalpha() or t.text[0] == "_"):
+                raise self.err(f"expected a field name, found {t.text!r}" if t.text else "expected a field name")
+            name = t.text
+            if not all(ch.isalnum() or ch == "_" for ch in name):
+                raise self.err(f"bad field name {name!r}")
+            self.pos += 1
+            t = self.peek()
+            colon = t.kind == "punct" and t.text == ":"
+            if colon:
+                self.pos += 1
+                t = self.peek()
+            if t.kind == "punct" and t.text in "{<":
+                self.pos += 1
+                msg.fields.append((name, self.parse_message("}" if t.text == "{" else ">")))
+            elif t.kind == "punct" and t.text == "[":
+                if not colon:
+                    raise self.err(f"expected ':' after field {name!r}")
+                self.pos += 1
+                self.parse_list(name, msg)
+            else:
+                if not colon:
+                    raise self.err(f"expected ':' or '{{' after field {name!r}")
+                msg.fields.append((name, self.parse_value()))
+            t = self.peek()
+            if t.kind == "punct" and t.text in ",;":
+                self.pos += 1
+
+    def parse_list(self, name: str, msg: Message) -> None:
+        t = self.peek()
+        if t.kind == "punct" and t.text == "]":
+            self.pos += 1
+            return
+        while True:
+            t = self.peek()
+            if t.kind == "punct" and t.text in "{<":
+                self.pos += 1
+                msg.fields.append((name, self.parse_message("}" if t.text == "{" else ">")))
+            else:
+                msg.fields.append((name, self.parse_value()))
+            t = self.next()
+            if t.kind == "punct" and t.text == "]":
+                return
+            if not (t.kind == "punct" and t.text == ","):
+                raise self.err(f"expected ',' or ']' in list of {name!r}", t)
+
+    def parse_value(self) -> Any:
+        t = self.next()
+        if t.kind == "string":
+            parts = [t.value]
+            while self.peek().kind == "string":  # adjacent strings concatenate
+                parts.append(self.next().value)
+            return "".join(parts)
+        if t.kind == "word":
+            word = t.text
+            if word == "-" and self.peek().kind == "word":  # "- 5" is still -5
+                word = "-" + self.next().text
+            v = _scalar(word)
+            if v is None:
+                raise self.err(f"expected a value, found {t.text!r}", t)
+            return v
+        raise self.err(f"expected a value, found {t.text!r}" if t.text else "expected a value before end of input", t)
+
+
+def parse_text(text: str | bytes, filename: str = "<text>") -> Message:
+    """Parse protobuf text format into a :class:`Message` (no upgrades)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PrototxtError(f"not UTF-8 text (byte {e.start})", filename, 1, 1) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise PrototxtError("NUL byte: this is a binary file, not text format", filename, line, 1)
+    return _Parser(text, filename).parse_message(None)
+
+
+# ------------------------------------------------------------------- writer
+
+def _fmt_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Enum):
+        return str(v)
+    if isinstance(v, str):
+        out = []
+        for ch in v:
+            if ch == '"':
+                out.append('\\"')
+            elif ch == "\\":
+                out.append("\\\\")
+            elif ch == "\n":
+                out.append("\\n")
+            elif ch == "\t":
+                out.append("\\t")
+            elif ch == "\r":
+                out.append("\\r")
+            elif ord(ch) < 32 or ord(ch) == 127:
+                out.append("\\%03o" % ord(ch))
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v == int(v) and abs(v) < 1e16:
+            return str(int(v))  # Caffe writes 0.5 as 0.5 and 2.0 as 2
+        return repr(v)
+    # numpy scalars and the like
+    if hasattr(v, "item"):
+        return _fmt_scalar(v.item())
+    raise TypeError(f"cannot write {type(v).__name__} value {v!r} in text format")
+
+
+def format_text(msg: Message, indent: int = 0) -> str:
+    """Text format of ``msg``, two-space indented, the way Caffe prints nets."""
+    lines: list[str] = []
+    _emit(msg, indent, lines)
+    return "".join(lines)
+
+
+def _emit(msg: Message, indent: int, lines: list[str]) -> None:
+    pad = "  " * indent
+    for k, v in msg.fields:
+        if isinstance(v, Message):
+            lines.append(f"{pad}{k} {{\n")
+            _emit(v, indent + 1, lines)
+            lines.append(f"{pad}}}\n")
+        else:
+            lines.append(f"{pad}{k}: {_fmt_scalar(v)}\n")
+
+
+def write_prototxt(path: str | os.PathLike, msg: Message) -> None:
+    """Write ``msg`` to ``path`` atomically (a temp file renamed into place)."""
+    from fcn_repro.utils import atomic_write
+    with atomic_write(path, "w") as f:
+        f.write(format_text(msg))
+
+
+# ---------------------------------------------------------- legacy upgrades
+
+# V1LayerParameter.LayerType enum -> V2 type string (caffe.proto numbering).
+V1_LAYER_TYPES: dict[int, str] = {
+    0: "None", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL",
+    3: "Concat", 37: "ContrastiveLoss", 4: "Convolution", 5: "Data",
+    39: "Deconvolution", 6: "Dropout", 32: "DummyData", 7: "EuclideanLoss",
+    25: "Eltwise", 38: "Exp", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output",
+    28: "HingeLoss", 11: "Im2col", 12: "ImageData", 13: "InfogainLoss",
+    14: "InnerProduct", 15: "LRN", 29: "MemoryData",
+    16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling", 26: "Power",
+    18: "ReLU", 19: "Sigmoid", 27: "SigmoidCrossEntropyLoss", 36: "Silence",
+    20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 33: "Slice", 23: "TanH",
+    24: "WindowData", 31: "Threshold",
+}
+# The enum names as written in V1 prototxt (CONVOLUTION, SOFTMAX_LOSS, ...).
+V1_ENUM_NAMES: dict[str, int] = {
+    "NONE": 0, "ABSVAL": 35, "ACCURACY": 1, "ARGMAX": 30, "BNLL": 2,
+    "CONCAT": 3, "CONTRASTIVE_LOSS": 37, "CONVOLUTION": 4, "DATA": 5,
+    "DECONVOLUTION": 39, "DROPOUT": 6, "DUMMY_DATA": 32, "EUCLIDEAN_LOSS": 7,
+    "ELTWISE": 25, "EXP": 38, "FLATTEN": 8, "HDF5_DATA": 9, "HDF5_OUTPUT": 10,
+    "HINGE_LOSS": 28, "IM2COL": 11, "IMAGE_DATA": 12, "INFOGAIN_LOSS": 13,
+    "INNER_PRODUCT": 14, "LRN": 15, "MEMORY_DATA": 29,
+    "MULTINOMIAL_LOGISTIC_LOSS": 16, "MVN": 34, "POOLING": 17, "POWER": 26,
+    "RELU": 18, "SIGMOID": 19, "SIGMOID_CROSS_ENTROPY_LOSS": 27, "SILENCE": 36,
+    "SOFTMAX": 20, "SOFTMAX_LOSS": 21, "SPLIT": 22, "SLICE": 33, "TANH": 23,
+    "WINDOW_DATA": 24, "THRESHOLD": 31,
+}
+
+
+def v1_type_name(t: Any) -> str:
+    """V2 type string for a V1 layer type given as enum name or number."""
+    if isinstance(t, bool):
+        raise ValueError(f"bad V1 layer type {t!r}")
+    if isinstance(t, int):
+        if t not in V1_LAYER_TYPES:
+            raise ValueError(f"unknown V1 layer type number {t}")
+        return V1_LAYER_TYPES[t]
+    s = str(t)
+    if s in V1_ENUM_NAMES:
+        return V1_LAYER_TYPES[V1_ENUM_NAMES[s]]
+    return s  # already a V2 name
+
+
+def is_v1_net(net: Message) -> bool:
+    return net.has("layers")
+
+
+def _upgrade_v1_layer(v1: Message) -> Message:
+    """One V1LayerParameter -> LayerParameter, the way Caffe's upgrade does it."""
+    out = Message()
+    blobs_lr = v1.getall("blobs_lr")
+    decays = v1.getall("weight_decay")
+    pnames = v1.getall("param")  # V1 param names are strings
+    for k, v in v1.fields:
+        if k == "type":
+            out.add("type", v1_type_name(v))
+        elif k in ("blobs_lr", "weight_decay", "param"):
+            continue
+        elif k == "layer":  # V0 nesting: not produced by any FCN file
+            raise ValueError("V0 (nested 'layer' inside 'layers') nets are not supported")
+        else:
+            out.add(k, v)
+    nparam = max(len(blobs_lr), len(decays), len(pnames))
+    specs = []
+    for i in range(nparam):
+        spec = Message()
+        if i < len(pnames) and isinstance(pnames[i], str):
+            spec.add("name", pnames[i])
+        if i < len(blobs_lr):
+            spec.add("lr_mult", blobs_lr[i])
+        if i < len(decays):
+            spec.add("decay_mult", decays[i])
+        specs.append(spec)
+    # ParamSpecs go right after the tops, where Caffe keeps them.
+    fields = out.fields
+    pos = max([i + 1 for i, (k, _) in enumerate(fields) if k in ("name", "type", "bottom", "top")] or [0])
+    out.fields = fields[:pos] + [("param", s) for s in specs] + fields[pos:]
+    return out
+
+
+def _input_layers(net: Message) -> list[Message]:
+    """Legacy net-level input / input_dim / input_shape -> Input layers."""
+    names = net.getall("input")
+    if not names:
+        return []
+    dims = net.getall("input_dim")
+    shapes = net.getall("input_shape")
+    if dims and shapes:
+        raise ValueError("net gives both input_dim and input_shape")
+    if dims and len(dims) != 4 * len(names):
+        raise ValueError(f"{len(names)} inputs need {4 * len(names)} input_dim values, got {len(dims)}")
+    if shapes and len(shapes) != len(names):
+        raise ValueError(f"{len(names)} inputs need as many input_shape messages, got {len(shapes)}")
+    layers = []
+    for i, name in enumerate(names):
+        if shapes:
+            shape = shapes[i].copy()
+        else:
+            shape = Message()
+            if dims:
+                shape.add("dim", dims[4 * i:4 * i + 4])
+        layers.append(Message(name=name, type="Input", top=name,
+                              input_param=Message(shape=shape)))
+    return layers
+
+
+def upgrade_net(net: Message) -> Message:
+    """A V2 NetParameter from any of: V2, V1 (``layers``), legacy inputs.
+
+    The result has only ``layer`` entries (legacy inputs become ``Input``
+    layers at the front); other net-level fields are kept in order.
+    """
+    if net.has("layers") and net.has("layer"):
+        raise ValueError("net mixes V1 'layers' and V2 'layer' fields")
+    out = Message()
+    inputs = _input_layers(net)
+    placed = False
+    for k, v in net.fields:
+        if k in ("input", "input_dim", "input_shape"):
+            continue
+        if k in ("layer", "layers") and not placed:
+            out.add("layer", inputs)
+            placed = True
+        if k == "layers":
+            out.add("layer", _upgrade_v1_layer(v))
+        else:
+            out.add(k, v)
+    if not placed:
+        out.add("layer", inputs)
+    return out
+
+
+def parse_prototxt(path_or_text: str | bytes | os.PathLike, upgrade: bool = True) -> Message:
+    """Parse a prototxt given as a path or as the text itself.
+
+    With ``upgrade`` (default), V1 nets and legacy inputs are upgraded to V2
+    (:func:`upgrade_net`); solver files pass through unchanged.
+    """
+    is_path = isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str) and "\n" not in path_or_text and "{" not in path_or_text
+        and (os.path.exists(path_or_text) or path_or_text.endswith((".prototxt", ".pbtxt"))))
+    if is_path:
+        filename = os.fspath(path_or_text)
+        with open(filename, "rb") as f:
+            data = f.read()
+        msg = parse_text(data, filename)
+    else:
+        filename = "<text>"
+        msg = parse_text(path_or_text, filename)  # type: ignore[arg-type]
+    if upgrade and (msg.has("layers") or msg.has("input") or msg.has("layer")):
+        try:
+            msg = upgrade_net(msg)
+        except ValueError as e:
+            raise PrototxtError(str(e), filename, 1, 1) from None
+    return msg
