@@ -1,0 +1,174 @@
+"""What every dataset reader returns, and the packaged lists it may need."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list",
+           "class_names", "resolve_split"]
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset directory, split list or file is missing.
+
+    The message says what is missing, where it was looked for and what the
+    expected layout is; the CLIs print it and exit with status 2.
+    """
+
+
+@dataclass
+class Sample:
+    """One evaluation item, as the original data layer would have fed it.
+
+    id: the image id (file stem) from the split list.
+    inputs: net inputs by kind ('data' for colour nets; NYUDv2 gives
+        'color', 'depth', 'hha'): (C, H, W) float32, preprocessed.
+    labels: ground truth by head ('label'; SIFT Flow 'sem' and 'geo'):
+        (H, W) uint8 class indices, 255 = ignore.
+    image: (H, W, 3) uint8 RGB as decoded, when the reader was asked to
+        keep it (overlays); else None.
+    """
+
+    id: str
+    inputs: Dict[str, np.ndarray]
+    labels: Dict[str, np.ndarray] = field(default_factory=dict)
+    image: Optional[np.ndarray] = None
+
+
+class SegDataset:
+    """Base of the readers: an ordered list of ids and a ``load(i)``.
+
+    Subclasses set ``ids`` (list of str), ``heads`` (label name -> class
+    names, or None when unknown) and implement ``load(index) -> Sample``.
+    ``exclude_absent`` tells evaluation to leave classes without ground
+    truth in the whole set out of the mean IU (SIFT Flow's protocol).
+    """
+
+    name = "dataset"
+    exclude_absent = False
+
+    def __init__(self):
+        self.ids: List[str] = []
+        self.heads: Dict[str, Optional[List[str]]] = {}
+        self.keep_image = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.load(index)
+
+    #: the expected directory layout and where to get the data (error messages)
+    layout = ""
+
+    def load(self, index: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def files(self, index: int) -> List[Path]:
+        """The files ``load(index)`` reads."""
+        return []
+
+    def check_files(self, limit: Optional[int] = None) -> None:
+        """Raise DataMissingError listing missing files of the first ``limit`` items."""
+        n = len(self.ids) if limit is None else min(limit, len(self.ids))
+        missing = [str(p) for i in range(n) for p in self.files(i) if not Path(p).is_file()]
+        if missing:
+            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+            where = getattr(self, "split_file", None)
+            raise DataMissingError(
+                f"{len(missing)} file(s) of {self.name} split {getattr(self, 'split', '?')!r}"
+                + (f" ({where})" if where else "") + " are missing:\n  "
+                + "\n  ".join(missing[:5]) + more + ("\n" + self.layout if self.layout else ""))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images)"
+
+
+def resource_path(*parts: str) -> Path:
+    """Path of a file shipped in fcn_repro/resources (package data)."""
+    try:
+        from importlib.resources import files
+
+        base = Path(str(files("fcn_repro") / "resources"))
+    except Exception:  # pragma: no cover - very old importlib
+        base = Path(__file__).resolve().parent.parent / "resources"
+    return base.joinpath(*parts)
+
+
+def read_id_list(path: str | os.PathLike) -> List[str]:
+    """Ids of a split list: one a line, blank lines and surrounding space dropped."""
+    with open(path, "r", encoding="utf-8") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def class_names(kind: str) -> List[str]:
+    """Class names, in model output order, from the packaged lists.
+
+    kind: 'pascal' (21), 'pascalcontext' (60: background + the 59),
+    'siftflow' (33 semantic), 'siftflow-geo' (3), 'nyud' (40), 'sample' (5).
+    """
+    data = resource_path("data")
+    if kind == "pascal":
+        # 21 names, one a line, then a blank line and a note.
+        return _names_until_blank(data / "pascal-classes.txt")[:21]
+    if kind == "nyud":
+        return _names_until_blank(data / "nyud-classes.txt")[:40]
+    if kind == "pascalcontext":
+        out = []
+        for ln in _names_until_blank(data / "pascalcontext-classes-59.txt"):
+            idx, _, name = ln.partition(":")
+            out.append(name.strip())
+        return out
+    if kind in ("siftflow", "siftflow-geo"):
+        text = (data / "siftflow-classes.txt").read_text(encoding="utf-8").splitlines()
+        sem, geo, cur = [], [], None
+        for ln in text:
+            s = ln.strip()
+            if s.startswith("Semantic"):
+                cur = sem
+            elif s.startswith("Geometric"):
+                cur = geo
+            elif s.startswith("N.B."):
+                cur = None
+            elif cur is not None and s[:2].isdigit():
+                cur.append(s.split(None, 1)[1])
+        return sem if kind == "siftflow" else geo
+    if kind == "sample":
+        return ["background", "disc", "square", "triangle", "ring"]
+    raise KeyError(f"no class list named {kind!r}")
+
+
+def _names_until_blank(path: Path) -> List[str]:
+    out = []
+    for ln in path.read_text(encoding="utf-8").splitlines():
+        if not ln.strip():
+            if out:
+                break
+            continue
+        out.append(ln.strip())
+    return out
+
+
+def resolve_split(split: str, candidates: Sequence[Path], packaged: Optional[Path] = None,
+                  what: str = "split list", layout: str = "") -> tuple[Path, List[str]]:
+    """Find a split list: a path given directly, else the first existing
+    candidate, else the packaged copy. Returns (path, ids).
+
+    Raises DataMissingError naming every place looked at.
+    """
+    p = Path(split)
+    if split.endswith(".txt") and p.is_file():
+        return p, read_id_list(p)
+    for c in candidates:
+        if c.is_file():
+            return c, read_id_list(c)
+    if packaged is not None and packaged.is_file():
+        return packaged, read_id_list(packaged)
+    looked = [str(c) for c in candidates] + ([str(packaged)] if packaged is not None else [])
+    raise DataMissingError(
+        f"{what} {split!r} not found; looked for:\n  " + "\n  ".join(looked)
+        + (f"\n{layout}" if layout else ""))

@@ -1,0 +1,131 @@
+"""NYUDv2 in the FCN layout (nyud.tar.gz): colour, HHA and depth, 40 classes.
+
+Layout of ``root``::
+
+    data/images/img_<id>.png     colour
+    data/hha/img_<id>.png        HHA encoding of depth (Gupta et al. ECCV 2014), 3 channels
+    data/depth/img_<id>.png      depth, 16-bit PNG
+    segmentation/img_<id>.mat    key 'segmentation': 0 = void, 1..40 = classes
+    <split>.txt                  (optional: packaged train/val/test lists used if absent)
+
+Conventions of FCN's NYUDv2 layer (checked against its source text; not run
+here on the real files, which are not reachable from this machine):
+
+- 'color': RGB -> BGR, minus (116.190, 97.203, 92.318) (float32), (3, H, W);
+- 'hha': the PNG's three channels in file order (no reversal), minus
+  (132.431, 94.076, 118.477) (float32), (3, H, W);
+- 'depth': log of the PNG's values as float32, minus 7.844, (1, H, W). A
+  zero depth gives -inf, as in the original (the FCN layout's depth maps are
+  filled, so this does not arise on its files);
+- label: 'segmentation' cast to uint8, minus 1 in uint8 arithmetic: classes
+  0..39, void 0 wraps to 255 (ignored).
+
+Nets take these by name: colour-only nets feed 'color' to their 'data'
+input; early fusion (color-d) concatenates 'color' and 'depth' into a
+4-channel 'data'; late fusion (color-hha) has inputs 'color' and 'hha'.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split, resource_path
+from fcn_repro.data.transforms import (MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD, preprocess,
+                                       read_rgb)
+
+__all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label", "read_log_depth"]
+
+NYUD_LAYOUT = """\
+expected the NYUDv2 directory in the FCN layout (nyud.tar.gz) holding:
+  data/images/img_<id>.png, data/hha/img_<id>.png, data/depth/img_<id>.png
+  segmentation/img_<id>.mat   (key 'segmentation': 0 void, 1..40)
+  <split>.txt (optional; packaged lists: train, val, test)
+NYUDv2 in the FCN layout: http://dl.caffe.berkeleyvision.org/nyud.tar.gz"""
+
+TOPS = ("color", "hha", "depth")
+
+
+def read_nyud_label(path: str | os.PathLike) -> np.ndarray:
+    """(H, W) uint8: classes 0..39, void 255."""
+    import scipy.io
+
+    try:
+        seg = np.asarray(scipy.io.loadmat(os.fspath(path))["segmentation"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label not found: {path}") from None
+    except KeyError:
+        raise ValueError(f"{path}: no variable 'segmentation'") from None
+    return seg.astype(np.uint8) - np.uint8(1)
+
+
+def read_log_depth(path: str | os.PathLike, mean=MEAN_NYUD_LOGD) -> np.ndarray:
+    """(1, H, W) float32: log(depth) - mean, as the NYUDv2 layer computed it."""
+    try:
+        with Image.open(path) as im:
+            d = np.array(im, dtype=np.float32)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"depth not found: {path}") from None
+    if d.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel depth PNG, got shape {d.shape}")
+    with np.errstate(divide="ignore"):
+        d = np.log(d)
+    d -= np.asarray(mean, dtype=np.float32)
+    return d[np.newaxis]
+
+
+class NYUDSegmentation(SegDataset):
+    """NYUDv2 (40 classes). tops: which inputs to load, from 'color', 'hha', 'depth'."""
+
+    name = "nyud"
+    layout = NYUD_LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "test", tops: Sequence[str] = ("color",),
+                 keep_image: bool = False):
+        super().__init__()
+        self.root = Path(root)
+        bad = [t for t in tops if t not in TOPS]
+        if bad:
+            raise ValueError(f"unknown NYUDv2 input(s) {bad}; choose from {TOPS}")
+        if not (self.root / "data").is_dir() or not (self.root / "segmentation").is_dir():
+            raise DataMissingError(f"{self.root} is not the NYUDv2 FCN-layout directory\n{NYUD_LAYOUT}")
+        packaged = resource_path("data", f"nyud-{split}.txt")
+        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"], packaged,
+                                                  what="NYUDv2 split list", layout=NYUD_LAYOUT)
+        self.split = split
+        self.tops = tuple(tops)
+        self.keep_image = keep_image
+        self.heads = {"label": class_names("nyud")}
+
+    def _path(self, kind: str, i: str) -> Path:
+        if kind == "label":
+            return self.root / "segmentation" / f"img_{i}.mat"
+        sub = {"color": "images", "hha": "hha", "depth": "depth"}[kind]
+        return self.root / "data" / sub / f"img_{i}.png"
+
+    def files(self, index: int):
+        i = self.ids[index]
+        return [self._path(t, i) for t in self.tops] + [self._path("label", i)]
+
+    def load(self, index: int) -> Sample:
+        i = self.ids[index]
+        inputs, rgb = {}, None
+        for t in self.tops:
+            if t == "color":
+                rgb = read_rgb(self._path("color", i))
+                inputs["color"] = preprocess(rgb, MEAN_NYUD_COLOR)
+            elif t == "hha":
+                hha = read_rgb(self._path("hha", i))
+                inputs["hha"] = preprocess(hha, MEAN_NYUD_HHA, bgr=False)
+            else:
+                inputs["depth"] = read_log_depth(self._path("depth", i))
+        label = read_nyud_label(self._path("label", i))
+        for k, v in inputs.items():
+            if v.shape[1:] != label.shape:
+                raise ValueError(f"NYUDv2 {i}: {k} size {v.shape[1:]} differs from label {label.shape}")
+        if self.keep_image and rgb is None:
+            rgb = read_rgb(self._path("color", i))
+        return Sample(i, inputs, {"label": label}, rgb if self.keep_image else None)

@@ -1,0 +1,81 @@
+"""SBD (Semantic Boundaries Dataset, Hariharan et al.), FCN's PASCAL training set.
+
+Layout of ``root`` (``benchmark_RELEASE/dataset`` of benchmark.tgz)::
+
+    img/<id>.jpg
+    cls/<id>.mat      MATLAB struct GTcls; GTcls.Segmentation = (H, W) class indices
+    train.txt, val.txt
+
+Labels are read with ``scipy.io.loadmat(...)['GTcls'][0]['Segmentation'][0]``
+cast to uint8, as FCN's SBD layer did (0..20, no ignore label in SBD; VOC's
+255 borders do not exist there). Input preprocessing is VOC's.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
+from fcn_repro.data.transforms import MEAN_VOC, preprocess, read_rgb
+
+__all__ = ["SBDSegmentation", "SBD_LAYOUT", "read_sbd_label"]
+
+SBD_LAYOUT = """\
+expected the SBD 'dataset' directory (benchmark_RELEASE/dataset from benchmark.tgz) holding:
+  img/<id>.jpg
+  cls/<id>.mat       (GTcls.Segmentation: class indices)
+  <split>.txt        (train.txt, val.txt)
+SBD: the Semantic Boundaries Dataset, http://home.bharathh.info/pubs/codes/SBD/download.html"""
+
+
+def read_sbd_label(path: str | os.PathLike) -> np.ndarray:
+    """(H, W) uint8 class indices from an SBD cls/<id>.mat file."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(os.fspath(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label not found: {path}") from None
+    try:
+        seg = mat["GTcls"][0]["Segmentation"][0]
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{path}: expected a struct GTcls with field Segmentation ({e})") from None
+    return np.asarray(seg).astype(np.uint8)
+
+
+class SBDSegmentation(SegDataset):
+    """SBD images and class labels; inputs {'data'}, labels {'label'}."""
+
+    name = "sbd"
+    layout = SBD_LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", keep_image: bool = False,
+                 mean=MEAN_VOC):
+        super().__init__()
+        self.root = Path(root)
+        if not (self.root / "img").is_dir() or not (self.root / "cls").is_dir():
+            hint = ""
+            if (self.root / "dataset" / "img").is_dir():
+                hint = f"\n(pass {self.root / 'dataset'})"
+            raise DataMissingError(f"{self.root} is not the SBD dataset directory{hint}\n{SBD_LAYOUT}")
+        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"],
+                                                  what="SBD split list", layout=SBD_LAYOUT)
+        self.split = split
+        self.keep_image = keep_image
+        self.mean = mean
+        self.heads = {"label": class_names("pascal")}
+
+    def files(self, index: int):
+        i = self.ids[index]
+        return [self.root / "img" / f"{i}.jpg", self.root / "cls" / f"{i}.mat"]
+
+    def load(self, index: int) -> Sample:
+        img_path, lab_path = self.files(index)
+        rgb = read_rgb(img_path)
+        lab = read_sbd_label(lab_path)
+        if lab.shape != rgb.shape[:2]:
+            raise ValueError(f"{lab_path}: label size {lab.shape} differs from image size {rgb.shape[:2]}")
+        return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, {"label": lab},
+                      rgb if self.keep_image else None)
