@@ -171,6 +171,6 @@ def save_hdf5(path: str | os.PathLike, weights: dict[str, Any], *,
             for name, blobs in items:
                 g = data.create_group(name)
                 for i, a in enumerate(blobs):
-                    g.create_dataset(str(i), data=np.ascontiguousarray(a))
+                    g.create_dataset(str(i), data=a if a.flags.c_contiguous else a.copy())
                     if progress:
                         progress(a.nbytes)
