@@ -1,0 +1,76 @@
+"""Regenerate prototxt/: ``python -m fcn_repro.netspec [--out DIR] [--check] [NET...]``.
+
+Writes ``<out>/<net>/{deploy,train,val,solver}.prototxt`` for every net of
+:data:`fcn_repro.caffe.fcn_nets.NETS` (or the nets named), atomically. With
+``--check`` nothing is written: the exit status is 1 when a file on disk
+differs from what the generator writes (or is missing, or is a stray
+``*.prototxt`` not generated), 0 when all agree.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fcn_repro.caffe import fcn_nets
+from fcn_repro.utils import atomic_write
+
+
+def default_out() -> Path:
+    """The repository's prototxt/ when running from a checkout, else ./prototxt."""
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "prototxt").is_dir() and (repo / "setup.py").exists():
+        return repo / "prototxt"
+    return Path("prototxt")
+
+
+def check(out: Path, files: dict[str, str], all_nets: bool) -> list[str]:
+    """Differences between ``files`` and the tree under ``out`` (empty: equal)."""
+    problems = []
+    for rel, text in sorted(files.items()):
+        p = out / rel
+        if not p.exists():
+            problems.append(f"missing: {p}")
+        elif p.read_text(encoding="utf-8") != text:
+            problems.append(f"differs: {p}")
+    if all_nets and out.is_dir():
+        for p in sorted(out.glob("*/*.prototxt")):
+            rel = p.relative_to(out).as_posix()
+            if rel not in files:
+                problems.append(f"not generated (stray): {p}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fcn_repro.netspec", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("nets", nargs="*", metavar="NET",
+                    help=f"nets to generate (default: all: {', '.join(fcn_nets.NETS)})")
+    ap.add_argument("--out", type=Path, default=None, help="output directory (default: prototxt/)")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if the files on disk differ from the generator's")
+    args = ap.parse_args(argv)
+    out = args.out or default_out()
+    unknown = [n for n in args.nets if n not in fcn_nets.NETS]
+    if unknown:
+        ap.error(f"unknown net(s) {', '.join(unknown)}; known: {', '.join(fcn_nets.NETS)}")
+    files = fcn_nets.generate_files(args.nets or None)
+    if args.check:
+        problems = check(out, files, all_nets=not args.nets)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} file(s) out of date; run `python -m fcn_repro.netspec` "
+                  f"to regenerate {out}", file=sys.stderr)
+            return 1
+        print(f"{len(files)} files in {out} are up to date")
+        return 0
+    for rel, text in sorted(files.items()):
+        with atomic_write(out / rel, "w") as f:
+            f.write(text)
+    print(f"wrote {len(files)} files for {len(args.nets or fcn_nets.NETS)} nets to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
