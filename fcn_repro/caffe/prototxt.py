@@ -167,6 +167,11 @@ class _Tok:
         self.kind, self.text, self.value, self.line, self.col = kind, text, value, line, col
 
 
+def _byte_char(b: int) -> str:
+    """A byte from an escape, as the str that surrogateescape decoding gives it."""
+    return chr(b) if b < 0x80 else chr(0xDC00 + b)
+
+
 def _tokenize(text: str, filename: str) -> list[_Tok]:
     toks: list[_Tok] = []
     i, n, line, lstart = 0, len(text), 1, 0
@@ -190,7 +195,7 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
             i += 1
             continue
         if c in "\"'":
-            quote, j, buf = c, i + 1, []
+            quote, j, buf, raw = c, i + 1, [], False
             while True:
                 if j >= n or text[j] == "\n":
                     raise PrototxtError("unterminated string", filename, line, col)
@@ -202,7 +207,16 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
                     if j + 1 >= n:
                         raise PrototxtError("unterminated string", filename, line, col)
                     e = text[j + 1]
-                    if e in _ESCAPES:
+                    if e in "uU":  # \uXXXX / \UXXXXXXXX: a Unicode code point
+                        width = 4 if e == "u" else 8
+                        hexits = text[j + 2:j + 2 + width]
+                        if len(hexits) != width or any(h not in "0123456789abcdefABCDEF" for h in hexits) \
+                                or int(hexits, 16) > 0x10FFFF or 0xD800 <= int(hexits, 16) <= 0xDFFF:
+                            raise PrototxtError(f"bad \\{e} escape", filename, line, j - lstart + 1)
+                        buf.append(chr(int(hexits, 16)))
+                        j += 2 + width
+                        raw = True
+                    elif e in _ESCAPES:
                         buf.append(_ESCAPES[e])
                         j += 2
                     elif e in "xX":
@@ -211,20 +225,35 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
                             k += 1
                         if k == j + 2:
                             raise PrototxtError("bad \\x escape", filename, line, j - lstart + 1)
-                        buf.append(chr(int(text[j + 2:k], 16)))
+                        buf.append(_byte_char(int(text[j + 2:k], 16)))
+                        raw = True
                         j = k
                     elif e in "01234567":
                         k = j + 1
                         while k < n and k < j + 4 and text[k] in "01234567":
                             k += 1
-                        buf.append(chr(int(text[j + 1:k], 8)))
+                        code = int(text[j + 1:k], 8)
+                        if code > 0xFF:
+                            raise PrototxtError(f"octal escape \\{text[j + 1:k]} is not a byte",
+                                                filename, line, j - lstart + 1)
+                        buf.append(_byte_char(code))
+                        raw = True
                         j = k
                     else:
                         raise PrototxtError(f"unknown escape \\{e}", filename, line, j - lstart + 1)
                 else:
                     buf.append(ch)
                     j += 1
-            toks.append(_Tok("string", text[i:j], "".join(buf), line, col))
+            value = "".join(buf)
+            if raw:
+                # \x and octal escapes give bytes: sequences of them that form
+                # UTF-8 become their characters; stray bytes stay escaped
+                # (surrogateescape) so the writer can put them back.
+                try:
+                    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+                except UnicodeEncodeError:  # str input holding lone surrogates: keep as given
+                    pass
+            toks.append(_Tok("string", text[i:j], value, line, col))
             i = j
             continue
         if c.isalnum() or c in "_-+.":
@@ -258,6 +287,8 @@ def _scalar(word: str) -> Any:
     if lb in ("nan", "nanf"):
         return math.nan
     if body[:1].isdigit() or body[:1] == ".":
+        if "_" in body or not body.isascii():
+            return None  # Python's int()/float() take 1_000 and non-ASCII digits; protobuf does not
         try:
             if lb.startswith("0x"):
                 return sign * int(body, 16)
@@ -276,11 +307,17 @@ def _scalar(word: str) -> Any:
     return None
 
 
+# Protobuf's own text parser refuses messages nested deeper than 100; so do
+# we, with a clear error instead of Python's RecursionError.
+MAX_NESTING = 100
+
+
 class _Parser:
     def __init__(self, text: str, filename: str):
         self.filename = filename
         self.toks = _tokenize(text, filename)
         self.pos = 0
+        self.depth = 0
 
     def err(self, msg: str, tok: _Tok | None = None) -> PrototxtError:
         tok = tok or self.toks[self.pos]
@@ -295,6 +332,10 @@ class _Parser:
         return t
 
     def parse_message(self, close: str | None) -> Message:
+        if close is not None:
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.err(f"messages nested deeper than {MAX_NESTING}", self.toks[self.pos - 1])
         msg = Message()
         while True:
             t = self.peek()
@@ -304,6 +345,7 @@ class _Parser:
                 return msg
             if t.kind == "punct" and t.text == close:
                 self.pos += 1
+                self.depth -= 1
                 return msg
             if t.kind != "word" or not (t.text[0].isalpha() or t.text[0] == "_"):
                 raise self.err(f"expected a field name, found {t.text!r}" if t.text else "expected a field name")
@@ -403,6 +445,8 @@ def _fmt_scalar(v: Any) -> str:
                 out.append("\\r")
             elif ord(ch) < 32 or ord(ch) == 127:
                 out.append("\\%03o" % ord(ch))
+            elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that is not UTF-8 (see _byte_char)
+                out.append("\\%03o" % (ord(ch) - 0xDC00))
             else:
                 out.append(ch)
         return '"' + "".join(out) + '"'
@@ -413,6 +457,8 @@ def _fmt_scalar(v: Any) -> str:
             return "nan"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
+        if v == 0 and math.copysign(1.0, v) < 0:
+            return "-0.0"
         if v == int(v) and abs(v) < 1e16:
             return str(int(v))  # Caffe writes 0.5 as 0.5 and 2.0 as 2
         return repr(v)
@@ -443,8 +489,8 @@ def _emit(msg: Message, indent: int, lines: list[str]) -> None:
 def write_prototxt(path: str | os.PathLike, msg: Message) -> None:
     """Write ``msg`` to ``path`` atomically (a temp file renamed into place)."""
     from fcn_repro.utils import atomic_write
-    with atomic_write(path, "w") as f:
-        f.write(format_text(msg))
+    with atomic_write(path, "wb") as f:  # UTF-8 whatever the locale says
+        f.write(format_text(msg).encode("utf-8"))
 
 
 # ---------------------------------------------------------- legacy upgrades
