@@ -71,7 +71,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
-from fcn_repro.caffe.prototxt import Enum, Message, format_text, is_v1_net, upgrade_net
+from fcn_repro.caffe.prototxt import (
+    Enum, Message, format_text, is_v1_net, upgrade_net, write_prototxt,
+)
 
 __all__ = [
     "NetSpec", "L", "P", "Top", "Layer", "NetSpecError", "CoordMapError", "AxisMap",
@@ -633,6 +635,10 @@ class NetSpec:
         """Caffe text format of :meth:`to_proto`."""
         return format_text(self.to_proto(name))
 
+    def write(self, path: str | os.PathLike, name: str | None = None) -> None:
+        """Write the net's prototxt to ``path`` (atomically)."""
+        write_prototxt(path, self.to_proto(name))
+
 
 # --------------------------------------------------------- coordinate maps
 
@@ -778,10 +784,10 @@ class _Analysis:
             if missing:
                 raise CoordMapError(f"{filename}: no Crop layer named {', '.join(sorted(missing))}")
 
-    def blob(self, name: str) -> dict[_Root, Any]:
+    def blob(self, name: str, layer: str) -> dict[_Root, Any]:
         if name not in self.maps:
-            # A blob nobody produced (an external input): a root of its own.
-            self.maps[name] = {_Root(name, "<input>", None): (AxisMap(Fraction(1), Fraction(0)),) * 2}
+            raise CoordMapError(f"{self.filename}: layer {layer!r} reads blob {name!r}, which no "
+                                f"earlier layer produces")
         return self.maps[name]
 
     def restart(self, layer: str, tops: list[str], reason: str | None) -> None:
@@ -801,7 +807,7 @@ class _Analysis:
             if isinstance(geo, str):
                 self.restart(name, tops, f"layer {name!r} ({ltype}): {geo}")
                 return
-            src = self.blob(bottoms[0])
+            src = self.blob(bottoms[0], name)
             res: dict[_Root, Any] = {}
             for root, m in src.items():
                 if isinstance(m, _Conflict):
@@ -830,7 +836,7 @@ class _Analysis:
         srcs = bottoms[:1] if ltype in _FIRST_BOTTOM_ONLY else bottoms
         res = {}
         for b in srcs:
-            for root, m in self.blob(b).items():
+            for root, m in self.blob(b, name).items():
                 if root not in res:
                     res[root] = m
                 elif res[root] != m and not isinstance(res[root], _Conflict):
@@ -842,7 +848,7 @@ class _Analysis:
         if len(bottoms) != 2:
             raise CoordMapError(f"{where}: Crop needs 2 bottoms, got {len(bottoms)}")
         a_name, b_name = bottoms
-        A, B = self.blob(a_name), self.blob(b_name)
+        A, B = self.blob(a_name, name), self.blob(b_name, name)
         compute = self.only is None or name in self.only
         if compute:
             cp = layer.sub("crop_param")
