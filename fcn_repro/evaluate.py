@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from fcn_repro import zoo
-from fcn_repro.data import DataMissingError, SampleLoader, SegDataset, VOCSegmentation, make_dataset, shard_indices
+from fcn_repro.data import DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
 from fcn_repro.data.base import resource_path
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.metrics import absent_classes, format_scores, scores
@@ -503,9 +503,10 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor(counts, dtype=torch.float64)
+        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(counts, dtype=torch.float64, device=dev)
         dist.all_reduce(t)
-        counts = t.numpy()
+        counts = t.cpu().numpy()
     caffe = {k: float(z[f"metric/{k}"]) for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc")}
     caffe["iu"] = z["metric/iu"]
     ours = scores(hists["score"]) if "score" in hists else None
@@ -556,8 +557,11 @@ def _print_report(report: dict, entry, out) -> None:
         ref = None
         title = f"{blob} ({len(head['classes'])} classes, {head['pixels']} labelled pixels)"
         if caffe is not None and blob == "score":
-            ref = dict(caffe["metrics"])
-            title += ": ours vs Caffe's own run"
+            if report["limit"] is None:
+                ref = dict(caffe["metrics"])
+                title += ": ours vs Caffe's own run"
+            else:
+                title += f" (first {report['limit']} images; Caffe's scores cover all 24, so they are not shown)"
         if head.get("excluded_classes"):
             title += "; excluded (absent from the set): " + ", ".join(
                 head["classes"][c] for c in head["excluded_classes"])
@@ -612,6 +616,13 @@ def main(argv=None) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"error: --device {device}: CUDA is not available here (torch {torch.__version__}); "
+                  "use --device cpu", file=sys.stderr)
+            return 1
     sample_mode = args.data is None and args.weights is None and args.net in ("fcn8s", "sample") \
         and args.dataset in (None, "sample")
     try:

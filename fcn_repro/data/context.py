@@ -29,7 +29,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
 from fcn_repro.data.transforms import MEAN_CONTEXT, preprocess, read_rgb
 
 __all__ = ["ContextSegmentation", "CONTEXT_LAYOUT", "context_label_map", "map_context_labels"]
