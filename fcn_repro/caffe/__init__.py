@@ -6,3 +6,6 @@ from fcn_repro.caffe.prototxt import (  # noqa: F401
 from fcn_repro.caffe.weights import (  # noqa: F401,E402
     CaffeModelError, WeightsError, load_weights, save_weights, weights_info,
 )
+from fcn_repro.caffe.net import (  # noqa: F401,E402
+    LayerError, Net, NetError, WeightsReport, transplant,
+)

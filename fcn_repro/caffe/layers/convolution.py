@@ -1,0 +1,69 @@
+"""Convolution: Caffe's ConvolutionLayer for 2-D images.
+
+weight (Cout, Cin/group, kh, kw), bias (Cout,); output size
+floor((H + 2p - (d(k-1)+1)) / s) + 1. Several bottoms share the weights and
+give one top each, as in Caffe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Layer, register, fmt_shape
+from .geometry import conv_geometry, conv_out
+
+
+@register("Convolution")
+class Convolution(Layer):
+    min_bottoms = 1
+    min_tops = 1
+    param_field = "convolution_param"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        if len(self.bottom_names) != len(self.top_names):
+            raise self.error(f"needs one top per bottom, got {len(self.bottom_names)} bottoms and "
+                             f"{len(self.top_names)} tops")
+        p = self.param.sub(self.param_field)
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, self)
+        if not p.has("num_output"):
+            raise self.error("convolution_param.num_output is required")
+        self.num_output = int(p.get("num_output"))
+        self.group = int(p.get("group", 1))
+        self.bias_term = bool(p.get("bias_term", True))
+        if int(p.get("axis", 1)) != 1:
+            raise self.error("only axis: 1 (N, C, H, W bottoms) is supported")
+        if self.num_output < 1 or self.group < 1 or self.num_output % self.group:
+            raise self.error(f"num_output {self.num_output} must be a positive multiple of group {self.group}")
+
+    def _check_bottoms(self, shapes):
+        for n, s in zip(self.bottom_names, shapes):
+            if s is not None and len(s) != 4:
+                raise self.error(f"bottom {n!r} must be 4-D (N, C, H, W), got shape {fmt_shape(s)}")
+        first = shapes[0]
+        for n, s in zip(self.bottom_names[1:], shapes[1:]):
+            if tuple(s) != tuple(first):
+                raise self.error(f"all bottoms must have the same shape: {self.bottom_names[0]!r} is "
+                                 f"{fmt_shape(first)}, {n!r} is {fmt_shape(s)}")
+        c = first[1]
+        if c is not None and c % self.group:
+            raise self.error(f"bottom {self.bottom_names[0]!r} has {c} channels, not a multiple of "
+                             f"group {self.group}")
+        return first
+
+    def weight_shape(self, channels):
+        return (self.num_output, None if channels is None else channels // self.group) + tuple(self.kernel)
+
+    def setup(self, bottom_shapes):
+        s = self._check_bottoms(bottom_shapes)
+        self.add_blob(self.weight_shape(s[1]), "weights")
+        if self.bias_term:
+            self.add_blob((self.num_output,), "bias")
+        out = [conv_out(s[2 + i], self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
+               for i in range(2)]
+        return [(s[0], self.num_output, out[0], out[1])] * len(self.top_names)
+
+    def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
+        w = self.blobs[0]
+        b = self.blobs[1] if self.bias_term else None
+        return [F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]

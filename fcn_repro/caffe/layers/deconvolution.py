@@ -1,0 +1,45 @@
+"""Deconvolution: Caffe's DeconvolutionLayer (the FCN upsampling layers).
+
+weight (Cin, Cout/group, kh, kw), bias (Cout,); output size
+s(H-1) + d(k-1) + 1 - 2p. Computed by :func:`fcn_repro.ops.deconv2d` (the
+project's Caffe-semantics op, compiled kernel when available).
+"""
+from __future__ import annotations
+
+import torch
+
+from fcn_repro import ops
+
+from .base import register
+from .convolution import Convolution
+from .geometry import deconv_out
+
+
+@register("Deconvolution")
+class Deconvolution(Convolution):
+
+    def weight_shape(self, channels):
+        # Caffe keeps the weight of a deconvolution in the shape of the
+        # convolution it is the transpose of: (Cin, Cout/group, kh, kw).
+        return (channels, self.num_output // self.group) + tuple(self.kernel)
+
+    def setup(self, bottom_shapes):
+        s = self._check_bottoms(bottom_shapes)
+        self.add_blob(self.weight_shape(s[1]), "weights")
+        if self.bias_term:
+            self.add_blob((self.num_output,), "bias")
+        out = [deconv_out(s[2 + i], self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
+               for i in range(2)]
+        return [(s[0], self.num_output, out[0], out[1])] * len(self.top_names)
+
+    def bias(self):
+        return self.blobs[1] if self.bias_term else None
+
+    def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
+        w, b = self.blobs[0], self.bias()
+        return [ops.deconv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
+
+    def forward_cropped(self, x: torch.Tensor, offsets, out_size) -> torch.Tensor:
+        """deconv(x)[..., oy:oy+H, ox:ox+W], computed directly (Deconvolution -> Crop fusion)."""
+        return ops.deconv2d_crop(x, self.blobs[0], self.bias(), self.stride, self.pad, self.dilation,
+                                 self.group, offsets, out_size)

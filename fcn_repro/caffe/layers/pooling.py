@@ -1,0 +1,142 @@
+"""Pooling: Caffe's PoolingLayer (MAX and AVE; CEIL and FLOOR round modes; global).
+
+Caffe's rules, which we follow exactly:
+
+* output size (CEIL, the default): ceil((H + 2p - k) / s) + 1; FLOOR uses
+  floor. Then, only when the layer has any padding, a last window that would
+  start in the bottom/right padding is dropped: if (out-1)*s >= H + p, out -= 1.
+* MAX takes the maximum over the window clipped to the image (the first
+  maximum in scan order receives the gradient).
+* AVE divides the sum over the clipped window by the window size counted
+  BEFORE clipping to the image, but after clipping to the padded image:
+  hstart = o*s - p, hend = min(hstart + k, H + p), size = (hend-hstart)(wend-wstart).
+
+PyTorch's max_pool2d / avg_pool2d(count_include_pad=True) compute the same
+windows and divisors, but choose the output size by a slightly different rule
+(they drop the padding-start window even without padding, and refuse pads
+larger than k/2). So the layer computes Caffe's output size itself and uses
+the stock kernels only when they agree with it; otherwise it pads explicitly
+(-inf for MAX, zeros for AVE with an explicit divisor map) and pools with no
+implicit padding, which is Caffe's rule written out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Layer, enum_value, fmt_shape, register
+from .geometry import pool_geometry
+
+FLT_MAX = 3.4028234663852886e38
+
+
+def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
+    """Caffe's pooled size along one axis (``any_pad``: the layer pads some axis)."""
+    num = size + 2 * p - k
+    out = (-((-num) // s) if ceil else num // s) + 1
+    # Caffe: "If we have padding, ensure that the last pooling starts strictly
+    # inside the image (instead of at the padding); otherwise clip the last."
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def torch_pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """The output size PyTorch's pooling kernels choose (pooling_output_shape)."""
+    out = (size + 2 * p - (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _ave_divisor(size: int, out: int, k: int, s: int, p: int) -> list[int]:
+    """Caffe's AVE pool_size along one axis for each output position."""
+    div = []
+    for o in range(out):
+        start = o * s - p
+        end = min(start + k, size + p)
+        div.append(end - start)
+    return div
+
+
+@register("Pooling")
+class Pooling(Layer):
+    exact_bottoms = 1
+    min_tops = 1
+    max_tops = 2  # MAX may output the argmax mask as a second top
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        p = self.param.sub("pooling_param")
+        self.method = enum_value(p.get("pool"), ("MAX", "AVE", "STOCHASTIC"), "pooling_param.pool", self)
+        if self.method == "STOCHASTIC":
+            raise self.error("STOCHASTIC pooling is not supported")
+        self.round_mode = enum_value(p.get("round_mode"), ("CEIL", "FLOOR"), "pooling_param.round_mode", self)
+        self.global_pooling = bool(p.get("global_pooling", False))
+        self.kernel, self.stride, self.pad = pool_geometry(p, self)
+        if len(self.top_names) == 2 and self.method != "MAX":
+            raise self.error("only MAX pooling has a second (mask) top")
+        # Tests flip this to exercise the explicit-padding path everywhere.
+        self.force_explicit = False
+
+    def out_size(self, h, w):
+        k = self.kernel if not self.global_pooling else (h, w)
+        ceil = self.round_mode == "CEIL"
+        any_pad = self.pad[0] > 0 or self.pad[1] > 0
+        return tuple(None if n is None or kk is None else
+                     caffe_pool_out(n, kk, s, p, ceil, any_pad)
+                     for n, kk, s, p in zip((h, w), k, self.stride, self.pad))
+
+    def setup(self, bottom_shapes):
+        s = bottom_shapes[0]
+        if len(s) != 4:
+            raise self.error(f"bottom {self.bottom_names[0]!r} must be 4-D, got {fmt_shape(s)}")
+        oh, ow = self.out_size(s[2], s[3])
+        return [(s[0], s[1], oh, ow)] * len(self.top_names)
+
+    def forward(self, x: torch.Tensor, inplace: bool = False):
+        if x.dim() != 4:
+            raise self.error(f"bottom {self.bottom_names[0]!r} must be 4-D, got {fmt_shape(tuple(x.shape))}")
+        H, W = x.shape[2], x.shape[3]
+        k = (H, W) if self.global_pooling else self.kernel
+        s, p = self.stride, self.pad
+        oh, ow = self.out_size(H, W)
+        if oh < 1 or ow < 1:
+            raise self.error(f"bottom {self.bottom_names[0]!r} of shape {fmt_shape(tuple(x.shape))} gives an "
+                             f"empty {oh}x{ow} output for kernel {k}, stride {s}, pad {p}")
+        want_mask = len(self.top_names) == 2
+        ceil = self.round_mode == "CEIL"
+        native = (not self.force_explicit and p[0] <= k[0] // 2 and p[1] <= k[1] // 2
+                  and torch_pool_out(H, k[0], s[0], p[0], ceil) == oh
+                  and torch_pool_out(W, k[1], s[1], p[1], ceil) == ow)
+        if native:
+            if self.method == "MAX":
+                if want_mask:
+                    y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
+                    return [y, idx.to(x.dtype)]
+                return [F.max_pool2d(x, k, s, p, ceil_mode=ceil)]
+            return [F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True)]
+        return self._explicit(x, k, s, p, oh, ow, want_mask)
+
+    def _explicit(self, x, k, s, p, oh, ow, want_mask):
+        """Caffe's windows written out: pad (or trim) to exactly (out-1)*s + k."""
+        H, W = x.shape[2], x.shape[3]
+        pb = (oh - 1) * s[0] + k[0] - H - p[0]
+        pr = (ow - 1) * s[1] + k[1] - W - p[1]
+        if self.method == "MAX":
+            xp = F.pad(x, (p[1], pr, p[0], pb), value=float("-inf"))
+            if want_mask:
+                y, idx = F.max_pool2d(xp, k, s, return_indices=True)
+                wp = xp.shape[3]
+                hh, ww = idx // wp - p[0], idx % wp - p[1]
+                inside = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                mask = torch.where(inside, hh * W + ww, torch.full_like(idx, -1))
+                return [y.clamp_min(-FLT_MAX), mask.to(x.dtype)]
+            # A window entirely outside the image (possible only when stride >
+            # kernel) yields -FLT_MAX in Caffe, whose running max starts there.
+            return [F.max_pool2d(xp, k, s).clamp_min(-FLT_MAX)]
+        xp = F.pad(x, (p[1], pr, p[0], pb), value=0.0)
+        sums = F.avg_pool2d(xp, k, s, divisor_override=1)
+        dh = torch.tensor(_ave_divisor(H, oh, k[0], s[0], p[0]), dtype=x.dtype, device=x.device)
+        dw = torch.tensor(_ave_divisor(W, ow, k[1], s[1], p[1]), dtype=x.dtype, device=x.device)
+        return [sums / (dh[:, None] * dw[None, :])]

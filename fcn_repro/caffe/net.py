@@ -1,0 +1,782 @@
+"""The net builder: a Caffe prototxt as a PyTorch module, with Caffe's semantics.
+
+``Net(prototxt, weights=None, phase="TEST")`` builds one layer module per
+Caffe layer (see :mod:`fcn_repro.caffe.layers`), in prototxt order, after
+Caffe's phase filtering, and runs them as Caffe's ``Net::Forward`` does,
+blob by blob, by Caffe blob name:
+
+* Input layers (and legacy ``input:`` fields, and data layers such as FCN's
+  ``Python`` data layers) become the net's named inputs: ``net.inputs``.
+* ``net.outputs`` are the blobs produced and never consumed, sorted by name
+  as Caffe's ``std::set`` lists them.
+* In-place layers (top == bottom) overwrite their bottom blob: with
+  ``keep_blobs`` the name then holds the newest value (``conv1_1`` holds the
+  ReLU output after a forward), as in Caffe.
+* Losses: a top with a loss weight (``loss_weight``, or 1 on the first top of
+  a loss layer) adds ``weight * sum(top)`` to ``net.loss``; backward through
+  autograd then gives Caffe's gradients. Parameters whose ``lr_mult`` is 0
+  get ``requires_grad = False``: Caffe computes no gradient for them.
+
+Speed and memory (the forward path is what the benchmarks time):
+
+* A blob is dropped as soon as its last consumer has run, unless it is an
+  output or ``keep_blobs`` is set.
+* Layers that Caffe runs in place (ReLU) run in place when no gradient is
+  being recorded and nothing else reads the bottom.
+* With ``fuse`` (default) two patterns of the FCN skip architecture become
+  single ops of :mod:`fcn_repro.ops`: Deconvolution -> Crop becomes
+  ``deconv2d_crop`` (only the kept window is computed) and Crop -> Eltwise
+  SUM becomes ``crop_sum`` (no cropped copy). Fusion applies only where the
+  intermediate blob has no other reader; ``keep_blobs=True`` turns it off so
+  that every blob exists.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights error (file, layer, blob)
+from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
+from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
+from fcn_repro.caffe.layers.base import fmt_shape
+from fcn_repro.caffe.layers.crop import Crop
+from fcn_repro.caffe.layers.deconvolution import Deconvolution
+from fcn_repro.caffe.layers.eltwise import Eltwise
+from fcn_repro.caffe.layers.input import Input
+
+from fcn_repro import ops
+
+__all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "transplant",
+           "layer_included", "blob_fits"]
+
+log = logging.getLogger("fcn_repro.caffe.net")
+
+PHASES = ("TRAIN", "TEST")  # caffe.proto Phase: TRAIN = 0, TEST = 1
+
+
+# ---------------------------------------------------------------- phase rules
+
+def _phase_name(p: Any, where: str = "phase") -> str:
+    if isinstance(p, bool):
+        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
+    if isinstance(p, int):
+        if p in (0, 1):
+            return PHASES[p]
+        raise NetError(f"{where}: expected TRAIN (0) or TEST (1), got {p!r}")
+    s = str(p).upper()
+    if s not in PHASES:
+        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
+    return s
+
+
+def _rule_met(rule: Message, phase: str, level: int, stages: set[str]) -> bool:
+    """Caffe's Net::StateMeetsRule for one NetStateRule."""
+    if rule.has("phase") and _phase_name(rule.get("phase"), "NetStateRule.phase") != phase:
+        return False
+    if rule.has("min_level") and level < int(rule.get("min_level")):
+        return False
+    if rule.has("max_level") and level > int(rule.get("max_level")):
+        return False
+    if any(str(s) not in stages for s in rule.getall("stage")):
+        return False
+    if any(str(s) in stages for s in rule.getall("not_stage")):
+        return False
+    return True
+
+
+def layer_included(layer: Message, phase: str, level: int = 0, stages: Iterable[str] = ()) -> bool:
+    """Caffe's Net::FilterNet rule: include rules (any met) or exclude rules (none met)."""
+    inc, exc = layer.getall("include"), layer.getall("exclude")
+    if inc and exc:
+        raise NetError(f"layer {layer.get('name', '?')!r}: specify either include or exclude rules, not both")
+    st = set(stages)
+    if inc:
+        return any(_rule_met(r, phase, level, st) for r in inc)
+    return not any(_rule_met(r, phase, level, st) for r in exc)
+
+
+# -------------------------------------------------------------------- weights
+
+def blob_fits(src_shape: Sequence[int], dst_shape: Sequence[int]) -> bool:
+    """Whether a stored blob of ``src_shape`` loads into a parameter of ``dst_shape``.
+
+    Same shape, or Caffe's legacy rule (Blob::ShapeEquals for a BlobProto with
+    num/channels/height/width): a 4-D legacy blob matches a parameter of at
+    most 4 axes whose shape, left-padded with ones to 4 axes, equals it; so a
+    V1 InnerProduct weight (1, 1, O, I) loads into (O, I), a bias (1, 1, 1, O)
+    into (O,).
+    """
+    src, dst = tuple(int(s) for s in src_shape), tuple(int(s) for s in dst_shape)
+    if src == dst:
+        return True
+    return len(src) == 4 and len(dst) <= 4 and (1,) * (4 - len(dst)) + dst == src
+
+
+def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
+    """(layer -> list of arrays, description) from a path or a mapping."""
+    if isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if not os.path.exists(path):
+            raise WeightsError("weights file does not exist", path)
+        from fcn_repro.caffe import load_weights  # the formats module (.caffemodel, .h5)
+        return dict(load_weights(path)), path
+    if isinstance(weights, Mapping):
+        out = {}
+        for k, v in weights.items():
+            if isinstance(v, (np.ndarray, torch.Tensor)):
+                raise WeightsError("must be a list of blobs (Caffe order), got one array", "<weights dict>",
+                                   layer=str(k))
+            out[str(k)] = list(v)
+        return out, "<weights dict>"
+    raise TypeError(f"weights must be a path or a dict layer -> list of arrays, got {type(weights).__name__}")
+
+
+def _as_array(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+@dataclass
+class WeightsReport:
+    """What a weight load (or a transplant) did.
+
+    ``copied``: layers whose blobs were all copied. ``coerced``: (layer, blob
+    index, source shape, target shape) for blobs copied under a different
+    shape (Caffe's legacy 4-D shapes; fully connected -> convolution in a
+    transplant). ``skipped``: (layer, blob index, reason), transplant only.
+    ``missing``: net layers with parameters that the source does not have
+    (they keep their filler values). ``unused``: source layers with blobs that
+    are not in the net.
+    """
+    source: str = ""
+    copied: list = field(default_factory=list)
+    coerced: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    unused: list = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unused or self.skipped)
+
+    def __str__(self) -> str:
+        lines = [f"weights from {self.source}: {len(self.copied)} layers copied"]
+        for layer, i, s, d in self.coerced:
+            lines.append(f"  coerced {layer}[{i}]: {tuple(s)} -> {tuple(d)}")
+        for layer, i, why in self.skipped:
+            lines.append(f"  skipped {layer}[{i}]: {why}")
+        if self.missing:
+            lines.append(f"  net layers without weights in the source (left as initialised): {self.missing}")
+        if self.unused:
+            lines.append(f"  source layers not in the net (ignored): {self.unused}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass
+class _Step:
+    """One unit of the forward: a layer, or a fused pair of layers."""
+    kind: str                       # "layer", "deconv_crop", "crop_sum"
+    layers: list                    # the Layer modules involved, in prototxt order
+    bottoms: list                   # blob names read (in run()'s argument order)
+    tops: list                      # blob names written
+    run: Callable = None            # (list of tensors, inplace) -> list of tensors
+    fresh: bool = True              # tops are new tensors
+    inplace_ok: bool = False
+    drop: list = field(default_factory=list)
+    loss: list = field(default_factory=list)   # (top index, loss weight)
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.layers)
+
+
+def _same_version_until(versions, v, step: int) -> bool:
+    """Whether version v of a blob is still the current one when ``step`` reads."""
+    return versions[v]["overwritten_at"] >= step
+
+
+class Net(nn.Module):
+    """A Caffe net as an ``nn.Module``.
+
+    Args:
+        prototxt: path, prototxt text, or a parsed :class:`Message` (V1 and
+            legacy-input nets are upgraded as Caffe does).
+        weights: optional ``.caffemodel`` (V1/V2), ``.caffemodel.h5``, our
+            ``.h5``, or a dict layer name -> list of arrays (Caffe order).
+            Layers without weights keep their fillers' values (Caffe's
+            ``weight_filler`` etc.; the protobuf default is constant 0).
+        phase: "TEST" (default) or "TRAIN": filters layers by their
+            include/exclude rules and sets Dropout's behaviour.
+        fuse: fuse Deconvolution->Crop and Crop->Eltwise(SUM) into single ops.
+        keep_blobs: keep every blob of the last forward in ``net.blobs``
+            (implies no fusion and no in-place layers, so every blob exists).
+        stages, level: the rest of Caffe's NetState, for stage/level rules.
+        input_shapes: {blob: shape} for inputs whose shape the prototxt does
+            not declare (data layers), used to size parameters.
+        strict: with weights, missing or extra layers are errors.
+
+    Attributes: ``inputs``, ``outputs`` (blob names), ``layer_names``,
+    ``layer_types``, ``params`` (layer -> list of ``nn.Parameter`` in Caffe
+    order and shapes; shared ParamSpec names give the same object),
+    ``param_specs`` (layer -> list of (lr_mult, decay_mult)), ``blobs`` (dict
+    blob -> tensor after a forward with ``keep_blobs``), ``layer_tops`` (layer
+    -> its tops, with ``keep_blobs``), ``loss`` (the weighted loss of the last
+    forward, or None), ``weights_report``.
+    """
+
+    def __init__(self, prototxt: Any, weights: Any = None, phase: str = "TEST", fuse: bool = True,
+                 keep_blobs: bool = False, *, stages: Iterable[str] = (), level: int = 0,
+                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict: bool = False,
+                 seed: Optional[int] = None):
+        super().__init__()
+        self.netparam, self.filename = self._parse(prototxt)
+        self.name = str(self.netparam.get("name", ""))
+        self.phase = _phase_name(phase)
+        self.stages = tuple(str(s) for s in stages)
+        self.level = int(level)
+        self._fuse = bool(fuse)
+        self._keep_blobs = bool(keep_blobs)
+        self._plan: Optional[list[_Step]] = None
+        self.blobs: dict[str, torch.Tensor] = {}
+        self.layer_tops: dict[str, tuple] = {}
+        self.loss: Optional[torch.Tensor] = None
+        self.weights_report: Optional[WeightsReport] = None
+        self._build(dict(input_shapes or {}))
+
+        loaded: set[str] = set()
+        if weights is not None:
+            self.weights_report = self.load_weights(weights, strict=strict)
+            loaded = {n for n in self.params if n not in self.weights_report.missing}
+        self._fill([n for n in self.params if n not in loaded], seed)
+
+    # ------------------------------------------------------------ building
+    @staticmethod
+    def _parse(prototxt: Any) -> tuple[Message, str]:
+        if isinstance(prototxt, Message):
+            msg = prototxt
+            if msg.has("layers") or msg.has("input"):
+                msg = upgrade_net(msg)
+            return msg, str(msg.get("name", "<message>")) or "<message>"
+        if isinstance(prototxt, (str, os.PathLike)):
+            is_text = isinstance(prototxt, str) and ("\n" in prototxt or "{" in prototxt)
+            if not is_text and not os.path.exists(os.fspath(prototxt)):
+                raise NetError(f"prototxt {os.fspath(prototxt)!r} does not exist")
+            msg = parse_prototxt(prototxt)
+            return msg, "<text>" if is_text else os.fspath(prototxt)
+        raise TypeError(f"prototxt must be a path, text or Message, got {type(prototxt).__name__}")
+
+    def _build(self, input_shapes: dict) -> None:
+        self.layers = nn.ModuleDict()
+        self._layer_list: list[Layer] = []
+        self.layer_names: list[str] = []
+        self.layer_types: list[str] = []
+        self.inputs: list[str] = []
+        self.params: dict[str, list[nn.Parameter]] = {}
+        self.param_specs: dict[str, list[tuple[float, float]]] = {}
+        self._loss_weights: dict[str, list[float]] = {}
+        shared: dict[str, tuple[str, int, nn.Parameter, float]] = {}
+        lr_uses: dict[int, list[float]] = {}
+        self._by_name: dict[str, Layer] = {}
+        shapes: dict[str, tuple] = {}           # current shape of each blob
+        unconsumed: dict[str, None] = {}        # ordered set
+        used_keys: set[str] = set()
+
+        for idx, lp in enumerate(self.netparam.getall("layer")):
+            if not isinstance(lp, Message):
+                raise NetError(f"{self.filename}: layer #{idx} is not a message")
+            if not layer_included(lp, self.phase, self.level, self.stages):
+                continue
+            ltype = str(lp.get("type", ""))
+            name = str(lp.get("name", "")) or f"{ltype or 'layer'}{idx}"
+            if name in self._by_name:
+                raise NetError(f"{self.filename}: two layers are named {name!r}; layer names must be unique "
+                               "(weights are matched by name)")
+            bottoms = [str(b) for b in lp.getall("bottom")]
+            tops = [str(t) for t in lp.getall("top")]
+            cls = LAYER_TYPES.get(ltype)
+            if cls is None:
+                raise NetError(f"{self.filename}: layer {name!r} has unknown type {ltype!r}; supported types: "
+                               f"{', '.join(sorted(LAYER_TYPES))}")
+            for b in bottoms:
+                if b not in shapes:
+                    raise NetError(f"{self.filename}: layer {name!r} ({ltype}): bottom blob {b!r} is not "
+                                   "produced by any earlier layer (nor is it a net input)")
+            for j, t in enumerate(tops):
+                if t in shapes and not (j < len(bottoms) and bottoms[j] == t):
+                    raise NetError(f"{self.filename}: layer {name!r} ({ltype}): top blob {t!r} is produced by "
+                                   "multiple sources (only in-place layers, top j == bottom j, may reuse a name)")
+            if len(set(tops)) != len(tops):
+                raise NetError(f"{self.filename}: layer {name!r} ({ltype}): duplicate top names {tops}")
+            module = cls(lp, name=name, phase=self.phase, bottom_names=bottoms, top_names=tops,
+                         filename=self.filename, type_name=ltype)
+            top_shapes = module.setup([shapes[b] for b in bottoms])
+            if isinstance(module, Input):
+                top_shapes = [tuple(input_shapes[t]) if t in input_shapes else
+                              (s if s is not None else (None,) * 4) for t, s in zip(tops, top_shapes)]
+                for t in tops:
+                    if t in self.inputs:
+                        raise NetError(f"{self.filename}: input blob {t!r} declared twice")
+                    self.inputs.append(t)
+            self._register_params(module, lp, shared, lr_uses)
+            lw = [float(v) for v in lp.getall("loss_weight")]
+            if lw and len(lw) != len(tops):
+                raise NetError(f"{self.filename}: layer {name!r}: loss_weight must be given once per top "
+                               f"({len(tops)}) or not at all, got {len(lw)}")
+            if not lw and module.is_loss:
+                lw = [1.0] + [0.0] * (len(tops) - 1)
+            if any(w != 0 for w in lw):
+                self._loss_weights[name] = lw
+            for b in bottoms:
+                unconsumed.pop(b, None)
+            for t, s in zip(tops, top_shapes):
+                shapes[t] = tuple(s)
+                unconsumed[t] = None
+            key = name.replace(".", "_")
+            if key in used_keys or key in ("", ):
+                key = f"{key}_{idx}"
+            used_keys.add(key)
+            self.layers[key] = module
+            self._layer_list.append(module)
+            self._by_name[name] = module
+            self.layer_names.append(name)
+            self.layer_types.append(ltype)
+
+        # Caffe: a parameter gets no gradient when its lr_mult is 0 (everywhere it is used).
+        for plist in self.params.values():
+            for p in plist:
+                if all(lr == 0 for lr in lr_uses.get(id(p), [1.0])):
+                    p.requires_grad_(False)
+        # Caffe lists the net outputs from a std::set: sorted by name.
+        self.outputs: list[str] = sorted(unconsumed)
+        self.blob_shapes = shapes  # shapes at build time (from the declared input shapes)
+
+    def _register_params(self, module: Layer, lp: Message, shared: dict, lr_uses: dict) -> None:
+        specs_msgs = lp.getall("param")
+        n = len(module.blobs)
+        if len(specs_msgs) > n:
+            raise NetError(f"{self.filename}: layer {module.name!r} ({module.type_name}) has {len(specs_msgs)} "
+                           f"param specs but only {n} parameter blobs")
+        specs = []
+        for i in range(n):
+            sm = specs_msgs[i] if i < len(specs_msgs) else Message()
+            lr, decay = float(sm.get("lr_mult", 1.0)), float(sm.get("decay_mult", 1.0))
+            specs.append((lr, decay))
+            pname = str(sm.get("name", ""))
+            if pname:
+                if pname in shared:
+                    owner, oi, op, _ = shared[pname]
+                    mode = str(sm.get("share_mode", "STRICT")).upper()
+                    mine = tuple(module.blobs[i].shape)
+                    if tuple(op.shape) != mine:
+                        raise NetError(
+                            f"{self.filename}: layer {module.name!r} blob {i} shares parameter {pname!r} with "
+                            f"layer {owner!r} blob {oi}, but their shapes differ: {tuple(op.shape)} vs {mine}"
+                            + (" (PERMISSIVE sharing of differently shaped blobs is not supported)"
+                               if mode in ("PERMISSIVE", "1") else ""))
+                    module.blobs[i] = op
+                else:
+                    shared[pname] = (module.name, i, module.blobs[i], lr)
+            lr_uses.setdefault(id(module.blobs[i]), []).append(lr)
+        if n:
+            self.params[module.name] = list(module.blobs)
+            self.param_specs[module.name] = specs
+
+    def _fill(self, layers: list[str], seed: Optional[int]) -> None:
+        """Caffe's fillers for parameters that no weights were loaded into."""
+        if not layers:
+            return
+        from fcn_repro.caffe.fillers import fill_params
+        fill_params(self.params, self._included_netparam(), rng=seed, layers=layers)
+
+    def _included_netparam(self) -> Message:
+        """The phase-filtered NetParameter, as the fillers must see it."""
+        out = Message([(k, v) for k, v in self.netparam.fields if k != "layer"])
+        for lp in self.netparam.getall("layer"):
+            if not layer_included(lp, self.phase, self.level, self.stages):
+                continue
+            if str(lp.get("type", "")) == "Scale" and len(lp.getall("bottom")) == 2:
+                # With gamma from a second bottom, the Scale layer's only blob is
+                # beta, filled by bias_filler (fillers.layer_fillers assumes
+                # blob 0 is gamma): present the layer to it that way.
+                lp = lp.copy()
+                sp = lp.sub("scale_param").copy()
+                bias = sp.sub("bias_filler") if sp.has("bias_filler") else Message([("type", "constant")])
+                sp.remove("filler").remove("bias_filler").add("filler", bias)
+                lp.set("scale_param", sp)
+            out.add("layer", lp)
+        return out
+
+    def layer(self, name: str) -> Layer:
+        """The layer module called ``name`` (Caffe's layer name)."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.filename}: no layer named {name!r}") from None
+
+    # ------------------------------------------------------------ switches
+    @property
+    def fuse(self) -> bool:
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, v: bool) -> None:
+        self._fuse = bool(v)
+        self._plan = None
+
+    @property
+    def keep_blobs(self) -> bool:
+        return self._keep_blobs
+
+    @keep_blobs.setter
+    def keep_blobs(self, v: bool) -> None:
+        self._keep_blobs = bool(v)
+        self._plan = None
+        if not v:
+            self.blobs, self.layer_tops = {}, {}
+
+    # ------------------------------------------------------------ the plan
+    def _get_plan(self) -> list[_Step]:
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan
+
+    def _make_plan(self) -> list[_Step]:
+        raw = [m for m in self._layer_list if not isinstance(m, Input)]
+        # Blob versions: every top (and every input) is a new version of its name.
+        versions: list[dict] = []
+        cur: dict[str, int] = {}
+
+        def new_version(name, producer):
+            versions.append({"name": name, "producer": producer, "consumers": [], "overwritten_at": 1 << 60})
+            if name in cur:
+                versions[cur[name]]["overwritten_at"] = producer
+            cur[name] = len(versions) - 1
+            return cur[name]
+
+        for n in self.inputs:
+            new_version(n, -1)
+        bver, tver = [], []
+        for r, m in enumerate(raw):
+            bv = [cur[b] for b in m.bottom_names]
+            for pos, v in enumerate(bv):
+                versions[v]["consumers"].append((r, pos))
+            bver.append(bv)
+            tver.append([new_version(t, r) for t in m.top_names])
+        def sole_reader(v, r, pos):
+            # read by this layer only (so not a net output either)
+            return versions[v]["consumers"] == [(r, pos)]
+
+        no_loss = lambda m: m.name not in self._loss_weights  # noqa: E731
+        deconv_into_crop: dict[int, int] = {}     # crop raw index -> deconv raw index
+        crop_into_sum: dict[int, tuple] = {}      # eltwise raw index -> (crop raw index, bottom position)
+        absorbed: set[int] = set()
+        if self._fuse and not self._keep_blobs:
+            for c, m in enumerate(raw):
+                if not (isinstance(m, Crop) and _fusable_crop(m)):
+                    continue
+                v = bver[c][0]
+                p = versions[v]["producer"]
+                if (p >= 0 and type(raw[p]) is Deconvolution and len(raw[p].bottom_names) == 1
+                        and sole_reader(v, c, 0) and no_loss(raw[p]) and bver[c][1] != v
+                        and _same_version_until(versions, bver[p][0], c)):
+                    deconv_into_crop[c] = p
+                    absorbed.add(p)
+            for e, m in enumerate(raw):
+                if not (isinstance(m, Eltwise) and m.operation == "SUM" and len(m.bottom_names) == 2):
+                    continue
+                for k in (0, 1):
+                    v = bver[e][k]
+                    p = versions[v]["producer"]
+                    if (p >= 0 and isinstance(raw[p], Crop) and _fusable_crop(raw[p]) and p not in deconv_into_crop
+                            and p not in absorbed and sole_reader(v, e, k) and bver[e][1 - k] != v
+                            and no_loss(raw[p])
+                            and all(_same_version_until(versions, u, e) for u in bver[p])):
+                        crop_into_sum[e] = (p, k)
+                        absorbed.add(p)
+                        break
+
+        steps: list[_Step] = []
+        for r, m in enumerate(raw):
+            if r in absorbed:
+                continue
+            if r in deconv_into_crop:
+                d = raw[deconv_into_crop[r]]
+                steps.append(_Step("deconv_crop", [d, m], [d.bottom_names[0], m.bottom_names[1]],
+                                   list(m.top_names), run=_deconv_crop_runner(d, m)))
+            elif r in crop_into_sum:
+                c, k = crop_into_sum[r]
+                cm = raw[c]
+                other = m.bottom_names[1 - k]
+                steps.append(_Step("crop_sum", [cm, m], [other, cm.bottom_names[0], cm.bottom_names[1]],
+                                   list(m.top_names), run=_crop_sum_runner(cm, m, k)))
+            else:
+                steps.append(_Step("layer", [m], list(m.bottom_names), list(m.top_names),
+                                   run=_layer_runner(m), fresh=m.fresh_output))
+            st = steps[-1]
+            last = st.layers[-1]
+            st.loss = [(i, w) for i, w in enumerate(self._loss_weights.get(last.name, [])) if w != 0]
+        self._liveness(steps)
+        return steps
+
+    def _liveness(self, steps: list[_Step]) -> None:
+        """Drop lists (free each blob after its last reader) and in-place eligibility."""
+        cur: dict[str, int] = {}
+        versions: list[dict] = []
+
+        def new_version(name, producer):
+            versions.append({"name": name, "producer": producer, "readers": []})
+            cur[name] = len(versions) - 1
+
+        for n in self.inputs:
+            new_version(n, -1)
+        reads = []
+        for s, st in enumerate(steps):
+            rv = [cur[b] for b in st.bottoms]
+            for v in rv:
+                versions[v]["readers"].append(s)
+            reads.append(rv)
+            for t in st.tops:
+                new_version(t, s)
+        for v, info in enumerate(versions):
+            if not info["readers"]:
+                continue
+            last = max(info["readers"])
+            if info["name"] not in steps[last].tops:
+                steps[last].drop.append(info["name"])
+        if self._keep_blobs:
+            for st in steps:
+                st.drop = []
+            return
+        for s, st in enumerate(steps):
+            m = st.layers[0]
+            if st.kind != "layer" or not m.inplace_capable or len(st.bottoms) != 1:
+                continue
+            v = reads[s][0]
+            p = versions[v]["producer"]
+            st.inplace_ok = p >= 0 and steps[p].fresh and versions[v]["readers"] == [s]
+
+    # ------------------------------------------------------------ forward
+    def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
+        """Run the net. Inputs by blob name, (N, C, H, W) tensors of any spatial size.
+
+        Returns {output blob: tensor} for ``net.outputs``. Sets ``net.loss``
+        (sum of loss-weighted tops, or None) and, with ``keep_blobs``,
+        ``net.blobs`` / ``net.layer_tops``.
+        """
+        missing = [n for n in self.inputs if n not in inputs]
+        unknown = [n for n in inputs if n not in self.inputs]
+        if missing or unknown:
+            raise NetError(f"{self.filename}: forward() needs the inputs {self.inputs}; "
+                           + (f"missing {missing}" if missing else "")
+                           + ("; " if missing and unknown else "")
+                           + (f"unknown {unknown}" if unknown else ""))
+        plan = self._get_plan()
+        keep = self._keep_blobs
+        env: dict[str, torch.Tensor] = {}
+        for n in self.inputs:
+            x = inputs[n]
+            env[n] = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        if keep:
+            blobs = dict(env)
+            tops_rec = {}
+            for m in self._layer_list:
+                if isinstance(m, Input):
+                    tops_rec[m.name] = tuple(env[t] for t in m.top_names)
+        grad_on = torch.is_grad_enabled()
+        loss = None
+        for st in plan:
+            xs = [env[b] for b in st.bottoms]
+            inplace = st.inplace_ok and not (grad_on and xs[0].requires_grad)
+            try:
+                ys = st.run(xs, inplace)
+            except NetError:
+                raise
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                shapes = ", ".join(f"{b!r} {fmt_shape(tuple(x.shape))}" for b, x in zip(st.bottoms, xs))
+                raise LayerError(f"{self.filename}: layer {st.name!r} ({'+'.join(l.type_name for l in st.layers)}) "
+                                 f"failed on bottoms {shapes}: {e}") from e
+            for t, y in zip(st.tops, ys):
+                env[t] = y
+            for i, w in st.loss:
+                term = ys[i].sum() if w == 1.0 else ys[i].sum() * w
+                loss = term if loss is None else loss + term
+            if keep:
+                for t, y in zip(st.tops, ys):
+                    blobs[t] = y
+                tops_rec[st.layers[-1].name] = tuple(ys)
+            for n in st.drop:
+                del env[n]
+        self.loss = loss
+        if keep:
+            self.blobs, self.layer_tops = blobs, tops_rec
+        return {n: env[n] for n in self.outputs}
+
+    # ------------------------------------------------------------ weights
+    def load_weights(self, weights: Any, strict: bool = False) -> WeightsReport:
+        """Copy weights into the net by layer name (Caffe's CopyTrainedLayersFrom).
+
+        ``weights``: a path (.caffemodel V1/V2, .caffemodel.h5, .h5) or a dict
+        layer -> list of arrays. Blob counts and shapes must match (Caffe's
+        legacy 4-D shapes are accepted where Caffe accepts them); otherwise
+        :class:`WeightsError` naming the layer, blob index and both shapes.
+        Net layers absent from the source and source layers absent from the
+        net are reported (errors with ``strict``). Nothing is copied unless
+        every blob fits.
+        """
+        src, desc = _weights_dict(weights)
+        report = WeightsReport(source=desc)
+        plan = []
+        for name in self.layer_names:
+            params = self.params.get(name, [])
+            if name not in src:
+                if params:
+                    report.missing.append(name)
+                continue
+            blobs = src[name]
+            if len(blobs) != len(params):
+                raise WeightsError(
+                    f"{len(blobs)} blobs in the weights but the net ({self.filename}) gives the layer "
+                    f"{len(params)} parameter blobs (Caffe: incompatible number of blobs)", desc, layer=name)
+            for i, (a, p) in enumerate(zip(blobs, params)):
+                a = _as_array(a)
+                if not blob_fits(a.shape, p.shape):
+                    raise WeightsError(
+                        f"shape mismatch: the weights have shape {tuple(a.shape)}, the net ({self.filename}) "
+                        f"expects {tuple(p.shape)}. To learn this layer from scratch instead, rename it",
+                        desc, layer=name, blob=i)
+                if tuple(a.shape) != tuple(p.shape):
+                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
+                plan.append((p, a))
+            if params:
+                report.copied.append(name)
+        report.unused = [n for n, b in src.items() if n not in self._by_name and len(b)]
+        if strict and (report.missing or report.unused):
+            raise WeightsError(f"does not match {self.filename} exactly (strict): net layers without "
+                               f"weights {report.missing}, weights without layers {report.unused}", desc)
+        with torch.no_grad():
+            for p, a in plan:
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+        _log_report(report)
+        return report
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, phase={self.phase}, inputs={self.inputs}, outputs={self.outputs}, "
+                f"fuse={self._fuse}, keep_blobs={self._keep_blobs}")
+
+
+def _log_report(report: WeightsReport) -> None:
+    log.info("%s", report)
+    if report.missing:
+        log.warning("%s: net layers without weights (left as initialised): %s", report.source, report.missing)
+    if report.unused:
+        log.info("%s: layers not in the net, ignored: %s", report.source, report.unused)
+
+
+# ---------------------------------------------------------------- runners
+
+def _fusable_crop(m: Crop) -> bool:
+    """A Crop of the two spatial axes of 4-D blobs (what the fused ops implement)."""
+    return m.axis_param in (2, -2) and len(m.offsets_param) in (0, 1, 2)
+
+
+def _layer_runner(m: Layer) -> Callable:
+    def run(xs, inplace):
+        return m(*xs, inplace=inplace)
+    return run
+
+
+def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
+    from fcn_repro.caffe.layers.geometry import deconv_out
+
+    def run(xs, inplace):
+        x, ref = xs
+        if x.dim() != 4 or ref.dim() != 4:
+            raise c.error(f"fused Deconvolution+Crop needs 4-D blobs, got {fmt_shape(tuple(x.shape))} and "
+                          f"{fmt_shape(tuple(ref.shape))}")
+        full = (x.shape[0], d.num_output) + tuple(
+            deconv_out(x.shape[2 + i], d.kernel[i], d.stride[i], d.pad[i], d.dilation[i]) for i in range(2))
+        shape, _, offs = c.out_shape(full, tuple(ref.shape), check=True)
+        return [d.forward_cropped(x, (offs[0], offs[1]), (shape[2], shape[3]))]
+    return run
+
+
+def _crop_sum_runner(c: Crop, e: Eltwise, k: int) -> Callable:
+    """Eltwise SUM whose bottom k is Crop(b, ref): a*coeff[1-k] + crop(b)*coeff[k] in one op."""
+    ca, cb = e.coeffs[1 - k], e.coeffs[k]
+    coeffs = None if ca == 1.0 and cb == 1.0 else (ca, cb)
+
+    def run(xs, inplace):
+        a, b, ref = xs
+        if b.dim() != 4 or ref.dim() != 4:
+            raise c.error(f"fused Crop+Eltwise needs 4-D blobs, got {fmt_shape(tuple(b.shape))} and "
+                          f"{fmt_shape(tuple(ref.shape))}")
+        shape, _, offs = c.out_shape(tuple(b.shape), tuple(ref.shape), check=True)
+        if tuple(a.shape) != tuple(shape):
+            names = [e.bottom_names[1 - k], c.top_names[0]]
+            raise e.error(f"bottoms must have the same shape: {names[0]!r} is {fmt_shape(tuple(a.shape))}, "
+                          f"{names[1]!r} is {fmt_shape(shape)}")
+        return [ops.crop_sum(a, b, (offs[0], offs[1]), coeffs)]
+    return run
+
+
+# ---------------------------------------------------------------- transplant
+
+def transplant(net: Net, weights: Any) -> WeightsReport:
+    """FCN surgery: copy weights by layer name, coercing shapes where counts agree.
+
+    For every net layer with parameters that the source also has, each blob
+    is copied when its shape fits (equal, or Caffe's legacy 4-D form), and
+    otherwise *coerced* when the element counts agree: this is how a
+    classifier's fully connected layers become the equivalent convolutions
+    (VGG fc6 (4096, 25088) -> (4096, 512, 7, 7), fc7 (4096, 4096) ->
+    (4096, 4096, 1, 1); the flattening order of InnerProduct is C, H, W, so a
+    plain reshape is exact). Blobs whose counts differ are skipped and
+    reported, as are layers missing on either side. Returns the report.
+    """
+    src, desc = _weights_dict(weights)
+    report = WeightsReport(source=desc)
+    with torch.no_grad():
+        for name in net.layer_names:
+            params = net.params.get(name, [])
+            if name not in src:
+                if params:
+                    report.missing.append(name)
+                continue
+            blobs = src[name]
+            ok = True
+            for i, p in enumerate(params):
+                if i >= len(blobs):
+                    report.skipped.append((name, i, f"the source has only {len(blobs)} blobs"))
+                    ok = False
+                    continue
+                a = _as_array(blobs[i])
+                if blob_fits(a.shape, p.shape):
+                    if tuple(a.shape) != tuple(p.shape):
+                        report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
+                elif a.size == p.numel():
+                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
+                else:
+                    report.skipped.append((name, i, f"source shape {tuple(a.shape)} ({a.size} values) cannot "
+                                                    f"become {tuple(p.shape)} ({p.numel()} values)"))
+                    ok = False
+                    continue
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+            for i in range(len(params), len(blobs)):
+                report.skipped.append((name, i, f"the net layer has only {len(params)} parameter blobs"))
+                ok = False
+            if params and ok:
+                report.copied.append(name)
+        names = set(net.layer_names)
+        report.unused = [n for n, b in src.items() if n not in names and len(b)]
+    _log_report(report)
+    return report
