@@ -719,3 +719,60 @@ def test_reduced_nets_take_caffe_weights_and_give_caffes_scores(name):
             assert out[k].shape == ref.shape
             err = (out[k].double() - ref.double()).abs().max() / ref.double().abs().max()
             assert err < 1e-4, f"{name} {size} {k}: relative error {err:.2e}"
+
+
+def test_fcn4s_crops_align_in_the_net_builder():
+    """FCN-4s through the real net builder: every Crop's top lines up with its reference.
+
+    Three channels carry the input's y coordinate, x coordinate and 1. Every
+    convolution averages each channel on its own, pooling averages (MAX
+    swapped for AVE, same windows: the window centre is then exact), the
+    upsampling layers interpolate bilinearly, Eltwise sums. Wherever the
+    third channel is at its plateau (no zero padding reached the position),
+    channel/third channel is exactly the input coordinate the position sits
+    on; after each Crop it must equal the reference blob's, and a shift by
+    one position must not.
+    """
+    from fcn_repro.caffe.prototxt import Enum as _Enum
+    Net = _net_class()
+    H = 698  # H + 198 divisible by 32: no pooling window is clipped at the far edge
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, H, H]))
+    fcn_nets.vgg_fcn(n, n.data, 3, 4, widths=(3,) * 6)
+    msg = n.to_proto()
+    for lay in msg.getall("layer"):
+        if lay.get("type") == "Pooling":
+            lay.sub("pooling_param").set("pool", _Enum("AVE"))
+    net = Net(msg, keep_blobs=True, seed=0).double()
+    types = dict(zip(net.layer_names, net.layer_types))
+
+    def bilinear(k):
+        f = math.ceil(k / 2)
+        c = f - 1 if k % 2 else f - 0.5
+        v = torch.tensor([1 - abs(j - c) / f for j in range(k)], dtype=torch.float64)
+        return v[:, None] * v[None, :]
+
+    with torch.no_grad():
+        for lname, params in net.params.items():
+            w = params[0]
+            w.zero_()
+            for c in range(3):
+                w[c, c] = bilinear(w.shape[2]) if types[lname] == "Deconvolution" else 1.0 / w[0, 0].numel()
+            for p in params[1:]:
+                p.zero_()
+    ys = torch.arange(H, dtype=torch.float64)
+    x = torch.stack([ys[:, None].expand(H, H), ys[None, :].expand(H, H),
+                     torch.ones(H, H, dtype=torch.float64)])[None]
+    net.forward(data=x)
+    crops = [lay for lay in msg.getall("layer") if lay.get("type") == "Crop"]
+    assert [c.get("name") for c in crops] == ["score_pool4c", "score_pool3c", "score_pool2c", "score"]
+    for lay in crops:
+        top = net.blobs[lay.get("top")][0]
+        ref = net.blobs[lay.getall("bottom")[1]][0]
+        inside = ((top[2] - top[2].max()).abs() < 1e-9) & ((ref[2] - ref[2].max()).abs() < 1e-9)
+        assert inside.sum() > 100, lay.get("name")
+        for ch, dim in ((0, 0), (1, 1)):
+            got, want = (top[ch] / top[2])[inside], (ref[ch] / ref[2])[inside]
+            assert torch.allclose(got, want, atol=1e-9), f"{lay.get('name')}: misaligned along {'yx'[dim]}"
+            shifted = (top[ch] / top[2]).roll(1, dim)[inside]
+            assert not torch.allclose(shifted, want, atol=1e-3)

@@ -36,14 +36,16 @@ Variants (``phase``):
   data and label blobs (this is how the reduced-width Caffe fixtures are
   written; :func:`fixture_net`).
 
-Readers named (issue: data readers): ``SBDDSegDataLayer`` (VOC training on
-SBD), ``VOCSegDataLayer`` (seg11valid), ``SIFTFlowSegDataLayer``,
-``NYUDSegDataLayer``, ``PASCALContextSegDataLayer``.
+The readers named (``fcn_repro.data.layers.LAYERS`` maps them to our
+dataset readers) keep the original layer names: ``SBDDSegDataLayer`` (VOC
+training on SBD ``train``), ``VOCSegDataLayer`` (``seg11valid``),
+``SIFTFlowSegDataLayer``, ``NYUDSegDataLayer``, ``PASCALContextSegDataLayer``.
 
 NYUDv2 color-D (early fusion) reads ``color`` (3 channels) and ``depth`` (1
 channel) and concatenates them into the 4-channel ``data``; its first
 convolution is named ``conv1_1_bgrd`` so that transplanting VGG-16 by name
-leaves it to be learnt (VGG's ``conv1_1`` has 3 input channels).
+leaves it to be learnt (VGG's ``conv1_1`` has 3 input channels). No original
+color-D caffemodel is published, so no file depends on that name.
 """
 from __future__ import annotations
 
