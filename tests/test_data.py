@@ -67,6 +67,10 @@ def test_preprocess_matches_the_original_layer_arithmetic(tmp_path):
     # SIFT Flow / Context: float32 means, float32 subtraction
     for mean in (MEAN_SIFTFLOW, MEAN_CONTEXT):
         assert np.array_equal(preprocess(rgb, mean), _original_recipe(p, mean))
+    # the 8-bit table path and the arithmetic path (non-8-bit input) agree bit for bit
+    for mean in (MEAN_VOC, MEAN_SIFTFLOW):
+        assert np.array_equal(preprocess(rgb.astype(np.float32), mean), preprocess(rgb, mean))
+        assert np.array_equal(preprocess(rgb.astype(np.uint16), mean), preprocess(rgb, mean))
 
 
 def test_mean_dtype_matters_and_is_mirrored():

@@ -104,11 +104,36 @@ def preprocess(image: np.ndarray, mean: np.ndarray = MEAN_VOC, bgr: bool = True)
     mean = np.asarray(mean)
     if mean.shape[-1] != a.shape[2]:
         raise ValueError(f"mean has {mean.shape[-1]} channels, image has {a.shape[2]}")
+    if a.dtype == np.uint8:
+        # 8-bit pixels: look the result up in a per-channel table of the 256
+        # possible values, computed with exactly the arithmetic below. Same
+        # numbers; about 2 ms of CPU for a 500 x 375 image instead of 4-9 ms.
+        lut = _mean_lut(mean)
+        h, w, c = a.shape
+        out = np.empty((c, h, w), dtype=np.float32)
+        for ch in range(c):
+            np.take(lut[ch], a[:, :, ch], out=out[ch])
+        return out
     work = np.result_type(np.float32, mean.dtype)
     # float32(pixel) first, as np.array(im, dtype=np.float32) did; then the
     # subtraction in the promoted dtype, rounded once to float32.
     out = a.astype(np.float32).astype(work, copy=False) - mean
     return np.ascontiguousarray(out.astype(np.float32, copy=False).transpose(2, 0, 1))
+
+
+_LUTS: dict = {}
+
+
+def _mean_lut(mean: np.ndarray) -> np.ndarray:
+    """(C, 256) float32: float32(float32(v) - mean[c]) in the mean's precision."""
+    key = (mean.dtype.str, mean.tobytes())
+    lut = _LUTS.get(key)
+    if lut is None:
+        work = np.result_type(np.float32, mean.dtype)
+        v = np.arange(256, dtype=np.float32).astype(work)
+        lut = (v[None, :] - mean.reshape(-1, 1)).astype(np.float32)
+        _LUTS[key] = lut
+    return lut
 
 
 def to_batch(chw: np.ndarray):
