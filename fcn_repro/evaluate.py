@@ -95,14 +95,16 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
     return p
 
 
-def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu"):
-    """Build the net from the prototxt, load the caffemodel directly, move to ``device``."""
+def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False):
+    """Build the net from the prototxt, load the caffemodel directly, move to ``device``.
+
+    fast: wrap it in :func:`fcn_repro.fast.optimize` (the same arithmetic on
+    less work: the input-independent padding region is computed once;
+    scores agree with the plain forward to float rounding).
+    """
     import torch
 
-    try:
-        from fcn_repro.caffe import Net
-    except ImportError:  # the builder's module, before fcn_repro.caffe re-exports it
-        from fcn_repro.caffe.net import Net
+    from fcn_repro.caffe import Net
 
     net = Net(str(prototxt), weights=str(weights), phase="TEST")
     rep = getattr(net, "weights_report", None)
@@ -112,7 +114,12 @@ def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu"):
             f"{weights} has no weights for the layer(s) {rep.missing} of {prototxt}: "
             "these are not this net's weights")
     net.eval()
-    return net.to(torch.device(device))
+    net = net.to(torch.device(device))
+    if fast:
+        from fcn_repro.fast import optimize
+
+        net = optimize(net)
+    return net
 
 
 class WeightsIncompleteError(ValueError):
@@ -407,7 +414,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
              split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
              json_path: Optional[str] = None, limit: Optional[int] = None, workers: int = 2,
              dataset_kind: Optional[str] = None, voc_dir: Optional[str] = None, progress: bool = True,
-             verify: bool = True, out=None) -> dict:
+             verify: bool = True, fast: bool = False, out=None) -> dict:
     """Evaluate ``net`` (zoo name or prototxt) on a dataset; see the module doc.
 
     Returns the report (scores per score blob, per-class IU, reference and
@@ -445,7 +452,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     check = None
     if verify and rank == 0:
         check = zoo.verify_or_record(wpath, progress=progress)
-    netm = load_net(prototxt, wpath, device)
+    netm = load_net(prototxt, wpath, device, fast=fast)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
     # the bundled images come with Caffe's own predictions to compare against
     compare_caffe = kind == "sample" and data is None
@@ -459,7 +466,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
         "net": net, "prototxt": str(prototxt), "weights": str(wpath), "weights_check": check,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
         "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
-        "device": device, "world_size": world, "seconds": seconds,
+        "device": device, "world_size": world, "fast": fast, "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
     }
     for blob, lab in heads.items():
@@ -551,7 +558,8 @@ def _print_report(report: dict, entry, out) -> None:
     p(f"weights {report['weights']}" + (f" [{chk['status']} in {chk['manifest']}]"
                                           if chk.get("status") in ("recorded", "verified") else ""))
     p(f"data {report['data']} split {report['split']}: {report['images']} images in {report['seconds']:.1f} s"
-      + (f" ({ips:.2f} images/s" if ips else " (") + f", {report['device']}, {report['world_size']} process(es))")
+      + (f" ({ips:.2f} images/s" if ips else " (") + f", {report['device']}, {report['world_size']} process(es)"
+      + (", fast forward)" if report.get("fast") else ")"))
     for blob, head in report["heads"].items():
         p()
         ref = None
@@ -605,6 +613,9 @@ def _parse(argv):
     ap.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     ap.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split")
     ap.add_argument("--workers", type=int, default=2, metavar="K", help="decoding threads (default: %(default)s)")
+    ap.add_argument("--fast", action="store_true",
+                    help="fast forward (fcn_repro.fast: skips recomputing the input-independent padding "
+                         "region; equal to the plain forward up to float rounding)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -629,12 +640,12 @@ def main(argv=None) -> int:
         if sample_mode:
             evaluate_sample(device=device, save_predictions=args.save_predictions, json_path=args.json,
                             limit=args.limit, workers=args.workers, progress=not args.no_progress,
-                            split=args.split)
+                            split=args.split, fast=args.fast)
         else:
             evaluate(net=args.net, weights=args.weights, data=args.data, split=args.split, device=device,
                      save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
                      workers=args.workers, dataset_kind=args.dataset, voc_dir=args.voc_dir,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, fast=args.fast)
     except MissingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MISSING

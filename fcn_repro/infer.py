@@ -87,7 +87,7 @@ def _class_names(entry, blob: str, n: int) -> List[str]:
 
 
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
-          device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True) -> dict:
+          device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False) -> dict:
     """Segment ``images``; writes label and overlay PNGs and summary.json into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}}}. Raises MissingError
@@ -101,7 +101,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         raise MissingError("image(s) not found: " + ", ".join(missing))
     if verify:
         zoo.verify_or_record(wpath)
-    netm = load_net(prototxt, wpath, device)
+    netm = load_net(prototxt, wpath, device, fast=fast)
     mean = MEANS.get(entry.dataset if entry is not None else "voc", MEAN_VOC)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours (default: %(default)s)")
+    ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
     args = ap.parse_args(argv)
     device = args.device
     if device is None:
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device, alpha=args.alpha)
+        infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device, alpha=args.alpha,
+              fast=args.fast)
     except MissingError as e:
         msg = str(e)
         if args.net == "fcn8s" and args.weights is None:

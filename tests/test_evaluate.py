@@ -29,10 +29,8 @@ CAFFE = np.load(SAMPLE / "sample.caffe.npz")
 
 
 def _net_cls():
-    try:
-        from fcn_repro.caffe import Net
-    except ImportError:
-        from fcn_repro.caffe.net import Net
+    from fcn_repro.caffe import Net
+
     return Net
 
 
@@ -128,6 +126,18 @@ def test_cli_embedded_default_limited(tmp_path, capsys):
     js = json.loads((tmp_path / "s.json").read_text())
     assert js["caffe"]["pixels"] == sum(CAFFE[f"pred/s000{i}"].size for i in range(3))
     assert js["caffe"]["differ"] == js["caffe"]["differ_margin_lt_1e-3"]
+
+
+def test_fast_forward_gives_caffe_predictions(tmp_path):
+    """--fast (fcn_repro.fast) on the sample: Caffe's labels except where Caffe's margin < 1e-3."""
+    data = make_sample_voc(tmp_path / "voc", ids=("s0010", "s0016"))
+    rep = ev.evaluate(net="sample", data=str(data), split="val", progress=False, out=io.StringIO(), fast=True,
+                      save_predictions=str(tmp_path / "p"))
+    assert rep["fast"] is True and rep["images"] == 2
+    for n in ("img0_s0010", "img1_s0016"):
+        cid = _caffe_id(n)
+        ours = np.array(Image.open(tmp_path / "p" / f"{n}.png"))
+        assert ((ours == CAFFE[f"pred/{cid}"]) | (CAFFE[f"margin/{cid}"] < 1e-3)).all()
 
 
 # ---------------------------------------------------------------- error paths (exit 2)
