@@ -241,6 +241,14 @@ def test_v1_handcrafted():
     assert w["ip"][0].shape == (1, 1, 2, 2) and w["conv"][0].tolist() == [[[[5.0, 6.0]]]]
 
 
+def test_duplicate_layer_names_last_wins_like_caffe():
+    data = pb.layer_v2("a", "", [pb.blob(1, data=[1.0])]) + pb.layer_v2("b", "", [pb.blob(1, data=[2.0])]) \
+        + pb.layer_v2("a", "", [pb.blob(2, data=[3.0, 4.0])])
+    with pytest.warns(UserWarning, match="second layer named 'a'"):
+        w = decode_caffemodel(data, filename="dup")
+    assert list(w) == ["a", "b"] and w["a"][0].tolist() == [3.0, 4.0]
+
+
 def test_errors_name_file_offset_layer_and_blob():
     data = pb.layer_v2("good", "", [pb.blob(1, data=[1.0])]) + pb.layer_v2("conv9", "", [
         pb.blob(1, data=[1.0]), pb.blob(2, 2, data=[1.0, 2.0, 3.0])])

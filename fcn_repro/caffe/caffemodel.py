@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -157,6 +158,7 @@ _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group
                4: "end-group", 5: "fixed32"}
 _MAX_GROUP_DEPTH = 100     # protobuf's default recursion limit
 _MAX_FIELD = (1 << 29) - 1
+_INT_MAX = (1 << 31) - 1
 
 
 class _Wire:
@@ -395,9 +397,14 @@ def _decode_blob(w: _Wire, start: int, end: int, tagpos: int) -> _Blob:
         blob.legacy = True
     else:
         blob.shape = tuple(dims or ())
+    nonzero = 1
     for i, d in enumerate(blob.shape):
         if d < 0:
             raise w.err(f"negative dimension {d} at axis {i} of shape {blob.shape}", tagpos)
+        nonzero *= d or 1
+    if nonzero > _INT_MAX:
+        # Caffe's Blob::Reshape: "blob size exceeds INT_MAX" (its dims and count are int)
+        raise w.err(f"blob shape {blob.shape} exceeds Caffe's INT_MAX elements", tagpos)
     count = 1
     for d in blob.shape:
         count *= d
@@ -604,10 +611,10 @@ def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[st
             if not layer.blobs and not keep_empty:
                 continue
             if layer.name in out:
-                # Caffe matches weights by layer name, so a second layer of the same
-                # name could never be loaded: refuse rather than silently pick one
-                raise CaffeModelError(f"duplicate layer name {layer.name!r}", m.filename,
-                                      offset=layer.tagpos, layer=layer.name)
+                # Caffe's CopyTrainedLayersFrom copies source layers by name in
+                # file order, so of two layers with one name the last one wins
+                warnings.warn(f"{m.filename}: byte {layer.tagpos}: a second layer named {layer.name!r}; "
+                              "its blobs replace the first one's, as in Caffe", stacklevel=3)
             out[layer.name] = m.arrays(layer, keep_dtype, fd)
     finally:
         if fd is not None:

@@ -99,8 +99,27 @@ def _blob_datasets(g: Any, name: str, filename: str) -> list[Any]:
         if ds.ndim > 32:
             raise HDF5WeightsError(f"{ds.ndim} axes, Caffe allows at most 32", filename,
                                    h5path=f"/data/{name}/{i}", layer=name, blob=i)
+        _check_size(ds, filename, f"/data/{name}/{i}", name, i)
         out.append(ds)
     return out
+
+
+def _check_size(ds: Any, filename: str, h5path: str, layer: str, blob: int) -> None:
+    """Refuse a dataset whose values can not be in the file.
+
+    HDF5 lets a dataset declare any shape and return fill values for storage
+    that was never written, so a small hostile file could ask for terabytes.
+    An unfiltered dataset's values must fit in the file; a compressed one may
+    expand, but not beyond a generous 256x (Caffe never compresses).
+    """
+    nbytes = int(ds.size) * ds.dtype.itemsize
+    size = os.path.getsize(filename)
+    filtered = bool(ds.id.get_create_plist().get_nfilters()) if ds.chunks else False
+    limit = size * 256 if filtered else size
+    if nbytes > limit:
+        raise HDF5WeightsError(f"dataset of shape {ds.shape} needs {nbytes} bytes, more than "
+                               f"{'256x ' if filtered else ''}the file's {size}: corrupt or hostile",
+                               filename, h5path=h5path, layer=layer, blob=blob)
 
 
 def load_hdf5(path: str | os.PathLike, *, keep_dtype: bool = False,

@@ -525,7 +525,7 @@ V1_ENUM_NAMES: dict[str, int] = {
 
 def v1_type_name(t: Any) -> str:
     """V2 type string for a V1 layer type given as enum name or number."""
-    if isinstance(t, bool):
+    if isinstance(t, (bool, float, Message)):
         raise ValueError(f"bad V1 layer type {t!r}")
     if isinstance(t, int):
         if t not in V1_LAYER_TYPES:
@@ -581,6 +581,17 @@ def _input_layers(net: Message) -> list[Message]:
         return []
     dims = net.getall("input_dim")
     shapes = net.getall("input_shape")
+    # the upgrade reads these fields, so their kinds are checked here (bad
+    # input gets a ValueError, never an AttributeError from deeper down)
+    for name in names:
+        if not isinstance(name, str) or isinstance(name, Enum):
+            raise ValueError(f"input must be a quoted blob name, got {name!r}")
+    for d in dims:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise ValueError(f"input_dim must be an integer, got {d!r}")
+    for sh in shapes:
+        if not isinstance(sh, Message):
+            raise ValueError(f"input_shape must be a message {{ dim: ... }}, got {sh!r}")
     if dims and shapes:
         raise ValueError("net gives both input_dim and input_shape")
     if dims and len(dims) != 4 * len(names):
@@ -608,6 +619,9 @@ def upgrade_net(net: Message) -> Message:
     """
     if net.has("layers") and net.has("layer"):
         raise ValueError("net mixes V1 'layers' and V2 'layer' fields")
+    for k, v in net.fields:
+        if k in ("layer", "layers") and not isinstance(v, Message):
+            raise ValueError(f"'{k}' must be a message {{ ... }}, got {v!r}")
     out = Message()
     inputs = _input_layers(net)
     placed = False

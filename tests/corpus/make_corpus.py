@@ -122,18 +122,20 @@ def _caffemodel_cases() -> dict[str, tuple[bytes, str]]:
                                                     "invalid wire type 7"),
         "field_number_zero.caffemodel": (b"\x02\x00" + g, "field number 0"),
         "end_group_stray.caffemodel": (s(1, "x") + key(9, 4) + g, "end-group"),
-        "groups_nested_deep.caffemodel": (key(9, 3) * 5000 + key(9, 4) * 5000 + g, "nested deeper"),
+        "groups_nested_deep.caffemodel": (key(1, 3) * 5000 + key(1, 4) * 5000 + g, "nested deeper"),
         "layer_wrong_wire.caffemodel": (vi(100, 7) + g, "wire type varint"),
         "packed_float_odd_length.caffemodel": (layer_v2("a", "", [ld(5, b"\x00" * 7)]), "multiple of 4"),
         "count_mismatch.caffemodel": (layer_v2("conv", "", [blob(2, 3, data=[1.0, 2.0])]),
                                       "needs 6"),
-        "huge_shape_no_data.caffemodel": (layer_v2("conv", "", [shape(1 << 40, 1 << 20)]), "needs"),
+        "huge_shape_no_data.caffemodel": (layer_v2("conv", "", [shape(1 << 40, 1 << 20)]), "INT_MAX"),
+        "large_shape_no_data.caffemodel": (layer_v2("conv", "", [shape(1 << 15, 1 << 15)]), "needs 1073741824"),
+        # found by atheris: a zero dimension made the count 0, the other dims overflowed numpy
+        "zero_dim_huge_shape.caffemodel": (layer_v2("conv", "", [shape(0, 1 << 40, 1 << 40)]), "INT_MAX"),
         "negative_dim.caffemodel": (layer_v2("conv", "", [shape(-5 & ((1 << 64) - 1))]), "negative dimension"),
         "too_many_axes.caffemodel": (layer_v2("conv", "", [shape(*([1] * 40))]), "more than 32 axes"),
         "no_layers.caffemodel": (s(1, "just a name"), "no layers"),
         "v1_and_v2_mixed.caffemodel": (layer_v2("a") + layer_v1("b", 4), "both"),
         "v0_nested_layer.caffemodel": (ld(2, ld(1, s(1, "old"))), "V0"),
-        "duplicate_layer_name.caffemodel": (layer_v2("a", "", [blob(1, data=[1.0])]) * 2, "duplicate"),
         "random_bytes.caffemodel": (bytes((i * 37 + 11) % 251 for i in range(3000)), ""),
     }
 
@@ -163,18 +165,18 @@ def _prototxt_cases() -> dict[str, tuple[bytes, str]]:
         "no_colon.prototxt": (b"name \"x\"\n", ":1:6: expected ':' or '{'"),
         "extra_close.prototxt": (b"layer { }\n}\n", ":2:1: expected a field name"),
         "deep_nesting.prototxt": (deep, "nested deeper"),
-        "binary_junk.prototxt": (bytes(range(256)) * 4, "NUL byte"),
+        "binary_junk.prototxt": (bytes(range(256)) * 4, "not UTF-8"),
+        "nul_byte.prototxt": (b'name: "a"\n\x00\x01', ":2:1: NUL byte"),
+        "number_underscore.prototxt": (b"base_lr: 1_0\n", ":1:10: expected a value"),
         "not_utf8.prototxt": (b'name: "\xff\xfe"\n', "not UTF-8"),
         "bad_escape.prototxt": (b'name: "a\\qb"\n', ":1:9: unknown escape"),
         "list_unclosed.prototxt": (b"dim: [1, 2\n", "expected ',' or ']'"),
         "v1_unknown_type_number.prototxt": (b"layers { name: \"a\" type: 999 }\n", "unknown V1 layer type"),
         "input_dim_count.prototxt": (b'input: "data"\ninput_dim: 1\ninput_dim: 3\n', "input_dim"),
+        "layers_scalar.prototxt": (b"name: 'x'\nlayers: 5\n", "'layers' must be a message"),
+        "input_shape_scalar.prototxt": (b'input: "a"\ninput_shape: 3\n', "input_shape must be a message"),
+        "v1_type_float.prototxt": (b'layers { name: "a" type: 1.5 }\n', "bad V1 layer type"),
     }
-
-
-def _hdf5_cases() -> dict[str, tuple[bytes, str]]:
-    """HDF5 files are made with h5py; their bytes are built in build_hdf5()."""
-    return {}
 
 
 MANIFEST: dict[str, str] = {}
@@ -190,7 +192,10 @@ def cases() -> dict[str, bytes]:
 
 
 def build_hdf5(directory: Path) -> dict[str, str]:
-    """Write the bad HDF5 files (needs h5py) and return name -> expected message part."""
+    """Write the bad HDF5 files (needs h5py) and return name -> expected message part.
+
+    h5py writes no time stamps by default, so these files are reproducible too.
+    """
     import h5py
     import numpy as np
     expect = {}
@@ -215,6 +220,10 @@ def build_hdf5(directory: Path) -> dict[str, str]:
     with h5py.File(p, "w") as f:
         f.create_dataset("data/conv", data=np.zeros(3, np.float32))
     expect[p.name] = "expected a group"
+    p = directory / "h5_huge_declared_shape.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("data/conv/0", shape=(1 << 20, 1 << 20), dtype=np.float32)   # 4 TiB, never written
+    expect[p.name] = "more than the file's"
     full = directory / "h5_truncated.h5"
     with h5py.File(full, "w") as f:
         f.create_dataset("data/conv/0", data=np.arange(4000, dtype=np.float32))
@@ -228,7 +237,7 @@ def main(directory: Path = BAD) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in cases().items():
         (directory / name).write_bytes(data)
-    build_hdf5(directory)
+    MANIFEST.update(build_hdf5(directory))
     print(f"wrote {len(list(directory.iterdir()))} files to {directory}")
 
 
