@@ -1,0 +1,397 @@
+"""Convert Caffe weights between .caffemodel (V1/V2) and Caffe HDF5, and check them.
+
+    python -m fcn_repro.convert IN [-o OUT] [--prototxt NET] [--json] [--strict]
+
+IN: a ``.caffemodel`` (V1 or V2) or ``.caffemodel.h5`` / ``.h5`` (told apart by
+content). OUT, by suffix: ``.h5`` / ``.caffemodel.h5`` (Caffe's HDF5 layout,
+which Caffe's ``CopyTrainedLayersFromHDF5`` loads) or ``.caffemodel`` (V2
+binary). Without ``-o`` the file is only listed (and checked).
+
+Prints a table (layer, blob, shape, dtype, bytes) and totals, or with
+``--json`` one JSON object for machines; a progress bar on stderr while a
+large file is written. The output is written atomically: a failed or
+interrupted run leaves no partial OUT.
+
+``--prototxt NET`` checks every blob against the parameter shapes of the net
+(built with :class:`fcn_repro.caffe.Net`, on the meta device where it can: no
+memory for the parameters) the way Caffe's ``CopyTrainedLayersFrom`` does: a
+layer found in both must have as many blobs as the net gives it and each
+blob its shape, where a blob stored with the legacy num/channels/height/width
+fields also fits a parameter whose shape, left-padded with ones to 4 axes,
+equals it (Caffe's ``Blob::ShapeEquals``; HDF5 has no such leniency). Blobs so
+matched are written in the net's shapes. Net layers with parameters that IN
+lacks ("missing") and IN layers with blobs that the net lacks ("unused") are
+reported; ``--strict`` makes them failures.
+
+Legacy shapes without ``--prototxt``: a V1 file stores an InnerProduct weight
+(O, I) as (1, 1, O, I) and biases as (1, 1, 1, O). Written to ``.caffemodel``
+they keep the legacy fields, so Caffe reads them exactly as before. Caffe's
+HDF5 loader wants the net's shapes, so for ``.h5`` output the blobs of
+Convolution, Deconvolution and InnerProduct layers are given the shapes those
+layers have in Caffe ((O, I) weights, (O,) biases); a legacy blob of any
+other layer type needs ``--prototxt`` (or ``--keep-legacy-shapes`` to write it
+as stored anyway).
+
+Exit status: 0 ok, 1 the check failed, 2 bad input or usage. Nothing is ever
+unpickled.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["CheckReport", "check_weights", "expected_shapes", "convert", "main"]
+
+_LARGE = 64 << 20     # progress bar from this many bytes on
+
+
+class UsageError(Exception):
+    """Bad input or usage: exit status 2."""
+
+
+# ------------------------------------------------------------------- check
+
+@dataclasses.dataclass
+class CheckReport:
+    """What checking a weights file against a net found.
+
+    ``mismatched``: (layer, blob, stored shape, expected shape);
+    ``count_mismatch``: (layer, stored blobs, expected blobs);
+    ``coerced``: (layer, blob, stored shape, net shape) for legacy 4-D blobs
+    accepted under the net's shape; ``missing``: net layers with parameters
+    absent from the file; ``unused``: file layers with blobs absent from the net.
+    """
+    prototxt: str
+    matched: list[str] = dataclasses.field(default_factory=list)
+    mismatched: list[tuple[str, int, tuple, tuple]] = dataclasses.field(default_factory=list)
+    count_mismatch: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    coerced: list[tuple[str, int, tuple, tuple]] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unused: list[str] = dataclasses.field(default_factory=list)
+
+    def failed(self, strict: bool) -> bool:
+        return bool(self.mismatched or self.count_mismatch or (strict and (self.missing or self.unused)))
+
+    def messages(self, filename: str, strict: bool) -> list[str]:
+        out = []
+        for layer, n, m in self.count_mismatch:
+            out.append(f"{filename}: layer {layer!r}: {n} blobs in the weights, but {self.prototxt} gives "
+                       f"the layer {m} parameter blobs (Caffe: incompatible number of blobs)")
+        for layer, i, s, e in self.mismatched:
+            out.append(f"{filename}: layer {layer!r} blob {i}: shape {_shape_str(s)} in the weights, "
+                       f"{self.prototxt} expects {_shape_str(e)}")
+        kind = "error" if strict else "warning"
+        if self.missing:
+            out.append(f"{kind}: net layers with parameters not in {filename}: {', '.join(self.missing)}")
+        if self.unused:
+            out.append(f"{kind}: layers of {filename} not in the net: {', '.join(self.unused)}")
+        return out
+
+    def to_json(self, strict: bool) -> dict:
+        return {
+            "prototxt": self.prototxt, "ok": not self.failed(strict), "strict": strict,
+            "matched": self.matched,
+            "mismatched": [{"layer": lay, "blob": i, "stored": list(s), "expected": list(e)}
+                           for lay, i, s, e in self.mismatched],
+            "count_mismatch": [{"layer": lay, "stored": n, "expected": m} for lay, n, m in self.count_mismatch],
+            "coerced": [{"layer": lay, "blob": i, "stored": list(s), "shape": list(e)}
+                        for lay, i, s, e in self.coerced],
+            "missing": self.missing, "unused": self.unused,
+        }
+
+
+def legacy_fits(stored: Sequence[int], expected: Sequence[int]) -> bool:
+    """Caffe's ``Blob::ShapeEquals`` for a blob stored with legacy 4-D dims."""
+    stored, expected = tuple(stored), tuple(expected)
+    return len(stored) == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == stored
+
+
+def check_weights(info: Any, expected: dict[str, list[tuple[int, ...]]], prototxt: str = "<net>",
+                  net_layers_with_params: Sequence[str] | None = None) -> CheckReport:
+    """Check a :class:`~fcn_repro.caffe.caffemodel.ModelInfo` against ``expected``.
+
+    ``expected``: net layer name -> parameter shapes in Caffe order (layers
+    without parameters map to ``[]``), as ``net.params`` gives them.
+    """
+    rep = CheckReport(prototxt)
+    seen = set()
+    for layer in info.layers:
+        seen.add(layer.name)
+        if layer.name not in expected:
+            if layer.blobs:
+                rep.unused.append(layer.name)       # Caffe: "Ignoring source layer"
+            continue
+        want = [tuple(int(d) for d in s) for s in expected[layer.name]]
+        if len(layer.blobs) != len(want):
+            rep.count_mismatch.append((layer.name, len(layer.blobs), len(want)))
+            continue
+        ok = True
+        for b, w in zip(layer.blobs, want):
+            if b.shape == w:
+                continue
+            if b.legacy_shape and legacy_fits(b.shape, w):
+                rep.coerced.append((layer.name, b.index, b.shape, w))
+            else:
+                rep.mismatched.append((layer.name, b.index, b.shape, w))
+                ok = False
+        if ok and want:
+            rep.matched.append(layer.name)
+    with_params = net_layers_with_params if net_layers_with_params is not None else \
+        [k for k, v in expected.items() if v]
+    rep.missing = [k for k in with_params if k not in seen]
+    return rep
+
+
+def expected_shapes(prototxt: str, phase: str = "TEST") -> tuple[dict[str, list[tuple]], dict[str, str]]:
+    """(layer -> parameter shapes, layer -> type) of the net, via :class:`fcn_repro.caffe.Net`.
+
+    Built on torch's meta device when that works (shapes only, no memory for
+    a 500 MB net's parameters), else normally.
+    """
+    import torch
+    from fcn_repro.caffe import Net
+    try:
+        with torch.device("meta"):
+            net = Net(prototxt, phase=phase)
+    except Exception:  # noqa: BLE001 - some layer may not build on meta; build for real
+        net = Net(prototxt, phase=phase)
+    shapes = {name: [tuple(int(d) for d in p.shape) for p in net.params.get(name, [])] for name in net.layer_names}
+    types = dict(zip(net.layer_names, net.layer_types))
+    return shapes, types
+
+
+# ----------------------------------------------------------------- convert
+
+# Parameter shapes of the V1-era layer types in Caffe, for legacy 4-D blobs:
+# (weight rank, bias rank). Convolution/Deconvolution weights are 4-D anyway.
+_MODERN_RANKS = {"Convolution": (4, 1), "Deconvolution": (4, 1), "InnerProduct": (2, 1)}
+
+
+def _modern_shape(layer_type: str, index: int, shape: tuple) -> tuple | None:
+    ranks = _MODERN_RANKS.get(layer_type)
+    if ranks is None or index > 1 or len(shape) != 4:
+        return None
+    rank = ranks[index]
+    if any(d != 1 for d in shape[:4 - rank]):
+        return None
+    return shape[4 - rank:]
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+@dataclasses.dataclass
+class _Plan:
+    layers: list            # CaffeLayer records to write (blobs possibly reshaped)
+    rows: list[dict]        # table rows: one per blob
+    empty: list[str]        # layers without blobs
+    notes: list[str]
+
+
+def _plan(contents: Any, info: Any, out_fmt: str | None, check: CheckReport | None,
+          net_types: dict[str, str], keep_legacy: bool) -> _Plan:
+    from fcn_repro.caffe.caffemodel import CaffeLayer
+    coerced = {(lay, i): shape for lay, i, _, shape in (check.coerced if check else [])}
+    layers, rows, empty, notes = [], [], [], []
+    blocked = []
+    for rec, li in zip(contents.layers, info.layers):
+        if not li.blobs:
+            empty.append(li.name)
+        ltype = rec.type or net_types.get(rec.name, "")
+        blobs, legacy = [], []
+        for b, arr in zip(li.blobs, rec.blobs):
+            shape, is_legacy = b.shape, b.legacy_shape
+            if (rec.name, b.index) in coerced:
+                shape, is_legacy = coerced[(rec.name, b.index)], False
+            elif is_legacy and out_fmt == "hdf5" and not keep_legacy:
+                modern = _modern_shape(ltype, b.index, b.shape)
+                if modern is not None:
+                    shape, is_legacy = modern, False
+                    if modern != b.shape:
+                        notes.append(f"{rec.name}[{b.index}]: legacy {_shape_str(b.shape)} written as "
+                                     f"{_shape_str(shape)} ({ltype})")
+                elif check is None:
+                    blocked.append(f"{rec.name}[{b.index}] ({ltype or 'type unknown'}, {_shape_str(b.shape)})")
+            if shape != b.shape:
+                arr = arr.reshape(shape)
+            blobs.append(arr)
+            legacy.append(is_legacy)
+            rows.append({"layer": rec.name, "type": ltype, "blob": b.index, "shape": list(shape),
+                         "stored_shape": list(b.shape), "legacy_shape": b.legacy_shape,
+                         "dtype": b.dtype, "bytes": b.nbytes})
+        extras = rec.extras if out_fmt == "caffemodel" else ()
+        layers.append(CaffeLayer(rec.name, ltype, blobs, rec.bottom, rec.top, legacy, extras))
+    if blocked:
+        raise UsageError(
+            "these blobs have legacy 4-D shapes that Caffe's HDF5 loader would refuse, and their layer "
+            "types do not say the real shapes: " + ", ".join(blocked)
+            + "; pass --prototxt NET to give the net's shapes, or --keep-legacy-shapes to write them as stored")
+    return _Plan(layers, rows, empty, notes)
+
+
+def _read(path: str) -> tuple[Any, Any]:
+    """(contents with layer records, info) for either format."""
+    from fcn_repro.caffe.caffemodel import CaffeLayer, CaffeModelContents, caffemodel_layers
+    from fcn_repro.caffe.weights import detect_format, load_weights, weights_info
+    if detect_format(path) == "caffemodel":
+        c = caffemodel_layers(path)
+        return c, c.info
+    info = weights_info(path)
+    w = load_weights(path, keep_dtype=True, keep_empty=True)
+    layers = [CaffeLayer(li.name, "", w[li.name], legacy=[False] * len(w[li.name])) for li in info.layers]
+    return CaffeModelContents(info, layers, None, []), info
+
+
+def _write(plan: _Plan, contents: Any, out: str, out_fmt: str, quiet: bool) -> None:
+    from tqdm import tqdm
+    from fcn_repro.caffe.caffemodel import write_caffemodel
+    from fcn_repro.caffe.hdf5 import save_hdf5
+    total = sum(r["bytes"] for r in plan.rows)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              desc=f"writing {os.path.basename(out)}", disable=quiet or total < _LARGE, leave=False) as bar:
+        if out_fmt == "hdf5":
+            save_hdf5(out, {lay.name: list(lay.blobs) for lay in plan.layers}, progress=bar.update)
+        else:
+            # a caffemodel from a caffemodel keeps the net's name and fields; from HDF5: empty name, as Caffe
+            name = contents.net_name if contents.net_name is not None else ""
+            # progress counts every byte written; cap the bar at the values' total
+            write_caffemodel(out, plan.layers, name, net_extras=contents.net_extras,
+                             progress=lambda n: bar.update(min(n, max(0, bar.total - bar.n))))
+
+
+def convert(inp: str, out: str | None = None, prototxt: str | None = None, *, strict: bool = False,
+            keep_legacy_shapes: bool = False, phase: str = "TEST", quiet: bool = True) -> dict:
+    """Library form of the CLI: returns the JSON report (``report["ok"]``).
+
+    Raises :class:`~fcn_repro.caffe.WeightsError` / ``PrototxtError`` /
+    ``OSError`` for bad input, :class:`UsageError` for bad usage; a failed
+    check returns ``ok: False`` and writes nothing.
+    """
+    from fcn_repro.caffe.weights import weights_format_for
+    out_fmt = weights_format_for(out) if out else None
+    if strict and not prototxt:
+        raise UsageError("--strict needs --prototxt (it makes missing/unused layers failures)")
+    if out and os.path.isdir(out):
+        raise UsageError(f"{out}: is a directory")
+    contents, info = _read(inp)
+    check, net_types = None, {}
+    if prototxt:
+        expected, net_types = expected_shapes(prototxt, phase)
+        check = check_weights(info, expected, prototxt)
+    report: dict = {"input": inp, "input_format": info.format, "net_name": info.net_name,
+                    "file_bytes": info.file_size, "output": out, "output_format": out_fmt,
+                    "check": check.to_json(strict) if check else None}
+    if check:
+        report["check"]["messages"] = check.messages(inp, strict)
+    failed = bool(check and check.failed(strict))
+    plan = _plan(contents, info, None if failed else out_fmt, check, net_types, keep_legacy_shapes)
+    report["blobs"] = plan.rows
+    report["empty_layers"] = plan.empty
+    report["notes"] = plan.notes
+    report["totals"] = {
+        "layers": len(info.layers), "layers_with_blobs": len(info.layers) - len(plan.empty),
+        "blobs": len(plan.rows), "values": int(sum(int(np.prod(r["stored_shape"])) for r in plan.rows)),
+        "bytes": int(sum(r["bytes"] for r in plan.rows)),
+    }
+    report["ok"] = not failed
+    report["written"] = False
+    if out and not failed:
+        _write(plan, contents, out, out_fmt, quiet)
+        report["written"] = True
+        report["output_bytes"] = os.path.getsize(out)
+    return report
+
+
+# --------------------------------------------------------------------- CLI
+
+def _table(report: dict) -> str:
+    rows = [("layer", "blob", "shape", "dtype", "bytes")]
+    for r in report["blobs"]:
+        shape = _shape_str(r["shape"])
+        if r["shape"] != r["stored_shape"]:
+            shape += f" (stored {_shape_str(r['stored_shape'])})"
+        elif r["legacy_shape"]:
+            shape += " (legacy 4-D)"
+        rows.append((r["layer"], str(r["blob"]), shape, r["dtype"], f"{r['bytes']:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(c.rjust(w) if i in (1, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     .rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    t = report["totals"]
+    lines.append(f"total: {t['blobs']} blobs in {t['layers_with_blobs']} layers "
+                 f"({t['layers']} layers in all), {t['values']:,} values, {t['bytes']:,} bytes")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m fcn_repro.convert",
+        description="List, check and convert Caffe weights (.caffemodel V1/V2 <-> Caffe HDF5 .h5).")
+    ap.add_argument("input", help=".caffemodel (V1 or V2) or .caffemodel.h5 / .h5")
+    ap.add_argument("-o", "--output", help="write to this .caffemodel or .h5 / .caffemodel.h5 (atomically)")
+    ap.add_argument("--prototxt", help="check every blob against this net's parameter shapes")
+    ap.add_argument("--phase", default="TEST", choices=("TRAIN", "TEST"), help="net phase for --prototxt")
+    ap.add_argument("--strict", action="store_true",
+                    help="with --prototxt: missing or unused layers fail the check too")
+    ap.add_argument("--keep-legacy-shapes", action="store_true",
+                    help="write legacy 4-D blob shapes to .h5 as stored (Caffe's HDF5 loader refuses them)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+
+    from fcn_repro.caffe.prototxt import PrototxtError
+    from fcn_repro.caffe.weights import WeightsError
+    try:
+        report = convert(a.input, a.output, a.prototxt, strict=a.strict, phase=a.phase,
+                         keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.quiet)
+    except (UsageError, WeightsError, PrototxtError, OSError) as e:
+        msg = str(e)
+        if isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.filename}: no such file"
+        if a.json:
+            print(json.dumps({"ok": False, "error": msg, "input": a.input, "output": a.output}))
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - e.g. the net builder refusing the prototxt
+        if a.json:
+            print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "input": a.input}))
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+    if a.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{a.input}: {report['input_format']}"
+              + (f", net {report['net_name']!r}" if report["net_name"] else ""))
+        print(_table(report))
+        for n in report["notes"]:
+            print(f"note: {n}")
+    if report["check"] is not None:
+        c = report["check"]
+        for m in c["messages"]:
+            print(m if m.startswith(("error:", "warning:")) else f"error: {m}", file=sys.stderr)
+        if not a.json:
+            state = "passed" if c["ok"] else "FAILED"
+            print(f"check against {a.prototxt}: {state} ({len(c['matched'])} layers matched, "
+                  f"{len(c['coerced'])} legacy blobs accepted, {len(c['missing'])} missing, {len(c['unused'])} unused)")
+    if not report["ok"]:
+        if a.output:
+            print(f"not written: {a.output}", file=sys.stderr)
+        return 1
+    if report["written"] and not a.json:
+        print(f"wrote {a.output} ({report['output_format']}, {report['output_bytes']:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
