@@ -834,6 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("output")
     g.add_argument("--out", help="output directory (default out/<net or solver name>; with --feed: none)")
     g.add_argument("--save", help="write the final weights here (.caffemodel or .h5)")
+    g.add_argument("--snapshot-format", choices=["both", "caffemodel", "h5"], default="both",
+                   help="weights format of snapshots (default both: .caffemodel and .caffemodel.h5); "
+                        "the solver state is always .solverstate.h5")
     g.add_argument("--device", help="cpu, cuda, cuda:N (default cuda when available)")
     g.add_argument("--no-progress", action="store_true")
     return ap
@@ -946,8 +949,10 @@ def _main(args: argparse.Namespace) -> int:
             _print("no --val-data: periodic validation is off")
         sp = replace(sp, test_interval=0)
 
+    formats = {"both": (".caffemodel", ".caffemodel.h5"), "caffemodel": (".caffemodel",),
+               "h5": (".caffemodel.h5",)}[args.snapshot_format]
     trainer = Trainer(net, netparam, sp, source, out_dir=out_dir, validator=validator, rank=rank,
-                      world=world, progress=not args.no_progress, name=name, seed=seed)
+                      world=world, progress=not args.no_progress, name=name, seed=seed, formats=formats)
     if out_dir is not None and rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         if not args.resume and trainer.log_path.exists():

@@ -327,8 +327,9 @@ def test_train_cli_end_to_end_snapshot_resume(tiny_setup, tmp_path):
     # Resume from iteration 2: the same iterations 2 and 3, bit for bit
     out2 = tmp_path / "resumed"
     _run(common + ["--resume", out / "train_iter_2.solverstate.h5", "--iters", 2, "--snapshot-every", 2,
-                   "--test-every", 0, "--out", out2])
-    c = load_weights(out2 / "train_iter_4.caffemodel")
+                   "--test-every", 0, "--out", out2, "--snapshot-format", "h5"])
+    assert not (out2 / "train_iter_4.caffemodel").exists()
+    c = load_weights(out2 / "train_iter_4.caffemodel.h5")
     for n in a:
         for x, y in zip(a[n], c[n]):
             np.testing.assert_array_equal(x, y, err_msg=n)
