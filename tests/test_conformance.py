@@ -97,6 +97,22 @@ def test_zoo_forward_every_blob(zoo, fuse):
     assert sorted(out) == sorted(k[8:] for k in zoo.files if k.startswith("topdiff/"))
 
 
+def test_zoo_pooling_explicit_padding_path(zoo):
+    """The explicit-padding pooling path (used where PyTorch's kernels disagree with Caffe's
+    output size) reproduces Caffe's pooling blobs too."""
+    from fcn_repro.caffe.layers.pooling import Pooling
+    net = zoo_net()
+    pools = [m for m in net.modules() if isinstance(m, Pooling)]
+    assert {m.name for m in pools} == {"mp_ceil", "mp_pad", "ap_pad", "ap_rect", "gp"}
+    for m in pools:
+        m.force_explicit = True
+    with torch.no_grad():
+        net(**{n: torch.from_numpy(zoo[f"fwd/{n}"]) for n in net.inputs})
+    for m in pools:
+        ref = zoo[f"fwd/{m.name}"]
+        assert rel_err(npy(net.blobs[m.name]), ref) < 1e-6, m.name
+
+
 def _zoo_backward(net, zoo, dtype):
     inputs = {n: torch.from_numpy(zoo[f"fwd/{n}"]).to(dtype).requires_grad_(n != "ref") for n in net.inputs}
     out = net(**inputs)
