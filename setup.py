@@ -2,17 +2,54 @@
 
 Install torch first, then this package with --no-build-isolation so that the
 build uses the torch already installed (never a second, downloaded one).
+
+The extension fcn_repro._C holds the ops of csrc/ (registered as
+torch.ops.fcn_repro.*). It is a CppExtension by default, and a CUDAExtension
+(adding csrc/cuda/*.cu) when torch is a CUDA build and nvcc is found, or when
+FORCE_CUDA=1, which lets a machine without a GPU compile and link the CUDA
+code (see .ci/cuda_build.sh). FORCE_CUDA=0 forces the CPU-only build.
 """
+import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _want_cuda() -> bool:
+    force = os.environ.get("FORCE_CUDA")
+    if force is not None and force.strip() != "":
+        return force.strip() == "1"
+    import torch
+
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
+    return torch.version.cuda is not None and CUDA_HOME is not None and bool(nvcc)
+
+
+WITH_CUDA = _want_cuda()
+sources = ["csrc/fcn_ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+extra_compile_args = {
+    # -fopenmp: at::parallel_for is torch's OpenMP backend, inlined into our
+    # code; without it the loops run on one thread. -ffp-contract=off: no FMA
+    # contraction, so the CPU sums round like the CUDA ones (nvcc --fmad=false)
+    # and the diagonal fast path matches the general path bit for bit.
+    "cxx": ["-O3", "-fopenmp", "-ffp-contract=off"],
+}
+extension = CppExtension
+if WITH_CUDA:
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    extra_compile_args["nvcc"] = ["-O3", "--fmad=false", "-DFCN_REPRO_WITH_CUDA"]
+    extra_compile_args["cxx"].append("-DFCN_REPRO_WITH_CUDA")
+    extension = CUDAExtension
 
 ext_modules = [
-    CppExtension(
+    extension(
         "fcn_repro._C",
-        sources=["csrc/fcn_ops.cpp"],
-        extra_compile_args={"cxx": ["-O3"]},
+        sources=sources,
+        include_dirs=[os.path.abspath("csrc"), os.path.abspath("csrc/include")],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=["-fopenmp"],
     )
 ]
 

@@ -2,30 +2,46 @@
 
 Public functions (all differentiable, float32/float64, any device):
 
-- ``deconv2d(x, weight, bias=None, stride=(1,1), pad=(0,0), dilation=(1,1), groups=1)``
-- ``crop_sum(a, b, offsets, coeffs=None)``
-- ``deconv2d_crop(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)``
-- ``extension_info()``
+- ``deconv2d(x, weight, bias=None, stride=(1,1), pad=(0,0), dilation=(1,1), groups=1)``:
+  Caffe Deconvolution, weight (Cin, Cout/groups, kh, kw).
+- ``crop_sum(a, b, offsets, coeffs=None)``: Crop b (axis 2) at offsets to a's
+  H x W, then Eltwise SUM a*coeffs[0] + crop*coeffs[1].
+- ``deconv2d_crop(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)``:
+  deconv2d(...)[..., oy:oy+H, ox:ox+W], computed only on that window.
+- ``extension_info()``: which backends of the C++/CUDA extension were built
+  and whether the pure-PyTorch fallback is in use.
+
+They run the kernels of the C++/CUDA extension fcn_repro._C (registered as
+torch.ops.fcn_repro.*) and fall back to the pure-PyTorch references of
+fcn_repro.ops.reference, with a FallbackWarning, when it is missing.
 """
+from __future__ import annotations
+
+from . import _ext
+from ._ext import FallbackWarning
+from .crop_sum import crop_sum
+from .deconv import deconv2d, deconv2d_crop, weight_is_diagonal
 from .reference import crop_sum_ref, deconv2d_crop_ref, deconv2d_ref
 
 
-def deconv2d(x, weight, bias=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1):
-    return deconv2d_ref(x, weight, bias, stride, pad, dilation, groups)
+def extension_info() -> dict:
+    """State of the compiled extension fcn_repro._C.
+
+    Keys: "cpu", "cuda" (bool: kernels of that backend were built and
+    registered), "fallback" (bool: the pure-PyTorch reference is in use for
+    every device), "path" (the extension file, or None), "error" (why it could
+    not be loaded, or None), "torch" (the running torch version).
+    """
+    path = getattr(_ext._C, "__file__", None) if _ext._C is not None else None
+    return {
+        "cpu": _ext.has_kernel("deconv2d_crop", "CPU"),
+        "cuda": _ext.has_kernel("deconv2d_crop", "CUDA"),
+        "fallback": not _ext.AVAILABLE,
+        "path": path,
+        "error": _ext.LOAD_ERROR,
+        "torch": __import__("torch").__version__,
+    }
 
 
-def crop_sum(a, b, offsets, coeffs=None):
-    return crop_sum_ref(a, b, offsets, coeffs)
-
-
-def deconv2d_crop(x, weight, bias=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1,
-                  offsets=(0, 0), out_size=None):
-    return deconv2d_crop_ref(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
-
-
-def extension_info():
-    return {"cpu": False, "cuda": False, "fallback": True, "path": None,
-            "error": "extension ops not written yet (pure-PyTorch reference in use)"}
-
-
-__all__ = ["deconv2d", "crop_sum", "deconv2d_crop", "extension_info"]
+__all__ = ["deconv2d", "crop_sum", "deconv2d_crop", "extension_info", "weight_is_diagonal",
+           "FallbackWarning", "deconv2d_ref", "crop_sum_ref", "deconv2d_crop_ref"]

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Compile and link the CUDA build of fcn_repro._C on a machine without a GPU.
+#
+# Why: the project's build machines have nvcc (/usr/local/cuda, CUDA 13) but no
+# GPU and a CPU-only torch. A CUDA-enabled torch (torch==2.14.1, CUDA 13 build,
+# ~5.5 GB, installed from local disk) goes into a separate venv, and the
+# extension is built there with FORCE_CUDA=1 into a temporary directory, never
+# in place: the CPU fcn_repro/_C*.so in the source tree that the tests import
+# is left untouched.
+#
+# Environment:
+#   CUDA_VENV            venv path (created or reused), default /tmp/fcn_cuda_venv
+#   CUDA_HOME            default /usr/local/cuda
+#   TORCH_CUDA_ARCH_LIST default "9.0"
+#   CUDA_BUILD_DIR       where build temp + lib go, default: a fresh mktemp -d (removed
+#                        on success unless KEEP_CUDA_BUILD=1)
+#   MAX_JOBS             parallel compile jobs (ninja), default 2
+# Steps: --venv-only creates/reuses the venv and stops.
+# Exit status: non-zero on any failure (venv, build, missing .so, no CUDA kernels in it).
+set -euo pipefail
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CUDA_VENV="${CUDA_VENV:-/tmp/fcn_cuda_venv}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+TORCH_SPEC="torch==2.14.1"
+
+log() { printf '[cuda_build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { log "FAILED: $*"; exit 1; }
+
+[ -x "$CUDA_HOME/bin/nvcc" ] || fail "nvcc not found at $CUDA_HOME/bin/nvcc (set CUDA_HOME)"
+export PATH="$CUDA_HOME/bin:$PATH"
+
+# ---- 1. venv with a CUDA build of torch (reused when it already has one) ----
+t0=$SECONDS
+if [ -x "$CUDA_VENV/bin/python" ] && "$CUDA_VENV/bin/python" - <<'PY' 2>/dev/null
+import sys, torch
+sys.exit(0 if torch.version.cuda and torch.__version__.startswith("2.14.1") else 1)
+PY
+then
+    log "reusing venv $CUDA_VENV"
+else
+    log "creating venv $CUDA_VENV with $TORCH_SPEC (CUDA build, ~5.5 GB from local disk)"
+    rm -rf "$CUDA_VENV"
+    python3 -m venv "$CUDA_VENV" || fail "python3 -m venv $CUDA_VENV"
+    "$CUDA_VENV/bin/pip" install -q "$TORCH_SPEC" numpy setuptools ninja pybind11 wheel \
+        || fail "pip install $TORCH_SPEC into $CUDA_VENV"
+fi
+PY="$CUDA_VENV/bin/python"
+"$PY" - <<'PY' || fail "torch in $CUDA_VENV is not a CUDA build"
+import torch
+assert torch.version.cuda, "torch.version.cuda is None"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+PY
+venv_s=$((SECONDS - t0))
+log "venv ready in ${venv_s}s"
+if [ "${1:-}" = "--venv-only" ]; then exit 0; fi
+
+# ---- 2. build the extension with nvcc into a temporary directory ----
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+CU13_INC="$SITE/nvidia/cu13/include"
+[ -d "$CU13_INC" ] || fail "$CU13_INC missing (torch's CUDA headers include cusparse.h from there)"
+export CPATH="$CU13_INC${CPATH:+:$CPATH}"   # seen by both g++ and nvcc's host pass
+export FORCE_CUDA=1
+
+BUILD="${CUDA_BUILD_DIR:-$(mktemp -d /tmp/fcn_cuda_build.XXXXXX)}"
+mkdir -p "$BUILD"
+# Build from a copy of the sources (setup.py, csrc/, the package without any
+# .so) so that nothing (egg-info, .so, build/) is written into the source tree.
+mkdir -p "$BUILD/src"
+( cd "$SRC" && tar --exclude='__pycache__' --exclude='*.so' --exclude='*.egg-info' \
+      -cf - setup.py csrc fcn_repro ) | tar -C "$BUILD/src" -xf - || fail "copy sources to $BUILD/src"
+t1=$SECONDS
+log "building in $BUILD (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+( cd "$BUILD/src" && "$PY" setup.py -q build_ext --build-temp "$BUILD/temp" --build-lib "$BUILD/lib" ) \
+    > "$BUILD/build.log" 2>&1 || { tail -n 60 "$BUILD/build.log"; fail "build_ext (log: $BUILD/build.log)"; }
+build_s=$((SECONDS - t1))
+
+# ---- 3. checks: the .so exists, holds sm_90 device code with our kernels, and
+#      their host-side launch stubs (only nvcc produces those) ----
+SO="$(ls "$BUILD"/lib/fcn_repro/_C*.so 2>/dev/null | head -n1 || true)"
+[ -n "$SO" ] && [ -s "$SO" ] || fail "no fcn_repro/_C*.so under $BUILD/lib"
+log "built $SO ($(stat -c %s "$SO") bytes) in ${build_s}s"
+grep -q "sm_90" "$BUILD/build.log" || fail "nvcc was not run for sm_90 (see $BUILD/build.log)"
+readelf -S -W "$SO" | grep -q '\.nv_fatbin' || fail "no .nv_fatbin (device code) section in $SO"
+objcopy -O binary --only-section=.nv_fatbin "$SO" "$BUILD/fatbin.bin" || fail "objcopy .nv_fatbin from $SO"
+fatbin_bytes=$(stat -c %s "$BUILD/fatbin.bin")
+[ "$fatbin_bytes" -gt 0 ] || fail "empty .nv_fatbin in $SO"
+log "device code: .nv_fatbin $fatbin_bytes bytes"
+nm -C "$SO" > "$BUILD/syms.txt" || fail "nm $SO"
+if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
+    "$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" | grep -q sm_90 || fail "cuobjdump: no sm_90 cubin in $SO"
+fi
+missing=0
+for k in deconv2d_fwd_kernel deconv2d_diag_check_kernel deconv2d_grad_input_kernel \
+         deconv2d_grad_weight_kernel deconv2d_grad_bias_kernel crop_sum_fwd_kernel crop_sum_bwd_kernel; do
+    host=$(grep -c "fcn_repro::.*${k}<" "$BUILD/syms.txt" || true)
+    # device side: the kernel's mangled name in the (uncompressed) fatbin, when readable
+    dev=$(grep -a -c "$k" "$BUILD/fatbin.bin" || true)
+    log "kernel $k: $host host stub symbol(s), $dev fatbin name hit(s)"
+    [ "$host" -ge 2 ] || missing=1   # float and double instantiations
+done
+[ $missing = 0 ] || fail "CUDA kernels missing from $SO"
+# The CUDA kernels must be registered: the TORCH_LIBRARY_IMPL(fcn_repro, CUDA) blocks are linked in.
+grep -q "TORCH_LIBRARY_IMPL_static_init_fcn_repro_CUDA" "$BUILD/syms.txt" \
+    || fail "no TORCH_LIBRARY_IMPL(fcn_repro, CUDA) registration in $SO"
+
+log "OK: venv ${venv_s}s, build ${build_s}s, total $((SECONDS - t0))s"
+if [ -z "${CUDA_BUILD_DIR:-}" ] && [ "${KEEP_CUDA_BUILD:-0}" != 1 ]; then rm -rf "$BUILD"; fi

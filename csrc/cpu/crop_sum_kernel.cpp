@@ -1,0 +1,86 @@
+// CPU launchers of the fused Crop + Eltwise SUM op: at::parallel_for over the
+// math of include/fcn_repro/crop_sum.h, one contiguous row per inner loop so
+// that the compiler vectorises it.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "ops_common.h"
+
+namespace fcn_repro {
+namespace {
+
+constexpr int64_t kGrain = 32768;
+
+at::Tensor crop_sum_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef offsets,
+                        double c0, double c1) {
+  const char* op = "crop_sum";
+  check_float_tensor(a, "first bottom (a)", op);
+  check_same(a, b, "first bottom (a)", "second bottom (b)", op);
+  const CropGeom g = crop_geom(op, a, b.sizes(), offsets);
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor top = at::empty({g.N, g.C, g.H, g.W}, a.options());
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.W));
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fcn_repro_crop_sum_cpu", [&] {
+    const scalar_t* ap = ac.data_ptr<scalar_t>();
+    const scalar_t* bp = bc.data_ptr<scalar_t>();
+    scalar_t* tp = top.data_ptr<scalar_t>();
+    const scalar_t k0 = static_cast<scalar_t>(c0), k1 = static_cast<scalar_t>(c1);
+    at::parallel_for(0, g.N * g.C * g.H, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t y = r % g.H, plane = r / g.H;
+        const scalar_t* __restrict__ ar = ap + r * g.W;
+        const scalar_t* __restrict__ br = bp + crop_b_index(g, plane, y, 0);
+        scalar_t* __restrict__ tr = tp + r * g.W;
+        for (int64_t x = 0; x < g.W; ++x) tr[x] = crop_sum_point(ar[x], br[x], k0, k1);
+      }
+    });
+  });
+  return top;
+}
+
+std::tuple<at::Tensor, at::Tensor> crop_sum_backward_cpu(const at::Tensor& grad,
+                                                         at::IntArrayRef b_size,
+                                                         at::IntArrayRef offsets, double c0,
+                                                         double c1) {
+  const char* op = "_crop_sum_backward";
+  check_float_tensor(grad, "top grad", op);
+  check_pair(b_size, "b_size", op);
+  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
+  const int64_t b_shape[4] = {grad.size(0), grad.size(1), b_size[0], b_size[1]};
+  const CropGeom g = crop_geom(op, grad, b_shape, offsets);
+  const at::Tensor gc = grad.contiguous();
+  at::Tensor ga = at::empty({g.N, g.C, g.H, g.W}, grad.options());
+  at::Tensor gb = at::empty({g.N, g.C, g.Hb, g.Wb}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_crop_sum_backward_cpu", [&] {
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    scalar_t* gap = ga.data_ptr<scalar_t>();
+    scalar_t* gbp = gb.data_ptr<scalar_t>();
+    const scalar_t k0 = static_cast<scalar_t>(c0), k1 = static_cast<scalar_t>(c1);
+    const int64_t n_a = g.N * g.C * g.H * g.W;
+    at::parallel_for(0, n_a, kGrain, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) gap[e] = crop_sum_grad_a(gp[e], k0);
+    });
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.Wb));
+    at::parallel_for(0, g.N * g.C * g.Hb, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t Y = r % g.Hb, plane = r / g.Hb;
+        scalar_t* row = gbp + r * g.Wb;
+        for (int64_t X = 0; X < g.Wb; ++X) row[X] = crop_sum_grad_b(gp, g, plane, Y, X, k1);
+      }
+    });
+  });
+  return {ga, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fcn_repro, CPU, m) {
+  m.impl("crop_sum", &crop_sum_cpu);
+  m.impl("_crop_sum_backward", &crop_sum_backward_cpu);
+}
+
+}  // namespace fcn_repro

@@ -1,0 +1,309 @@
+// CPU launchers of the Caffe Deconvolution ops: at::parallel_for over the
+// gather-form math of include/fcn_repro/deconv.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops_common.h"
+
+namespace fcn_repro {
+namespace {
+
+constexpr int64_t kGrain = 32768;  // at::internal::GRAIN_SIZE: elements of work per task
+
+// Top columns grouped into runs x0, x0 + sw, ... (one residue class mod the
+// stride) whose column taps have the same pattern (k0, n); along a run the
+// bottom column i0 grows by 1 (checked). Columns without taps are left out
+// (they receive no terms). The same for every row, so computed once per call.
+struct TapRun {
+  int64_t x0, len;
+  Taps tx;  // taps of column x0
+};
+
+std::vector<TapRun> column_runs(const DeconvGeom& g) {
+  std::vector<TapRun> runs;
+  for (int64_t rho = 0; rho < std::min(g.sw, g.OW); ++rho) {
+    TapRun cur{0, 0, Taps{0, 0, 0}};
+    Taps prev{0, 0, 0};
+    for (int64_t x = rho; x < g.OW; x += g.sw) {
+      const Taps t = deconv_taps(x + g.ox, g.pw, g.sw, g.dw, g.kw, g.W, g.ksx, g.isx);
+      const bool extends = cur.len > 0 && t.n == cur.tx.n && t.k0 == cur.tx.k0 && t.i0 == prev.i0 + 1;
+      if (extends) {
+        ++cur.len;
+      } else {
+        if (cur.len > 0) runs.push_back(cur);
+        cur = TapRun{x, t.n > 0 ? 1 : 0, t};
+      }
+      prev = t;
+    }
+    if (cur.len > 0) runs.push_back(cur);
+  }
+  return runs;
+}
+
+// Bottom columns grouped into runs j0, j0 + 1, ... whose spans have the same
+// pattern (k0, n); along a run the window column y0 grows by sw (checked).
+struct SpanRun {
+  int64_t j0, len;
+  Span sx;  // span of column j0
+};
+
+std::vector<SpanRun> bottom_column_runs(const DeconvGeom& g) {
+  std::vector<SpanRun> runs;
+  SpanRun cur{0, 0, Span{0, 0, 0}};
+  Span prev{0, 0, 0};
+  for (int64_t j = 0; j < g.W; ++j) {
+    const Span s = conv_span(j, g.sw, g.pw, g.dw, g.kw, g.ox, g.OW);
+    const bool extends = cur.len > 0 && s.n == cur.sx.n && s.k0 == cur.sx.k0 && s.y0 == prev.y0 + g.sw;
+    if (extends) {
+      ++cur.len;
+    } else {
+      if (cur.len > 0) runs.push_back(cur);
+      cur = SpanRun{j, s.n > 0 ? 1 : 0, s};
+    }
+    prev = s;
+  }
+  if (cur.len > 0) runs.push_back(cur);
+  return runs;
+}
+
+template <typename T>
+bool weight_is_diagonal(const T* w, const DeconvGeom& g) {
+  const int64_t wk = g.kh * g.kw;
+  for (int64_t ci = 0; ci < g.Cin; ++ci) {
+    for (int64_t c = 0; c < g.cout_g; ++c) {
+      if (c == ci) continue;
+      const T* p = w + (ci * g.cout_g + c) * wk;
+      for (int64_t k = 0; k < wk; ++k) {
+        if (p[k] != T(0)) return false;  // NaN != 0 too: a NaN takes the general path
+      }
+    }
+  }
+  return true;
+}
+
+// Checks the weight (never assumes it): diagonal path only when it is exactly
+// zero off the channel diagonal.
+bool choose_diag(const at::Tensor& w, const DeconvGeom& g, int64_t path, const char* op) {
+  TORCH_CHECK(path == kPathAuto || path == kPathGeneral || path == kPathDiagonal, "fcn_repro::", op,
+              ": path must be 0 (auto), 1 (general) or 2 (diagonal), got ", path);
+  if (path == kPathGeneral) return false;
+  if (path == kPathDiagonal) {
+    TORCH_CHECK(deconv_diag_possible(g), "fcn_repro::", op,
+                ": the diagonal path needs groups == 1 and Cin == Cout, got groups ", g.groups,
+                ", Cin ", g.Cin, ", Cout ", g.Cout);
+    return true;
+  }
+  if (!deconv_diag_possible(g)) return false;
+  bool diag = false;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fcn_repro_is_diagonal",
+                             [&] { diag = weight_is_diagonal(w.data_ptr<scalar_t>(), g); });
+  return diag;
+}
+
+at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
+                          at::IntArrayRef offsets, at::IntArrayRef out_size, int64_t path,
+                          const char* op) {
+  check_float_tensor(x, "bottom", op);
+  check_same(x, weight, "bottom", "weight", op);
+  DeconvGeom g = deconv_geom(op, x.sizes(), weight.sizes(), stride, pad, dilation, groups,
+                             offsets, out_size);
+  check_bias(bias, x, g, op);
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.N, g.Cout, g.OH, g.OW}, x.options());
+  const bool diag = choose_diag(wc, g, path, op);
+  const std::vector<TapRun> runs = column_runs(g);
+  const int64_t taps = (g.kh / g.ksy + 1) * (g.kw / g.ksx + 1) * (diag ? 1 : g.cin_g);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.OW * taps));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fcn_repro_deconv2d_cpu", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* wp = wc.data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? bc.data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, g.N * g.Cout * g.OH, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r % g.OH, co = (r / g.OH) % g.Cout, n = r / (g.OH * g.Cout);
+        const Taps ty = deconv_taps(i + g.oy, g.ph, g.sh, g.dh, g.kh, g.H, g.ksy, g.isy);
+        const ChannelRange cr = deconv_channels(co, g, diag);
+        const scalar_t* xn = xp + n * g.Cin * g.H * g.W;
+        scalar_t* yr = yp + r * g.OW;
+        // deconv_point for a whole row: the row is the accumulator, the
+        // channel loop is outside the column loop, and columns with the same
+        // tap pattern go through deconv_accum_run together. Each element
+        // still receives its terms in deconv_point's order.
+        for (int64_t j = 0; j < g.OW; ++j) yr[j] = scalar_t(0);
+        if (ty.n > 0) {
+          for (int64_t ci = cr.begin; ci < cr.end; ++ci) {
+            const scalar_t* xc_ = xn + ci * g.H * g.W;
+            const scalar_t* wc_ = wp + (ci * g.cout_g + cr.c) * g.kh * g.kw;
+            for (const TapRun& run : runs)
+              deconv_accum_run(yr + run.x0, g.sw, run.len, xc_, wc_, g, ty, run.tx);
+          }
+        }
+        if (bp != nullptr)
+          for (int64_t j = 0; j < g.OW; ++j) yr[j] = deconv_add_bias(yr[j], bp, co);
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor deconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                        at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups) {
+  const int64_t zero[2] = {0, 0}, whole[2] = {-1, -1};
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, zero, whole, kPathAuto,
+                        "deconv2d");
+}
+
+at::Tensor deconv2d_crop_cpu(const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
+                             at::IntArrayRef offsets, at::IntArrayRef out_size) {
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size,
+                        kPathAuto, "deconv2d_crop");
+}
+
+at::Tensor deconv2d_crop_path_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
+                                  at::IntArrayRef offsets, at::IntArrayRef out_size,
+                                  int64_t path) {
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, path,
+                        "_deconv2d_crop_path");
+}
+
+bool deconv2d_is_diagonal_cpu(const at::Tensor& weight, int64_t groups) {
+  TORCH_CHECK(weight.dim() == 4, "fcn_repro::_deconv2d_is_diagonal: weight must be 4-D, got ",
+              weight.sizes());
+  check_float_tensor(weight, "weight", "_deconv2d_is_diagonal");
+  const at::Tensor wc = weight.contiguous();
+  DeconvGeom g = make_deconv_geom(1, wc.size(0), 1, 1, wc.size(1) * groups, groups, wc.size(2),
+                                  wc.size(3), 1, 1, 0, 0, 1, 1, 0, 0, 1, 1);
+  return choose_diag(wc, g, kPathAuto, "_deconv2d_is_diagonal");
+}
+
+at::Tensor deconv2d_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight,
+                                   at::IntArrayRef in_size, at::IntArrayRef stride,
+                                   at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
+                                   at::IntArrayRef offsets) {
+  const char* op = "_deconv2d_grad_input";
+  check_float_tensor(grad, "top grad", op);
+  check_same(grad, weight, "top grad", "weight", op);
+  check_pair(in_size, "in_size", op);
+  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
+  const int64_t bottom[4] = {grad.size(0), weight.size(0), in_size[0], in_size[1]};
+  const int64_t window[2] = {grad.size(2), grad.size(3)};
+  DeconvGeom g = deconv_geom(op, bottom, weight.sizes(), stride, pad, dilation, groups, offsets,
+                             window);
+  TORCH_CHECK(grad.size(1) == g.Cout, "fcn_repro::", op, ": top grad has ", grad.size(1),
+              " channels, expected ", g.Cout);
+  const at::Tensor gc = grad.contiguous(), wc = weight.contiguous();
+  const bool diag = choose_diag(wc, g, kPathAuto, op);
+  at::Tensor gx = at::empty({g.N, g.Cin, g.H, g.W}, grad.options());
+  const std::vector<SpanRun> runs = bottom_column_runs(g);
+  const int64_t work = g.W * g.kh * g.kw * (diag ? 1 : g.cout_g);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work));
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_input_cpu", [&] {
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* wp = wc.data_ptr<scalar_t>();
+    scalar_t* op_ = gx.data_ptr<scalar_t>();
+    at::parallel_for(0, g.N * g.Cin * g.H, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r % g.H, ci = (r / g.H) % g.Cin, n = r / (g.H * g.Cin);
+        const Span sy = conv_span(i, g.sh, g.ph, g.dh, g.kh, g.oy, g.OH);
+        const ChannelRange cr = deconv_grad_input_channels(ci, g, diag);
+        const scalar_t* gn = gp + n * g.Cout * g.OH * g.OW;
+        scalar_t* row = op_ + r * g.W;
+        // deconv_grad_input_point for a whole row (channel loop outside, runs
+        // of columns with the same span pattern together; same per-element order).
+        for (int64_t j = 0; j < g.W; ++j) row[j] = scalar_t(0);
+        if (sy.n > 0) {
+          for (int64_t c = cr.begin; c < cr.end; ++c) {
+            const scalar_t* gc_ = gn + (cr.c + c) * g.OH * g.OW;
+            const scalar_t* wc_ = wp + (ci * g.cout_g + c) * g.kh * g.kw;
+            for (const SpanRun& run : runs)
+              deconv_grad_input_accum_run(row + run.j0, run.len, gc_, wc_, g, sy, run.sx);
+          }
+        }
+      }
+    });
+  });
+  return gx;
+}
+
+at::Tensor deconv2d_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                    at::IntArrayRef kernel, at::IntArrayRef stride,
+                                    at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
+                                    at::IntArrayRef offsets) {
+  const char* op = "_deconv2d_grad_weight";
+  check_float_tensor(grad, "top grad", op);
+  check_same(grad, x, "top grad", "bottom", op);
+  check_pair(kernel, "kernel", op);
+  TORCH_CHECK(grad.dim() == 4 && x.dim() == 4, "fcn_repro::", op,
+              ": top grad and bottom must be 4-D, got ", grad.sizes(), " and ", x.sizes());
+  TORCH_CHECK(groups >= 1 && grad.size(1) % groups == 0, "fcn_repro::", op, ": top grad has ",
+              grad.size(1), " channels, not divisible by groups ", groups);
+  const int64_t wshape[4] = {x.size(1), grad.size(1) / groups, kernel[0], kernel[1]};
+  const int64_t window[2] = {grad.size(2), grad.size(3)};
+  DeconvGeom g = deconv_geom(op, x.sizes(), wshape, stride, pad, dilation, groups, offsets, window);
+  TORCH_CHECK(grad.size(0) == g.N, "fcn_repro::", op, ": top grad batch ", grad.size(0),
+              " != bottom batch ", g.N);
+  const at::Tensor gc = grad.contiguous(), xc = x.contiguous();
+  at::Tensor gw = at::empty({g.Cin, g.cout_g, g.kh, g.kw}, grad.options());
+  const int64_t numel = gw.numel();
+  const int64_t work = g.N * (g.H / g.sh + 1) * (g.W / g.sw + 1);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work));
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_weight_cpu", [&] {
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    scalar_t* out = gw.data_ptr<scalar_t>();
+    at::parallel_for(0, numel, grain, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t kx = e % g.kw, ky = (e / g.kw) % g.kh, c = (e / (g.kw * g.kh)) % g.cout_g,
+                      ci = e / (g.kw * g.kh * g.cout_g);
+        out[e] = deconv_grad_weight_elem(gp, xp, g, ci, c, ky, kx);
+      }
+    });
+  });
+  return gw;
+}
+
+at::Tensor deconv2d_grad_bias_cpu(const at::Tensor& grad) {
+  const char* op = "_deconv2d_grad_bias";
+  check_float_tensor(grad, "top grad", op);
+  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
+  const at::Tensor gc = grad.contiguous();
+  DeconvGeom g{};
+  g.N = gc.size(0); g.Cout = gc.size(1); g.OH = gc.size(2); g.OW = gc.size(3);
+  at::Tensor gb = at::empty({g.Cout}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_bias_cpu", [&] {
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    scalar_t* out = gb.data_ptr<scalar_t>();
+    at::parallel_for(0, g.Cout, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t co = c0; co < c1; ++co) out[co] = deconv_grad_bias_elem(gp, g, co);
+    });
+  });
+  return gb;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fcn_repro, CPU, m) {
+  m.impl("deconv2d", &deconv2d_cpu);
+  m.impl("deconv2d_crop", &deconv2d_crop_cpu);
+  m.impl("_deconv2d_crop_path", &deconv2d_crop_path_cpu);
+  m.impl("_deconv2d_is_diagonal", &deconv2d_is_diagonal_cpu);
+  m.impl("_deconv2d_grad_input", &deconv2d_grad_input_cpu);
+  m.impl("_deconv2d_grad_weight", &deconv2d_grad_weight_cpu);
+  m.impl("_deconv2d_grad_bias", &deconv2d_grad_bias_cpu);
+}
+
+}  // namespace fcn_repro

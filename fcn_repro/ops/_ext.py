@@ -1,0 +1,157 @@
+"""Loads the compiled extension fcn_repro._C and registers the Python side of
+its ops: autograd formulas (torch.library.register_autograd) and fake (meta)
+implementations (torch.library.register_fake), so that autograd,
+torch.library.opcheck and torch.compile work with torch.ops.fcn_repro.*.
+
+If the extension cannot be imported (not built, built against another torch),
+``AVAILABLE`` is False, ``LOAD_ERROR`` says why, and the public functions of
+fcn_repro.ops fall back to the pure-PyTorch reference with a FallbackWarning.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["AVAILABLE", "LOAD_ERROR", "FallbackWarning", "has_kernel", "use_extension"]
+
+
+class FallbackWarning(RuntimeWarning):
+    """fcn_repro.ops is running the pure-PyTorch reference instead of the extension."""
+
+
+_C = None
+LOAD_ERROR: str | None = None
+try:  # torch is imported first: the extension links against its libraries
+    from fcn_repro import _C  # noqa: F401  (importing runs the op registrations)
+except Exception as e:  # ImportError, OSError (undefined symbol: built for another torch)
+    LOAD_ERROR = f"cannot import fcn_repro._C: {type(e).__name__}: {e}"
+
+_OPS = ("deconv2d", "deconv2d_crop", "crop_sum", "_deconv2d_grad_input", "_deconv2d_grad_weight",
+        "_deconv2d_grad_bias", "_crop_sum_backward")
+AVAILABLE = _C is not None and all(hasattr(torch.ops.fcn_repro, op) for op in _OPS)
+if _C is not None and not AVAILABLE:
+    LOAD_ERROR = (f"{getattr(_C, '__file__', 'fcn_repro._C')} does not define the fcn_repro ops "
+                  f"{', '.join(_OPS)}: it was built from older sources; rebuild with "
+                  "`pip install --no-build-isolation -e .`")
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the extension registered a kernel of fcn_repro::<op> for a backend ("CPU", "CUDA")."""
+    if not AVAILABLE:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fcn_repro::{op}", dispatch_key)
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def use_extension(op: str, t: torch.Tensor) -> bool:
+    """True when fcn_repro::<op> has a kernel for t's device and dtype; else warns
+    (FallbackWarning, naming the reason) and returns False so the caller runs the reference."""
+    if not AVAILABLE:
+        reason = LOAD_ERROR
+    elif t.device.type not in ("cpu", "cuda") or not has_kernel(op, t.device.type.upper()):
+        reason = f"the extension has no {t.device.type} kernel of fcn_repro::{op}"
+    elif t.dtype not in _KERNEL_DTYPES:
+        reason = f"the kernels take float32/float64, got {t.dtype}"
+    else:
+        return True
+    warnings.warn(f"fcn_repro.ops.{op}: using the pure-PyTorch reference ({reason})", FallbackWarning,
+                  stacklevel=3)
+    return False
+
+
+def _deconv_out(n, k, s, p, d):
+    # Caffe Deconvolution: s(H-1) + d(k-1) + 1 - 2p
+    return s * (n - 1) + d * (k - 1) + 1 - 2 * p
+
+
+def _register() -> None:
+    lib = "fcn_repro::"
+    ops = torch.ops.fcn_repro
+
+    # ---- fake (shape-only) implementations -------------------------------------------
+    @torch.library.register_fake(lib + "deconv2d")
+    def _deconv2d_fake(x, weight, bias, stride, pad, dilation, groups):
+        oh = _deconv_out(x.shape[2], weight.shape[2], stride[0], pad[0], dilation[0])
+        ow = _deconv_out(x.shape[3], weight.shape[3], stride[1], pad[1], dilation[1])
+        return x.new_empty((x.shape[0], weight.shape[1] * groups, oh, ow))
+
+    @torch.library.register_fake(lib + "deconv2d_crop")
+    def _deconv2d_crop_fake(x, weight, bias, stride, pad, dilation, groups, offsets, out_size):
+        return x.new_empty((x.shape[0], weight.shape[1] * groups, out_size[0], out_size[1]))
+
+    @torch.library.register_fake(lib + "_deconv2d_crop_path")
+    def _deconv2d_crop_path_fake(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, path):
+        return x.new_empty((x.shape[0], weight.shape[1] * groups, out_size[0], out_size[1]))
+
+    @torch.library.register_fake(lib + "crop_sum")
+    def _crop_sum_fake(a, b, offsets, c0=1.0, c1=1.0):
+        return a.new_empty(a.shape)
+
+    @torch.library.register_fake(lib + "_deconv2d_grad_input")
+    def _grad_input_fake(grad, weight, in_size, stride, pad, dilation, groups, offsets):
+        return grad.new_empty((grad.shape[0], weight.shape[0], in_size[0], in_size[1]))
+
+    @torch.library.register_fake(lib + "_deconv2d_grad_weight")
+    def _grad_weight_fake(grad, x, kernel, stride, pad, dilation, groups, offsets):
+        return grad.new_empty((x.shape[1], grad.shape[1] // groups, kernel[0], kernel[1]))
+
+    @torch.library.register_fake(lib + "_deconv2d_grad_bias")
+    def _grad_bias_fake(grad):
+        return grad.new_empty((grad.shape[1],))
+
+    @torch.library.register_fake(lib + "_crop_sum_backward")
+    def _crop_sum_backward_fake(grad, b_size, offsets, c0, c1):
+        return grad.new_empty(grad.shape), grad.new_empty((grad.shape[0], grad.shape[1], b_size[0], b_size[1]))
+
+    # ---- autograd ------------------------------------------------------------------
+    def _deconv_setup(ctx, inputs, output):
+        x, weight, bias, stride, pad, dilation, groups = inputs[:7]
+        offsets = inputs[7] if len(inputs) > 7 else (0, 0)
+        ctx.args = (list(stride), list(pad), list(dilation), int(groups), list(offsets))
+        ctx.in_size = [x.shape[2], x.shape[3]]
+        ctx.kernel = [weight.shape[2], weight.shape[3]]
+        ctx.has_bias = bias is not None
+        ctx.n_inputs = len(inputs)
+        ctx.save_for_backward(x, weight)
+
+    def _deconv_backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, pad, dilation, groups, offsets = ctx.args
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = ops._deconv2d_grad_input(grad, weight, ctx.in_size, stride, pad, dilation, groups, offsets)
+        if ctx.needs_input_grad[1]:
+            gw = ops._deconv2d_grad_weight(grad, x, ctx.kernel, stride, pad, dilation, groups, offsets)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = ops._deconv2d_grad_bias(grad)
+        return (gx, gw, gb) + (None,) * (ctx.n_inputs - 3)
+
+    torch.library.register_autograd(lib + "deconv2d", _deconv_backward, setup_context=_deconv_setup)
+    torch.library.register_autograd(lib + "deconv2d_crop", _deconv_backward, setup_context=_deconv_setup)
+
+    def _crop_sum_setup(ctx, inputs, output):
+        a, b, offsets = inputs[:3]
+        ctx.c0 = float(inputs[3]) if len(inputs) > 3 else 1.0
+        ctx.c1 = float(inputs[4]) if len(inputs) > 4 else 1.0
+        ctx.offsets = list(offsets)
+        ctx.b_size = [b.shape[2], b.shape[3]]
+        ctx.n_inputs = len(inputs)
+
+    def _crop_sum_backward(ctx, grad):
+        ga = gb = None
+        if ctx.needs_input_grad[1]:
+            ga, gb = ops._crop_sum_backward(grad, ctx.b_size, ctx.offsets, ctx.c0, ctx.c1)
+            if not ctx.needs_input_grad[0]:
+                ga = None
+        elif ctx.needs_input_grad[0]:
+            ga = grad * ctx.c0  # the same product crop_sum_grad_a computes
+        return (ga, gb) + (None,) * (ctx.n_inputs - 2)
+
+    torch.library.register_autograd(lib + "crop_sum", _crop_sum_backward, setup_context=_crop_sum_setup)
+
+
+if AVAILABLE:
+    _register()
