@@ -254,9 +254,9 @@ class CaffeSGD(torch.optim.Optimizer):
     ``lr_mult`` 0 never learns and its gradient counts as zero in gradient
     clipping, as in Caffe (which does not even compute it).
 
-    ``grad_divisor`` (default ``iter_size``) is what the summed gradients are
-    divided by: :func:`sync_gradients` already averages over processes, so a
-    distributed run keeps the default.
+    The summed gradients are divided by ``iter_size`` (:attr:`grad_divisor`);
+    in a distributed run :func:`sync_gradients` has already averaged them over
+    the processes, as Caffe's multi-GPU solver did.
     """
 
     def __init__(self, params: Iterable[Any], solver: SolverParameter | None = None, **overrides: Any):

@@ -507,7 +507,9 @@ class Trainer:
     ``source``: a FeedSource / DatasetSource; ``out_dir``: where snapshots,
     ``log.jsonl`` and ``curve.png`` go (None: write nothing); ``validator``:
     optional :class:`Validator`. ``rank``/``world``: torch.distributed
-    process index and count (rank 0 writes).
+    process index and count (rank 0 writes). ``formats``: weights formats of
+    snapshots. ``seed``: with the global pass index, seeds each pass's random
+    layers (Dropout), so a resumed or distributed run draws the same masks.
     """
 
     def __init__(self, net: Any, netparam: Message, solver: SolverParameter, source: Any, *,
