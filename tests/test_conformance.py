@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import caffe_fixture
-from fcn_repro.caffe import Net, load_weights
+from fcn_repro.caffe import Net
 from fcn_repro.caffe.layers.relu import ReLU
 
 TOL = 1e-5

@@ -10,7 +10,7 @@ import torch
 
 from conftest import caffe_fixture
 from fcn_repro.caffe import (
-    LayerError, Message, Net, NetError, WeightsError, load_weights, parse_prototxt, transplant,
+    LayerError, Net, NetError, WeightsError, load_weights, parse_prototxt, transplant,
 )
 from fcn_repro.caffe.layers.relu import ReLU
 

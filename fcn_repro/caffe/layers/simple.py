@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .base import Layer, canonical_axis, fmt_shape, register
 
