@@ -1,0 +1,407 @@
+"""FCN-8s forward, side by side: fcn_repro (fast / fused / unfused) vs plain PyTorch vs OpenCV dnn.
+
+    python benchmarks/bench_forward.py [--quick] [--repeats N] [--size 500] [--device cpu|cuda]
+                                       [--peers fast,fused,unfused,torch,opencv] [--json FILE]
+
+All peers run the same FCN-8s (full width: 64..512 channels, fc 4096, 21
+classes) from the same deploy prototxt and the same generated .caffemodel
+(~538 MB, see common.bench_model) on the same 500x500 input:
+
+* ``fast``     fcn_repro.fast.optimize(Net(...)): the fast inference path
+* ``fused``    fcn_repro.caffe.Net(..., fuse=True).forward: the plain path,
+               Deconvolution->Crop and Crop->Eltwise fused into fcn_repro.ops
+* ``unfused``  the same net with fuse=False (every Caffe layer on its own)
+* ``torch``    a plain eager PyTorch FCN-8s written below (conv2d, max_pool2d
+               ceil_mode, conv_transpose2d, slicing, add): "Caffe-class" work
+* ``opencv``   cv2.dnn.readNetFromCaffe(prototxt, caffemodel) (OpenCV 4.x;
+               OpenCV 5 dropped the Caffe importer)
+
+Timings: one process, peers interleaved round-robin (so that load from
+other processes hits all of them alike), a warm-up forward each first, then
+the median of ``--repeats`` forwards. Memory: each peer again in a fresh
+subprocess (load, then one forward), reporting its RSS after loading and its
+peak RSS during the forward. Differences: max |peer - ref| / max |ref|
+against fcn_repro's fused (plain) output, and the share of pixels whose
+argmax class agrees with it.
+
+On a GPU (``--device cuda``, default when one is present) the torch-based
+peers run there (timings synchronize the device), the card's fp32 GEMM rate
+is measured first and the FLOP floor (Caffe's FLOPs / that rate) is printed
+with the ratio to it; ``--tf32`` adds a TF32 row with its fidelity.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PEERS = ("fast", "fused", "unfused", "torch", "opencv")
+LABELS = {
+    "fast": "fcn_repro fast (optimize)",
+    "fused": "fcn_repro plain, fused",
+    "unfused": "fcn_repro plain, fuse=False",
+    "torch": "plain PyTorch eager FCN-8s",
+    "opencv": "OpenCV dnn (readNetFromCaffe)",
+    "fast_tf32": "fcn_repro fast, TF32",
+}
+
+
+# ---------------------------------------------------------------- the plain PyTorch peer
+
+VGG = [("conv1_1", 100), ("conv1_2", 1), "pool1", ("conv2_1", 1), ("conv2_2", 1), "pool2",
+       ("conv3_1", 1), ("conv3_2", 1), ("conv3_3", 1), "pool3",
+       ("conv4_1", 1), ("conv4_2", 1), ("conv4_3", 1), "pool4",
+       ("conv5_1", 1), ("conv5_2", 1), ("conv5_3", 1), "pool5"]
+
+
+def caffe_pool_size(n: int, k: int = 2, s: int = 2) -> int:
+    """Caffe's pooled size (CEIL, no pad): ceil((n - k) / s) + 1."""
+    return -((k - n) // s) + 1
+
+
+class PlainFCN8s:
+    """FCN-8s in plain eager PyTorch: what a straightforward port computes.
+
+    Crop offsets are FCN-8s's (Caffe's coord_map: score_pool4c 5,
+    score_pool3c 9, score 31); the pools use ceil_mode, checked against
+    Caffe's sizes on every call.
+    """
+
+    def __init__(self, weights: dict, device: str = "cpu"):
+        import torch
+        self.torch = torch
+        self.p = {k: [torch.from_numpy(np.array(a, np.float32)).to(device) for a in v] for k, v in weights.items()}
+
+    def __call__(self, x):
+        torch, F = self.torch, self.torch.nn.functional
+        p = self.p
+        h = x
+        pools = {}
+        for item in VGG:
+            if isinstance(item, str):
+                n = tuple(h.shape[2:])
+                h = F.max_pool2d(h, 2, 2, ceil_mode=True)
+                want = tuple(caffe_pool_size(v) for v in n)
+                if tuple(h.shape[2:]) != want:
+                    raise AssertionError(f"{item}: max_pool2d(ceil_mode) gave {tuple(h.shape[2:])} for {n}, "
+                                         f"Caffe gives {want}")
+                pools[item] = h
+            else:
+                name, pad = item
+                h = torch.relu_(F.conv2d(h, p[name][0], p[name][1], padding=pad))
+        h = torch.relu_(F.conv2d(h, *p["fc6"]))
+        h = torch.relu_(F.conv2d(h, *p["fc7"]))
+        h = F.conv2d(h, *p["score_fr"])
+        up = F.conv_transpose2d(h, p["upscore2"][0], stride=2)
+        s4 = F.conv2d(pools["pool4"], *p["score_pool4"])
+        up = up + s4[:, :, 5:5 + up.shape[2], 5:5 + up.shape[3]]
+        up = F.conv_transpose2d(up, p["upscore_pool4"][0], stride=2)
+        s3 = F.conv2d(pools["pool3"], *p["score_pool3"])
+        up = up + s3[:, :, 9:9 + up.shape[2], 9:9 + up.shape[3]]
+        up = F.conv_transpose2d(up, p["upscore8"][0], stride=8)
+        return up[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
+
+
+# ---------------------------------------------------------------- building peers
+
+def build_peer(name: str, proto: Path, model: Path, device: str, shared: dict):
+    """A callable x(np.ndarray (1,3,H,W)) -> np.ndarray (1,21,H,W) for ``name``, plus a note."""
+    if name == "opencv":
+        import cv2
+        import torch
+        if not hasattr(cv2.dnn, "readNetFromCaffe"):
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no Caffe importer (removed in 5.x): "
+                               "pip install 'opencv-python-headless<5'")
+        cv2.setNumThreads(torch.get_num_threads())
+        net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+
+        def run(x):
+            net.setInput(x)
+            return net.forward()
+        return run, f"OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads, CPU"
+
+    import torch
+    dev = torch.device(device)
+    if name == "torch":
+        from fcn_repro.caffe import load_weights
+        m = PlainFCN8s(load_weights(str(model)), device)
+
+        def run(x):
+            with torch.inference_mode():
+                y = m(torch.from_numpy(x).to(dev))
+                common.sync(device)
+                return y.cpu().numpy()
+        return run, "F.conv2d/max_pool2d(ceil)/conv_transpose2d, NCHW"
+
+    # fcn_repro peers share one Net (the fast wrapper shares its parameters).
+    from fcn_repro import ops
+    from fcn_repro.caffe.net import Net
+    from fcn_repro.fast import optimize
+    if "net" not in shared:
+        shared["net"] = Net(str(proto), str(model)).to(dev).eval()
+    net = shared["net"]
+    info = ops.extension_info()
+    ext = "extension ops" if info.get("cuda" if device.startswith("cuda") else "cpu") else "pure-PyTorch ops (extension missing)"
+    if name in ("fast", "fast_tf32"):
+        fast = optimize(net)
+        tf32 = name == "fast_tf32"
+
+        def run(x):
+            net.fuse = True
+            old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            if tf32:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            try:
+                with torch.inference_mode():
+                    y = fast(data=torch.from_numpy(x).to(dev))["score"]
+                    common.sync(device)
+                    return y.cpu().numpy()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        opts = ", ".join(f"{k}={v}" for k, v in fast.options.items())
+        return run, f"{opts}; {ext}"
+    fuse = name == "fused"
+
+    def run(x):
+        net.fuse = fuse
+        with torch.inference_mode():
+            y = net(data=torch.from_numpy(x).to(dev))["score"]
+            common.sync(device)
+            return y.cpu().numpy()
+    return run, ext
+
+
+# ---------------------------------------------------------------- rates
+
+def gemm_rate(device: str, n: int = 4096, repeats: int = 5) -> float:
+    """fp32 GEMM rate (FLOP/s, best of ``repeats``) of an n x n x n matmul (TF32 off on GPUs)."""
+    import torch
+    dev = torch.device(device)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a = torch.randn(n, n, device=dev)
+        b = torch.randn(n, n, device=dev)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            dt, _ = common.time_call(lambda: a @ b, device)
+            best = min(best, dt)
+        return 2 * n ** 3 / best
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def net_flops(proto: Path, size: tuple) -> dict:
+    """Convolution FLOPs of the net: as Caffe computes them, and what the fast path computes."""
+    from fcn_repro.caffe.net import Net
+    from fcn_repro.fast import count_flops
+    net = Net(str(proto))
+    full = sum(count_flops(net, (1, 3) + tuple(size), background=False).values())
+    fast = sum(count_flops(net, (1, 3) + tuple(size), background=True).values())
+    # Deconvolutions (upscore*): Caffe computes the full transposed convolutions.
+    return {"caffe": full, "fast": fast}
+
+
+# ---------------------------------------------------------------- worker (memory)
+
+def worker(args) -> None:
+    """One peer in a fresh process: load, one forward; print JSON with times and RSS."""
+    proto, model = common.bench_model(progress=False)
+    x = common.bench_input((args.size, args.size))
+    rss0 = common.current_rss()
+    t = time.perf_counter()
+    run, _ = build_peer(args.worker, proto, model, args.device, {})
+    load_s = time.perf_counter() - t
+    gc.collect()
+    rss_loaded = common.current_rss()
+    can_reset = common.reset_peak_rss()
+    t = time.perf_counter()
+    run(x)
+    fwd_s = time.perf_counter() - t
+    peak_fwd = common.peak_rss()
+    out = {"peer": args.worker, "load_s": load_s, "first_forward_s": fwd_s, "rss_start": rss0,
+           "rss_loaded": rss_loaded, "peak_forward": peak_fwd, "peak_reset": can_reset}
+    import torch
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        out["cuda_peak"] = torch.cuda.max_memory_allocated()
+    print(json.dumps(out))
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 timed forwards per peer instead of 5")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--size", type=int, default=500)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-peer subprocess memory runs")
+    ap.add_argument("--tf32", action="store_true", help="on a GPU, add a TF32 row (fidelity reported)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    import torch
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("[bench] no CUDA device here: the GPU rows are skipped, running on the CPU", file=sys.stderr)
+        args.device = "cpu"
+    if args.worker:
+        worker(args)
+        return {}
+    repeats = args.repeats or (2 if args.quick else 5)
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        ap.error(f"unknown peers {bad}; known: {list(PEERS)}")
+    if args.device.startswith("cuda"):
+        if "opencv" in peers:
+            peers.remove("opencv")      # OpenCV's pip wheels have no CUDA backend
+        if args.tf32:
+            peers.append("fast_tf32")
+
+    info = common.machine_info()
+    proto, model = common.bench_model()
+    size = (args.size, args.size)
+    x = common.bench_input(size)
+    flops = net_flops(proto, size)
+    print(f"[bench] forward: FCN-8s {size[0]}x{size[1]}, {model.stat().st_size:,}-byte caffemodel, "
+          f"device {args.device}, {repeats} timed runs per peer", file=sys.stderr, flush=True)
+
+    # ---- build, warm up, record outputs
+    shared, runs, notes, outs, skipped = {}, {}, {}, {}, {}
+    for p in peers:
+        try:
+            t = time.perf_counter()
+            runs[p], notes[p] = build_peer(p, proto, model, args.device, shared)
+            build_s = time.perf_counter() - t
+            outs[p] = runs[p](x)
+            print(f"[bench]   {p}: built in {build_s:.1f} s, warm-up forward done", file=sys.stderr, flush=True)
+        except Exception as e:  # a peer that cannot run is reported, not fatal
+            skipped[p] = f"{type(e).__name__}: {e}"
+            runs.pop(p, None)
+            print(f"[bench]   {p}: SKIPPED ({skipped[p][:200]})", file=sys.stderr, flush=True)
+    order = [p for p in peers if p in runs]
+
+    # ---- timed, interleaved
+    times = {p: [] for p in order}
+    foreign = {p: [] for p in order}
+    for r in range(repeats):
+        rot = order[r % len(order):] + order[:r % len(order)] if order else []
+        for p in rot:
+            time.sleep(0.3)             # let other thread pools go idle (OpenMP spin-wait)
+            with common.LoadProbe() as lp:
+                dt, _ = common.time_call(lambda: runs[p](x), args.device)
+            times[p].append(dt)
+            foreign[p].append(lp.foreign)
+        print(f"[bench]   round {r + 1}/{repeats}: " + ", ".join(f"{p} {times[p][-1]:.2f}s" for p in order),
+              file=sys.stderr, flush=True)
+
+    # ---- memory, each peer in its own process
+    mem = {}
+    if not args.no_memory:
+        for p in order:
+            if p == "fast_tf32":
+                continue
+            try:
+                mem[p] = common.run_json([sys.executable, __file__, "--worker", p, "--size", str(args.size),
+                                          "--device", args.device])
+            except Exception as e:
+                mem[p] = {"error": str(e)[-300:]}
+
+    # ---- rates
+    rate = None
+    try:
+        rate = gemm_rate(args.device)
+    except Exception as e:
+        print(f"[bench] GEMM rate not measured: {e}", file=sys.stderr)
+
+    ref_name = "fused" if "fused" in outs else (order[0] if order else None)
+    ref = outs.get(ref_name)
+    res = {"machine": info, "device": args.device, "size": list(size), "repeats": repeats,
+           "model_bytes": model.stat().st_size, "flops": flops, "gemm_rate": rate, "reference": ref_name,
+           "peers": {}, "skipped": skipped}
+    for p in order:
+        s = common.summarize(times[p])
+        d = {"label": LABELS[p], "note": notes[p], "time": s, "foreign_load": float(np.median(foreign[p])),
+             "memory": mem.get(p)}
+        if ref is not None:
+            d["max_rel_diff"] = common.max_rel_diff(outs[p], ref)
+            d["argmax_agree"] = float((outs[p].argmax(1) == ref.argmax(1)).mean()) if outs[p].shape == ref.shape else float("nan")
+        res["peers"][p] = d
+    report(res)
+    if args.json:
+        from fcn_repro.utils import atomic_write
+        with atomic_write(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return res
+
+
+def report(res: dict) -> None:
+    info = res["machine"]
+    peers = res["peers"]
+    print()
+    print(f"## FCN-8s forward, {res['size'][0]}x{res['size'][1]}, {res['device']} "
+          f"({info['date']}, {info['cpu']}, {info['cores']} cores, {info['simd']}, torch {info['torch']}, "
+          f"{info['torch_threads']} threads)")
+    fl = res["flops"]
+    line = f"conv+fc FLOPs: {fl['caffe'] / 1e9:.0f} GFLOP as Caffe computes them, {fl['fast'] / 1e9:.0f} GFLOP in the fast path"
+    if res.get("gemm_rate"):
+        floor = fl["caffe"] / res["gemm_rate"]
+        line += (f"; fp32 GEMM rate {res['gemm_rate'] / 1e9:.0f} GFLOP/s (4096^3 matmul, best of 5) -> "
+                 f"a GEMM-rate Caffe forward needs {floor:.2f} s")
+    print(line)
+    print()
+    fast_t = peers.get("fast", {}).get("time", {}).get("median")
+    rows = []
+    for p, d in peers.items():
+        t = d["time"]["median"]
+        m = d.get("memory") or {}
+        ratio = f"{fast_t / t:.2f}" if fast_t else "-"
+        rows.append([d["label"], common.fmt_s(t), common.fmt_s(d["time"]["min"]),
+                     ratio, f"{d['foreign_load']:.1f}",
+                     common.mb(m.get("rss_loaded")) if "error" not in m else "err",
+                     common.mb(m.get("peak_forward")) if "error" not in m else "err",
+                     f"{d.get('max_rel_diff', float('nan')):.1e}",
+                     f"{100 * d.get('argmax_agree', float('nan')):.3f}%",
+                     d["note"]])
+    common.print_table(["peer", "median s", "min s", "fast/peer", "other load (cores)", "RSS loaded MB",
+                        "peak RSS fwd MB", f"max rel diff vs {res['reference']}", "argmax agree", "notes"], rows)
+    for p, why in res.get("skipped", {}).items():
+        print(f"- {LABELS.get(p, p)}: not run ({why})")
+    if fast_t:
+        checks = []
+        if "opencv" in peers:
+            r = fast_t / peers["opencv"]["time"]["median"]
+            checks.append(f"fast <= 0.9 x OpenCV: {r:.2f} x -> {'MET' if r <= 0.9 else 'NOT MET'}")
+        if "torch" in peers:
+            r = fast_t / peers["torch"]["time"]["median"]
+            checks.append(f"fast <= 0.7 x plain torch: {r:.2f} x -> {'MET' if r <= 0.7 else 'NOT MET'}")
+        if "fused" in peers:
+            e = peers["fast"].get("max_rel_diff", float("nan"))
+            checks.append(f"fast vs plain max rel diff {e:.1e} (<= 1e-5: {'MET' if e <= 1e-5 else 'NOT MET'})")
+        if res["device"].startswith("cuda") and res.get("gemm_rate"):
+            floor = res["flops"]["caffe"] / res["gemm_rate"]
+            checks.append(f"GPU: fast {fast_t / floor:.2f} x the fp32 FLOP floor ({floor * 1e3:.1f} ms) -> "
+                          f"{'MET' if fast_t <= 1.5 * floor else 'NOT MET'} (target 1.5 x)")
+        for c in checks:
+            print(f"- target: {c}")
+    print()
+
+
+if __name__ == "__main__":
+    main()
