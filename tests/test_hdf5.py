@@ -13,9 +13,10 @@ from fcn_repro.caffe import WeightsError, load_weights, save_weights, weights_in
 from fcn_repro.caffe.hdf5 import HDF5WeightsError, load_hdf5, save_hdf5
 
 
-def test_caffe_h5_equals_caffe_caffemodel():
-    a = load_weights(caffe_fixture("fcn8s.caffemodel"), keep_empty=True)
-    b = load_weights(caffe_fixture("fcn8s.caffemodel.h5"), keep_empty=True)
+@pytest.mark.parametrize("net", ["fcn8s", "fcn-alexnet"])   # fcn-alexnet: full fixture set only
+def test_caffe_h5_equals_caffe_caffemodel(net):
+    a = load_weights(caffe_fixture(f"{net}.caffemodel"), keep_empty=True)
+    b = load_weights(caffe_fixture(f"{net}.caffemodel.h5"), keep_empty=True)
     # Caffe's ToHDF5 writes a group for every layer, as ToProto writes every layer
     assert sorted(a) == sorted(b)
     for k in a:
