@@ -62,7 +62,8 @@ setup(
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "hypothesis",
+                             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
