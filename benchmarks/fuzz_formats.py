@@ -18,7 +18,7 @@ each target in its own process, as libFuzzer exits when done; ``random`` is a
 plain seed-mutation loop in pure Python, for machines without atheris. Seeds:
 the committed bad-input corpus (tests/corpus/bad), small valid nets, and the
 small Caffe fixtures. Crashing inputs are written to ``--out`` (default
-benchmarks/fuzz_out/), which also receives libFuzzer's growing corpus.
+out/fuzz/, git-ignored), which also receives libFuzzer's growing corpus.
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="stop after this many inputs per target")
     ap.add_argument("--target", choices=TARGETS + ("all",), default="all")
     ap.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "fuzz_out")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "fuzz")
     ap.add_argument("--seed", type=int, default=0, help="random engine seed")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
