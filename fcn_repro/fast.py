@@ -39,8 +39,9 @@ Crop->Eltwise ops are used as they are).
 
 Kernels: convolutions run through oneDNN on channels-last tensors with the
 following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``
-(``conv="torch"``). Big-kernel convolutions on small maps (``fc6``: 7x7 over
-512 channels on 22x22) can run as one GEMM (``gemm_fc=True``).
+(``conv="torch"``). 1x1 convolutions and big-kernel ones (``fc6``: 7x7 over
+512 channels on a 22x22 map) run as one GEMM against a view of the weight
+(``gemm=True``): no copy of the 411 MB fc6 weight, no per-call reorder.
 
 Switching it off: ``optimize(net, enabled=False)`` (or ``fast.enabled =
 False``) runs the plain ``net.forward``. The fast path only runs when no
@@ -71,7 +72,7 @@ __all__ = ["optimize", "FastNet", "SBlob", "FAST_DEFAULTS", "structured_from_ten
 
 # The default options of the fast path (measured on the benchmark machine; see
 # benchmarks/RESULTS.md for the figures behind each choice).
-FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm_fc=False)
+FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True)
 
 
 # ---------------------------------------------------------------- geometry
@@ -299,11 +300,20 @@ def _bg_window_op(sb: SBlob, k: tuple, s: tuple, p: tuple, fn, out_hw: tuple) ->
 
 
 class ConvKernel:
-    """How a convolution runs on a (box) window: oneDNN with fused ReLU, F.conv2d, or GEMM.
+    """How one convolution runs on a window (padding already applied): GEMM or oneDNN/F.conv2d.
 
-    Holds the layer's weight/bias (the net's Parameters) and any prepacked
-    copy; ``refresh()`` re-derives the copies when the parameters changed
-    (their version counters moved: ``load_weights`` copies in place).
+    * ``gemm`` (1x1 kernels, and kernels of 25 taps or more: fc6's 7x7 on a
+      22x22 map): one matrix product against a *view* of the layer's weight
+      (no copy of fc6's 411 MB); 1x1 convolutions of channels-last maps
+      need no im2col at all.
+    * ``mkldnn``: oneDNN on channels-last tensors with the ReLU fused, the
+      weight kept in a channels-last copy (the 3x3 layers: 59 MB in all for
+      VGG-16).
+    * ``torch``: F.conv2d (channels-last when the input is), ReLU after.
+
+    Holds the layer's weight/bias (the net's Parameters); ``refresh()``
+    re-derives the copies when the parameters changed (their version
+    counters move: ``load_weights`` copies in place).
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, dilation, groups: int,
@@ -311,7 +321,8 @@ class ConvKernel:
         self.weight, self.bias = weight, bias
         self.stride, self.dilation, self.groups = tuple(stride), tuple(dilation), int(groups)
         self.impl = impl
-        self.gemm = gemm
+        kh, kw = weight.shape[2], weight.shape[3]
+        self.gemm = bool(gemm) and self.groups == 1 and (kh * kw == 1 or kh * kw >= 25)
         self._versions = None
         self.refresh()
 
@@ -325,37 +336,54 @@ class ConvKernel:
             return
         self._versions = v
         w = self.weight.detach()
-        self.w_cl = w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w
         self.b = None if self.bias is None else self.bias.detach()
+        self.w_cl = None
         if self.gemm:
-            self.w_mat = w.reshape(w.shape[0], -1).contiguous()
+            self.w_mat = w.reshape(w.shape[0], -1)          # a view when the parameter is contiguous
+        elif w.dtype == torch.float32 and w.device.type == "cpu" and self.impl in ("mkldnn", "torch"):
+            self.w_cl = w.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         """Convolution with zero padding 0 of ``x`` (N, C, h, w); ReLU applied when ``relu``."""
         self.refresh()
-        if self.gemm and self.groups == 1 and x.shape[0] == 1:
+        if self.gemm:
             return self._gemm(x, relu)
+        w = self.w_cl if self.w_cl is not None else self.weight.detach()
         if self.impl == "mkldnn" and x.dtype == torch.float32 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.w_cl, self.b, [0, 0], list(self.stride), list(self.dilation), self.groups,
+                x, w, self.b, [0, 0], list(self.stride), list(self.dilation), self.groups,
                 "relu" if relu else "none", [], "")
-        y = F.conv2d(x, self.w_cl if x.is_contiguous(memory_format=torch.channels_last) else self.weight.detach(),
-                     self.b, self.stride, 0, self.dilation, self.groups)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            w = self.weight.detach()
+        y = F.conv2d(x, w, self.b, self.stride, 0, self.dilation, self.groups)
         return torch.relu_(y) if relu else y
 
     def _gemm(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        # im2col then one GEMM: (Cout, Cin*kh*kw) @ (Cin*kh*kw, oh*ow).
+        n, c = x.shape[0], x.shape[1]
         kh, kw = self.weight.shape[2], self.weight.shape[3]
-        cols = F.unfold(x, (kh, kw), dilation=self.dilation, stride=self.stride)[0]
+        cout = self.w_mat.shape[0]
+        if kh * kw == 1:
+            # 1x1: out (N*h*w, Cout) = x (N*h*w, Cin) @ W^T on a channels-last map.
+            xs = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)
+            h, w = xs.shape[2], xs.shape[3]
+            rows = xs.permute(0, 2, 3, 1).reshape(n * h * w, c)
+            y = rows @ self.w_mat.t()
+            if self.b is not None:
+                y += self.b
+            if relu:
+                y.relu_()
+            return y.view(n, h, w, cout).permute(0, 3, 1, 2)      # channels-last (N, Cout, h, w)
+        # im2col then one GEMM per image: (Cout, Cin*kh*kw) @ (Cin*kh*kw, oh*ow).
         oh = (x.shape[2] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0] + 1
         ow = (x.shape[3] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1] + 1
-        y = self.w_mat @ cols
+        cols = F.unfold(x, (kh, kw), dilation=self.dilation, stride=self.stride)
+        y = torch.matmul(self.w_mat, cols)                          # (N, Cout, oh*ow)
         if self.b is not None:
             y += self.b[:, None]
         if relu:
             y.relu_()
-        return y.view(1, -1, oh, ow)
+        return y.view(n, cout, oh, ow)
 
 
 def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = False) -> SBlob:
@@ -439,8 +467,8 @@ class FastNet(nn.Module):
 
     Options: ``background`` (skip the input-independent padding region),
     ``conv`` ("mkldnn": oneDNN channels-last with fused ReLU; "torch":
-    F.conv2d), ``channels_last``, ``gemm_fc`` (convolutions whose kernel
-    covers 5x5 or more on maps at most 32x32 run as one GEMM).
+    F.conv2d), ``channels_last``, ``gemm`` (1x1 convolutions and kernels
+    of 25 taps or more run as one GEMM on a view of the weight).
     """
 
     def __init__(self, net: nn.Module, enabled: bool = True, **options: Any):
@@ -476,8 +504,7 @@ class FastNet(nn.Module):
         w = m.blobs[0]
         b = m.blobs[1] if m.bias_term else None
         if kern is None or kern.weight is not w or kern.bias is not b:
-            gemm = (self.options["gemm_fc"] and m.kernel[0] * m.kernel[1] >= 25 and m.group == 1)
-            kern = ConvKernel(w, b, m.stride, m.dilation, m.group, self.options["conv"], gemm)
+            kern = ConvKernel(w, b, m.stride, m.dilation, m.group, self.options["conv"], self.options["gemm"])
             self._kernels[m.name] = kern
         return kern
 
@@ -594,7 +621,7 @@ def optimize(net: nn.Module, enabled: bool = True, **options: Any) -> FastNet:
 
     ``enabled=False`` gives a wrapper that runs the plain path. Options (see
     :data:`FAST_DEFAULTS`): ``background``, ``conv``, ``channels_last``,
-    ``gemm_fc``. Returns a :class:`FastNet`; call it like the net:
+    ``gemm``. Returns a :class:`FastNet`; call it like the net:
     ``fast(data=x) -> {"score": ...}``.
     """
     if isinstance(net, FastNet):

@@ -35,8 +35,8 @@ def _net(name: str, **kw) -> Net:
 # ---------------------------------------------------------------- Caffe fixtures, float32
 
 @pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn8s-atonce"])
-@pytest.mark.parametrize("options", [{}, {"conv": "torch"}, {"gemm_fc": True}, {"background": False}],
-                         ids=["default", "conv-torch", "gemm-fc", "no-background"])
+@pytest.mark.parametrize("options", [{}, {"conv": "torch"}, {"gemm": False}, {"background": False}],
+                         ids=["default", "conv-torch", "no-gemm", "no-background"])
 def test_fast_equals_plain_on_fixtures(name, options):
     net = _net(name)
     fast = optimize(net, **options)
