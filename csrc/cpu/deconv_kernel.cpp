@@ -287,7 +287,8 @@ at::Tensor deconv2d_grad_bias_cpu(const at::Tensor& grad) {
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_bias_cpu", [&] {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     scalar_t* out = gb.data_ptr<scalar_t>();
-    at::parallel_for(0, g.Cout, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.N * g.OH * g.OW));
+    at::parallel_for(0, g.Cout, grain, [&](int64_t c0, int64_t c1) {
       for (int64_t co = c0; co < c1; ++co) out[co] = deconv_grad_bias_elem(gp, g, co);
     });
   });

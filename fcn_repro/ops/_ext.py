@@ -44,19 +44,23 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+# Backends with a kernel for every op, computed once at import: plain Python
+# values, so that torch.compile (dynamo) can trace the dispatch decision.
+BACKENDS = {dev: AVAILABLE and all(has_kernel(op, dev.upper()) for op in _OPS) for dev in ("cpu", "cuda")}
 
 
 def use_extension(op: str, t: torch.Tensor) -> bool:
-    """True when fcn_repro::<op> has a kernel for t's device and dtype; else warns
+    """True when the extension has kernels for t's device and dtype; else warns
     (FallbackWarning, naming the reason) and returns False so the caller runs the reference."""
+    if AVAILABLE and BACKENDS.get(t.device.type, False) and t.dtype in _KERNEL_DTYPES:
+        return True
     if not AVAILABLE:
         reason = LOAD_ERROR
-    elif t.device.type not in ("cpu", "cuda") or not has_kernel(op, t.device.type.upper()):
-        reason = f"the extension has no {t.device.type} kernel of fcn_repro::{op}"
-    elif t.dtype not in _KERNEL_DTYPES:
-        reason = f"the kernels take float32/float64, got {t.dtype}"
+    elif not BACKENDS.get(t.device.type, False):
+        reason = f"the extension has no {t.device.type} kernels (built: " \
+                 f"{', '.join(k for k, v in BACKENDS.items() if v) or 'none'})"
     else:
-        return True
+        reason = f"the kernels take float32/float64, got {t.dtype}"
     warnings.warn(f"fcn_repro.ops.{op}: using the pure-PyTorch reference ({reason})", FallbackWarning,
                   stacklevel=3)
     return False
