@@ -286,7 +286,9 @@ def test_vgg_v1_upgrade():
     assert raw.has("layers") and raw.getall("input") == ["data"] and raw.getall("input_dim") == [1, 3, 32, 32]
     net = parse_prototxt(caffe_fixture("vgg-v1.prototxt"))
     layers = net.getall("layer")
-    assert layers[0].get("type") == "Input" and layers[0].getall("top") == ["data"]
+    # Caffe's UpgradeNetInput: one layer named "input", first in the net
+    assert layers[0].get("name") == "input" and layers[0].get("type") == "Input"
+    assert layers[0].getall("top") == ["data"]
     assert layers[0].sub("input_param").sub("shape").getall("dim") == [1, 3, 32, 32]
     types = [lay.get("type") for lay in layers]
     assert "Convolution" in types and "InnerProduct" in types and "SoftmaxWithLoss" not in types
@@ -331,8 +333,16 @@ def test_legacy_input_shape():
     net = parse_prototxt('input: "a" input_shape { dim: 1 dim: 2 } input: "b" input_shape { dim: 3 }\n'
                          'layer { name: "x" type: "ReLU" bottom: "a" top: "x" }')
     layers = net.getall("layer")
-    assert [lay.get("type") for lay in layers] == ["Input", "Input", "ReLU"]
-    assert [lay.sub("input_param").sub("shape").getall("dim") for lay in layers[:2]] == [[1, 2], [3]]
+    assert [lay.get("type") for lay in layers] == ["Input", "ReLU"]
+    assert layers[0].get("name") == "input" and layers[0].getall("top") == ["a", "b"]
+    assert [sh.getall("dim") for sh in layers[0].sub("input_param").getall("shape")] == [[1, 2], [3]]
+    two = parse_prototxt('input: "a" input: "b" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 4 '
+                         'input_dim: 5 input_dim: 6 input_dim: 7 input_dim: 8 layer { name: "x" }')
+    inp = two.getall("layer")[0]
+    assert inp.getall("top") == ["a", "b"]
+    assert [sh.getall("dim") for sh in inp.sub("input_param").getall("shape")] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    bare = parse_prototxt('input: "a" layer { name: "x" }').getall("layer")[0]
+    assert bare.getall("top") == ["a"] and not bare.sub("input_param").has("shape")
     with pytest.raises(PrototxtError, match="both input_dim and input_shape"):
         parse_prototxt('input: "a" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1 input_shape { dim: 1 }'
                        ' layer { name: "x" }')

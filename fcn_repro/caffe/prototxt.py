@@ -598,17 +598,21 @@ def _input_layers(net: Message) -> list[Message]:
         raise ValueError(f"{len(names)} inputs need {4 * len(names)} input_dim values, got {len(dims)}")
     if shapes and len(shapes) != len(names):
         raise ValueError(f"{len(names)} inputs need as many input_shape messages, got {len(shapes)}")
-    layers = []
-    for i, name in enumerate(names):
+    # Caffe's UpgradeNetInput makes ONE layer named "input" with a top and a
+    # shape per legacy input (shapes from input_shape, or 4 input_dim each).
+    # Without any dims Caffe just drops the fields (a legacy caffemodel's
+    # inputs); for a prototxt we keep the tops as a shapeless Input layer, so
+    # the caller can give the shapes instead of the net failing to build.
+    layer = Message(name="input", type="Input")
+    layer.add("top", names)
+    param = Message()
+    for i in range(len(names)):
         if shapes:
-            shape = shapes[i].copy()
-        else:
-            shape = Message()
-            if dims:
-                shape.add("dim", dims[4 * i:4 * i + 4])
-        layers.append(Message(name=name, type="Input", top=name,
-                              input_param=Message(shape=shape)))
-    return layers
+            param.add("shape", shapes[i].copy())
+        elif dims:
+            param.add("shape", Message([("dim", d) for d in dims[4 * i:4 * i + 4]]))
+    layer.add("input_param", param)
+    return [layer]
 
 
 def upgrade_net(net: Message) -> Message:
