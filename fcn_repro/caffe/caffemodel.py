@@ -27,7 +27,7 @@ only changes this process's page, never the file. The mapping lives as long as
 any returned array. Copies are made only where the stored layout is not one
 contiguous little-endian float run: unpacked (one tag per value) or split
 packed fields, and ``double_data``. ``copy=True`` reads every blob into fresh
-arrays instead (``pread`` into ``np.empty``, so peak memory stays one copy)
+arrays instead (read into ``np.empty``, so peak memory stays one copy)
 and lets the mapping go; use it when the file may be rewritten in place by
 another program while the arrays are in use (a mapped file truncated under a
 process raises SIGBUS). Our own writers replace files by renaming, which is
@@ -540,27 +540,30 @@ def _blob_array(buf: Any, blob: _Blob, keep_dtype: bool) -> np.ndarray:
     return arr.reshape(blob.shape)
 
 
-def _blob_array_pread(fd: int, blob: _Blob, keep_dtype: bool, filename: str) -> np.ndarray:
-    """Like :func:`_blob_array` but read into a fresh array (no mapping kept)."""
+def _blob_array_read(f: Any, blob: _Blob, keep_dtype: bool, filename: str) -> np.ndarray:
+    """Like :func:`_blob_array` but read from the open file ``f`` into a fresh array."""
     width = 8 if blob.dtype == "float64" else 4
     dt = np.dtype("<f8" if width == 8 else "<f4")
     out = np.empty(blob.count, dt)
     o = 0
     for kind, start, n in blob.segments:
+        f.seek(start)
         if kind == "p":
             view = memoryview(out[o:o + n]).cast("B")
-            got, need = 0, n * width
-            while got < need:
-                r = os.preadv(fd, [view[got:]], start + got)
-                if r <= 0:
+            got = 0
+            while got < view.nbytes:
+                r = f.readinto(view[got:])
+                if not r:
                     raise CaffeModelError("file shrank while being read", filename, offset=start + got)
                 got += r
         else:
-            raw = os.pread(fd, n * (1 + width), start)
+            raw = f.read(n * (1 + width))
             if len(raw) != n * (1 + width):
                 raise CaffeModelError("file shrank while being read", filename, offset=start)
             out[o:o + n] = np.ndarray((n,), dt, buffer=raw, offset=1, strides=(1 + width,))
         o += n
+    if not np.little_endian:
+        out = out.astype(dt.newbyteorder("="))
     if blob.dtype == "float64" and not keep_dtype:
         out = out.astype(np.float32)
     return out.reshape(blob.shape)
@@ -584,10 +587,18 @@ class _Mapped:
                 self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         self.net = _decode_net(_Wire(self.buf, self.filename))
 
-    def arrays(self, layer: _Layer, keep_dtype: bool, fd: int | None = None) -> list[np.ndarray]:
-        if fd is not None:
-            return [_blob_array_pread(fd, b, keep_dtype, self.filename) for b in layer.blobs]
+    def arrays(self, layer: _Layer, keep_dtype: bool, f: Any = None) -> list[np.ndarray]:
+        if f is not None:
+            return [_blob_array_read(f, b, keep_dtype, self.filename) for b in layer.blobs]
         return [_blob_array(self.buf, b, keep_dtype) for b in layer.blobs]
+
+    def release(self) -> None:
+        """Unmap now (only when no view of the mapping was handed out: ``copy=True``)."""
+        if isinstance(self.buf, mmap.mmap):
+            try:
+                self.buf.close()
+            except BufferError:  # a view is still alive somewhere: the GC unmaps later
+                pass
 
     def info(self) -> ModelInfo:
         return ModelInfo(self.filename, "caffemodel-" + self.net.version, self.net.name,
@@ -605,7 +616,7 @@ def _open(path: str | os.PathLike) -> _Mapped:
 
 def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
-    fd = os.open(m.filename, os.O_RDONLY) if copy else None
+    f = open(m.filename, "rb", buffering=0) if copy else None
     try:
         for layer in m.net.layers:
             if not layer.blobs and not keep_empty:
@@ -615,10 +626,12 @@ def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[st
                 # file order, so of two layers with one name the last one wins
                 warnings.warn(f"{m.filename}: byte {layer.tagpos}: a second layer named {layer.name!r}; "
                               "its blobs replace the first one's, as in Caffe", stacklevel=3)
-            out[layer.name] = m.arrays(layer, keep_dtype, fd)
+            out[layer.name] = m.arrays(layer, keep_dtype, f)
     finally:
-        if fd is not None:
-            os.close(fd)
+        if f is not None:
+            f.close()
+    if copy:
+        m.release()
     return out
 
 
@@ -657,7 +670,7 @@ def read_caffemodel(path: str | os.PathLike, *, copy: bool = False, keep_dtype: 
     net = Message()
     if m.net.has_name:
         net.add("name", m.net.name)
-    fd = os.open(m.filename, os.O_RDONLY) if copy else None
+    f = open(m.filename, "rb", buffering=0) if copy else None
     try:
         for layer in m.net.layers:
             lm = Message(name=layer.name)
@@ -665,12 +678,14 @@ def read_caffemodel(path: str | os.PathLike, *, copy: bool = False, keep_dtype: 
                 lm.add("type", layer.type)
             lm.add("bottom", layer.bottom)
             lm.add("top", layer.top)
-            for a in m.arrays(layer, keep_dtype, fd):
+            for a in m.arrays(layer, keep_dtype, f):
                 lm.fields.append(("blobs", a))
             net.add("layer", lm)
     finally:
-        if fd is not None:
-            os.close(fd)
+        if f is not None:
+            f.close()
+    if copy:
+        m.release()
     return net
 
 
