@@ -42,3 +42,13 @@ def test_atomic_outputs_get_umask_permissions(tmp_path):
         os.umask(old)
     for name in "ab":
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644
+
+
+def test_formats_import_without_torch():
+    """Reading/converting weights must not import torch (memory, start-up time)."""
+    import subprocess
+    import sys
+    code = ("import sys, fcn_repro.caffe as c; c.load_weights; "
+            "assert 'torch' not in sys.modules, 'fcn_repro.caffe imported torch'; "
+            "c.Net; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
