@@ -20,6 +20,8 @@ from PIL import Image
 from conftest import caffe_fixture
 from fcn_repro.caffe import load_weights, save_weights
 from fcn_repro.caffe.fillers import bilinear_kernel
+from fcn_repro.caffe.layers.pooling import Pooling
+from fcn_repro.caffe.layers.relu import ReLU
 from fcn_repro.caffe.net import Net
 from fcn_repro.solver import CaffeSGD, param_groups, read_solver
 from fcn_repro.train import DatasetSource, draw_order, interp_layers, main, python_data_params, surgery
@@ -54,24 +56,12 @@ def _update_errors(initial, ours, z):
     return out
 
 
-# The nets whose after2 disagrees with Caffe beyond float rounding. nyud: the
-# colour trunk's *first* gradient is already ~1e-2 off (the builder's concern);
-# fcn32s: the first gradient matches (4e-6) but Caffe's second-iteration
-# gradient of conv1_1..conv2_2 differs from ours by ~3% (reverse-engineered
-# from after2) while every deeper layer matches at 5e-6, and ours does not
-# depend on max-pool tie-breaking or float32/float64. Unexplained; strict, so
-# the mark goes the day they pass.
-_KNOWN = {
-    "fcn32s": "Caffe's 2nd-iteration conv1_1..conv2_2 gradients differ ~3% (unexplained)",
-    "nyud-fcn32s-color-hha": "colour-trunk gradients already ~1e-2 off at iteration 1 (builder)",
-}
-# fcn8s runs through the CLI in test_feed_cli_replays_caffe_run.
-_NETS = ["fcn8s-atonce", "fcn16s", "fcn-alexnet", "pascalcontext-fcn8s", "siftflow-fcn8s",
-         "fcn32s", "nyud-fcn32s-color-hha"]
+# fcn8s runs through the CLI in test_feed_cli_replays_caffe_run; fcn32s and
+# nyud-fcn32s-color-hha in test_two_sgd_iterations_near_ties below.
+_NETS = ["fcn8s-atonce", "fcn16s", "fcn-alexnet", "pascalcontext-fcn8s", "siftflow-fcn8s"]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[n]))
-                                  if n in _KNOWN else n for n in _NETS])
+@pytest.mark.parametrize("name", _NETS)
 def test_two_sgd_iterations_match_caffe(name, capsys):
     solver_file = caffe_fixture(f"{name}.solver.prototxt")
     weights = caffe_fixture(f"{name}.caffemodel")
@@ -101,6 +91,282 @@ def test_two_sgd_iterations_match_caffe(name, capsys):
         # The update within 1e-4 relative, or within 2 ulps of the float32
         # parameter (the resolution at which after2 itself is stored).
         assert u_rel < 1e-4 or u_ulp <= 2.0, (k, u_rel, u_ulp)
+
+
+# ------------------------------------------------ float32 near ties (fcn32s, nyud)
+
+_GRAD_TOL = 1e-5   # iteration-1 gradients: the conformance bar
+_NEAR = 1e-6       # "within float32 rounding": |x| (ReLU) or the max-pool gap <= 1e-6 max|bottom|
+
+
+def _after2_bad(initial, ours, z) -> list[str]:
+    """The after2 blobs outside the strict bar of test_two_sgd_iterations_match_caffe."""
+    return sorted(k for k, (p, u, ulp) in _update_errors(initial, ours, z).items()
+                  if not (p < 1e-5 and (u < 1e-4 or ulp <= 2.0)))
+
+
+def _grad_bad(grads, z) -> list[str]:
+    """The iteration-1 gradients (``grad/<layer>/<i>``) outside the conformance bar."""
+    bad = []
+    for k in z.files:
+        if k.startswith("grad/"):
+            _, layer, i = k.split("/")
+            g = grads[layer][int(i)]
+            got = np.zeros_like(z[k]) if g is None else g
+            if np.abs(got.astype(np.float64) - z[k]).max() > _GRAD_TOL * np.abs(z[k]).max():
+                bad.append(k)
+    return sorted(bad)
+
+
+def _max_windows(m, x: torch.Tensor):
+    """Caffe's MAX windows of Pooling layer ``m`` over ``x`` (N, C, H, W).
+
+    Returns (values (N, C, oh, ow, kh*kw), -inf outside the image; flat index
+    h*W + w of each window element (oh, ow, kh*kw)), elements in Caffe's scan order.
+    """
+    H, W = x.shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = m.kernel, m.stride, m.pad
+    oh, ow = m.out_size(H, W)
+    r = torch.arange(oh)[:, None] * sh - ph + torch.arange(kh)  # (oh, kh)
+    c = torch.arange(ow)[:, None] * sw - pw + torch.arange(kw)  # (ow, kw)
+    valid = (((r >= 0) & (r < H))[:, None, :, None] & ((c >= 0) & (c < W))[None, :, None, :]).reshape(oh, ow, -1)
+    flat = (r.clamp(0, H - 1)[:, None, :, None] * W + c.clamp(0, W - 1)[None, :, None, :]).reshape(oh, ow, -1)
+    return x.flatten(2)[:, :, flat].masked_fill(~valid, float("-inf")), flat
+
+
+def _near_ties(m, x: torch.Tensor, g: torch.Tensor) -> list[dict]:
+    """The decisions of ReLU / MAX Pooling layer ``m`` that float32 rounding can take either way.
+
+    ``x``: the layer's bottom (N, C, H, W), ``g``: the loss gradient of its top.
+    ReLU: inputs with |x| <= _NEAR max|x| (the mask x > 0 may differ from
+    Caffe's). MAX: windows whose best and runner-up differ by 0 < gap <= _NEAR
+    max|x| (exact ties are excluded: Caffe and PyTorch both keep the first
+    maximum in scan order, and the tied values come from identical arithmetic).
+    Elements with bit-identical values in one channel (the constant regions of
+    conv1_1's pad 100) come from identical arithmetic and round alike, so each
+    such group is one decision. Each decision: ``points`` (its toggles for
+    :func:`_replay`), ``delta`` (N, C, H, W: how taking it the other way changes
+    the gradient reaching ``x``), ``closeness`` (|x| or the gap, / max|x|),
+    ``values``.
+    """
+    x = x.detach()
+    mx = float(x.abs().max())
+    groups: dict = {}
+    if isinstance(m, ReLU):
+        s = m.negative_slope
+        for e in torch.nonzero(x.abs() <= _NEAR * mx).tolist():
+            e = tuple(e)
+            v = float(x[e])
+            d = groups.setdefault((e[1], v), {"points": [], "delta": torch.zeros_like(x),
+                                              "closeness": abs(v) / mx, "values": (v,)})
+            d["points"].append(e)
+            # passing (x > 0) -> blocked: the gradient loses (1 - s) g; blocked -> passing gains it
+            d["delta"][e] += (1.0 - s) * float(g[e]) * (1.0 if v <= 0 else -1.0)
+        return list(groups.values())
+    vals, flat = _max_windows(m, x)
+    a = vals.argmax(-1, keepdim=True)  # the first maximum, as Caffe's `>` scan
+    va = vals.gather(-1, a)
+    b = vals.scatter(-1, a, float("-inf")).argmax(-1, keepdim=True)
+    vb = vals.gather(-1, b)
+    gap = (va - vb).squeeze(-1)
+    W = x.shape[3]
+    for n, c, i, j in torch.nonzero((gap > 0) & (gap <= _NEAR * mx)).tolist():
+        fa, fb = int(flat[i, j, a[n, c, i, j, 0]]), int(flat[i, j, b[n, c, i, j, 0]])
+        key = (c, float(va[n, c, i, j, 0]), float(vb[n, c, i, j, 0]))
+        d = groups.setdefault(key, {"points": [], "delta": torch.zeros_like(x),
+                                    "closeness": float(gap[n, c, i, j]) / mx, "values": key[1:]})
+        d["points"].append((n, c, i, j, fb // W, fb % W))
+        gw = float(g[n, c, i, j])
+        d["delta"][n, c, fa // W, fa % W] -= gw
+        d["delta"][n, c, fb // W, fb % W] += gw
+    return list(groups.values())
+
+
+def _replay(name: str, toggles: dict | None = None, capture: tuple | None = None) -> dict:
+    """Caffe's two SGD iterations on ``name``'s fixture, some float32 decisions taken the other way.
+
+    ``toggles``: {(iteration, layer): [point, ...]}: at iteration 1 or 2, ReLU
+    ``layer`` inverts its mask at the points (n, c, h, w); MAX Pooling ``layer``
+    passes window (n, c, i, j) the bottom element (h, w) instead of its
+    argmax, for points (n, c, i, j, h, w) (forward value and gradient, as
+    Caffe does with the element it found largest).
+    ``capture``: (iteration, producer layer P): at that iteration, the near
+    ties of the ReLU / MAX Pooling layers reading P's top (:func:`_near_ties`),
+    each with ``effect``: its change of P's parameter gradients (float64).
+    Returns initial / after2 params, iteration-1 gradients, the net, rates, ties.
+    """
+    toggles = toggles or {}
+    z = np.load(caffe_fixture(f"{name}.train.npz"))
+    caffe_fixture(f"{name}.train.prototxt")
+    sp = read_solver(caffe_fixture(f"{name}.solver.prototxt"))
+    net = Net(sp.train_net_path, weights=caffe_fixture(f"{name}.caffemodel"), phase="TRAIN")
+    initial = {n: [p.detach().numpy().copy() for p in ps] for n, ps in net.params.items()}
+    state = {"it": 0}
+    watched = set(l for _, l in toggles)
+    seen: dict = {}
+    if capture:
+        top = net.layer(capture[1]).top_names[0]
+        for n in net.layer_names:
+            m = net.layer(n)
+            if m.bottom_names == [top] and (isinstance(m, ReLU) or (isinstance(m, Pooling) and m.method == "MAX")):
+                watched.add(n)
+    for n in watched:
+        m = net.layer(n)
+
+        def forward(x, inplace=False, _m=m, _orig=m.forward):
+            pts = toggles.get((state["it"], _m.name), [])
+            if isinstance(_m, ReLU) and pts:
+                mask = x > 0
+                for e in pts:
+                    mask[e] = ~mask[e]
+                y = torch.where(mask, x, x * _m.negative_slope)
+            else:
+                y = _orig(x, False)[0]
+                for nn_, c, i, j, h, w in (pts if isinstance(_m, Pooling) else ()):
+                    y = y.index_put(tuple(torch.tensor([v]) for v in (nn_, c, i, j)), x[nn_, c, h, w].reshape(1))
+            if capture and state["it"] == capture[0] and y.requires_grad:
+                seen[_m.name] = [x, None]
+                y.register_hook(lambda gr, k=_m.name: seen[k].__setitem__(1, gr.detach()))
+            return [y]
+        m.forward = forward
+    opt = CaffeSGD(param_groups(net), sp)
+    inputs = _fixture_inputs(z)
+    grads1, ties = None, []
+    for it in (1, 2):
+        state["it"] = it
+        opt.zero_grad(set_to_none=True)
+        net(**inputs)
+        net.loss.backward(retain_graph=bool(capture and capture[0] == it))
+        if it == 1:
+            grads1 = {n: [None if p.grad is None else p.grad.numpy().copy() for p in ps]
+                      for n, ps in net.params.items()}
+        if capture and capture[0] == it:
+            params = net.params[capture[1]]
+            for lname, (x, g) in seen.items():
+                for d in _near_ties(net.layer(lname), x, g):
+                    eff = torch.autograd.grad(x, params, d.pop("delta"), retain_graph=True, allow_unused=True)
+                    d["effect"] = [np.zeros(p.shape) if e is None else e.double().numpy() for p, e in zip(params, eff)]
+                    d["layer"] = lname
+                    ties.append(d)
+        opt.step()
+    rates = {g["name"]: float(np.float32(np.float32(sp.base_lr) * np.float32(g["lr_mult"]))) for g in opt.param_groups}
+    return {"initial": initial, "after2": {n: [p.detach().numpy().copy() for p in ps] for n, ps in net.params.items()},
+            "grads1": grads1, "net": net, "rates": rates, "ties": ties}
+
+
+# net -> (iteration, P): the layer whose top carries the decisive float32 near tie.
+_NEAR_TIES = {"fcn32s": (2, "conv2_2"), "nyud-fcn32s-color-hha": (1, "conv4_2color")}
+
+
+@pytest.mark.parametrize("name", sorted(_NEAR_TIES))
+def test_two_sgd_iterations_near_ties(name, capsys):
+    """Caffe's two iterations, where one float32 rounding decides a branch.
+
+    Each of these fixtures hinges on a decision within float32 rounding of a
+    tie, which float32 Caffe (im2col + GEMM sums) and we (other summation
+    orders) may take differently; the two choices give gradients that differ
+    far beyond the tolerance below that point:
+
+    * fcn32s, iteration 2, pool2: window (c 3, 30, 43) compares conv2_2 at
+      rows 60 and 61, column 86 (27.588 both; in float64 row 61 is larger by
+      9.5e-6: 5 ulps of the value, 4e-8 of max|conv2_2|). Caffe's float32
+      gives the window's gradient to row 60. Ours follows the ulp-level
+      differences of iteration 1: with the fcn_repro.ops extension row 60
+      wins by 4 ulps, with the pure-PyTorch ops row 61 by 7 (as in float64).
+      Taken the other way, conv1_1..conv2_2's second update is off by up
+      to 1.5e-2 relative (after2 2.7e-4) while every deeper layer matches.
+      The pad-100 constant regions are not the cause: their exact max-pool
+      ties are broken alike by Caffe and PyTorch (first in scan order, and
+      any element of such a window has the same receptive field), and the
+      closest constant-region ReLU input (relu2_2 channel 2, row 1: 139
+      elements at +5.7e-5, 2.5e-7 of the max) rounds alike in Caffe.
+    * nyud-fcn32s-color-hha, iteration 1, relu4_2color: input (c 5, 13, 14)
+      = -3.6e-5, 5.8e-7 of max|x|, that Caffe's float32 puts above 0 (as
+      test_conformance's test_train_loss_and_gradients finds); below it every
+      colour-trunk gradient is ~1e-2 off, and through iteration 2 the rest
+      of the net follows (after2 5e-4).
+
+    The test finds the near ties on the top of the given layer at the given
+    iteration (ReLU inputs or max-pool gaps within 1e-6 of the blob's max),
+    predicts each one's effect on that layer's gradient by autograd, takes
+    the ones that explain the difference from Caffe the other way, and
+    requires the replay with them to match Caffe strictly (iteration-1
+    gradients 1e-5, after2 as test_two_sgd_iterations_match_caffe). Where our
+    rounding already agrees with Caffe's, it takes the closest decisive near
+    tie the other way instead and requires Caffe's fixture to reject that:
+    either way exactly one of the two choices reproduces Caffe.
+    """
+    it, producer = _NEAR_TIES[name]
+    z = np.load(caffe_fixture(f"{name}.train.npz"))
+    nat = _replay(name, capture=(it, producer))
+    net, ties = nat["net"], nat["ties"]
+    assert ties, (name, "no float32 near tie on the top of", producer, "at iteration", it)
+    # Residual of the producer's parameters against Caffe, and its tolerance, in the
+    # quantity compared at that iteration: the gradient (1) or after2 (2, which moves
+    # by -rate * lr_mult * delta_gradient: the second gradient enters the update linearly).
+    res, tol, scale = [], [], []
+    for i in range(len(net.params[producer])):
+        if it == 1:
+            ref = z[f"grad/{producer}/{i}"].astype(np.float64)
+            res.append(ref - nat["grads1"][producer][i])
+            tol.append(_GRAD_TOL * np.abs(ref).max())
+            scale.append(1.0)
+        else:
+            ref = z[f"after2/{producer}/{i}"].astype(np.float64)
+            a0 = nat["initial"][producer][i].astype(np.float64)
+            res.append(ref - nat["after2"][producer][i])
+            tol.append(max(1e-4 * np.abs(ref - a0).max(), 2.0 * float(np.spacing(np.float32(np.abs(a0).max())))))
+            scale.append(-nat["rates"][f"{producer}/{i}"])
+    for t in ties:
+        t["pred"] = [s * e for s, e in zip(scale, t["effect"])]
+        t["decisive"] = max(np.abs(p).max() / tl for p, tl in zip(t["pred"], tol))
+    # Take the other way the near ties that explain the residual (greedy, as the builder's
+    # gradient test does for ReLUs).
+    chosen = []
+    for _ in range(3):
+        if all(np.abs(r).max() <= tl for r, tl in zip(res, tol)):
+            break
+        best = min((t for t in ties if t not in chosen),
+                   key=lambda t: max(np.abs(r - p).max() / tl for r, p, tl in zip(res, t["pred"], tol)))
+        chosen.append(best)
+        res = [r - p for r, p in zip(res, best["pred"])]
+    assert all(np.abs(r).max() <= tl for r, tl in zip(res, tol)), \
+        (name, "differs from Caffe and no float32 near tie explains it")
+
+    def toggles(ts):
+        out: dict = {}
+        for t in ts:
+            out.setdefault((it, t["layer"]), []).extend(t["points"])
+        return out
+
+    def bad(run):
+        return (_grad_bad(run["grads1"], z), _after2_bad(run["initial"], run["after2"], z))
+
+    if chosen:
+        caffe_run, other = _replay(name, toggles(chosen)), nat
+        flipped = chosen
+    else:
+        # Ours rounds as Caffe did: show that the fixture pins the closest decisive tie.
+        decisive = [t for t in ties if t["decisive"] > 1.0]
+        assert decisive, (name, "matches Caffe, but no near tie on", producer, "matters: nothing to demonstrate")
+        flipped = [min(decisive, key=lambda t: t["closeness"])]
+        caffe_run, other = nat, _replay(name, toggles(flipped))
+    with capsys.disabled():
+        kind = "ours differs from Caffe" if chosen else "ours agrees with Caffe"
+        for t in flipped:
+            print(f"\n{name}: {kind} at iteration {it}, {t['layer']} {t['points'][:3]}"
+                  f"{' ...' if len(t['points']) > 3 else ''} ({len(t['points'])} elements): values {t['values']}, "
+                  f"{t['closeness']:.2e} of the blob max from the tie; the other way moves {producer} by "
+                  f"{t['decisive']:.0f}x the tolerance")
+    # Caffe's choice: everything strict.
+    assert bad(caffe_run) == ([], []), (name, bad(caffe_run))
+    # The other choice: off, and (at the iteration where it is taken) only at or below the producer.
+    g_bad, a_bad = bad(other)
+    off = g_bad if it == 1 else a_bad
+    assert off, (name, "the other choice of the near tie also matches Caffe")
+    below = set(net.layer_names[:net.layer_names.index(producer) + 1])
+    assert {k.split("/")[1] for k in off} <= below, (name, off)
+    assert all(t["closeness"] <= _NEAR for t in flipped)
 
 
 def test_feed_cli_replays_caffe_run(tmp_path):
