@@ -69,7 +69,14 @@ std::tuple<at::Tensor, at::Tensor> crop_sum_backward_cpu(const at::Tensor& grad,
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t Y = r % g.Hb, plane = r / g.Hb;
         scalar_t* row = gbp + r * g.Wb;
-        for (int64_t X = 0; X < g.Wb; ++X) row[X] = crop_sum_grad_b(gp, g, plane, Y, X, k1);
+        // crop_sum_grad_b for a whole row: zeros outside the window columns.
+        const ColRange cols = crop_window_cols(g, Y);
+        for (int64_t X = 0; X < cols.begin; ++X) row[X] = scalar_t(0);
+        if (cols.end > cols.begin) {
+          const scalar_t* __restrict__ gr = gp + (plane * g.H + Y - g.oy) * g.W - g.ox;
+          for (int64_t X = cols.begin; X < cols.end; ++X) row[X] = crop_sum_grad_b_in(gr[X], k1);
+        }
+        for (int64_t X = std::max(cols.begin, cols.end); X < g.Wb; ++X) row[X] = scalar_t(0);
       }
     });
   });

@@ -24,5 +24,5 @@ def crop_sum(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
     """
     if _ext.use_extension("crop_sum", a):
         c0, c1 = (1.0, 1.0) if coeffs is None else (float(coeffs[0]), float(coeffs[1]))
-        return torch.ops.fcn_repro.crop_sum(a, b, pair(offsets, "offsets"), c0, c1)
+        return _ext.call(torch.ops.fcn_repro.crop_sum.default, (a, b), a, b, pair(offsets, "offsets"), c0, c1)
     return crop_sum_ref(a, b, offsets, coeffs)

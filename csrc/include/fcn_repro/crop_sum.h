@@ -33,14 +33,33 @@ FCN_HD T crop_sum_grad_a(T gtop, T c0) {
   return c0 * gtop;
 }
 
-// Backward: d(loss)/d(b) at b element (plane, Y, X) is c1 * top_grad inside the
-// window and 0 outside (Caffe's Crop backward zero-fills the bottom diff).
+// Backward: d(loss)/d(b) is c1 * top_grad inside the window and 0 outside
+// (Caffe's Crop backward zero-fills the bottom diff). The window columns of b
+// row Y: [begin, end), empty when the row is outside the window.
+struct ColRange {
+  int64_t begin, end;
+};
+FCN_HD ColRange crop_window_cols(const CropGeom& g, int64_t Y) {
+  ColRange r{0, 0};
+  if (Y >= g.oy && Y < g.oy + g.H) {
+    r.begin = g.ox;
+    r.end = g.ox + g.W;
+  }
+  return r;
+}
+
+template <typename T>
+FCN_HD T crop_sum_grad_b_in(T gtop, T c1) {
+  return c1 * gtop;
+}
+
+// d(loss)/d(b) at b element (plane, Y, X); gtop is the top gradient (N, C, H, W).
 template <typename T>
 FCN_HD T crop_sum_grad_b(const T* gtop, const CropGeom& g, int64_t plane, int64_t Y, int64_t X,
                          T c1) {
-  const int64_t y = Y - g.oy, x = X - g.ox;
-  if (y < 0 || y >= g.H || x < 0 || x >= g.W) return T(0);
-  return c1 * gtop[(plane * g.H + y) * g.W + x];
+  const ColRange cols = crop_window_cols(g, Y);
+  if (X < cols.begin || X >= cols.end) return T(0);
+  return crop_sum_grad_b_in(gtop[(plane * g.H + Y - g.oy) * g.W + X - g.ox], c1);
 }
 
 }  // namespace fcn_repro
