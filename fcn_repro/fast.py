@@ -12,8 +12,9 @@ them. We do not.
 For each blob the fast path keeps
 
 * the *data box*: the rectangle of pixels whose receptive field touches the
-  input image (rows ``[lo, hi)``, columns likewise), computed exactly by the
-  layer's own convolution on that window (plus the halo it reads), and
+  input image (rows ``[lo, hi)``, columns likewise). Its values are computed
+  by the layer's own kernels, on a *window* that contains the box (a few
+  pixels more where that lets the next layer read a view instead of a copy);
 * the *background*: what the net computes on an all-zero image. Outside the
   box the blob equals the background exactly, since those pixels' receptive
   fields see only zeros, as they would for a zero image. The background is
@@ -25,17 +26,19 @@ For each blob the fast path keeps
   background runs on that small map, with just enough plateau rows replicated
   to reproduce every window type, and with the stride alignment of the true
   map kept (the number of removed rows is a multiple of the stride, so
-  windows at the bottom edge line up as they do on the true map).
+  windows at the bottom edge line up as they do on the true map). When the
+  box covers the whole map, there is no background at all.
 
 A box pixel and a background pixel are computed by the same arithmetic as in
 the plain path (the same convolution, on the same numbers), so the results
-agree to the rounding of the convolution kernels (within 1e-6 relative on
-the fixtures). No approximation is made: this is *less work*, not a
-different algorithm. Pooling (MAX, no padding), ReLU, Dropout (TEST) and
-Convolution keep the structure; any other layer receives the blob
-materialized (box pasted into the expanded background) and runs unchanged,
-through the net's own plan (so the builder's fused Deconvolution->Crop and
-Crop->Eltwise ops are used as they are).
+agree to the rounding of the convolution kernels (about 1e-6 relative on
+the fixtures; bit for bit in float64 with ``conv="torch"``). No
+approximation is made: this is *less work*, not a different algorithm.
+Pooling (MAX, no padding), ReLU, Dropout (TEST) and Convolution keep the
+structure; any other layer receives the blob materialized (window pasted
+into the expanded background) and runs unchanged, through the net's own
+plan (so the builder's fused Deconvolution->Crop and Crop->Eltwise ops are
+used as they are).
 
 Kernels: convolutions run through oneDNN on channels-last tensors with the
 following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``
@@ -59,7 +62,6 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -67,12 +69,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["optimize", "FastNet", "SBlob", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
-           "sconv", "spool_max", "srelu", "count_flops"]
+__all__ = ["optimize", "FastNet", "SBlob", "Axis", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
+           "region", "sconv", "spool_max", "srelu", "ConvKernel", "count_flops"]
 
-# The default options of the fast path (measured on the benchmark machine; see
-# benchmarks/RESULTS.md for the figures behind each choice).
-FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True)
+# The default options of the fast path (chosen from the measurements in
+# benchmarks/RESULTS.md).
+FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True, views=True)
+
+# Rough machine constants for choosing between computing a few more pixels
+# and copying a window (only the choice depends on them, never the result).
+_FLOP_RATE = 1.0e11     # FLOP/s of a convolution
+_COPY_RATE = 5.0e9      # bytes/s of a strided copy (read + write)
 
 
 # ---------------------------------------------------------------- geometry
@@ -87,7 +94,7 @@ class Axis:
     is compressed row ``y`` if ``y < top``, ``y - size + top + m + bot`` if
     ``y >= size - bot``, else ``top`` (the plateau). With ``m == 0`` there is
     no plateau and ``top == size``, ``bot == 0``: the background is stored in
-    full.
+    full (or, when the box covers the axis, not at all).
     """
     size: int
     lo: int
@@ -115,18 +122,13 @@ class Axis:
             return y - self.size + self.clen
         return self.top
 
-    @staticmethod
-    def full(size: int) -> "Axis":
-        """The input blob: the data covers everything, the background is all zero."""
-        return Axis(size, 0, size, 0, 0, 1 if size > 0 else 0)
-
 
 def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
 def _window_axis(ax: Axis, k: int, s: int, p: int, out: int) -> tuple:
-    """Box and background bands of the output of a sliding window (k, s, p) along one axis.
+    """Data box and background bands of the output of a sliding window (k, s, p) along one axis.
 
     ``k`` is the effective extent (dilation included). Returns (lo, hi, top, bot):
     output rows whose window touches the data box / the top band or the top
@@ -145,6 +147,13 @@ def _window_axis(ax: Axis, k: int, s: int, p: int, out: int) -> tuple:
     else:
         bot = 0
     return lo, hi, top, bot
+
+
+def _band_axis(out: int, lo: int, hi: int, top: int, bot: int) -> Axis:
+    """The output axis once its background is recompressed (see _recompress)."""
+    if out - top - bot <= 0:
+        return Axis(out, lo, hi, out, 0, 0)
+    return Axis(out, lo, hi, top, bot, 1)
 
 
 def _plateau_copies(ax: Axis, k: int, s: int) -> int:
@@ -170,105 +179,223 @@ def _expand_index(ax: Axis, copies: int, device) -> torch.Tensor:
     return torch.tensor(idx, dtype=torch.long, device=device)
 
 
-def _recompress(bg: torch.Tensor, dim: int, top: int, bot: int, true_size: int) -> tuple:
+def _recompress(bg: torch.Tensor, dim: int, top: int, bot: int, true_size: int) -> torch.Tensor:
     """Trim a computed background along ``dim`` to top + (<= 1 plateau) + bot rows.
 
-    Returns (bg, top, bot, m). When the bands meet (no plateau in the true
-    map), the computed map must be the full one and is kept whole.
+    When the bands meet (no plateau in the true map), the computed map must
+    be the full one and is kept whole.
     """
     n = bg.shape[dim]
     if true_size - top - bot <= 0:
         if n != true_size:
             raise AssertionError(f"fast: compressed background of {n} rows for a map of {true_size} "
                                  "without plateau")
-        return bg, true_size, 0, 0
+        return bg
     if n - top - bot < 1:
         raise AssertionError(f"fast: compressed background lost its plateau ({n} rows, bands {top}+{bot})")
     if n - top - bot == 1:
-        return bg, top, bot, 1
+        return bg
     keep = torch.tensor(list(range(top + 1)) + list(range(n - bot, n)), dtype=torch.long, device=bg.device)
-    return bg.index_select(dim, keep), top, bot, 1
+    return bg.index_select(dim, keep)
+
+
+@dataclass(frozen=True)
+class Geo:
+    """Geometry of a structured blob without its values: axes, channels, background kind."""
+    ay: Axis
+    ax: Axis
+    c: int
+    bg: str          # "zero" (known zero), "none" (box covers the map), "some" (stored)
+
+    @property
+    def box(self) -> tuple:
+        return (self.ay.lo, self.ay.hi, self.ax.lo, self.ax.hi)
+
+    @property
+    def hw(self) -> tuple:
+        return (self.ay.size, self.ax.size)
+
+
+def _covers(ay: Axis, ax: Axis) -> bool:
+    return ay.lo == 0 and ay.hi == ay.size and ax.lo == 0 and ax.hi == ax.size
+
+
+def input_geo(c: int, h: int, w: int) -> Geo:
+    """An input blob: the data box is the whole map, the background (outside it) zero."""
+    return Geo(Axis(h, 0, h, h, 0, 0), Axis(w, 0, w, w, 0, 0), c, "zero")
+
+
+def conv_geo(g: Geo, cout: int, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple:
+    """(output Geo, how its background is made: "none" | "bias" | "compute")."""
+    ke = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    out = tuple((n + 2 * pp - kk) // ss + 1 for n, pp, kk, ss in zip(g.hw, p, ke, s))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"fast: convolution output would be empty for an input of {g.hw}")
+    ly, hy, ty, by = _window_axis(g.ay, ke[0], s[0], p[0], out[0])
+    lx, hx, tx, bx = _window_axis(g.ax, ke[1], s[1], p[1], out[1])
+    if (ly, hy, lx, hx) == (0, out[0], 0, out[1]):
+        # Every output pixel sees data: no background to carry.
+        return Geo(Axis(out[0], ly, hy, out[0], 0, 0), Axis(out[1], lx, hx, out[1], 0, 0), cout, "none"), "none"
+    if g.bg in ("zero", "none"):
+        # Outside the box the windows see only zero padding (or a zero
+        # background): the output there is the bias everywhere.
+        return Geo(Axis(out[0], ly, hy, 0, 0, 1), Axis(out[1], lx, hx, 0, 0, 1), cout, "some"), "bias"
+    return Geo(_band_axis(out[0], ly, hy, ty, by), _band_axis(out[1], lx, hx, tx, bx), cout, "some"), "compute"
+
+
+def pool_geo(g: Geo, k: tuple, s: tuple) -> tuple:
+    """(output Geo, background kind) of Caffe MAX pooling without padding (CEIL)."""
+    out = tuple(_ceil_div(n - kk, ss) + 1 for n, kk, ss in zip(g.hw, k, s))
+    ly, hy, ty, by = _window_axis(g.ay, k[0], s[0], 0, out[0])
+    lx, hx, tx, bx = _window_axis(g.ax, k[1], s[1], 0, out[1])
+    if (ly, hy, lx, hx) == (0, out[0], 0, out[1]):
+        return Geo(Axis(out[0], ly, hy, out[0], 0, 0), Axis(out[1], lx, hx, out[1], 0, 0), g.c, "none"), "none"
+    if g.bg == "zero":
+        return Geo(Axis(out[0], ly, hy, 0, 0, 1), Axis(out[1], lx, hx, 0, 0, 1), g.c, "zero"), "zero"
+    return Geo(_band_axis(out[0], ly, hy, ty, by), _band_axis(out[1], lx, hx, tx, bx), g.c, "some"), "compute"
+
+
+def conv_reads(win: tuple, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple:
+    """Input rows/cols (unclipped: beyond the map is zero padding) that output window ``win`` reads."""
+    ke = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    y0, y1, x0, x1 = win
+    return (y0 * s[0] - p[0], (y1 - 1) * s[0] - p[0] + ke[0], x0 * s[1] - p[1], (x1 - 1) * s[1] - p[1] + ke[1])
+
+
+def pool_reads(win: tuple, k: tuple, s: tuple, hw: tuple) -> tuple:
+    y0, y1, x0, x1 = win
+    return (y0 * s[0], min((y1 - 1) * s[0] + k[0], hw[0]), x0 * s[1], min((x1 - 1) * s[1] + k[1], hw[1]))
+
+
+def _area(w: tuple) -> int:
+    return max(0, w[1] - w[0]) * max(0, w[3] - w[2])
+
+
+def _union(a: tuple, b: tuple) -> tuple:
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+
+
+def _inside(a: tuple, b: tuple) -> bool:
+    """Window a within window b."""
+    return a[0] >= b[0] and a[1] <= b[1] and a[2] >= b[2] and a[3] <= b[3]
+
+
+def _clip(w: tuple, hw: tuple) -> tuple:
+    return (max(0, w[0]), min(hw[0], w[1]), max(0, w[2]), min(hw[1], w[3]))
 
 
 # ---------------------------------------------------------------- structured blob
 
 class SBlob:
-    """A blob as (data box, compressed background); see the module docstring.
+    """A blob as (window of true values, compressed background); see the module docstring.
 
-    ``box``: (N, C, hi-lo, wi-wlo) tensor, the true values inside the box.
-    ``bg``: (1, C, ay.clen, ax.clen) compressed background (the same for every
-    image of the batch: it does not depend on the data). ``bg_zero``: the
-    background is known to be exactly zero (the input blob), so zero padding
-    around it changes nothing.
+    ``box``: (N, C, y1-y0, x1-x0) tensor, the true values on ``win`` = (y0,
+    y1, x0, x1), a window that contains the data box (``ay.lo..ay.hi`` x
+    ``ax.lo..ax.hi``). ``bg``: (1, C, ay.clen, ax.clen) compressed background
+    (the same for every image of the batch: it does not depend on the
+    data), or None when the data box covers the whole map. ``bg_zero``: the
+    background is known to be exactly zero (the input blob).
     """
-    __slots__ = ("box", "bg", "ay", "ax", "bg_zero", "n")
+    __slots__ = ("box", "bg", "ay", "ax", "bg_zero", "n", "c", "win")
 
-    def __init__(self, box: torch.Tensor, bg: torch.Tensor, ay: Axis, ax: Axis, bg_zero: bool = False,
-                 n: Optional[int] = None):
+    def __init__(self, box: torch.Tensor, bg: Optional[torch.Tensor], ay: Axis, ax: Axis,
+                 bg_zero: bool = False, n: Optional[int] = None, c: Optional[int] = None,
+                 win: Optional[tuple] = None):
         self.box, self.bg, self.ay, self.ax, self.bg_zero = box, bg, ay, ax, bg_zero
         self.n = box.shape[0] if n is None else n
+        self.c = (box.shape[1] if bg is None else bg.shape[1]) if c is None else c
+        self.win = (ay.lo, ay.hi, ax.lo, ax.hi) if win is None else tuple(win)
+        if bg is None and not bg_zero and not _covers(ay, ax):
+            raise AssertionError("fast: a blob without background must have its box cover the map")
 
     @property
     def shape(self) -> tuple:
-        return (self.n, self.bg.shape[1], self.ay.size, self.ax.size)
+        return (self.n, self.c, self.ay.size, self.ax.size)
+
+    def covers_all(self) -> bool:
+        """Whether the data box is the whole map (the background is then never read)."""
+        return _covers(self.ay, self.ax)
 
     def __repr__(self) -> str:
         return (f"SBlob(shape={self.shape}, box=rows[{self.ay.lo},{self.ay.hi}) cols[{self.ax.lo},{self.ax.hi}), "
-                f"bg={tuple(self.bg.shape)})")
+                f"win={self.win}, bg={None if self.bg is None else tuple(self.bg.shape)})")
 
 
 def structured_from_tensor(x: torch.Tensor, channels_last: bool = True) -> SBlob:
-    """An input blob (N, C, H, W): the data box is the whole map, the background zero."""
+    """An input blob (N, C, H, W): the data box is the whole map, zeros around it."""
     if x.dim() != 4:
         raise ValueError(f"fast: a structured blob must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    bg = x.new_zeros((1, x.shape[1], 1, 1))
-    return SBlob(x, bg, Axis.full(x.shape[2]), Axis.full(x.shape[3]), bg_zero=True)
+    g = input_geo(x.shape[1], x.shape[2], x.shape[3])
+    return SBlob(x, None, g.ay, g.ax, bg_zero=True)
 
 
-def _bg_rows(sb: SBlob, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    """Background values of true rows [y0, y1) x cols [x0, x1) (zeros outside the map), (1, C, h, w)."""
-    bg = sb.bg
-    zy, zx = bg.shape[2], bg.shape[3]
-    bgz = F.pad(bg, (0, 1, 0, 1))  # one zero row/col at index clen: the zero padding
-    ry = [sb.ay.cindex(y) for y in range(y0, y1)]
-    rx = [sb.ax.cindex(x) for x in range(x0, x1)]
-    ry = torch.tensor([zy if i < 0 else i for i in ry], dtype=torch.long, device=bg.device)
-    rx = torch.tensor([zx if i < 0 else i for i in rx], dtype=torch.long, device=bg.device)
-    return bgz.index_select(2, ry).index_select(3, rx)
+def _runs(ax: Axis, a: int, b: int) -> list:
+    """Rows [a, b) as runs (start, end, kind, src): kind "zero" (outside the map: zero
+    padding), "copy" (compressed rows src.. one to one) or "bcast" (the plateau row src)."""
+    out = []
+    cuts = [(a, min(b, 0), "zero"), (max(a, 0), min(b, ax.top), "copy"),
+            (max(a, ax.top), min(b, ax.size - ax.bot), "bcast"),
+            (max(a, ax.size - ax.bot, ax.top), min(b, ax.size), "copy"),
+            (max(a, ax.size), b, "zero")]
+    for y0, y1, kind in cuts:
+        if y1 > y0:
+            out.append((y0, y1, kind, ax.cindex(y0) if kind != "zero" else -1))
+    return out
+
+
+def _fill_bg(dst: torch.Tensor, sb: SBlob, y0: int, y1: int, x0: int, x1: int) -> None:
+    """Write the background values (zeros outside the map) of rows [y0, y1) x cols [x0, x1) into ``dst``.
+
+    Piecewise broadcast copies from the small compressed map: no gather over
+    the window, so the cost is one write of ``dst``.
+    """
+    if sb.bg_zero:
+        dst.zero_()
+        return
+    n, c = dst.shape[0], dst.shape[1]
+    for ya, yb, ky, sy in _runs(sb.ay, y0, y1):
+        for xa, xb, kx, sx in _runs(sb.ax, x0, x1):
+            d = dst[:, :, ya - y0:yb - y0, xa - x0:xb - x0]
+            if ky == "zero" or kx == "zero":
+                d.zero_()
+                continue
+            if sb.bg is None:
+                raise AssertionError(f"fast: background read at rows [{ya},{yb}) cols [{xa},{xb}) of {sb}")
+            src = sb.bg[:, :, sy:sy + (yb - ya if ky == "copy" else 1), sx:sx + (xb - xa if kx == "copy" else 1)]
+            d.copy_(src.expand(n, c, yb - ya, xb - xa))
 
 
 def region(sb: SBlob, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
     """The true values of rows [y0, y1) x cols [x0, x1) of the blob; zeros outside the map.
 
-    Returns the box itself (or a view of it) when the window lies inside the
-    box; otherwise a new tensor, in the box's memory format.
+    A view of the computed window when the window lies inside it; otherwise
+    a new tensor in the window's memory format.
     """
-    ay, ax = sb.ay, sb.ax
-    iy0, iy1 = max(y0, ay.lo), min(y1, ay.hi)
-    ix0, ix1 = max(x0, ax.lo), min(x1, ax.hi)
-    if iy0 == y0 and iy1 == y1 and ix0 == x0 and ix1 == x1 and y1 > y0 and x1 > x0:
-        v = sb.box[:, :, y0 - ay.lo:y1 - ay.lo, x0 - ax.lo:x1 - ax.lo]
-        return v
-    n, c = sb.n, sb.bg.shape[1]
-    fmt = torch.channels_last if sb.box.is_contiguous(memory_format=torch.channels_last) and \
-        not sb.box.is_contiguous() else torch.contiguous_format
-    out = torch.empty((n, c, y1 - y0, x1 - x0), dtype=sb.bg.dtype, device=sb.bg.device, memory_format=fmt)
-    if iy1 <= iy0 or ix1 <= ix0:       # no overlap with the box: background only
-        out.copy_(_bg_rows(sb, y0, y1, x0, x1).expand(n, -1, -1, -1))
+    wy0, wy1, wx0, wx1 = sb.win
+    if y0 >= wy0 and y1 <= wy1 and x0 >= wx0 and x1 <= wx1 and y1 > y0 and x1 > x0:
+        return sb.box[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+    iy0, iy1 = max(y0, wy0), min(y1, wy1)
+    ix0, ix1 = max(x0, wx0), min(x1, wx1)
+    ref = sb.box if sb.box.numel() else (sb.bg if sb.bg is not None else sb.box)
+    fmt = torch.channels_last if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and \
+        not ref.is_contiguous() else torch.contiguous_format
+    out = torch.empty((sb.n, sb.c, y1 - y0, x1 - x0), dtype=ref.dtype, device=ref.device, memory_format=fmt)
+    if iy1 <= iy0 or ix1 <= ix0:       # no overlap with the window: background only
+        _fill_bg(out, sb, y0, y1, x0, x1)
         return out
-    # Background bands around the box overlap, then the box overlap itself.
+    # Background bands around the window, then the window's overlap itself.
     if iy0 > y0:
-        out[:, :, :iy0 - y0].copy_(_bg_rows(sb, y0, iy0, x0, x1).expand(n, -1, -1, -1))
+        _fill_bg(out[:, :, :iy0 - y0], sb, y0, iy0, x0, x1)
     if iy1 < y1:
-        out[:, :, iy1 - y0:].copy_(_bg_rows(sb, iy1, y1, x0, x1).expand(n, -1, -1, -1))
+        _fill_bg(out[:, :, iy1 - y0:], sb, iy1, y1, x0, x1)
     if ix0 > x0:
-        out[:, :, iy0 - y0:iy1 - y0, :ix0 - x0].copy_(_bg_rows(sb, iy0, iy1, x0, ix0).expand(n, -1, -1, -1))
+        _fill_bg(out[:, :, iy0 - y0:iy1 - y0, :ix0 - x0], sb, iy0, iy1, x0, ix0)
     if ix1 < x1:
-        out[:, :, iy0 - y0:iy1 - y0, ix1 - x0:].copy_(_bg_rows(sb, iy0, iy1, ix1, x1).expand(n, -1, -1, -1))
+        _fill_bg(out[:, :, iy0 - y0:iy1 - y0, ix1 - x0:], sb, iy0, iy1, ix1, x1)
     out[:, :, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0].copy_(
-        sb.box[:, :, iy0 - ay.lo:iy1 - ay.lo, ix0 - ax.lo:ix1 - ax.lo])
+        sb.box[:, :, iy0 - wy0:iy1 - wy0, ix0 - wx0:ix1 - wx0])
     return out
 
 
@@ -279,28 +406,10 @@ def materialize(sb: Any) -> torch.Tensor:
     return region(sb, 0, sb.ay.size, 0, sb.ax.size).contiguous()
 
 
-# ---------------------------------------------------------------- structured layers
-
-def _bg_window_op(sb: SBlob, k: tuple, s: tuple, p: tuple, fn, out_hw: tuple) -> tuple:
-    """Apply a sliding-window op to the compressed background.
-
-    ``fn(x, pad)`` computes the op on a (1, C, h, w) map with zero padding
-    ``pad`` (h, w). Returns (bg, ay, ax) for the output (box fields unset).
-    """
-    bg = sb.bg
-    ny = _plateau_copies(sb.ay, k[0], s[0])
-    nx = _plateau_copies(sb.ax, k[1], s[1])
-    x = bg.index_select(2, _expand_index(sb.ay, ny, bg.device)).index_select(3, _expand_index(sb.ax, nx, bg.device))
-    y = fn(x, p)
-    _, _, ty, by = _window_axis(sb.ay, k[0], s[0], p[0], out_hw[0])
-    _, _, tx, bx = _window_axis(sb.ax, k[1], s[1], p[1], out_hw[1])
-    y, ty, by, my = _recompress(y, 2, ty, by, out_hw[0])
-    y, tx, bx, mx = _recompress(y, 3, tx, bx, out_hw[1])
-    return y, (ty, by, my), (tx, bx, mx)
-
+# ---------------------------------------------------------------- kernels
 
 class ConvKernel:
-    """How one convolution runs on a window (padding already applied): GEMM or oneDNN/F.conv2d.
+    """How one convolution runs on a window: GEMM, oneDNN with fused ReLU, or F.conv2d.
 
     * ``gemm`` (1x1 kernels, and kernels of 25 taps or more: fc6's 7x7 on a
       22x22 map): one matrix product against a *view* of the layer's weight
@@ -340,23 +449,25 @@ class ConvKernel:
         self.w_cl = None
         if self.gemm:
             self.w_mat = w.reshape(w.shape[0], -1)          # a view when the parameter is contiguous
-        elif w.dtype == torch.float32 and w.device.type == "cpu" and self.impl in ("mkldnn", "torch"):
+        elif w.dtype == torch.float32 and w.device.type == "cpu":
             self.w_cl = w.contiguous(memory_format=torch.channels_last)
 
-    def __call__(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        """Convolution with zero padding 0 of ``x`` (N, C, h, w); ReLU applied when ``relu``."""
+    def __call__(self, x: torch.Tensor, relu: bool, pad: tuple = (0, 0)) -> torch.Tensor:
+        """Convolution of ``x`` (N, C, h, w) with zero padding ``pad``; ReLU applied when ``relu``."""
         self.refresh()
         if self.gemm:
+            if pad[0] or pad[1]:
+                x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
             return self._gemm(x, relu)
         w = self.w_cl if self.w_cl is not None else self.weight.detach()
         if self.impl == "mkldnn" and x.dtype == torch.float32 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
             return torch.ops.mkldnn._convolution_pointwise(
-                x, w, self.b, [0, 0], list(self.stride), list(self.dilation), self.groups,
+                x, w, self.b, list(pad), list(self.stride), list(self.dilation), self.groups,
                 "relu" if relu else "none", [], "")
         if not x.is_contiguous(memory_format=torch.channels_last):
             w = self.weight.detach()
-        y = F.conv2d(x, w, self.b, self.stride, 0, self.dilation, self.groups)
+        y = F.conv2d(x, w, self.b, self.stride, tuple(pad), self.dilation, self.groups)
         return torch.relu_(y) if relu else y
 
     def _gemm(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -386,78 +497,112 @@ class ConvKernel:
         return y.view(n, cout, oh, ow)
 
 
-def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = False) -> SBlob:
+# ---------------------------------------------------------------- structured layers
+
+def _bg_window_op(sb: SBlob, k: tuple, s: tuple, p: tuple, fn, g_out: Geo) -> torch.Tensor:
+    """The output's compressed background: ``fn(x, pad)`` on the input's, plateau replicated as needed."""
+    bg = sb.bg
+    ny = _plateau_copies(sb.ay, k[0], s[0])
+    nx = _plateau_copies(sb.ax, k[1], s[1])
+    x = bg.index_select(2, _expand_index(sb.ay, ny, bg.device)).index_select(3, _expand_index(sb.ax, nx, bg.device))
+    y = fn(x, p)
+    y = _recompress(y, 2, g_out.ay.top, g_out.ay.bot, g_out.ay.size)
+    y = _recompress(y, 3, g_out.ax.top, g_out.ax.bot, g_out.ax.size)
+    return y
+
+
+def _read(sb: SBlob, want: tuple, hw: tuple) -> tuple:
+    """(tensor, symmetric pad) holding the input window ``want`` (unclipped).
+
+    A view when the clipped window lies in the computed window and what lies
+    beyond the map is the same on both sides (the kernel pads it); else a
+    new tensor with the background and zeros written in.
+    """
+    c = _clip(want, hw)
+    pt, pb, pl, pr = c[0] - want[0], want[1] - c[1], c[2] - want[2], want[3] - c[3]
+    if pt == pb and pl == pr and _inside(c, sb.win) and _area(c) > 0:
+        return region(sb, *c), (pt, pl)
+    return region(sb, *want), (0, 0)
+
+
+def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = False,
+          want: Optional[tuple] = None) -> SBlob:
     """Convolution (Caffe geometry: kernel k, pad, the kernel's stride/dilation) of a structured blob.
 
-    The box is computed on its window (halo from the background, zeros
-    beyond the map); the background on its compressed form.
+    ``want``: the output window to compute (default: the output's data
+    box; it must contain the box). The box is computed on its window (halo
+    from the background, zeros beyond the map); the background on its
+    compressed form.
     """
     s, d = kernel.stride, kernel.dilation
-    ke = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
-    out = tuple((n + 2 * p - kk) // ss + 1 for n, p, kk, ss in zip((sb.ay.size, sb.ax.size), pad, ke, s))
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"fast: convolution output would be empty for input {sb.shape}")
-    ly, hy, _, _ = _window_axis(sb.ay, ke[0], s[0], pad[0], out[0])
-    lx, hx, _, _ = _window_axis(sb.ax, ke[1], s[1], pad[1], out[1])
-    # Background: a zero background convolves to the bias everywhere (the
-    # zero padding is indistinguishable from it), without computing anything.
-    if sb.bg_zero:
-        cout = kernel.weight.shape[0]
-        b = kernel.b if kernel.b is not None else sb.bg.new_zeros(cout)
-        bg = b.reshape(1, cout, 1, 1).to(sb.bg.dtype)
+    g_in = Geo(sb.ay, sb.ax, sb.c, "zero" if sb.bg_zero else ("none" if sb.bg is None else "some"))
+    cout = kernel.weight.shape[0]
+    g, how = conv_geo(g_in, cout, k, s, pad, d)
+    if how == "bias":
+        b = kernel.b if kernel.b is not None else kernel.weight.new_zeros(cout)
+        bg = b.detach().reshape(1, cout, 1, 1).clone()
         if relu:
-            bg = torch.relu(bg)
-        ay = Axis(out[0], ly, hy, 0, 0, 1)
-        ax = Axis(out[1], lx, hx, 0, 0, 1)
-    else:
+            bg.relu_()
+    elif how == "compute":
         def fn(x, p):
-            y = F.conv2d(x, kernel.weight.detach(), kernel.b, s, p, d, kernel.groups)
-            return torch.relu_(y) if relu else y
-        bg, (ty, by, my), (tx, bx, mx) = _bg_window_op(sb, ke, s, pad, fn, out)
-        ay = Axis(out[0], ly, hy, ty, by, my)
-        ax = Axis(out[1], lx, hx, tx, bx, mx)
-    if hy > ly and hx > lx:
-        win = region(sb, ly * s[0] - pad[0], (hy - 1) * s[0] - pad[0] + ke[0],
-                     lx * s[1] - pad[1], (hx - 1) * s[1] - pad[1] + ke[1])
-        box = kernel(win, relu)
+            return kernel(x, relu, pad=p)
+        ke = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+        bg = _bg_window_op(sb, ke, s, pad, fn, g)
     else:
-        box = bg.new_zeros((sb.n, bg.shape[1], 0, 0))
-    return SBlob(box, bg, ay, ax, False, sb.n)
+        bg = None
+    win = g.box if want is None else tuple(want)
+    if _area(win):
+        x, p = _read(sb, conv_reads(win, k, s, pad, d), g_in.hw)
+        box = kernel(x, relu, pad=p)
+    else:
+        box = kernel.weight.new_zeros((sb.n, cout, 0, 0))
+    return SBlob(box, bg, g.ay, g.ax, False, sb.n, cout, win)
 
 
-def spool_max(sb: SBlob, k: tuple, s: tuple) -> SBlob:
+def spool_max(sb: SBlob, k: tuple, s: tuple, want: Optional[tuple] = None) -> SBlob:
     """Caffe MAX pooling with no padding (CEIL rounding: the last window is clipped to the map)."""
-    out = tuple(_ceil_div(n - kk, ss) + 1 for n, kk, ss in zip((sb.ay.size, sb.ax.size), k, s))
-    ly, hy, _, _ = _window_axis(sb.ay, k[0], s[0], 0, out[0])
-    lx, hx, _, _ = _window_axis(sb.ax, k[1], s[1], 0, out[1])
-
-    def fn(x, p):
-        return F.max_pool2d(x, k, s, 0, ceil_mode=True)
-    bg, (ty, by, my), (tx, bx, mx) = _bg_window_op(sb, k, s, (0, 0), fn, out)
-    if hy > ly and hx > lx:
-        win = region(sb, ly * s[0], min((hy - 1) * s[0] + k[0], sb.ay.size),
-                     lx * s[1], min((hx - 1) * s[1] + k[1], sb.ax.size))
-        box = F.max_pool2d(win, k, s, 0, ceil_mode=True)
+    g_in = Geo(sb.ay, sb.ax, sb.c, "zero" if sb.bg_zero else ("none" if sb.bg is None else "some"))
+    g, how = pool_geo(g_in, k, s)
+    if how == "compute":
+        def fn(x, p):
+            return F.max_pool2d(x, k, s, 0, ceil_mode=True)
+        bg = _bg_window_op(sb, k, s, (0, 0), fn, g)
     else:
-        box = bg.new_zeros((sb.n, bg.shape[1], 0, 0))
-    return SBlob(box, bg, Axis(out[0], ly, hy, ty, by, my), Axis(out[1], lx, hx, tx, bx, mx), False, sb.n)
+        bg = None
+    win = g.box if want is None else tuple(want)
+    if _area(win):
+        x = region(sb, *pool_reads(win, k, s, g_in.hw))
+        box = F.max_pool2d(x, k, s, 0, ceil_mode=True)
+    else:
+        box = sb.box.new_zeros((sb.n, sb.c, 0, 0))
+    return SBlob(box, bg, g.ay, g.ax, how == "zero", sb.n, sb.c, win)
 
 
 def srelu(sb: SBlob, negative_slope: float = 0.0, inplace: bool = False) -> SBlob:
-    """Caffe ReLU of a structured blob (elementwise: box and background alike)."""
+    """Caffe ReLU of a structured blob (elementwise: window and background alike)."""
     def f(t, ip):
+        if t is None:
+            return None
         if negative_slope == 0.0:
             return torch.relu_(t) if ip else torch.relu(t)
         return F.leaky_relu(t, negative_slope, inplace=ip)
-    return SBlob(f(sb.box, inplace), f(sb.bg, False), sb.ay, sb.ax, sb.bg_zero, sb.n)
+    return SBlob(f(sb.box, inplace), f(sb.bg, False), sb.ay, sb.ax, sb.bg_zero, sb.n, sb.c, sb.win)
 
 
 def _pool_ok(m) -> bool:
     return (m.method == "MAX" and not m.global_pooling and tuple(m.pad) == (0, 0)
-            and m.round_mode == "CEIL" and len(m.top_names) == 1 and not getattr(m, "force_explicit", False))
+            and m.round_mode == "CEIL" and len(m.top_names) == 1 and not getattr(m, "force_explicit", False)
+            and m.kernel[0] >= m.stride[0] and m.kernel[1] >= m.stride[1])
 
 
 # ---------------------------------------------------------------- the net wrapper
+
+@dataclass
+class _Step:
+    kind: str            # "conv", "pool", "relu", "identity", "plain"
+    st: Any              # the builder's plan step
+    relu: Any = None     # a fused ReLU step (conv only)
+
 
 class FastNet(nn.Module):
     """A fast forward for a built :class:`fcn_repro.caffe.Net` (shares its parameters).
@@ -468,7 +613,9 @@ class FastNet(nn.Module):
     Options: ``background`` (skip the input-independent padding region),
     ``conv`` ("mkldnn": oneDNN channels-last with fused ReLU; "torch":
     F.conv2d), ``channels_last``, ``gemm`` (1x1 convolutions and kernels
-    of 25 taps or more run as one GEMM on a view of the weight).
+    of 25 taps or more run as one GEMM on a view of the weight), ``views``
+    (compute a few more pixels where that lets the next layer read its
+    input in place instead of copying it).
     """
 
     def __init__(self, net: nn.Module, enabled: bool = True, **options: Any):
@@ -485,7 +632,8 @@ class FastNet(nn.Module):
             self.options["conv"] = "torch"
         self._kernels: dict[str, ConvKernel] = {}
         self._plan_id = None
-        self._steps = None
+        self._steps: Optional[list] = None
+        self._schedules: dict = {}
 
     @property
     def inputs(self):
@@ -508,7 +656,8 @@ class FastNet(nn.Module):
             self._kernels[m.name] = kern
         return kern
 
-    def _get_steps(self):
+    def _get_steps(self) -> list:
+        """The builder's plan, with the layers the fast path runs itself marked (and conv+ReLU fused)."""
         plan = self.net._get_plan()
         if self._steps is not None and self._plan_id is plan:
             return self._steps
@@ -517,9 +666,8 @@ class FastNet(nn.Module):
         while i < len(plan):
             st = plan[i]
             m = st.layers[0]
-            kind = "plain"
-            fuse_relu = None
-            if st.kind == "layer":
+            kind, fuse = "plain", None
+            if st.kind == "layer" and not st.loss:
                 t = m.type_name
                 if t == "Convolution" and len(st.bottoms) == 1 and len(st.tops) == 1:
                     kind = "conv"
@@ -530,20 +678,79 @@ class FastNet(nn.Module):
                         r = nx.layers[0]
                         if (nx.kind == "layer" and r.type_name == "ReLU" and nx.bottoms == st.tops
                                 and nx.inplace_ok and r.negative_slope == 0.0 and not nx.loss):
-                            fuse_relu = nx
+                            fuse = nx
                 elif t == "Pooling" and _pool_ok(m):
                     kind = "pool"
                 elif t == "ReLU":
                     kind = "relu"
                 elif t == "Dropout" and m.phase != "TRAIN" and m.scale_train:
                     kind = "identity"
-            if st.loss:
-                kind = "plain"
-                fuse_relu = None
-            steps.append((kind, st, fuse_relu))
-            i += 2 if fuse_relu is not None else 1
-        self._steps, self._plan_id = steps, plan
+            steps.append(_Step(kind, st, fuse))
+            i += 2 if fuse is not None else 1
+        self._steps, self._plan_id, self._schedules = steps, plan, {}
         return steps
+
+    def _schedule(self, shapes: dict) -> dict:
+        """Per input shapes: the output window each structured step computes.
+
+        Starts from the data boxes, then walks the steps backward: a conv or
+        pool reads a window of its input; when that window exceeds what the
+        producer computes, the producer computes the larger window if that
+        costs less than copying it (a few halo rows on a big map), else the
+        reader copies it (small maps, where a larger window would cascade).
+        """
+        key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
+        if key in self._schedules:
+            return self._schedules[key]
+        steps = self._get_steps()
+        geo: dict = {}          # blob name -> (Geo, producer step index or None)
+        info: dict = {}         # step index -> (input Geo, output Geo, producer index)
+        for n, shp in shapes.items():
+            if len(shp) == 4:
+                geo[n] = (input_geo(shp[1], shp[2], shp[3]), None)
+        for i, s in enumerate(steps):
+            m = s.st.layers[0]
+            src = geo.get(s.st.bottoms[0]) if s.st.bottoms else None
+            if s.kind in ("conv", "pool", "relu", "identity") and src is not None:
+                g_in, prod = src
+                if s.kind == "conv":
+                    g_out, _ = conv_geo(g_in, m.num_output, m.kernel, m.stride, m.pad, m.dilation)
+                elif s.kind == "pool":
+                    g_out, _ = pool_geo(g_in, m.kernel, m.stride)
+                else:
+                    g_out = g_in
+                info[i] = (g_in, g_out, prod)
+                owner = i if s.kind in ("conv", "pool") else prod
+                for t in s.st.tops:
+                    geo[t] = (g_out, owner)
+            else:
+                for t in s.st.tops:
+                    geo.pop(t, None)
+        want = {i: v[1].box for i, v in info.items() if steps[i].kind in ("conv", "pool")}
+        if self.options["views"]:
+            for i in sorted(want, reverse=True):
+                g_in, g_out, prod = info[i]
+                s = steps[i]
+                m = s.st.layers[0]
+                if s.kind == "conv":
+                    r = _clip(conv_reads(want[i], m.kernel, m.stride, m.pad, m.dilation), g_in.hw)
+                else:
+                    r = pool_reads(want[i], m.kernel, m.stride, g_in.hw)
+                if prod is None or prod not in want or _inside(r, want[prod]) or not _area(r):
+                    continue
+                bigger = _union(want[prod], r)
+                pm = steps[prod].st.layers[0]
+                extra = _area(bigger) - _area(want[prod])
+                if steps[prod].kind == "conv":
+                    pg = info[prod][0]
+                    cost_more = extra * 2 * pm.num_output * pg.c // pm.group * pm.kernel[0] * pm.kernel[1] / _FLOP_RATE
+                else:
+                    cost_more = extra * g_in.c * 4 * (pm.kernel[0] * pm.kernel[1] + 1) / _COPY_RATE
+                cost_copy = _area(r) * g_in.c * 8 / _COPY_RATE
+                if cost_more < cost_copy:
+                    want[prod] = bigger
+        self._schedules[key] = want
+        return want
 
     # ------------------------------------------------------------ forward
     def _needs_grad(self, inputs) -> bool:
@@ -570,33 +777,32 @@ class FastNet(nn.Module):
         env: dict[str, Any] = {}
         for n in self.net.inputs:
             x = inputs[n]
-            x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-            env[n] = x
-        structured_inputs = set()
-        for kind, st, fr in self._get_steps():
+            env[n] = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+        steps = self._get_steps()
+        want = self._schedule({n: tuple(env[n].shape) for n in self.net.inputs}) if opts["background"] else {}
+        for i, s in enumerate(steps):
+            st, kind = s.st, s.kind
             m = st.layers[0]
-            if kind == "conv" and (opts["background"] or not isinstance(env[st.bottoms[0]], SBlob)):
-                x = env[st.bottoms[0]]
-                if not isinstance(x, SBlob):
-                    if x.dim() != 4 or not x.is_floating_point():
-                        kind = "plain"
-                    elif opts["background"]:
+            x = env[st.bottoms[0]] if st.bottoms else None
+            if kind == "conv" and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
+                kind = "plain"
+            if kind == "conv":
+                kern = self._kernel(m)
+                if opts["background"]:
+                    if not isinstance(x, SBlob):
                         x = structured_from_tensor(x, cl)
-                        structured_inputs.add(st.bottoms[0])
-                if kind == "conv":
-                    kern = self._kernel(m)
-                    if isinstance(x, SBlob):
-                        y = sconv(x, kern, m.kernel, m.pad, relu=fr is not None)
-                    else:
-                        win = F.pad(x, (m.pad[1], m.pad[1], m.pad[0], m.pad[0])) if any(m.pad) else x
-                        y = kern(win, fr is not None)
-                    env[st.tops[0]] = y
-            elif kind == "pool" and isinstance(env[st.bottoms[0]], SBlob):
-                env[st.tops[0]] = spool_max(env[st.bottoms[0]], m.kernel, m.stride)
-            elif kind == "relu" and isinstance(env[st.bottoms[0]], SBlob):
-                env[st.tops[0]] = srelu(env[st.bottoms[0]], m.negative_slope, inplace=st.inplace_ok)
+                    y = sconv(x, kern, m.kernel, m.pad, relu=s.relu is not None, want=want.get(i))
+                else:
+                    if cl and x.dtype == torch.float32:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    y = kern(x, s.relu is not None, pad=tuple(m.pad))
+                env[st.tops[0]] = y
+            elif kind == "pool" and isinstance(x, SBlob):
+                env[st.tops[0]] = spool_max(x, m.kernel, m.stride, want=want.get(i))
+            elif kind == "relu" and isinstance(x, SBlob):
+                env[st.tops[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
             elif kind == "identity":
-                env[st.tops[0]] = env[st.bottoms[0]]
+                env[st.tops[0]] = x
             else:
                 kind = "plain"
             if kind == "plain":
@@ -606,13 +812,13 @@ class FastNet(nn.Module):
                     env[t] = y
             for n in st.drop:
                 env.pop(n, None)
-            if fr is not None:
-                for n in fr.drop:
+            if s.relu is not None:
+                for n in s.relu.drop:
                     env.pop(n, None)
         out = {}
         for n in self.net.outputs:
             v = env[n]
-            out[n] = materialize(v).contiguous() if isinstance(v, SBlob) else v
+            out[n] = materialize(v) if isinstance(v, SBlob) else v
         return out
 
 
@@ -621,7 +827,7 @@ def optimize(net: nn.Module, enabled: bool = True, **options: Any) -> FastNet:
 
     ``enabled=False`` gives a wrapper that runs the plain path. Options (see
     :data:`FAST_DEFAULTS`): ``background``, ``conv``, ``channels_last``,
-    ``gemm``. Returns a :class:`FastNet`; call it like the net:
+    ``gemm``, ``views``. Returns a :class:`FastNet`; call it like the net:
     ``fast(data=x) -> {"score": ...}``.
     """
     if isinstance(net, FastNet):
@@ -629,43 +835,35 @@ def optimize(net: nn.Module, enabled: bool = True, **options: Any) -> FastNet:
     return FastNet(net, enabled=enabled, **options)
 
 
-def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = True) -> dict:
+def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = True,
+                windows: bool = False) -> dict:
     """Multiply-add FLOPs (2 per MAC) of every Convolution of ``net`` on ``input_shape`` (N, C, H, W).
 
     With ``background``, only the data-box pixels count (what the fast path
-    computes); else every output pixel (what Caffe computes). Returns
-    {layer: flops} for the convolutions that run structured.
+    must compute; with ``windows``, the windows it does compute, halos
+    included); else every output pixel (what Caffe computes). Returns
+    {layer: flops} for the convolutions the fast path runs structured.
     """
-    fast = FastNet(net, background=background)
-    res: dict[str, int] = {}
-    x = torch.zeros(tuple(input_shape))
-    env: dict[str, Any] = {net.inputs[0]: structured_from_tensor(x, False)}
-    # Geometry only: walk the plan with shapes, no convolution is run on data.
-    for kind, st, fr in fast._get_steps():
-        m = st.layers[0]
-        xb = env.get(st.bottoms[0]) if st.bottoms else None
-        if kind == "conv" and isinstance(xb, SBlob):
-            s, d = m.stride, m.dilation
-            ke = (d[0] * (m.kernel[0] - 1) + 1, d[1] * (m.kernel[1] - 1) + 1)
-            out = tuple((n + 2 * p - kk) // ss + 1 for n, p, kk, ss in zip((xb.ay.size, xb.ax.size), m.pad, ke, s))
-            ly, hy, ty, by = _window_axis(xb.ay, ke[0], s[0], m.pad[0], out[0])
-            lx, hx, tx, bx = _window_axis(xb.ax, ke[1], s[1], m.pad[1], out[1])
-            cin = xb.shape[1]
-            cout = m.num_output
-            per_px = 2 * cin // m.group * m.kernel[0] * m.kernel[1] * cout
-            px = (hy - ly) * (hx - lx) if background else out[0] * out[1]
-            res[m.name] = per_px * px * xb.n
-            if not background:
-                ly, hy, lx, hx = 0, out[0], 0, out[1]
-            env[st.tops[0]] = SBlob(torch.empty(0), torch.empty(1, cout, 1, 1),
-                                    Axis(out[0], ly, hy, 0, 0, 1), Axis(out[1], lx, hx, 0, 0, 1), False, xb.n)
-        elif kind == "pool" and isinstance(xb, SBlob):
-            k, s = m.kernel, m.stride
-            out = tuple(_ceil_div(n - kk, ss) + 1 for n, kk, ss in zip((xb.ay.size, xb.ax.size), k, s))
-            ly, hy, _, _ = _window_axis(xb.ay, k[0], s[0], 0, out[0])
-            lx, hx, _, _ = _window_axis(xb.ax, k[1], s[1], 0, out[1])
-            env[st.tops[0]] = SBlob(torch.empty(0), xb.bg, Axis(out[0], ly, hy, 0, 0, 1),
-                                    Axis(out[1], lx, hx, 0, 0, 1), False, xb.n)
-        elif kind in ("relu", "identity") and isinstance(xb, SBlob):
-            env[st.tops[0]] = xb
+    fast = net if isinstance(net, FastNet) else FastNet(net)
+    want = fast._schedule({fast.net.inputs[0]: tuple(input_shape)}) if windows else {}
+    geo: dict = {fast.net.inputs[0]: input_geo(input_shape[1], input_shape[2], input_shape[3])}
+    res: dict = {}
+    for i, s in enumerate(fast._get_steps()):
+        m = s.st.layers[0]
+        g = geo.get(s.st.bottoms[0]) if s.st.bottoms else None
+        if g is None:
+            continue
+        if s.kind == "conv":
+            g_out, _ = conv_geo(g, m.num_output, m.kernel, m.stride, m.pad, m.dilation)
+            per_px = 2 * g.c // m.group * m.kernel[0] * m.kernel[1] * m.num_output
+            win = want.get(i, g_out.box) if background else (0, g_out.ay.size, 0, g_out.ax.size)
+            res[m.name] = per_px * _area(win) * input_shape[0]
+        elif s.kind == "pool":
+            g_out, _ = pool_geo(g, m.kernel, m.stride)
+        elif s.kind in ("relu", "identity"):
+            g_out = g
+        else:
+            continue
+        for t in s.st.tops:
+            geo[t] = g_out
     return res
