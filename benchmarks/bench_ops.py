@@ -10,7 +10,8 @@ five ceil-mode pools, fc6 7x7):
     fuse_pool3     crop_sum       21x70x70 + crop(21x88x88, offset 9)
 
 Composite = what a plain PyTorch port runs: F.conv_transpose2d, then slicing
-(a view), then `+`. The upsampling weights are FCN's: bilinear on the channel
+(a view), then `+`; for crop_sum also the Caffe-style composite, whose Crop
+layer materialises the cropped blob before the Eltwise SUM. The upsampling weights are FCN's: bilinear on the channel
 diagonal, zero elsewhere (so our kernels take their diagonal path, after
 checking the weight on every call); rows marked "general" use the same
 weights with small off-diagonal noise (as the fcn8s fixture has), which forces
@@ -47,8 +48,8 @@ def bilinear_diag(c: int, k: int, dtype=torch.float32) -> torch.Tensor:
     return w
 
 
-def timeit(fn, device: str, repeats: int, min_warmup_s: float = 0.05) -> float:
-    """Median seconds of one call of fn (after warm-up)."""
+def timeit(fn, device: str, repeats: int, min_warmup_s: float = 0.05, stat=statistics.median) -> float:
+    """Median (or stat) seconds of one call of fn (after warm-up)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     n = 0
@@ -70,7 +71,7 @@ def timeit(fn, device: str, repeats: int, min_warmup_s: float = 0.05) -> float:
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return stat(times)
 
 
 def cases(device: str, batch: int):
@@ -100,8 +101,27 @@ def cases(device: str, batch: int):
          lambda: ops.crop_sum(up2, p4, 5), lambda: up2 + p4[:, :, 5:39, 5:39]),
         ("fuse_pool3 crop_sum", f"{batch}x21x70x70 + 88x88@9",
          lambda: ops.crop_sum(up4, p3, 9), lambda: up4 + p3[:, :, 9:79, 9:79]),
+        # Caffe's layer-by-layer way: the Crop layer writes its own blob, then Eltwise SUM
+        ("fuse_pool4 crop_sum vs Caffe-style", f"{batch}x21x34x34 + 44x44@5",
+         lambda: ops.crop_sum(up2, p4, 5), lambda: up2 + p4[:, :, 5:39, 5:39].contiguous()),
+        ("fuse_pool3 crop_sum vs Caffe-style", f"{batch}x21x70x70 + 88x88@9",
+         lambda: ops.crop_sum(up4, p3, 9), lambda: up4 + p3[:, :, 9:79, 9:79].contiguous()),
     ]
     return out
+
+
+def once(fn, device: str) -> float:
+    """Seconds of one call of fn (CUDA: between events around it)."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def check_same(ours, composite, name):
@@ -122,12 +142,23 @@ def copy_bandwidth(device: str, repeats: int) -> float:
 def run(device: str, repeats: int, batch: int) -> None:
     print(f"\n== {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else
                              f" ({torch.get_num_threads()} threads)") + f", float32, batch {batch}")
-    print(f"{'op':38s} {'shape':28s} {'ours ms':>9s} {'composite ms':>13s} {'speedup':>8s}")
+    print("median (and min) of the timed runs; ours and the composite alternate, run by run")
+    print(f"{'op':38s} {'shape':28s} {'ours ms':>9s} {'composite ms':>13s} {'speedup':>8s} "
+          f"{'(min: ours':>11s} {'composite':>10s} {'speedup)':>9s}")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
         for name, shape, ours, composite in cases(device, batch):
             check_same(ours, composite, name)
-            t_ours, t_comp = timeit(ours, device, repeats), timeit(composite, device, repeats)
-            print(f"{name:38s} {shape:28s} {t_ours * 1e3:9.3f} {t_comp * 1e3:13.3f} {t_comp / t_ours:7.2f}x")
+            timeit(ours, device, 3)
+            timeit(composite, device, 3)
+            t_o, t_c = [], []
+            for _ in range(repeats):  # interleaved, so that load changes hit both alike
+                t_o.append(once(ours, device))
+                t_c.append(once(composite, device))
+            sync()
+            mo, mc = statistics.median(t_o), statistics.median(t_c)
+            print(f"{name:38s} {shape:28s} {mo * 1e3:9.3f} {mc * 1e3:13.3f} {mc / mo:7.2f}x "
+                  f"{min(t_o) * 1e3:11.3f} {min(t_c) * 1e3:10.3f} {min(t_c) / min(t_o):8.2f}x")
         if device == "cuda":
             bw = copy_bandwidth(device, repeats)
             print(f"\ncopy bandwidth (256 MB device copy): {bw / 1e9:.0f} GB/s")
@@ -152,6 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads (default: torch's default, all cores)")
     p.add_argument("--allow-fallback", action="store_true")
     args = p.parse_args(argv)
     info = ops.extension_info()
@@ -160,6 +193,8 @@ def main(argv=None) -> int:
         print(f"fcn_repro._C is not available ({info['error']}): these would be the pure-PyTorch "
               "fallback's numbers. Build the extension, or pass --allow-fallback.", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for dev in devices:
         if dev == "cuda" and not torch.cuda.is_available():

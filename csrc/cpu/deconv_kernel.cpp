@@ -120,6 +120,11 @@ at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor y = at::empty({g.N, g.Cout, g.OH, g.OW}, x.options());
   const bool diag = choose_diag(wc, g, path, op);
   const std::vector<TapRun> runs = column_runs(g);
+  std::vector<Taps> ty(g.OH);  // row taps, the same for every image and channel
+  for (int64_t i = 0; i < g.OH; ++i)
+    ty[i] = deconv_taps(i + g.oy, g.ph, g.sh, g.dh, g.kh, g.H, g.ksy, g.isy);
+  int64_t max_len = 1;
+  for (const TapRun& run : runs) max_len = std::max(max_len, run.len);
   const int64_t taps = (g.kh / g.ksy + 1) * (g.kw / g.ksx + 1) * (diag ? 1 : g.cin_g);
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.OW * taps));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fcn_repro_deconv2d_cpu", [&] {
@@ -128,27 +133,40 @@ at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
     const scalar_t* bp = has_bias ? bc.data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.Cout * g.OH, grain, [&](int64_t r0, int64_t r1) {
+      // deconv_top for whole rows. Per run of columns with the same tap
+      // pattern (one residue class mod the stride), a contiguous buffer is the
+      // accumulator: it starts at +0 and receives, input channel by input
+      // channel, the terms deconv_accum_run adds, then the bias; so each
+      // element gets exactly deconv_top's terms in deconv_top's order, while
+      // the inner loops run over contiguous memory and vectorise.
+      std::vector<scalar_t> buf(max_len);
+      scalar_t* acc = buf.data();
+      int64_t i = r0 % g.OH, co = (r0 / g.OH) % g.Cout, n = r0 / (g.OH * g.Cout);
+      ChannelRange cr = deconv_channels(co, g, diag);
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r % g.OH, co = (r / g.OH) % g.Cout, n = r / (g.OH * g.Cout);
-        const Taps ty = deconv_taps(i + g.oy, g.ph, g.sh, g.dh, g.kh, g.H, g.ksy, g.isy);
-        const ChannelRange cr = deconv_channels(co, g, diag);
+        const Taps& t_row = ty[i];
         const scalar_t* xn = xp + n * g.Cin * g.H * g.W;
         scalar_t* yr = yp + r * g.OW;
-        // deconv_point for a whole row: the row is the accumulator, the
-        // channel loop is outside the column loop, and columns with the same
-        // tap pattern go through deconv_accum_run together. Each element
-        // still receives its terms in deconv_point's order.
-        for (int64_t j = 0; j < g.OW; ++j) yr[j] = scalar_t(0);
-        if (ty.n > 0) {
-          for (int64_t ci = cr.begin; ci < cr.end; ++ci) {
-            const scalar_t* xc_ = xn + ci * g.H * g.W;
-            const scalar_t* wc_ = wp + (ci * g.cout_g + cr.c) * g.kh * g.kw;
-            for (const TapRun& run : runs)
-              deconv_accum_run(yr + run.x0, g.sw, run.len, xc_, wc_, g, ty, run.tx);
+        const scalar_t empty = deconv_add_bias(scalar_t(0), bp, co);  // columns no tap reaches
+        for (int64_t j = 0; j < g.OW; ++j) yr[j] = empty;
+        if (t_row.n > 0) {
+          for (const TapRun& run : runs) {
+            for (int64_t m = 0; m < run.len; ++m) acc[m] = scalar_t(0);
+            for (int64_t ci = cr.begin; ci < cr.end; ++ci)
+              deconv_accum_run(acc, 1, run.len, xn + ci * g.H * g.W,
+                               wp + (ci * g.cout_g + cr.c) * g.kh * g.kw, g, t_row, run.tx);
+            scalar_t* out = yr + run.x0;
+            for (int64_t m = 0; m < run.len; ++m) out[m * g.sw] = deconv_add_bias(acc[m], bp, co);
           }
         }
-        if (bp != nullptr)
-          for (int64_t j = 0; j < g.OW; ++j) yr[j] = deconv_add_bias(yr[j], bp, co);
+        if (++i == g.OH) {  // next row: advance (i, co, n) without dividing
+          i = 0;
+          if (++co == g.Cout) {
+            co = 0;
+            ++n;
+          }
+          cr = deconv_channels(co, g, diag);
+        }
       }
     });
   });
@@ -209,6 +227,8 @@ at::Tensor deconv2d_grad_input_cpu(const at::Tensor& grad, const at::Tensor& wei
   const bool diag = choose_diag(wc, g, kPathAuto, op);
   at::Tensor gx = at::empty({g.N, g.Cin, g.H, g.W}, grad.options());
   const std::vector<SpanRun> runs = bottom_column_runs(g);
+  std::vector<Span> sy(g.H);
+  for (int64_t i = 0; i < g.H; ++i) sy[i] = conv_span(i, g.sh, g.ph, g.dh, g.kh, g.oy, g.OH);
   const int64_t work = g.W * g.kh * g.kw * (diag ? 1 : g.cout_g);
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work));
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_input_cpu", [&] {
@@ -216,22 +236,31 @@ at::Tensor deconv2d_grad_input_cpu(const at::Tensor& grad, const at::Tensor& wei
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     scalar_t* op_ = gx.data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.Cin * g.H, grain, [&](int64_t r0, int64_t r1) {
+      int64_t i = r0 % g.H, ci = (r0 / g.H) % g.Cin, n = r0 / (g.H * g.Cin);
+      ChannelRange cr = deconv_grad_input_channels(ci, g, diag);
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r % g.H, ci = (r / g.H) % g.Cin, n = r / (g.H * g.Cin);
-        const Span sy = conv_span(i, g.sh, g.ph, g.dh, g.kh, g.oy, g.OH);
-        const ChannelRange cr = deconv_grad_input_channels(ci, g, diag);
+        const Span& s_row = sy[i];
         const scalar_t* gn = gp + n * g.Cout * g.OH * g.OW;
         scalar_t* row = op_ + r * g.W;
-        // deconv_grad_input_point for a whole row (channel loop outside, runs
-        // of columns with the same span pattern together; same per-element order).
+        // deconv_grad_input_elem for a whole row: the row is the accumulator
+        // (+0 first), top channels in order, runs of columns with the same
+        // span pattern together; each element gets its terms in the same order.
         for (int64_t j = 0; j < g.W; ++j) row[j] = scalar_t(0);
-        if (sy.n > 0) {
+        if (s_row.n > 0) {
           for (int64_t c = cr.begin; c < cr.end; ++c) {
             const scalar_t* gc_ = gn + (cr.c + c) * g.OH * g.OW;
             const scalar_t* wc_ = wp + (ci * g.cout_g + c) * g.kh * g.kw;
             for (const SpanRun& run : runs)
-              deconv_grad_input_accum_run(row + run.j0, run.len, gc_, wc_, g, sy, run.sx);
+              deconv_grad_input_accum_run(row + run.j0, run.len, gc_, wc_, g, s_row, run.sx);
           }
+        }
+        if (++i == g.H) {
+          i = 0;
+          if (++ci == g.Cin) {
+            ci = 0;
+            ++n;
+          }
+          cr = deconv_grad_input_channels(ci, g, diag);
         }
       }
     });

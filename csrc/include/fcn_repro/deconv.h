@@ -102,8 +102,10 @@ FCN_HD ChannelRange deconv_channels(int64_t co, const DeconvGeom& g, bool diag) 
 // column taps of x0 with bottom columns shifted by +m, so a launcher may pass
 // any run over which the tap pattern (k0, n) stays the same. Terms are added
 // taps ascending, ky outer, kx inner, the same for every element.
+// out never aliases xp or wp (__restrict__ lets the CPU compiler vectorise).
 template <typename T>
-FCN_HD void deconv_accum_run(T* out, int64_t out_step, int64_t len, const T* xp, const T* wp,
+FCN_HD void deconv_accum_run(T* __restrict__ out, int64_t out_step, int64_t len,
+                             const T* __restrict__ xp, const T* __restrict__ wp,
                              const DeconvGeom& g, const Taps& ty, const Taps& tx) {
   for (int64_t a = 0; a < ty.n; ++a) {
     const T* xr = xp + (ty.i0 - a * g.isy) * g.W;
@@ -200,8 +202,9 @@ FCN_HD ChannelRange deconv_grad_input_channels(int64_t ci, const DeconvGeom& g, 
 // columns shifted by m*sw, so a launcher may pass any run over which the span
 // pattern (k0, n) stays the same. ky outer, kx inner.
 template <typename T>
-FCN_HD void deconv_grad_input_accum_run(T* out, int64_t len, const T* gp, const T* wp,
-                                        const DeconvGeom& g, const Span& sy, const Span& sx) {
+FCN_HD void deconv_grad_input_accum_run(T* __restrict__ out, int64_t len, const T* __restrict__ gp,
+                                        const T* __restrict__ wp, const DeconvGeom& g,
+                                        const Span& sy, const Span& sx) {
   for (int64_t a = 0; a < sy.n; ++a) {
     const T* gr = gp + (sy.y0 + a * g.dh) * g.OW;
     const T* wr = wp + (sy.k0 + a) * g.kw;
