@@ -79,7 +79,7 @@ FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=Tr
 # Rough machine constants for choosing between computing a few more pixels
 # and copying a window (only the choice depends on them, never the result).
 _FLOP_RATE = 1.0e11     # FLOP/s of a convolution
-_COPY_RATE = 5.0e9      # bytes/s of a strided copy (read + write)
+_COPY_RATE = 1.6e10     # bytes/s of a strided copy (read + write)
 
 
 # ---------------------------------------------------------------- geometry
@@ -173,10 +173,15 @@ def _plateau_copies(ax: Axis, k: int, s: int) -> int:
     return min(want, true_m)
 
 
-def _expand_index(ax: Axis, copies: int, device) -> torch.Tensor:
-    """Compressed index list with the plateau row repeated ``copies`` times."""
-    idx = list(range(ax.top)) + [ax.top] * copies + list(range(ax.top + ax.m, ax.clen))
-    return torch.tensor(idx, dtype=torch.long, device=device)
+def _expand(x: torch.Tensor, dim: int, ax: Axis, copies: int) -> torch.Tensor:
+    """The compressed map ``x`` with its plateau row (along ``dim``) repeated ``copies`` times."""
+    if ax.m == 0 or copies == 1:
+        return x
+    top, rest = x.narrow(dim, 0, ax.top), x.narrow(dim, ax.top + 1, ax.bot)
+    shape = list(x.shape)
+    shape[dim] = copies
+    mid = x.narrow(dim, ax.top, 1).expand(shape)
+    return torch.cat([top, mid, rest], dim)
 
 
 def _recompress(bg: torch.Tensor, dim: int, top: int, bot: int, true_size: int) -> torch.Tensor:
@@ -195,8 +200,7 @@ def _recompress(bg: torch.Tensor, dim: int, top: int, bot: int, true_size: int) 
         raise AssertionError(f"fast: compressed background lost its plateau ({n} rows, bands {top}+{bot})")
     if n - top - bot == 1:
         return bg
-    keep = torch.tensor(list(range(top + 1)) + list(range(n - bot, n)), dtype=torch.long, device=bg.device)
-    return bg.index_select(dim, keep)
+    return torch.cat([bg.narrow(dim, 0, top + 1), bg.narrow(dim, n - bot, bot)], dim)
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,27 @@ def conv_reads(win: tuple, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple:
 def pool_reads(win: tuple, k: tuple, s: tuple, hw: tuple) -> tuple:
     y0, y1, x0, x1 = win
     return (y0 * s[0], min((y1 - 1) * s[0] + k[0], hw[0]), x0 * s[1], min((x1 - 1) * s[1] + k[1], hw[1]))
+
+
+class _one_thread:
+    """Run small tensor work (compressed backgrounds, thin strips) on one thread.
+
+    Waking the second intra-op thread costs more than such work itself, and
+    on a shared machine a descheduled peer thread stalls every parallel
+    region for a scheduler time slice: hundreds of tiny parallel ops then
+    cost seconds.
+    """
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        if self.n != 1:
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.n != 1:
+            torch.set_num_threads(self.n)
+        return False
 
 
 def _area(w: tuple) -> int:
@@ -385,15 +410,16 @@ def region(sb: SBlob, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
     if iy1 <= iy0 or ix1 <= ix0:       # no overlap with the window: background only
         _fill_bg(out, sb, y0, y1, x0, x1)
         return out
-    # Background bands around the window, then the window's overlap itself.
-    if iy0 > y0:
-        _fill_bg(out[:, :, :iy0 - y0], sb, y0, iy0, x0, x1)
-    if iy1 < y1:
-        _fill_bg(out[:, :, iy1 - y0:], sb, iy1, y1, x0, x1)
-    if ix0 > x0:
-        _fill_bg(out[:, :, iy0 - y0:iy1 - y0, :ix0 - x0], sb, iy0, iy1, x0, ix0)
-    if ix1 < x1:
-        _fill_bg(out[:, :, iy0 - y0:iy1 - y0, ix1 - x0:], sb, iy0, iy1, ix1, x1)
+    # Background bands around the window (thin: one thread), then the window's overlap itself.
+    with _one_thread():
+        if iy0 > y0:
+            _fill_bg(out[:, :, :iy0 - y0], sb, y0, iy0, x0, x1)
+        if iy1 < y1:
+            _fill_bg(out[:, :, iy1 - y0:], sb, iy1, y1, x0, x1)
+        if ix0 > x0:
+            _fill_bg(out[:, :, iy0 - y0:iy1 - y0, :ix0 - x0], sb, iy0, iy1, x0, ix0)
+        if ix1 < x1:
+            _fill_bg(out[:, :, iy0 - y0:iy1 - y0, ix1 - x0:], sb, iy0, iy1, ix1, x1)
     out[:, :, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0].copy_(
         sb.box[:, :, iy0 - wy0:iy1 - wy0, ix0 - wx0:ix1 - wx0])
     return out
@@ -501,14 +527,12 @@ class ConvKernel:
 
 def _bg_window_op(sb: SBlob, k: tuple, s: tuple, p: tuple, fn, g_out: Geo) -> torch.Tensor:
     """The output's compressed background: ``fn(x, pad)`` on the input's, plateau replicated as needed."""
-    bg = sb.bg
-    ny = _plateau_copies(sb.ay, k[0], s[0])
-    nx = _plateau_copies(sb.ax, k[1], s[1])
-    x = bg.index_select(2, _expand_index(sb.ay, ny, bg.device)).index_select(3, _expand_index(sb.ax, nx, bg.device))
-    y = fn(x, p)
-    y = _recompress(y, 2, g_out.ay.top, g_out.ay.bot, g_out.ay.size)
-    y = _recompress(y, 3, g_out.ax.top, g_out.ax.bot, g_out.ax.size)
-    return y
+    with _one_thread():
+        x = _expand(_expand(sb.bg, 2, sb.ay, _plateau_copies(sb.ay, k[0], s[0])),
+                    3, sb.ax, _plateau_copies(sb.ax, k[1], s[1]))
+        y = fn(x, p)
+        y = _recompress(y, 2, g_out.ay.top, g_out.ay.bot, g_out.ay.size)
+        return _recompress(y, 3, g_out.ax.top, g_out.ax.bot, g_out.ax.size)
 
 
 def _read(sb: SBlob, want: tuple, hw: tuple) -> tuple:
@@ -520,7 +544,7 @@ def _read(sb: SBlob, want: tuple, hw: tuple) -> tuple:
     """
     c = _clip(want, hw)
     pt, pb, pl, pr = c[0] - want[0], want[1] - c[1], c[2] - want[2], want[3] - c[3]
-    if pt == pb and pl == pr and _inside(c, sb.win) and _area(c) > 0:
+    if pt == pb and pl == pr and _inside(c, sb.win) and _area(c) > 0 and (c[2], c[3]) == (sb.win[2], sb.win[3]):
         return region(sb, *c), (pt, pl)
     return region(sb, *want), (0, 0)
 
@@ -687,8 +711,31 @@ class FastNet(nn.Module):
                     kind = "identity"
             steps.append(_Step(kind, st, fuse))
             i += 2 if fuse is not None else 1
+        # A convolution none of whose readers keeps the structure (FCN's score
+        # layers, read by Crop/Eltwise/Deconvolution) runs dense on the
+        # materialized input: it is cheap, and its background would cost
+        # more small operations than it saves.
+        for i, s in enumerate(steps):
+            if s.kind == "conv" and not self._feeds_structured(steps, i):
+                s.kind = "dense"
         self._steps, self._plan_id, self._schedules = steps, plan, {}
         return steps
+
+    @staticmethod
+    def _feeds_structured(steps: list, i: int) -> bool:
+        """Whether the top of step i reaches a conv or pool (through ReLU / Dropout) before it is replaced."""
+        names = set(steps[i].st.tops)
+        for s in steps[i + 1:]:
+            reads = names & set(s.st.bottoms)
+            if reads and s.kind in ("conv", "pool"):
+                return True
+            if reads and s.kind in ("relu", "identity"):
+                names |= set(s.st.tops)
+                continue
+            names -= set(s.st.tops)
+            if not names:
+                return False
+        return False
 
     def _schedule(self, shapes: dict) -> dict:
         """Per input shapes: the output window each structured step computes.
@@ -726,31 +773,61 @@ class FastNet(nn.Module):
             else:
                 for t in s.st.tops:
                     geo.pop(t, None)
-        want = {i: v[1].box for i, v in info.items() if steps[i].kind in ("conv", "pool")}
+        boxes = {i: v[1].box for i, v in info.items() if steps[i].kind in ("conv", "pool")}
+        want = boxes
         if self.options["views"]:
-            for i in sorted(want, reverse=True):
-                g_in, g_out, prod = info[i]
-                s = steps[i]
-                m = s.st.layers[0]
-                if s.kind == "conv":
-                    r = _clip(conv_reads(want[i], m.kernel, m.stride, m.pad, m.dilation), g_in.hw)
-                else:
-                    r = pool_reads(want[i], m.kernel, m.stride, g_in.hw)
-                if prod is None or prod not in want or _inside(r, want[prod]) or not _area(r):
-                    continue
-                bigger = _union(want[prod], r)
-                pm = steps[prod].st.layers[0]
-                extra = _area(bigger) - _area(want[prod])
-                if steps[prod].kind == "conv":
-                    pg = info[prod][0]
-                    cost_more = extra * 2 * pm.num_output * pg.c // pm.group * pm.kernel[0] * pm.kernel[1] / _FLOP_RATE
-                else:
-                    cost_more = extra * g_in.c * 4 * (pm.kernel[0] * pm.kernel[1] + 1) / _COPY_RATE
-                cost_copy = _area(r) * g_in.c * 8 / _COPY_RATE
-                if cost_more < cost_copy:
-                    want[prod] = bigger
+            # Candidate policies, each judged by an estimate of its total cost.
+            cands = [self._extend(steps, info, boxes, pools) for pools in (True, False)] + [dict(boxes)]
+            want = min(cands, key=lambda w: self._cost(steps, info, w))
         self._schedules[key] = want
         return want
+
+    @staticmethod
+    def _reads(s, g_in: Geo, win: tuple) -> tuple:
+        m = s.st.layers[0]
+        if s.kind == "conv":
+            return conv_reads(win, m.kernel, m.stride, m.pad, m.dilation)
+        return pool_reads(win, m.kernel, m.stride, g_in.hw)
+
+    @staticmethod
+    def _px_cost(s, g_in: Geo) -> float:
+        """Seconds per output pixel of a structured step (rough)."""
+        m = s.st.layers[0]
+        if s.kind == "conv":
+            return 2 * m.num_output * g_in.c // m.group * m.kernel[0] * m.kernel[1] / _FLOP_RATE
+        return g_in.c * 4 * (m.kernel[0] * m.kernel[1] + 1) / _COPY_RATE
+
+    def _extend(self, steps, info, boxes: dict, pools: bool) -> dict:
+        """Greedy, backward: a producer computes what its reader needs when that is cheaper than a copy."""
+        want = dict(boxes)
+        for i in sorted(want, reverse=True):
+            g_in, _, prod = info[i]
+            r = _clip(self._reads(steps[i], g_in, want[i]), g_in.hw)
+            if prod is None or prod not in want or _inside(r, want[prod]) or not _area(r):
+                continue
+            if steps[prod].kind == "pool" and not pools:
+                continue
+            bigger = _union(want[prod], r)
+            cost_more = (_area(bigger) - _area(want[prod])) * self._px_cost(steps[prod], info[prod][0])
+            cost_copy = _area(r) * g_in.c * 8 / _COPY_RATE
+            if cost_more < cost_copy:
+                want[prod] = bigger
+        return want
+
+    def _cost(self, steps, info, want: dict) -> float:
+        """Estimated seconds of a window assignment: the steps' work plus the copies of what they read."""
+        total = 0.0
+        for i, win in want.items():
+            g_in, _, prod = info[i]
+            total += _area(win) * self._px_cost(steps[i], g_in)
+            r = self._reads(steps[i], g_in, win)
+            c = _clip(r, g_in.hw)
+            src = want.get(prod) if prod is not None else (0, g_in.hw[0], 0, g_in.hw[1])
+            symmetric = c[0] - r[0] == r[1] - c[1] and c[2] - r[2] == r[3] - c[3]
+            view = src is not None and _inside(c, src) and symmetric and (c[2], c[3]) == (src[2], src[3])
+            if not view:
+                total += _area(r) * g_in.c * 8 / _COPY_RATE
+        return total
 
     # ------------------------------------------------------------ forward
     def _needs_grad(self, inputs) -> bool:
@@ -784,9 +861,14 @@ class FastNet(nn.Module):
             st, kind = s.st, s.kind
             m = st.layers[0]
             x = env[st.bottoms[0]] if st.bottoms else None
-            if kind == "conv" and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
+            if kind in ("conv", "dense") and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
                 kind = "plain"
-            if kind == "conv":
+            if kind == "dense":
+                x = materialize(x)
+                if cl and x.dtype == torch.float32:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                env[st.tops[0]] = self._kernel(m)(x, s.relu is not None, pad=tuple(m.pad))
+            elif kind == "conv":
                 kern = self._kernel(m)
                 if opts["background"]:
                     if not isinstance(x, SBlob):
@@ -842,7 +924,7 @@ def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = T
     With ``background``, only the data-box pixels count (what the fast path
     must compute; with ``windows``, the windows it does compute, halos
     included); else every output pixel (what Caffe computes). Returns
-    {layer: flops} for the convolutions the fast path runs structured.
+    {layer: flops} for the convolutions fed by structured blobs (those run dense, the score layers, in full).
     """
     fast = net if isinstance(net, FastNet) else FastNet(net)
     want = fast._schedule({fast.net.inputs[0]: tuple(input_shape)}) if windows else {}
@@ -853,11 +935,14 @@ def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = T
         g = geo.get(s.st.bottoms[0]) if s.st.bottoms else None
         if g is None:
             continue
-        if s.kind == "conv":
+        if s.kind in ("conv", "dense"):
             g_out, _ = conv_geo(g, m.num_output, m.kernel, m.stride, m.pad, m.dilation)
             per_px = 2 * g.c // m.group * m.kernel[0] * m.kernel[1] * m.num_output
-            win = want.get(i, g_out.box) if background else (0, g_out.ay.size, 0, g_out.ax.size)
+            full = (0, g_out.ay.size, 0, g_out.ax.size)
+            win = want.get(i, g_out.box) if background and s.kind == "conv" else full
             res[m.name] = per_px * _area(win) * input_shape[0]
+            if s.kind == "dense":
+                continue
         elif s.kind == "pool":
             g_out, _ = pool_geo(g, m.kernel, m.stride)
         elif s.kind in ("relu", "identity"):
