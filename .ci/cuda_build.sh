@@ -15,8 +15,11 @@
 #   CUDA_BUILD_DIR       where build temp + lib go, default: a fresh mktemp -d (removed
 #                        on success unless KEEP_CUDA_BUILD=1)
 #   MAX_JOBS             parallel compile jobs (ninja), default 2
+#   CUDA_BUILD_TESTS     1 (default): also run tests/test_ops*.py on the built module
+#                        (CPU kernels under the venv's torch; CUDA tests skip without a GPU)
 # Steps: --venv-only creates/reuses the venv and stops.
-# Exit status: non-zero on any failure (venv, build, missing .so, no CUDA kernels in it).
+# Exit status: non-zero on any failure (venv, build, missing .so, no CUDA kernels in
+# it, import or registration failure, failing op tests).
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,7 +47,7 @@ else
     log "creating venv $CUDA_VENV with $TORCH_SPEC (CUDA build, ~5.5 GB from local disk)"
     rm -rf "$CUDA_VENV"
     python3 -m venv "$CUDA_VENV" || fail "python3 -m venv $CUDA_VENV"
-    "$CUDA_VENV/bin/pip" install -q "$TORCH_SPEC" numpy setuptools ninja pybind11 wheel \
+    "$CUDA_VENV/bin/pip" install -q "$TORCH_SPEC" numpy setuptools ninja pybind11 wheel pytest \
         || fail "pip install $TORCH_SPEC into $CUDA_VENV"
 fi
 PY="$CUDA_VENV/bin/python"
@@ -53,6 +56,9 @@ import torch
 assert torch.version.cuda, "torch.version.cuda is None"
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
 PY
+if [ "${CUDA_BUILD_TESTS:-1}" = 1 ] && ! "$PY" -c 'import pytest' 2>/dev/null; then
+    "$CUDA_VENV/bin/pip" install -q pytest || fail "pip install pytest into $CUDA_VENV"
+fi
 venv_s=$((SECONDS - t0))
 log "venv ready in ${venv_s}s"
 if [ "${1:-}" = "--venv-only" ]; then exit 0; fi
@@ -100,11 +106,35 @@ for k in deconv2d_fwd_kernel deconv2d_diag_check_kernel deconv2d_grad_input_kern
     dev=$(grep -a -c "$k" "$BUILD/fatbin.bin" || true)
     log "kernel $k: $host host stub symbol(s), $dev fatbin name hit(s)"
     [ "$host" -ge 2 ] || missing=1   # float and double instantiations
+    [ "$dev" -ge 1 ] || missing=1
 done
 [ $missing = 0 ] || fail "CUDA kernels missing from $SO"
 # The CUDA kernels must be registered: the TORCH_LIBRARY_IMPL(fcn_repro, CUDA) blocks are linked in.
 grep -q "TORCH_LIBRARY_IMPL_static_init_fcn_repro_CUDA" "$BUILD/syms.txt" \
     || fail "no TORCH_LIBRARY_IMPL(fcn_repro, CUDA) registration in $SO"
+
+# ---- 4. the built module loads under the CUDA torch (no GPU needed) and has
+#      CPU and CUDA kernels for every op; then the CPU op tests run on it ----
+( cd "$BUILD/lib" && "$PY" - <<'PY' ) || fail "importing the CUDA build failed"
+import torch
+import fcn_repro._C  # noqa: F401  (a namespace package here: only the .so)
+has = torch._C._dispatch_has_kernel_for_dispatch_key
+ops = ["deconv2d", "deconv2d_crop", "crop_sum", "_deconv2d_grad_input", "_deconv2d_grad_weight",
+       "_deconv2d_grad_bias", "_crop_sum_backward", "_deconv2d_crop_path", "_deconv2d_is_diagonal"]
+missing = [f"{op}/{key}" for op in ops for key in ("CPU", "CUDA") if not has(f"fcn_repro::{op}", key)]
+assert not missing, f"kernels not registered: {missing}"
+print(f"import OK under torch {torch.__version__}: {len(ops)} ops with CPU and CUDA kernels")
+PY
+if [ "${CUDA_BUILD_TESTS:-1}" = 1 ]; then
+    t2=$SECONDS
+    cp "$SO" "$BUILD/src/fcn_repro/"
+    mkdir -p "$BUILD/src/tests"
+    cp "$SRC/pytest.ini" "$BUILD/src/"
+    cp "$SRC/tests/conftest.py" "$SRC/tests/test_ops.py" "$SRC/tests/test_ops_cuda.py" "$BUILD/src/tests/"
+    ( cd "$BUILD/src" && "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_ops_cuda.py ) \
+        > "$BUILD/tests.log" 2>&1 || { tail -n 40 "$BUILD/tests.log"; fail "op tests on the CUDA build"; }
+    log "op tests on the CUDA build (CPU kernels, torch of the venv): $(tail -n 1 "$BUILD/tests.log") in $((SECONDS - t2))s"
+fi
 
 log "OK: venv ${venv_s}s, build ${build_s}s, total $((SECONDS - t0))s"
 if [ -z "${CUDA_BUILD_DIR:-}" ] && [ "${KEEP_CUDA_BUILD:-0}" != 1 ]; then rm -rf "$BUILD"; fi
