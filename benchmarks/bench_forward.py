@@ -69,47 +69,79 @@ def caffe_pool_size(n: int, k: int = 2, s: int = 2) -> int:
     return -((k - n) // s) + 1
 
 
-class PlainFCN8s:
-    """FCN-8s in plain eager PyTorch: what a straightforward port computes.
+def plain_fcn8s(weights: dict, device: str = "cpu", mkldnn_trunk: bool = False):
+    """FCN-8s in plain eager PyTorch (an nn.Module): what a straightforward port computes.
 
     Crop offsets are FCN-8s's (Caffe's coord_map: score_pool4c 5,
     score_pool3c 9, score 31); the pools use ceil_mode, checked against
-    Caffe's sizes on every call.
+    Caffe's sizes on every call. ``mkldnn_trunk``: the trunk runs on
+    oneDNN-layout tensors (for torch.utils.mkldnn.to_mkldnn, which prepacks
+    the convolution weights); the score layers and upsampling stay dense.
     """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
 
-    def __init__(self, weights: dict, device: str = "cpu"):
-        import torch
-        self.torch = torch
-        self.p = {k: [torch.from_numpy(np.array(a, np.float32)).to(device) for a in v] for k, v in weights.items()}
-
-    def __call__(self, x):
-        torch, F = self.torch, self.torch.nn.functional
-        p = self.p
-        h = x
-        pools = {}
-        for item in VGG:
-            if isinstance(item, str):
-                n = tuple(h.shape[2:])
-                h = F.max_pool2d(h, 2, 2, ceil_mode=True)
-                want = tuple(caffe_pool_size(v) for v in n)
-                if tuple(h.shape[2:]) != want:
-                    raise AssertionError(f"{item}: max_pool2d(ceil_mode) gave {tuple(h.shape[2:])} for {n}, "
-                                         f"Caffe gives {want}")
-                pools[item] = h
-            else:
+    class PlainFCN8s(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.ModuleDict()
+            for item in VGG + [("fc6", 0), ("fc7", 0)]:
+                if isinstance(item, str):
+                    continue
                 name, pad = item
-                h = torch.relu_(F.conv2d(h, p[name][0], p[name][1], padding=pad))
-        h = torch.relu_(F.conv2d(h, *p["fc6"]))
-        h = torch.relu_(F.conv2d(h, *p["fc7"]))
-        h = F.conv2d(h, *p["score_fr"])
-        up = F.conv_transpose2d(h, p["upscore2"][0], stride=2)
-        s4 = F.conv2d(pools["pool4"], *p["score_pool4"])
-        up = up + s4[:, :, 5:5 + up.shape[2], 5:5 + up.shape[3]]
-        up = F.conv_transpose2d(up, p["upscore_pool4"][0], stride=2)
-        s3 = F.conv2d(pools["pool3"], *p["score_pool3"])
-        up = up + s3[:, :, 9:9 + up.shape[2], 9:9 + up.shape[3]]
-        up = F.conv_transpose2d(up, p["upscore8"][0], stride=8)
-        return up[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
+                w, b = weights[name]
+                conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], padding=pad)
+                conv.weight.data = torch.from_numpy(np.array(w, np.float32))
+                conv.bias.data = torch.from_numpy(np.array(b, np.float32))
+                self.trunk[name] = conv
+            self.score = nn.ModuleDict()
+            for name in ("score_fr", "score_pool4", "score_pool3"):
+                w, b = weights[name]
+                conv = nn.Conv2d(w.shape[1], w.shape[0], 1)
+                conv.weight.data = torch.from_numpy(np.array(w, np.float32))
+                conv.bias.data = torch.from_numpy(np.array(b, np.float32))
+                self.score[name] = conv
+            for name in ("upscore2", "upscore_pool4", "upscore8"):
+                self.register_buffer(name, torch.from_numpy(np.array(weights[name][0], np.float32)))
+            self.mkldnn_trunk = mkldnn_trunk
+
+        def forward(self, x):
+            h = x.to_mkldnn() if self.mkldnn_trunk else x
+            pools = {}
+            for item in VGG:
+                if isinstance(item, str):
+                    n = tuple(h.shape[2:])
+                    h = F.max_pool2d(h, 2, 2, ceil_mode=True)
+                    want = tuple(caffe_pool_size(v) for v in n)
+                    if tuple(h.shape[2:]) != want:
+                        raise AssertionError(f"{item}: max_pool2d(ceil_mode) gave {tuple(h.shape[2:])} for {n}, "
+                                             f"Caffe gives {want}")
+                    if item in ("pool3", "pool4"):
+                        pools[item] = h.to_dense() if self.mkldnn_trunk else h
+                else:
+                    h = torch.relu(self.trunk[item[0]](h))
+            h = torch.relu(self.trunk["fc6"](h))
+            h = torch.relu(self.trunk["fc7"](h))
+            if self.mkldnn_trunk:
+                h = h.to_dense()
+            h = self.score["score_fr"](h)
+            up = F.conv_transpose2d(h, self.upscore2, stride=2)
+            s4 = self.score["score_pool4"](pools["pool4"])
+            up = up + s4[:, :, 5:5 + up.shape[2], 5:5 + up.shape[3]]
+            up = F.conv_transpose2d(up, self.upscore_pool4, stride=2)
+            s3 = self.score["score_pool3"](pools["pool3"])
+            up = up + s3[:, :, 9:9 + up.shape[2], 9:9 + up.shape[3]]
+            up = F.conv_transpose2d(up, self.upscore8, stride=8)
+            return up[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
+
+    m = PlainFCN8s().to(device).eval()
+    for prm in m.parameters():
+        prm.requires_grad_(False)
+    if mkldnn_trunk:
+        from torch.utils import mkldnn as mkldnn_utils
+        m.trunk = mkldnn_utils.to_mkldnn(m.trunk)
+    return m
 
 
 # ---------------------------------------------------------------- building peers
@@ -136,14 +168,14 @@ def build_peer(name: str, proto: Path, model: Path, device: str, shared: dict):
     dev = torch.device(device)
     if name == "torch":
         from fcn_repro.caffe import load_weights
-        m = PlainFCN8s(load_weights(str(model)), device)
+        m = plain_fcn8s(load_weights(str(model)), device)
 
         def run(x):
             with torch.inference_mode():
                 y = m(torch.from_numpy(x).to(dev))
                 common.sync(device)
                 return y.cpu().numpy()
-        return run, "F.conv2d/max_pool2d(ceil)/conv_transpose2d, NCHW"
+        return run, "conv2d/max_pool2d(ceil)/conv_transpose2d/slice/add, NCHW"
 
     # fcn_repro peers share one Net (the fast wrapper shares its parameters).
     from fcn_repro import ops
@@ -215,6 +247,261 @@ def net_flops(proto: Path, size: tuple) -> dict:
     return {"caffe": full, "fast": fast}
 
 
+# ---------------------------------------------------------------- variants (ideas tried)
+
+VARIANTS = [
+    ("fast (default)", "fast", {}),
+    ("fast, views=False (halo copies)", "fast", {"views": False}),
+    ("fast, gemm=False (fc6/fc7/1x1 in oneDNN)", "fast", {"gemm": False}),
+    ("fast, conv='torch' (F.conv2d channels-last, ReLU apart)", "fast", {"conv": "torch"}),
+    ("fast, conv='torch', NCHW", "fast", {"conv": "torch", "channels_last": False}),
+    ("fast, background=False (kernels only, every pixel)", "fast", {"background": False}),
+    ("plain torch, NCHW", "torch", {}),
+    ("plain torch, channels_last", "torch_cl", {}),
+    ("plain torch, trunk torch.utils.mkldnn.to_mkldnn", "torch_mkldnn", {}),
+    ("plain torch, jit.trace+freeze+optimize_for_inference", "torch_jit", {}),
+    ("plain torch, torch.compile (inductor)", "torch_compile", {}),
+]
+
+
+def build_variant(kind: str, opts: dict, proto: Path, model: Path, shared: dict, x_np):
+    """(callable on a torch tensor, first-call seconds) for one variant (CPU)."""
+    import torch
+    x = torch.from_numpy(x_np)
+    if kind == "fast":
+        from fcn_repro.caffe.net import Net
+        from fcn_repro.fast import optimize
+        if "net" not in shared:
+            shared["net"] = Net(str(proto), str(model)).eval()
+        f = optimize(shared["net"], **opts)
+        fn = lambda t: f(data=t)["score"]  # noqa: E731
+    else:
+        from fcn_repro.caffe import load_weights
+        if "weights" not in shared:
+            shared["weights"] = load_weights(str(model))
+        m = plain_fcn8s(shared["weights"], "cpu", mkldnn_trunk=(kind == "torch_mkldnn"))
+        if kind == "torch_cl":
+            m = m.to(memory_format=torch.channels_last)
+            fn = lambda t: m(t.contiguous(memory_format=torch.channels_last))  # noqa: E731
+        elif kind == "torch_jit":
+            with torch.no_grad():
+                tr = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, x)))
+            fn = tr
+        elif kind == "torch_compile":
+            fn = torch.compile(m)
+        else:
+            fn = m
+    t = time.perf_counter()
+    with torch.no_grad():
+        fn(x)
+    return fn, time.perf_counter() - t
+
+
+class _Wino:
+    """Winograd F(m x m, 3x3) in eager PyTorch (channels-last), for the kernel comparison.
+
+    m = 2: B^T d B and A^T M A as adds/subs of strided views (exact
+    coefficients 0, +-1, 1/2), 16 GEMMs batched. m = 4: transforms as
+    matrix products with the Kronecker-squared matrices (points 0, +-1, +-2).
+    """
+
+    def __init__(self, w, b, m: int):
+        import torch
+        self.m, self.K, self.C = m, w.shape[0], w.shape[1]
+        if m == 2:
+            G = torch.tensor([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=torch.float64)
+            self.BT = self.AT = None
+        else:
+            G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+            BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+            AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                               [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
+            self.KB = torch.kron(BT, BT).float()
+            self.KA = torch.kron(AT, AT).float()
+        a = m + 2
+        U = torch.einsum("ik,ockl,jl->ijco", G, w.double(), G)
+        self.U = U.reshape(a * a, self.C, self.K).float().contiguous()
+        self.b = b
+
+    def __call__(self, x):
+        import torch
+        n, c, hh, ww = x.shape
+        oh, ow = hh - 2, ww - 2
+        m, K = self.m, self.K
+        th, tw = oh // m, ow // m            # the benchmark feeds sizes with oh, ow multiples of m
+        xh = x.permute(0, 2, 3, 1)[0]
+        if m == 2:
+            r = [xh[j:j + 2 * th:2] for j in range(4)]
+            b1 = torch.empty(4, th, ww, c)
+            torch.sub(r[0], r[2], out=b1[0]); torch.add(r[1], r[2], out=b1[1])      # noqa: E702
+            torch.sub(r[2], r[1], out=b1[2]); torch.sub(r[1], r[3], out=b1[3])      # noqa: E702
+            cc = [b1[:, :, j:j + 2 * tw:2] for j in range(4)]
+            V = torch.empty(4, 4, th, tw, c)
+            torch.sub(cc[0], cc[2], out=V[:, 0]); torch.add(cc[1], cc[2], out=V[:, 1])  # noqa: E702
+            torch.sub(cc[2], cc[1], out=V[:, 2]); torch.sub(cc[1], cc[3], out=V[:, 3])  # noqa: E702
+            M = torch.bmm(V.view(16, th * tw, c), self.U).view(4, 4, th, tw, K)
+            if self.b is not None:
+                M[1, 1] += self.b
+            Q = torch.empty(2, 4, th, tw, K)
+            torch.add(M[0], M[1], out=Q[0]); Q[0] += M[2]                            # noqa: E702
+            torch.sub(M[1], M[2], out=Q[1]); Q[1] -= M[3]                            # noqa: E702
+            out = torch.empty(1, K, oh, ow, memory_format=torch.channels_last)
+            ov = out.permute(0, 2, 3, 1)[0].view(th, 2, tw, 2, K)
+            for a in range(2):
+                torch.add(Q[a, 0], Q[a, 1], out=ov[:, a, :, 0]); ov[:, a, :, 0] += Q[a, 2]   # noqa: E702
+                torch.sub(Q[a, 1], Q[a, 2], out=ov[:, a, :, 1]); ov[:, a, :, 1] -= Q[a, 3]   # noqa: E702
+            return out.relu_()
+        s = xh.stride()
+        tiles = xh.as_strided((th, tw, 6, 6, c), (4 * s[0], 4 * s[1], s[0], s[1], s[2]))
+        t = tiles.reshape(th * tw, 36, c)
+        V = torch.matmul(self.KB, t).transpose(0, 1)                                 # (36, T, C)
+        M = torch.bmm(V, self.U)                                                     # (36, T, K)
+        Y = torch.matmul(self.KA, M.transpose(0, 1))                                 # (T, 16, K)
+        Y = Y.view(th, tw, 4, 4, K).permute(0, 2, 1, 3, 4).reshape(oh, ow, K)
+        Y = Y.permute(2, 0, 1).unsqueeze(0)
+        if self.b is not None:
+            Y = Y + self.b.view(1, -1, 1, 1)
+        return Y.relu_()
+
+
+def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
+    """3x3 layers at their fast-path window sizes: oneDNN direct vs Winograd F(2x2,3x3), F(4x4,3x3)."""
+    import torch
+    import torch.nn.functional as F
+    from fcn_repro.caffe.net import Net
+    from fcn_repro.fast import FastNet, conv_geo, conv_reads, input_geo, pool_geo
+    net = Net(str(proto))
+    f = FastNet(net)
+    want = f._schedule({"data": (1, 3) + tuple(size)})
+    rows = []
+    g = {"data": input_geo(3, *size)}
+    gen = torch.Generator().manual_seed(0)
+    cp = torch.ops.mkldnn._convolution_pointwise
+    for i, s in enumerate(f._get_steps()):
+        m = s.st.layers[0]
+        gi = g.get(s.st.bottoms[0]) if s.st.bottoms else None
+        if gi is None:
+            continue
+        if s.kind in ("conv", "pool"):
+            go = conv_geo(gi, m.num_output, m.kernel, m.stride, m.pad, m.dilation)[0] if s.kind == "conv" \
+                else pool_geo(gi, m.kernel, m.stride)[0]
+        elif s.kind in ("relu", "identity"):
+            go = gi
+        else:
+            continue
+        for t in s.st.tops:
+            g[t] = go
+        if s.kind != "conv" or tuple(m.kernel) != (3, 3) or gi.c < 64:
+            continue
+        win = want[i]
+        h = (win[1] - win[0]) // 4 * 4 or 4
+        w = (win[3] - win[2]) // 4 * 4 or 4          # multiples of 4 so both tilings fit exactly
+        c, k = gi.c, m.num_output
+        x = torch.relu(torch.randn(1, c, h + 2, w + 2, generator=gen)).contiguous(memory_format=torch.channels_last)
+        wt = torch.randn(k, c, 3, 3, generator=gen) * (2.0 / (9 * c)) ** 0.5
+        bs = torch.randn(k, generator=gen) * 0.1
+        wcl = wt.contiguous(memory_format=torch.channels_last)
+        ref = F.relu(F.conv2d(x.double(), wt.double(), bs.double()))
+        fns = {"oneDNN": lambda: cp(x, wcl, bs, [0, 0], [1, 1], [1, 1], 1, "relu", [], ""),
+               "F(2x2,3x3)": _Wino(wt, bs, 2), "F(4x4,3x3)": _Wino(wt, bs, 4)}
+        calls = {"oneDNN": fns["oneDNN"], "F(2x2,3x3)": lambda: fns["F(2x2,3x3)"](x),
+                 "F(4x4,3x3)": lambda: fns["F(4x4,3x3)"](x)}
+        best, err = {}, {}
+        with torch.no_grad():
+            for key, fn in calls.items():
+                y = fn()
+                err[key] = float((y.double() - ref).abs().max() / ref.abs().max())
+                best[key] = float("inf")
+            for _ in range(repeats):
+                for key, fn in calls.items():
+                    dt, _ = common.time_call(fn)
+                    best[key] = min(best[key], dt)
+        flops = 2 * h * w * c * k * 9
+        rows.append({"layer": m.name, "shape": f"{c}->{k} {h}x{w}", "gflop": flops / 1e9, "best": best, "err": err})
+    return rows
+
+
+def variants(args) -> dict:
+    import torch
+    proto, model = common.bench_model()
+    size = (args.size, args.size)
+    x = common.bench_input(size)
+    repeats = args.repeats or (2 if args.quick else 3)
+    shared, fns, first, outs, failed = {}, {}, {}, {}, {}
+    for label, kind, opts in VARIANTS:
+        try:
+            fns[label], first[label] = build_variant(kind, opts, proto, model, shared, x)
+            with torch.no_grad():
+                outs[label] = fns[label](torch.from_numpy(x)).numpy()
+            print(f"[bench]   {label}: first call {first[label]:.1f} s", file=sys.stderr, flush=True)
+        except Exception as e:
+            failed[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            print(f"[bench]   {label}: FAILED {failed[label]}", file=sys.stderr, flush=True)
+    order = [l for l, _, _ in VARIANTS if l in fns]
+    times = {l: [] for l in order}
+    loads = {l: [] for l in order}
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        for r in range(repeats):
+            for l in order:
+                time.sleep(0.3)
+                with common.LoadProbe() as lp:
+                    dt, _ = common.time_call(lambda: fns[l](xt))
+                times[l].append(dt)
+                loads[l].append(lp.foreign)
+            print(f"[bench]   variants round {r + 1}/{repeats}", file=sys.stderr, flush=True)
+    ref = outs.get(order[0]) if order else None
+    res = {"machine": common.machine_info(), "size": list(size), "repeats": repeats, "variants": {}, "failed": failed}
+    for l in order:
+        res["variants"][l] = {"time": common.summarize(times[l]), "first_call": first[l],
+                              "foreign_load": float(np.median(loads[l])),
+                              "max_rel_diff": common.max_rel_diff(outs[l], ref)}
+    res["kernels"] = kernel_table(proto, size, repeats)
+    report_variants(res)
+    if args.json:
+        from fcn_repro.utils import atomic_write
+        with atomic_write(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return res
+
+
+def report_variants(res: dict) -> None:
+    info = res["machine"]
+    print()
+    print(f"## FCN-8s {res['size'][0]}x{res['size'][1]} forward, variants ({info['date']}, {info['cpu']}, "
+          f"{info['cores']} cores, torch {info['torch']})")
+    print()
+    v = res["variants"]
+    base = next(iter(v.values()))["time"]["median"] if v else None
+    rows = [[l, common.fmt_s(d["time"]["median"]), common.fmt_s(d["time"]["min"]),
+             f"{d['time']['median'] / base:.2f}" if base else "-", common.fmt_s(d["first_call"]),
+             f"{d['foreign_load']:.1f}", f"{d['max_rel_diff']:.1e}"] for l, d in v.items()]
+    common.print_table(["variant", "median s", "min s", "x fast default", "first call s", "other load (cores)",
+                        "max rel diff vs fast"], rows)
+    for l, why in res.get("failed", {}).items():
+        print(f"- {l}: failed ({why})")
+    if res.get("kernels"):
+        print()
+        print("3x3 layers at the fast path's window sizes (multiples of 4), one layer each, best of the runs:")
+        print()
+        rows = []
+        tot = {}
+        for r in res["kernels"]:
+            for k, t in r["best"].items():
+                tot[k] = tot.get(k, 0.0) + t
+            rows.append([r["layer"], r["shape"], f"{r['gflop']:.1f}"] + [
+                f"{1e3 * r['best'][k]:.0f} ms ({r['gflop'] / r['best'][k]:.0f} GF/s eq., err {r['err'][k]:.1e})"
+                for k in ("oneDNN", "F(2x2,3x3)", "F(4x4,3x3)")])
+        rows.append(["total", "", f"{sum(r['gflop'] for r in res['kernels']):.0f}"] +
+                    [f"{1e3 * tot[k]:.0f} ms" for k in ("oneDNN", "F(2x2,3x3)", "F(4x4,3x3)")])
+        common.print_table(["layer", "Cin->Cout window", "GFLOP direct", "oneDNN direct (fused ReLU)",
+                            "Winograd F(2x2,3x3) eager", "Winograd F(4x4,3x3) eager"], rows)
+        print("err: max |y - float64 reference| / max |reference| of that one layer.")
+    print()
+
+
 # ---------------------------------------------------------------- worker (memory)
 
 def worker(args) -> None:
@@ -252,6 +539,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-memory", action="store_true", help="skip the per-peer subprocess memory runs")
     ap.add_argument("--tf32", action="store_true", help="on a GPU, add a TF32 row (fidelity reported)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--variants", action="store_true",
+                    help="time the fast path's options and other ideas (CPU), and 3x3 kernels incl. Winograd")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
@@ -263,6 +552,8 @@ def main(argv=None) -> dict:
     if args.worker:
         worker(args)
         return {}
+    if args.variants:
+        return variants(args)
     repeats = args.repeats or (2 if args.quick else 5)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     bad = [p for p in peers if p not in PEERS]

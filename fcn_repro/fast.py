@@ -46,6 +46,14 @@ following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``
 512 channels on a 22x22 map) run as one GEMM against a view of the weight
 (``gemm=True``): no copy of the 411 MB fc6 weight, no per-call reorder.
 
+Optional, off by default: ``winograd=True`` runs the 3x3 convolutions with
+at least ``winograd_min_channels`` (256) input channels as Winograd F(4x4,
+3x3) (4x fewer multiplications; conv3_2..conv5_3 of VGG-16). It changes
+the rounding: scores stay within ~4e-6 relative of the plain path, but a
+pixel whose two best classes are within ~1e-6 of each other can flip (one
+pixel of 12,000 on the fcn8s fixture at s1 when forced onto every layer),
+so it is not the default.
+
 Switching it off: ``optimize(net, enabled=False)`` (or ``fast.enabled =
 False``) runs the plain ``net.forward``. The fast path only runs when no
 gradient is needed (under ``torch.no_grad()`` / ``torch.inference_mode()``,
@@ -70,11 +78,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["optimize", "FastNet", "SBlob", "Axis", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
-           "region", "sconv", "spool_max", "srelu", "ConvKernel", "count_flops"]
+           "region", "sconv", "spool_max", "srelu", "ConvKernel", "Winograd43", "winograd_matrices",
+           "count_flops"]
 
 # The default options of the fast path (chosen from the measurements in
 # benchmarks/RESULTS.md).
-FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True, views=True)
+FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True, views=True,
+                     winograd=False, winograd_min_channels=256)
 
 # Rough machine constants for choosing between computing a few more pixels
 # and copying a window (only the choice depends on them, never the result).
@@ -432,6 +442,111 @@ def materialize(sb: Any) -> torch.Tensor:
     return region(sb, 0, sb.ay.size, 0, sb.ax.size).contiguous()
 
 
+# ---------------------------------------------------------------- Winograd F(4x4, 3x3)
+
+# Interpolation points of the Toom-Cook construction. The textbook set (0,
+# +-1, +-2) gives ~6e-6 relative error per float32 layer (512 channels);
+# mixing a point with its reciprocal's negation, (0, +-1, 1/2, -2), gives
+# ~2.5e-6, close to a direct convolution's ~1.9e-6 (see RESULTS.md).
+WINOGRAD_POINTS = ((0, 1), (1, 1), (-1, 1), (1, 2), (-2, 1))
+
+
+def winograd_matrices(points=WINOGRAD_POINTS, m: int = 4, r: int = 3) -> tuple:
+    """(B^T, G, A^T) of Winograd F(m, r) for finite ``points`` (num, den) plus infinity, float64.
+
+    Toom-Cook: with M(x) = prod (x - p_j), row j of B^T holds the
+    coefficients of M(x) / (x - p_j), G's row j is g(p_j) / prod_{l != j}
+    (p_j - p_l), A^T evaluates at the points; the point at infinity adds
+    the last row/column. Then y = A^T [(G g) * (B^T d)] is the valid
+    correlation of d (length m + r - 1) with g (length r).
+    """
+    from fractions import Fraction as Fr
+    n = m + r - 1
+    P = [Fr(a, b) for a, b in points]
+    if len(P) != n - 1:
+        raise ValueError(f"F({m},{r}) needs {n - 1} finite points, got {len(P)}")
+
+    def mul(a, b):
+        out = [Fr(0)] * (len(a) + len(b) - 1)
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                out[i + j] += x * y
+        return out
+    M = [Fr(1)]
+    for p in P:
+        M = mul(M, [-p, Fr(1)])
+    BT = [[Fr(0)] * n for _ in range(n)]
+    G = [[Fr(0)] * r for _ in range(n)]
+    AT = [[Fr(0)] * n for _ in range(m)]
+    for j, p in enumerate(P):
+        Mj, Nj = [Fr(1)], Fr(1)
+        for l, q in enumerate(P):
+            if l != j:
+                Mj = mul(Mj, [-q, Fr(1)])
+                Nj *= p - q
+        BT[j][:n - 1] = Mj
+        G[j] = [p ** k / Nj for k in range(r)]
+        for i in range(m):
+            AT[i][j] = p ** i
+    BT[n - 1] = M
+    G[n - 1][r - 1] = Fr(1)
+    AT[m - 1][n - 1] = Fr(1)
+    f = lambda A: torch.tensor([[float(v) for v in row] for row in A], dtype=torch.float64)  # noqa: E731
+    return f(BT), f(G), f(AT)
+
+
+class Winograd43:
+    """Winograd F(4x4, 3x3) for one 3x3 / stride 1 / no-dilation / no-group convolution, channels-last.
+
+    The transforms are plain matrix products with the Kronecker squares of
+    B^T (36x36) and A^T (16x36), so every step is a GEMM: tiles (36, T, C)
+    -> V = KB @ tiles -> M = V @ U (36 batched T x C x K products, U = G g
+    G^T precomputed: 4x the weight's memory) -> Y = KA @ M -> (oh, ow, K).
+    4x fewer multiplications than direct; float32 error ~2.5e-6 relative per
+    layer (a direct convolution: ~1.9e-6).
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        BT, G, AT = winograd_matrices()
+        w = weight.detach()
+        k, c = w.shape[0], w.shape[1]
+        U = torch.einsum("ik,ockl,jl->ijco", G.to(w.device), w.double(), G.to(w.device))
+        self.U = U.reshape(36, c, k).to(w.dtype).contiguous()
+        self.KB = torch.kron(BT, BT).to(w.dtype).to(w.device)
+        self.KA = torch.kron(AT, AT).to(w.dtype).to(w.device)
+        self.k, self.c = k, c
+
+    def __call__(self, x: torch.Tensor, bias: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+        """Valid 3x3 correlation of x (N, C, H, W) -> (N, K, H-2, W-2), channels-last."""
+        n, c, hh, ww = x.shape
+        oh, ow = hh - 2, ww - 2
+        th, tw = _ceil_div(oh, 4), _ceil_div(ow, 4)
+        ph, pw = 4 * th + 2 - hh, 4 * tw + 2 - ww
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        xh = x.permute(0, 2, 3, 1)
+        if not xh.is_contiguous():
+            xh = xh.contiguous()
+        out = torch.empty((n, self.k, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        s = xh.stride()
+        t = th * tw
+        for i in range(n):
+            tiles = xh[i].as_strided((6, 6, th, tw, c), (s[1], s[2], 4 * s[1], 4 * s[2], s[3]))
+            d = tiles.reshape(36, t * c)                                   # gathers the overlapping tiles
+            v = (self.KB @ d).view(36, t, c)
+            mm = torch.bmm(v, self.U)                                     # (36, T, K)
+            y = (self.KA @ mm.view(36, t * self.k)).view(4, 4, th, tw, self.k)
+            y = y.permute(2, 0, 3, 1, 4).reshape(4 * th, 4 * tw, self.k)[:oh, :ow]
+            o = out[i].permute(1, 2, 0)
+            if bias is not None:
+                torch.add(y, bias, out=o)
+            else:
+                o.copy_(y)
+        if relu:
+            out.relu_()
+        return out
+
+
 # ---------------------------------------------------------------- kernels
 
 class ConvKernel:
@@ -452,12 +567,14 @@ class ConvKernel:
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, dilation, groups: int,
-                 impl: str = "mkldnn", gemm: bool = False):
+                 impl: str = "mkldnn", gemm: bool = False, winograd: bool = False):
         self.weight, self.bias = weight, bias
         self.stride, self.dilation, self.groups = tuple(stride), tuple(dilation), int(groups)
         self.impl = impl
         kh, kw = weight.shape[2], weight.shape[3]
         self.gemm = bool(gemm) and self.groups == 1 and (kh * kw == 1 or kh * kw >= 25)
+        self.winograd = (bool(winograd) and not self.gemm and (kh, kw) == (3, 3) and self.stride == (1, 1)
+                         and self.dilation == (1, 1) and self.groups == 1)
         self._versions = None
         self.refresh()
 
@@ -473,18 +590,21 @@ class ConvKernel:
         w = self.weight.detach()
         self.b = None if self.bias is None else self.bias.detach()
         self.w_cl = None
+        self.wino = None
         if self.gemm:
             self.w_mat = w.reshape(w.shape[0], -1)          # a view when the parameter is contiguous
+        elif self.winograd:
+            self.wino = Winograd43(w)
         elif w.dtype == torch.float32 and w.device.type == "cpu":
             self.w_cl = w.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor, relu: bool, pad: tuple = (0, 0)) -> torch.Tensor:
         """Convolution of ``x`` (N, C, h, w) with zero padding ``pad``; ReLU applied when ``relu``."""
         self.refresh()
-        if self.gemm:
+        if self.gemm or self.wino is not None:
             if pad[0] or pad[1]:
                 x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
-            return self._gemm(x, relu)
+            return self._gemm(x, relu) if self.gemm else self.wino(x, self.b, relu)
         w = self.w_cl if self.w_cl is not None else self.weight.detach()
         if self.impl == "mkldnn" and x.dtype == torch.float32 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -639,7 +759,8 @@ class FastNet(nn.Module):
     F.conv2d), ``channels_last``, ``gemm`` (1x1 convolutions and kernels
     of 25 taps or more run as one GEMM on a view of the weight), ``views``
     (compute a few more pixels where that lets the next layer read its
-    input in place instead of copying it).
+    input in place instead of copying it), ``winograd`` /
+    ``winograd_min_channels`` (opt-in Winograd F(4x4,3x3), see above).
     """
 
     def __init__(self, net: nn.Module, enabled: bool = True, **options: Any):
@@ -676,7 +797,8 @@ class FastNet(nn.Module):
         w = m.blobs[0]
         b = m.blobs[1] if m.bias_term else None
         if kern is None or kern.weight is not w or kern.bias is not b:
-            kern = ConvKernel(w, b, m.stride, m.dilation, m.group, self.options["conv"], self.options["gemm"])
+            wino = bool(self.options["winograd"]) and w.shape[1] * m.group >= self.options["winograd_min_channels"]
+            kern = ConvKernel(w, b, m.stride, m.dilation, m.group, self.options["conv"], self.options["gemm"], wino)
             self._kernels[m.name] = kern
         return kern
 
@@ -909,7 +1031,7 @@ def optimize(net: nn.Module, enabled: bool = True, **options: Any) -> FastNet:
 
     ``enabled=False`` gives a wrapper that runs the plain path. Options (see
     :data:`FAST_DEFAULTS`): ``background``, ``conv``, ``channels_last``,
-    ``gemm``, ``views``. Returns a :class:`FastNet`; call it like the net:
+    ``gemm``, ``views``, ``winograd``, ``winograd_min_channels``. Returns a :class:`FastNet`; call it like the net:
     ``fast(data=x) -> {"score": ...}``.
     """
     if isinstance(net, FastNet):

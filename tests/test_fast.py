@@ -59,6 +59,40 @@ def test_fast_equals_plain_on_fixtures(name, options):
             assert torch.equal(a.argmax(1), caffe.argmax(1))
 
 
+@pytest.mark.parametrize("name", ["fcn8s", "fcn8s-atonce"])
+def test_winograd_option_on_fixtures(name):
+    """Opt-in Winograd F(4x4,3x3), forced onto every 3x3 layer: scores within 1e-5 relative.
+
+    Argmax may differ at near-ties (that is why it is not the default): at
+    most one pixel in a thousand here.
+    """
+    net = _net(name)
+    fast = optimize(net, winograd=True, winograd_min_channels=1)
+    assert any(k.wino is not None for k in [fast._kernel(net.layer(n)) for n in ("conv1_2", "conv5_3")])
+    io = np.load(caffe_fixture(f"{name}.io.npz"))
+    for s in ("s0", "s1"):
+        x = torch.from_numpy(io[f"{s}/data"])
+        with torch.no_grad():
+            a, b = fast(data=x)["score"], net(data=x)["score"]
+        assert rel(a, b) <= REL_TOL
+        assert (a.argmax(1) != b.argmax(1)).float().mean() <= 1e-3
+
+
+@pytest.mark.parametrize("shape", [(512, 64, 34, 34), (16, 8, 11, 9), (8, 4, 3, 3), (6, 5, 6, 13)])
+def test_winograd_kernel(shape):
+    """Winograd43 against a float64 direct convolution (odd sizes: the tiles are padded)."""
+    from fcn_repro.fast import Winograd43
+    c, k, h, w = shape
+    g = torch.Generator().manual_seed(c + h)
+    x = torch.relu(torch.randn(2, c, h, w, generator=g)).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5
+    b = torch.randn(k, generator=g)
+    y = Winograd43(wt)(x, b, relu=True)
+    ref = torch.relu(torch.nn.functional.conv2d(x.double(), wt.double(), b.double()))
+    assert y.shape == ref.shape
+    assert rel(y, ref) < 5e-6
+
+
 def test_switch_off_is_the_plain_path():
     net = _net("fcn8s")
     x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"])
