@@ -143,3 +143,16 @@ def test_layer_fillers_defaults_and_fill_params():
     before = params["conv"][0].detach().clone()
     fill_params(params, net, rng=1, layers=["conv"])
     assert torch.equal(before, params["conv"][0])
+
+
+def test_scale_with_gamma_bottom_fills_beta_with_bias_filler():
+    """Gamma from a second bottom: the layer's only blob is beta (bias_filler, default 0)."""
+    from fcn_repro.caffe.fillers import layer_fillers
+    from fcn_repro.caffe.prototxt import parse_text
+    two = parse_text('type: "Scale" bottom: "a" bottom: "g" '
+                     'scale_param { bias_term: true filler { type: "constant" value: 3 } }')
+    (f,) = layer_fillers(two, 1)
+    assert str(f.get("type")) == "constant" and float(f.get("value", 0)) == 0
+    one = parse_text('type: "Scale" bottom: "a" scale_param { bias_term: true }')
+    gamma, beta = layer_fillers(one, 2)
+    assert float(gamma.get("value")) == 1 and float(beta.get("value", 0)) == 0

@@ -204,6 +204,10 @@ def layer_fillers(layer: Message, nblobs: int) -> list[Message]:
     """
     ltype = str(layer.get("type", ""))
     spec = _LAYER_FILLERS.get(ltype)
+    if spec is not None and ltype == "Scale" and len(layer.getall("bottom")) > 1:
+        # Caffe's Scale with gamma from a second bottom owns only beta, which
+        # bias_filler fills: drop gamma's filler so blob 0 gets beta's.
+        spec = (spec[0], spec[1][1:])
     out: list[Message] = []
     for i in range(nblobs):
         if spec is not None and i < len(spec[1]):

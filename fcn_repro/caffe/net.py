@@ -403,15 +403,6 @@ class Net(nn.Module):
         for lp in self.netparam.getall("layer"):
             if not layer_included(lp, self.phase, self.level, self.stages):
                 continue
-            if str(lp.get("type", "")) == "Scale" and len(lp.getall("bottom")) == 2:
-                # With gamma from a second bottom, the Scale layer's only blob is
-                # beta, filled by bias_filler (fillers.layer_fillers assumes
-                # blob 0 is gamma): present the layer to it that way.
-                lp = lp.copy()
-                sp = lp.sub("scale_param").copy()
-                bias = sp.sub("bias_filler") if sp.has("bias_filler") else Message([("type", "constant")])
-                sp.remove("filler").remove("bias_filler").add("filler", bias)
-                lp.set("scale_param", sp)
             out.add("layer", lp)
         return out
 
