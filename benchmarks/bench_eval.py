@@ -194,8 +194,8 @@ def report(res: dict) -> None:
                      common.mb(mem.get("peak_rss")) if ok else "err",
                      (common.mb(mem.get("rss_after_first")) + " -> " + common.mb(mem.get("rss_end"))) if ok else "err"])
     common.print_table(["mode", "images/s", "end-to-end s", "forward-only s", "loader-only s", "loader share",
-                        "loader hidden", "other load (cores)", "RSS loaded MB", "peak RSS MB",
-                        "RSS 1st -> last image MB"], rows)
+                        "loader hidden", "other load (cores)", "RSS loaded MiB", "peak RSS MiB",
+                        "RSS 1st -> last image MiB"], rows)
     print()
 
 

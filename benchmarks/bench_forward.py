@@ -82,26 +82,27 @@ def plain_fcn8s(weights: dict, device: str = "cpu", mkldnn_trunk: bool = False):
     from torch import nn
     import torch.nn.functional as F
 
+    def conv2d(w, b, pad=0):
+        # Built empty (no random init of 538 MB), then given the file's values.
+        conv = torch.nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], tuple(w.shape[2:]), padding=pad)
+        conv.weight.data = torch.from_numpy(np.array(w, np.float32))
+        conv.bias.data = torch.from_numpy(np.array(b, np.float32))
+        return conv
+
     class PlainFCN8s(nn.Module):
-        def __init__(self):
+        # The weights are an argument, not a closure variable: the file's
+        # (memory-mapped) arrays must not stay referenced once copied.
+        def __init__(self, weights):
             super().__init__()
             self.trunk = nn.ModuleDict()
             for item in VGG + [("fc6", 0), ("fc7", 0)]:
                 if isinstance(item, str):
                     continue
                 name, pad = item
-                w, b = weights[name]
-                conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], padding=pad)
-                conv.weight.data = torch.from_numpy(np.array(w, np.float32))
-                conv.bias.data = torch.from_numpy(np.array(b, np.float32))
-                self.trunk[name] = conv
+                self.trunk[name] = conv2d(*weights[name], pad=pad)
             self.score = nn.ModuleDict()
             for name in ("score_fr", "score_pool4", "score_pool3"):
-                w, b = weights[name]
-                conv = nn.Conv2d(w.shape[1], w.shape[0], 1)
-                conv.weight.data = torch.from_numpy(np.array(w, np.float32))
-                conv.bias.data = torch.from_numpy(np.array(b, np.float32))
-                self.score[name] = conv
+                self.score[name] = conv2d(*weights[name])
             for name in ("upscore2", "upscore_pool4", "upscore8"):
                 self.register_buffer(name, torch.from_numpy(np.array(weights[name][0], np.float32)))
             self.mkldnn_trunk = mkldnn_trunk
@@ -135,7 +136,7 @@ def plain_fcn8s(weights: dict, device: str = "cpu", mkldnn_trunk: bool = False):
             up = F.conv_transpose2d(up, self.upscore8, stride=8)
             return up[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
 
-    m = PlainFCN8s().to(device).eval()
+    m = PlainFCN8s(weights).to(device).eval()
     for prm in m.parameters():
         prm.requires_grad_(False)
     if mkldnn_trunk:
@@ -169,6 +170,7 @@ def build_peer(name: str, proto: Path, model: Path, device: str, shared: dict):
     if name == "torch":
         from fcn_repro.caffe import load_weights
         m = plain_fcn8s(load_weights(str(model)), device)
+        gc.collect()
 
         def run(x):
             with torch.inference_mode():
@@ -445,6 +447,8 @@ def variants(args) -> dict:
     xt = torch.from_numpy(x)
     with torch.no_grad():
         for r in range(repeats):
+            if args.wait_quiet > 0:
+                common.wait_quiet(args.wait_quiet)
             for l in order:
                 time.sleep(0.3)
                 with common.LoadProbe() as lp:
@@ -539,6 +543,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-memory", action="store_true", help="skip the per-peer subprocess memory runs")
     ap.add_argument("--tf32", action="store_true", help="on a GPU, add a TF32 row (fidelity reported)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each timed round, wait up to S seconds for other processes to use < 0.2 cores")
     ap.add_argument("--variants", action="store_true",
                     help="time the fast path's options and other ideas (CPU), and 3x3 kernels incl. Winograd")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -592,6 +598,8 @@ def main(argv=None) -> dict:
     times = {p: [] for p in order}
     foreign = {p: [] for p in order}
     for r in range(repeats):
+        if args.wait_quiet > 0:
+            common.wait_quiet(args.wait_quiet)
         rot = order[r % len(order):] + order[:r % len(order)] if order else []
         for p in rot:
             time.sleep(0.3)             # let other thread pools go idle (OpenMP spin-wait)
@@ -670,8 +678,8 @@ def report(res: dict) -> None:
                      f"{d.get('max_rel_diff', float('nan')):.1e}",
                      f"{100 * d.get('argmax_agree', float('nan')):.3f}%",
                      d["note"]])
-    common.print_table(["peer", "median s", "min s", "fast/peer", "other load (cores)", "RSS loaded MB",
-                        "peak RSS fwd MB", f"max rel diff vs {res['reference']}", "argmax agree", "notes"], rows)
+    common.print_table(["peer", "median s", "min s", "fast/peer", "other load (cores)", "RSS loaded MiB",
+                        "peak RSS fwd MiB", f"max rel diff vs {res['reference']}", "argmax agree", "notes"], rows)
     for p, why in res.get("skipped", {}).items():
         print(f"- {LABELS.get(p, p)}: not run ({why})")
     if fast_t:

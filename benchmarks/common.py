@@ -157,6 +157,15 @@ def machine_busy(seconds: float = 1.0) -> float:
     return p.foreign
 
 
+def wait_quiet(timeout: float, threshold: float = 0.2, sample: float = 1.0) -> float:
+    """Wait (up to ``timeout`` s) until other processes use < ``threshold`` cores; returns the last reading."""
+    t0 = time.perf_counter()
+    busy = machine_busy(sample)
+    while busy >= threshold and time.perf_counter() - t0 < timeout:
+        busy = machine_busy(sample)
+    return busy
+
+
 # ---------------------------------------------------------------- timing
 
 def sync(device: Any = None) -> None:
@@ -224,6 +233,7 @@ def reset_peak_rss() -> bool:
 
 
 def mb(nbytes: Optional[float]) -> str:
+    """Bytes as MiB (2**20), the unit of every memory column."""
     return "-" if nbytes is None else f"{nbytes / 2 ** 20:.0f}"
 
 
@@ -388,7 +398,7 @@ def max_rel_diff(a: np.ndarray, ref: np.ndarray) -> float:
 def run_json(cmd: Sequence[str], timeout: float = 1800, env: Optional[dict] = None) -> dict:
     """Run a worker command that prints one JSON object on its last stdout line."""
     e = dict(os.environ)
-    e.setdefault("PYTHONPATH", str(REPO))
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
     if env:
         e.update(env)
     p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=e, cwd=str(REPO))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,8 +42,11 @@ def _run_script(script: Path, args: list, json_path: Path, timeout: float = 3600
         json_path.unlink()
     cmd = [sys.executable, str(script)] + args
     print(f"\n[run_all] {' '.join(cmd)}", file=sys.stderr, flush=True)
+    # This checkout's package, whatever `pip install -e` points at.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(common.REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=str(common.REPO), timeout=timeout)
+    p = subprocess.run(cmd, cwd=str(common.REPO), timeout=timeout, env=env)
     out = {"seconds": time.perf_counter() - t, "returncode": p.returncode}
     if json_path.exists():
         try:
@@ -69,6 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: forward,load,ops,eval")
     ap.add_argument("--json", default=None, help="write every figure here")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="forward benchmark: wait up to S s before each round for the machine to be quiet")
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     info = common.machine_info()
@@ -83,7 +89,8 @@ def main(argv=None) -> int:
     results = {"machine": info, "busy_at_start": busy}
 
     if "forward" not in skip:
-        results["forward"] = _run_script(HERE / "bench_forward.py", quick + dev + ["--json", str(common.CACHE / "forward.json")],
+        wq = ["--wait-quiet", str(args.wait_quiet)] if args.wait_quiet > 0 else []
+        results["forward"] = _run_script(HERE / "bench_forward.py", quick + dev + wq + ["--json", str(common.CACHE / "forward.json")],
                                          common.CACHE / "forward.json")
     if "load" not in skip:
         lj = common.CACHE / "load.json"
@@ -100,9 +107,13 @@ def main(argv=None) -> int:
             extra = []
             if args.quick and _supports(script, "--quick"):
                 extra.append("--quick")
+            elif args.quick and _supports(script, "--repeats"):
+                extra += ["--repeats", "5"]
             if _supports(script, "--json"):
                 extra += ["--json", str(oj)]
             results["ops"] = _run_script(script, extra + (dev if _supports(script, "--device") else []), oj)
+            if "result" not in results["ops"] and results["ops"].get("returncode") == 0:
+                results["ops"]["note"] = "printed its own table (no JSON output)"
         else:
             results["ops"] = {"error": "benchmarks/bench_ops.py not present"}
     if "eval" not in skip:
@@ -127,7 +138,7 @@ def summary(results: dict) -> None:
             t = d["time"]["median"]
             mem = d.get("memory") or {}
             rows.append(["forward 500x500", d["label"], f"{t:.3f} s",
-                         f"peak RSS {common.mb(mem.get('peak_forward'))} MB" if "peak_forward" in mem else "",
+                         f"peak RSS {common.mb(mem.get('peak_forward'))} MiB" if "peak_forward" in mem else "",
                          f"fast/peer {fast / t:.2f}" if fast else "",
                          f"max rel diff {d.get('max_rel_diff', float('nan')):.1e}"])
         if fast and "opencv" in peers:
@@ -148,13 +159,13 @@ def summary(results: dict) -> None:
         for r in ld["result"]["results"]:
             if r["mode"].startswith("views+touch") or r["mode"] in ("copy", "hdf5"):
                 rows.append(["caffemodel load", f"{r['mode']} ({r['cache']})", f"{r['load_touch_s']:.3f} s",
-                             f"peak RSS {r['peak_rss'] / 2 ** 20:.0f} MB", f"{r['peak_rss'] / size:.2f} x file",
-                             f"file {size / 2 ** 20:.0f} MB"])
+                             f"peak RSS {r['peak_rss'] / 2 ** 20:.0f} MiB", f"{r['peak_rss'] / size:.2f} x file",
+                             f"file {size / 2 ** 20:.0f} MiB"])
     elif ld:
         rows.append(["caffemodel load", "not run", ld.get("error", ""), "", "", ""])
     ops = results.get("ops") or {}
-    if ops.get("result"):
-        rows.append(["ops", "see bench_ops table above", "", "", "", ""])
+    if ops.get("result") or ops.get("returncode") == 0:
+        rows.append(["ops", "see the bench_ops table above", "", "", "", ""])
     elif ops:
         rows.append(["ops", "not run", ops.get("error", ""), "", "", ""])
     ev = (results.get("eval") or {}).get("result")
@@ -162,7 +173,7 @@ def summary(results: dict) -> None:
         for m, d in ev["modes"].items():
             mem = d.get("memory") or {}
             rows.append([f"evaluate ({ev['images']} VOC-size images)", m, f"{d['images_per_s']:.3f} images/s",
-                         f"peak RSS {common.mb(mem.get('peak_rss'))} MB" if "peak_rss" in mem else "",
+                         f"peak RSS {common.mb(mem.get('peak_rss'))} MiB" if "peak_rss" in mem else "",
                          f"loader share {100 * d['loader_share']:.1f}%", f"loader hidden {100 * d['loader_hidden']:.0f}%"])
     elif "eval" in results:
         rows.append(["evaluate", "FAILED", results["eval"].get("error", ""), "", "", ""])

@@ -595,7 +595,8 @@ class ConvKernel:
             self.w_mat = w.reshape(w.shape[0], -1)          # a view when the parameter is contiguous
         elif self.winograd:
             self.wino = Winograd43(w)
-        elif w.dtype == torch.float32 and w.device.type == "cpu":
+        elif w.is_floating_point():
+            # oneDNN (CPU) and cuDNN (GPU) both run channels-last maps best with channels-last weights.
             self.w_cl = w.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor, relu: bool, pad: tuple = (0, 0)) -> torch.Tensor:
