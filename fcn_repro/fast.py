@@ -971,9 +971,51 @@ class FastNet(nn.Module):
         with torch.no_grad():
             return self._forward(inputs)
 
-    def _forward(self, inputs) -> dict[str, torch.Tensor]:
+    def _run_step(self, i: int, s: "_Step", env: dict, want: dict) -> None:
         opts = self.options
         cl = opts["channels_last"]
+        st, kind = s.st, s.kind
+        m = st.layers[0]
+        x = env[st.bottoms[0]] if st.bottoms else None
+        if kind in ("conv", "dense") and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
+            kind = "plain"
+        if kind == "dense":
+            x = materialize(x)
+            if cl and x.dtype == torch.float32:
+                x = x.contiguous(memory_format=torch.channels_last)
+            env[st.tops[0]] = self._kernel(m)(x, s.relu is not None, pad=tuple(m.pad))
+        elif kind == "conv":
+            kern = self._kernel(m)
+            if opts["background"]:
+                if not isinstance(x, SBlob):
+                    x = structured_from_tensor(x, cl)
+                y = sconv(x, kern, m.kernel, m.pad, relu=s.relu is not None, want=want.get(i))
+            else:
+                if cl and x.dtype == torch.float32:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = kern(x, s.relu is not None, pad=tuple(m.pad))
+            env[st.tops[0]] = y
+        elif kind == "pool" and isinstance(x, SBlob):
+            env[st.tops[0]] = spool_max(x, m.kernel, m.stride, want=want.get(i))
+        elif kind == "relu" and isinstance(x, SBlob):
+            env[st.tops[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
+        elif kind == "identity":
+            env[st.tops[0]] = x
+        else:
+            kind = "plain"
+        if kind == "plain":
+            xs = [materialize(env[b]) for b in st.bottoms]
+            ys = st.run(xs, st.inplace_ok)
+            for t, y in zip(st.tops, ys):
+                env[t] = y
+        for n in st.drop:
+            env.pop(n, None)
+        if s.relu is not None:
+            for n in s.relu.drop:
+                env.pop(n, None)
+
+    def _forward(self, inputs) -> dict[str, torch.Tensor]:
+        opts = self.options
         env: dict[str, Any] = {}
         for n in self.net.inputs:
             x = inputs[n]
@@ -981,45 +1023,9 @@ class FastNet(nn.Module):
         steps = self._get_steps()
         want = self._schedule({n: tuple(env[n].shape) for n in self.net.inputs}) if opts["background"] else {}
         for i, s in enumerate(steps):
-            st, kind = s.st, s.kind
-            m = st.layers[0]
-            x = env[st.bottoms[0]] if st.bottoms else None
-            if kind in ("conv", "dense") and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
-                kind = "plain"
-            if kind == "dense":
-                x = materialize(x)
-                if cl and x.dtype == torch.float32:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                env[st.tops[0]] = self._kernel(m)(x, s.relu is not None, pad=tuple(m.pad))
-            elif kind == "conv":
-                kern = self._kernel(m)
-                if opts["background"]:
-                    if not isinstance(x, SBlob):
-                        x = structured_from_tensor(x, cl)
-                    y = sconv(x, kern, m.kernel, m.pad, relu=s.relu is not None, want=want.get(i))
-                else:
-                    if cl and x.dtype == torch.float32:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    y = kern(x, s.relu is not None, pad=tuple(m.pad))
-                env[st.tops[0]] = y
-            elif kind == "pool" and isinstance(x, SBlob):
-                env[st.tops[0]] = spool_max(x, m.kernel, m.stride, want=want.get(i))
-            elif kind == "relu" and isinstance(x, SBlob):
-                env[st.tops[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
-            elif kind == "identity":
-                env[st.tops[0]] = x
-            else:
-                kind = "plain"
-            if kind == "plain":
-                xs = [materialize(env[b]) for b in st.bottoms]
-                ys = st.run(xs, st.inplace_ok)
-                for t, y in zip(st.tops, ys):
-                    env[t] = y
-            for n in st.drop:
-                env.pop(n, None)
-            if s.relu is not None:
-                for n in s.relu.drop:
-                    env.pop(n, None)
+            # Named ranges: torch.profiler shows the time of every layer.
+            with torch.profiler.record_function(s.st.name):
+                self._run_step(i, s, env, want)
         out = {}
         for n in self.net.outputs:
             v = env[n]
