@@ -463,12 +463,39 @@ def variants(args) -> dict:
                               "foreign_load": float(np.median(loads[l])),
                               "max_rel_diff": common.max_rel_diff(outs[l], ref)}
     res["kernels"] = kernel_table(proto, size, repeats)
+    res["layers"] = layer_profile(shared, x, [("fast (default)", {}), ("fast, winograd=True", {"winograd": True})])
     report_variants(res)
     if args.json:
         from fcn_repro.utils import atomic_write
         with atomic_write(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
     return res
+
+
+def layer_profile(shared: dict, x_np, configs: list) -> dict:
+    """Per-layer milliseconds of fast-path configurations (torch.profiler ranges, best of 2 forwards)."""
+    import torch
+    from torch.profiler import profile
+    from fcn_repro.fast import optimize
+    net = shared.get("net")
+    if net is None:
+        return {}
+    x = torch.from_numpy(x_np)
+    out = {}
+    with torch.no_grad():
+        for label, opts in configs:
+            f = optimize(net, **opts)
+            f(data=x)
+            names = [s.st.name for s in f._get_steps()]
+            best: dict = {}
+            for _ in range(2):
+                with profile() as prof:
+                    f(data=x)
+                for e in prof.key_averages():
+                    if e.key in names:
+                        best[e.key] = min(best.get(e.key, float("inf")), e.cpu_time_total / 1e3)
+            out[label] = {n: best[n] for n in names if n in best}
+    return out
 
 
 def report_variants(res: dict) -> None:
@@ -503,6 +530,16 @@ def report_variants(res: dict) -> None:
         common.print_table(["layer", "Cin->Cout window", "GFLOP direct", "oneDNN direct (fused ReLU)",
                             "Winograd F(2x2,3x3) eager", "Winograd F(4x4,3x3) eager"], rows)
         print("err: max |y - float64 reference| / max |reference| of that one layer.")
+    lp = res.get("layers") or {}
+    if lp:
+        print()
+        print("Where the fast path's time goes (ms per layer, torch.profiler, best of 2):")
+        print()
+        labels = list(lp)
+        names = [n for n in next(iter(lp.values())) if any(lp[l].get(n, 0) >= 1 for l in labels)]
+        rows = [[n] + [f"{lp[l].get(n, 0):.0f}" for l in labels] for n in names]
+        rows.append(["total"] + [f"{sum(lp[l].values()):.0f}" for l in labels])
+        common.print_table(["layer"] + labels, rows)
     print()
 
 
