@@ -19,7 +19,7 @@ import torch
 from conftest import caffe_fixture
 from fcn_repro.caffe.net import Net
 from fcn_repro.fast import (FastNet, SBlob, materialize, optimize, region, structured_from_tensor,
-                            count_flops, sconv, spool_max, ConvKernel)
+                            count_flops, sconv, spool_max, ConvKernel, Winograd23, Winograd43)
 
 REL_TOL = 1e-5
 
@@ -59,16 +59,38 @@ def test_fast_equals_plain_on_fixtures(name, options):
             assert torch.equal(a.argmax(1), caffe.argmax(1))
 
 
+FIXTURE_NETS = ["fcn8s", "fcn16s", "fcn32s", "fcn8s-atonce", "fcn-alexnet", "siftflow-fcn8s",
+                "pascalcontext-fcn8s", "nyud-fcn32s-color-hha"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NETS)
+def test_winograd_f2_everywhere_keeps_argmax(name):
+    """F(2x2,3x3) (the default on big layers) forced onto every 3x3 layer: Caffe's argmax, 1e-5 scores."""
+    net = _net(name)
+    fast = optimize(net, winograd="f2", winograd_min_channels=1)
+    io = np.load(caffe_fixture(f"{name}.io.npz"))
+    used = 0
+    for s in ("s0", "s1"):
+        feed = {n: torch.from_numpy(io[f"{s}/{n}"]) for n in net.inputs}
+        with torch.no_grad():
+            got, plain = fast(**feed), net(**feed)
+        used = sum(k.wino is not None for k in fast._kernels.values())
+        for blob in plain:
+            assert rel(got[blob], plain[blob]) <= REL_TOL
+            assert torch.equal(got[blob].argmax(1), plain[blob].argmax(1)), (name, s, blob)
+            assert torch.equal(got[blob].argmax(1), torch.from_numpy(io[f"{s}/{blob}"]).argmax(1))
+    assert used >= 1
+
+
 @pytest.mark.parametrize("name", ["fcn8s", "fcn8s-atonce"])
-def test_winograd_option_on_fixtures(name):
-    """Opt-in Winograd F(4x4,3x3), forced onto every 3x3 layer: scores within 1e-5 relative.
+def test_winograd_f4_option_on_fixtures(name):
+    """Opt-in F(4x4,3x3), forced onto every 3x3 layer: scores within 1e-5 relative.
 
     Argmax may differ at near-ties (that is why it is not the default): at
     most one pixel in a thousand here.
     """
     net = _net(name)
-    fast = optimize(net, winograd=True, winograd_min_channels=1)
-    assert any(k.wino is not None for k in [fast._kernel(net.layer(n)) for n in ("conv1_2", "conv5_3")])
+    fast = optimize(net, winograd="f4", winograd_min_channels=1)
     io = np.load(caffe_fixture(f"{name}.io.npz"))
     for s in ("s0", "s1"):
         x = torch.from_numpy(io[f"{s}/data"])
@@ -76,21 +98,23 @@ def test_winograd_option_on_fixtures(name):
             a, b = fast(data=x)["score"], net(data=x)["score"]
         assert rel(a, b) <= REL_TOL
         assert (a.argmax(1) != b.argmax(1)).float().mean() <= 1e-3
+    assert any(isinstance(k.wino, Winograd43) for k in fast._kernels.values())
 
 
+@pytest.mark.parametrize("kind, tol", [("f2", 1e-6), ("f4", 5e-6)])
 @pytest.mark.parametrize("shape", [(512, 64, 34, 34), (16, 8, 11, 9), (8, 4, 3, 3), (6, 5, 6, 13)])
-def test_winograd_kernel(shape):
-    """Winograd43 against a float64 direct convolution (odd sizes: the tiles are padded)."""
-    from fcn_repro.fast import Winograd43
+def test_winograd_kernel(shape, kind, tol):
+    """Winograd kernels against a float64 direct convolution (odd sizes: the tiles are padded)."""
     c, k, h, w = shape
     g = torch.Generator().manual_seed(c + h)
     x = torch.relu(torch.randn(2, c, h, w, generator=g)).contiguous(memory_format=torch.channels_last)
     wt = torch.randn(k, c, 3, 3, generator=g) * (2.0 / (9 * c)) ** 0.5
     b = torch.randn(k, generator=g)
-    y = Winograd43(wt)(x, b, relu=True)
+    y = (Winograd23 if kind == "f2" else Winograd43)(wt)(x, b, relu=True)
     ref = torch.relu(torch.nn.functional.conv2d(x.double(), wt.double(), b.double()))
     assert y.shape == ref.shape
-    assert rel(y, ref) < 5e-6
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel(y, ref) < tol
 
 
 def test_switch_off_is_the_plain_path():
@@ -166,6 +190,9 @@ def test_options_are_checked():
         optimize(net, bogus=1)
     with pytest.raises(ValueError, match="conv must be"):
         optimize(net, conv="cuda-magic")
+    with pytest.raises(ValueError, match="winograd must be"):
+        optimize(net, winograd="f6")
+    assert optimize(net, winograd=True).options["winograd"] == "f4"
     f = optimize(optimize(net))                      # optimizing a FastNet wraps the same net
     assert isinstance(f, FastNet) and f.net is net
 
@@ -181,7 +208,8 @@ SIZES = [(1, 1), (3, 2), (31, 33), (67, 91), (97, 5), (130, 121)]
 @pytest.mark.parametrize("views", [True, False], ids=["views", "no-views"])
 def test_background_logic_is_exact_float64(name, views):
     net = Net(str(caffe_fixture(f"{name}.prototxt")), seed=3).double()
-    fast = optimize(net, views=views)
+    # Winograd F(2x2,3x3) on every layer when views: in float64 it is exact to rounding too.
+    fast = optimize(net, views=views, winograd="f2" if views else False, winograd_min_channels=1)
     g = torch.Generator().manual_seed(0)
     ran = 0
     for h, w in SIZES:
