@@ -253,6 +253,8 @@ def net_flops(proto: Path, size: tuple) -> dict:
 
 VARIANTS = [
     ("fast (default)", "fast", {}),
+    ("fast, winograd=False (direct 3x3 everywhere)", "fast", {"winograd": False}),
+    ("fast, winograd='f4' (F(4x4,3x3), opt-in)", "fast", {"winograd": "f4"}),
     ("fast, views=False (halo copies)", "fast", {"views": False}),
     ("fast, gemm=False (fc6/fc7/1x1 in oneDNN)", "fast", {"gemm": False}),
     ("fast, conv='torch' (F.conv2d channels-last, ReLU apart)", "fast", {"conv": "torch"}),
@@ -299,81 +301,12 @@ def build_variant(kind: str, opts: dict, proto: Path, model: Path, shared: dict,
     return fn, time.perf_counter() - t
 
 
-class _Wino:
-    """Winograd F(m x m, 3x3) in eager PyTorch (channels-last), for the kernel comparison.
-
-    m = 2: B^T d B and A^T M A as adds/subs of strided views (exact
-    coefficients 0, +-1, 1/2), 16 GEMMs batched. m = 4: transforms as
-    matrix products with the Kronecker-squared matrices (points 0, +-1, +-2).
-    """
-
-    def __init__(self, w, b, m: int):
-        import torch
-        self.m, self.K, self.C = m, w.shape[0], w.shape[1]
-        if m == 2:
-            G = torch.tensor([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=torch.float64)
-            self.BT = self.AT = None
-        else:
-            G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
-            BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
-            AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
-                               [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
-            self.KB = torch.kron(BT, BT).float()
-            self.KA = torch.kron(AT, AT).float()
-        a = m + 2
-        U = torch.einsum("ik,ockl,jl->ijco", G, w.double(), G)
-        self.U = U.reshape(a * a, self.C, self.K).float().contiguous()
-        self.b = b
-
-    def __call__(self, x):
-        import torch
-        n, c, hh, ww = x.shape
-        oh, ow = hh - 2, ww - 2
-        m, K = self.m, self.K
-        th, tw = oh // m, ow // m            # the benchmark feeds sizes with oh, ow multiples of m
-        xh = x.permute(0, 2, 3, 1)[0]
-        if m == 2:
-            r = [xh[j:j + 2 * th:2] for j in range(4)]
-            b1 = torch.empty(4, th, ww, c)
-            torch.sub(r[0], r[2], out=b1[0]); torch.add(r[1], r[2], out=b1[1])      # noqa: E702
-            torch.sub(r[2], r[1], out=b1[2]); torch.sub(r[1], r[3], out=b1[3])      # noqa: E702
-            cc = [b1[:, :, j:j + 2 * tw:2] for j in range(4)]
-            V = torch.empty(4, 4, th, tw, c)
-            torch.sub(cc[0], cc[2], out=V[:, 0]); torch.add(cc[1], cc[2], out=V[:, 1])  # noqa: E702
-            torch.sub(cc[2], cc[1], out=V[:, 2]); torch.sub(cc[1], cc[3], out=V[:, 3])  # noqa: E702
-            M = torch.bmm(V.view(16, th * tw, c), self.U).view(4, 4, th, tw, K)
-            if self.b is not None:
-                M[1, 1] += self.b
-            Q = torch.empty(2, 4, th, tw, K)
-            torch.add(M[0], M[1], out=Q[0]); Q[0] += M[2]                            # noqa: E702
-            torch.sub(M[1], M[2], out=Q[1]); Q[1] -= M[3]                            # noqa: E702
-            out = torch.empty(1, K, oh, ow, memory_format=torch.channels_last)
-            ov = out.permute(0, 2, 3, 1)[0].view(th, 2, tw, 2, K)
-            for a in range(2):
-                torch.add(Q[a, 0], Q[a, 1], out=ov[:, a, :, 0]); ov[:, a, :, 0] += Q[a, 2]   # noqa: E702
-                torch.sub(Q[a, 1], Q[a, 2], out=ov[:, a, :, 1]); ov[:, a, :, 1] -= Q[a, 3]   # noqa: E702
-            return out.relu_()
-        s = xh.stride()
-        tiles = xh.as_strided((th, tw, 6, 6, c), (4 * s[0], 4 * s[1], s[0], s[1], s[2]))
-        t = tiles.reshape(th * tw, 36, c)
-        V = torch.matmul(self.KB, t).transpose(0, 1)                                 # (36, T, C)
-        M = torch.bmm(V, self.U)                                                     # (36, T, K)
-        Y = torch.matmul(self.KA, M.transpose(0, 1))                                 # (T, 16, K)
-        Y = Y.view(th, tw, 4, 4, K).permute(0, 2, 1, 3, 4).reshape(oh, ow, K)
-        Y = Y.permute(2, 0, 1).unsqueeze(0)
-        if self.b is not None:
-            Y = Y + self.b.view(1, -1, 1, 1)
-        return Y.relu_()
-
-
 def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
     """3x3 layers at their fast-path window sizes: oneDNN direct vs Winograd F(2x2,3x3), F(4x4,3x3)."""
     import torch
     import torch.nn.functional as F
     from fcn_repro.caffe.net import Net
-    from fcn_repro.fast import FastNet, conv_geo, conv_reads, input_geo, pool_geo
+    from fcn_repro.fast import FastNet, Winograd23, Winograd43, conv_geo, input_geo, pool_geo
     net = Net(str(proto))
     f = FastNet(net)
     want = f._schedule({"data": (1, 3) + tuple(size)})
@@ -398,18 +331,16 @@ def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
         if s.kind != "conv" or tuple(m.kernel) != (3, 3) or gi.c < 64:
             continue
         win = want[i]
-        h = (win[1] - win[0]) // 4 * 4 or 4
-        w = (win[3] - win[2]) // 4 * 4 or 4          # multiples of 4 so both tilings fit exactly
+        h, w = win[1] - win[0], win[3] - win[2]
         c, k = gi.c, m.num_output
         x = torch.relu(torch.randn(1, c, h + 2, w + 2, generator=gen)).contiguous(memory_format=torch.channels_last)
         wt = torch.randn(k, c, 3, 3, generator=gen) * (2.0 / (9 * c)) ** 0.5
         bs = torch.randn(k, generator=gen) * 0.1
         wcl = wt.contiguous(memory_format=torch.channels_last)
         ref = F.relu(F.conv2d(x.double(), wt.double(), bs.double()))
-        fns = {"oneDNN": lambda: cp(x, wcl, bs, [0, 0], [1, 1], [1, 1], 1, "relu", [], ""),
-               "F(2x2,3x3)": _Wino(wt, bs, 2), "F(4x4,3x3)": _Wino(wt, bs, 4)}
-        calls = {"oneDNN": fns["oneDNN"], "F(2x2,3x3)": lambda: fns["F(2x2,3x3)"](x),
-                 "F(4x4,3x3)": lambda: fns["F(4x4,3x3)"](x)}
+        w2, w4 = Winograd23(wt), Winograd43(wt)
+        calls = {"oneDNN": lambda: cp(x, wcl, bs, [0, 0], [1, 1], [1, 1], 1, "relu", [], ""),
+                 "F(2x2,3x3)": lambda: w2(x, bs, True), "F(4x4,3x3)": lambda: w4(x, bs, True)}
         best, err = {}, {}
         with torch.no_grad():
             for key, fn in calls.items():
@@ -463,7 +394,8 @@ def variants(args) -> dict:
                               "foreign_load": float(np.median(loads[l])),
                               "max_rel_diff": common.max_rel_diff(outs[l], ref)}
     res["kernels"] = kernel_table(proto, size, repeats)
-    res["layers"] = layer_profile(shared, x, [("fast (default)", {}), ("fast, winograd=True", {"winograd": True})])
+    res["layers"] = layer_profile(shared, x, [("fast (default)", {}), ("winograd=False", {"winograd": False}),
+                                              ("winograd='f4'", {"winograd": "f4"})])
     report_variants(res)
     if args.json:
         from fcn_repro.utils import atomic_write
@@ -515,7 +447,7 @@ def report_variants(res: dict) -> None:
         print(f"- {l}: failed ({why})")
     if res.get("kernels"):
         print()
-        print("3x3 layers at the fast path's window sizes (multiples of 4), one layer each, best of the runs:")
+        print("3x3 layers at the fast path's window sizes (fcn_repro.fast kernels), one layer each, best of the runs:")
         print()
         rows = []
         tot = {}
@@ -528,7 +460,7 @@ def report_variants(res: dict) -> None:
         rows.append(["total", "", f"{sum(r['gflop'] for r in res['kernels']):.0f}"] +
                     [f"{1e3 * tot[k]:.0f} ms" for k in ("oneDNN", "F(2x2,3x3)", "F(4x4,3x3)")])
         common.print_table(["layer", "Cin->Cout window", "GFLOP direct", "oneDNN direct (fused ReLU)",
-                            "Winograd F(2x2,3x3) eager", "Winograd F(4x4,3x3) eager"], rows)
+                            "Winograd23 F(2x2,3x3)", "Winograd43 F(4x4,3x3)"], rows)
         print("err: max |y - float64 reference| / max |reference| of that one layer.")
     lp = res.get("layers") or {}
     if lp:
