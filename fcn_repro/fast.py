@@ -32,7 +32,7 @@ For each blob the fast path keeps
 A box pixel and a background pixel are computed by the same arithmetic as in
 the plain path (the same convolution, on the same numbers), so the results
 agree to the rounding of the convolution kernels (about 1e-6 relative on
-the fixtures; bit for bit in float64 with ``conv="torch"``). No
+the fixtures in float32; to float64 rounding in float64). No
 approximation is made: this is *less work*, not a different algorithm.
 Pooling (MAX, no padding), ReLU, Dropout (TEST) and Convolution keep the
 structure; any other layer receives the blob materialized (window pasted
@@ -562,7 +562,8 @@ class Winograd23:
     multiplications than direct; float32 error ~4e-7 relative per layer,
     *below* a direct convolution's ~2e-6 (each output sums fewer rounded
     terms). The bias is added once, to the transform-domain element that
-    A^T maps to every output (M[1,1]).
+    A^T maps to every output (M[1,1]). Memory: the transformed weight U is
+    16/9 of the weight (it replaces the channels-last copy other layers keep).
     """
 
     def __init__(self, weight: torch.Tensor):
