@@ -414,3 +414,23 @@ def test_extension_built():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ops.FallbackWarning)  # the CPU path must not fall back
         ops.deconv2d(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_meta_tensors_give_shapes_without_warning(monkeypatch, available):
+    """Building a full-width net on the meta device (shapes only) goes through
+    the registered fake kernels, or the reference without the extension, and
+    warns of no fallback: there are no numbers to differ."""
+    if available and not _ext.AVAILABLE:
+        pytest.skip(f"extension not built: {_ext.LOAD_ERROR}")
+    monkeypatch.setattr(_ext, "AVAILABLE", available)
+    meta = dict(device="meta")
+    x, w, bias = torch.empty(2, 21, 16, 16, **meta), torch.empty(21, 1, 4, 4, **meta), torch.empty(21, **meta)
+    a, b = torch.empty(1, 21, 34, 34, **meta), torch.empty(1, 21, 44, 44, **meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ops.FallbackWarning)
+        y = ops.deconv2d(x, w, bias, 2, 0, 1, 21)
+        z = ops.deconv2d_crop(x, w, None, 2, 0, 1, 21, (5, 3), (20, 25))
+        s = ops.crop_sum(a, b, (5, 5))
+    assert y.device.type == z.device.type == s.device.type == "meta"
+    assert y.shape == (2, 21, 34, 34) and z.shape == (2, 21, 20, 25) and s.shape == (1, 21, 34, 34)

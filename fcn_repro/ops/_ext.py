@@ -54,6 +54,11 @@ def use_extension(op: str, t: torch.Tensor) -> bool:
     (FallbackWarning, naming the reason) and returns False so the caller runs the reference."""
     if AVAILABLE and BACKENDS.get(t.device.type, False) and t.dtype in _KERNEL_DTYPES:
         return True
+    if t.device.type == "meta":
+        # Shapes only (building a full-width net without memory): the fake
+        # kernels registered in Python serve the Meta key; without the
+        # extension the reference computes the same shapes. Nothing to warn of.
+        return AVAILABLE
     if not AVAILABLE:
         reason = LOAD_ERROR
     elif not BACKENDS.get(t.device.type, False):
