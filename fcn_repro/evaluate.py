@@ -614,8 +614,9 @@ def _parse(argv):
     ap.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split")
     ap.add_argument("--workers", type=int, default=2, metavar="K", help="decoding threads (default: %(default)s)")
     ap.add_argument("--fast", action="store_true",
-                    help="fast forward (fcn_repro.fast: skips recomputing the input-independent padding "
-                         "region; equal to the plain forward up to float rounding)")
+                    help="fast forward (fcn_repro.fast: the input-independent padding region computed once, "
+                         "GEMM 1x1/fc layers, Winograd F(2x2,3x3) on 512-channel layers; equal to the "
+                         "plain forward up to float rounding)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
