@@ -8,6 +8,9 @@
 // the top-left corner.
 #include <torch/extension.h>
 
+#include <array>
+#include <optional>
+
 TORCH_LIBRARY(fcn_repro, m) {
   // Caffe Deconvolution: x (N, Cin, H, W) -> (N, Cout, s(H-1)+d(k-1)+1-2p, ...).
   m.def(
@@ -41,6 +44,59 @@ TORCH_LIBRARY(fcn_repro, m) {
   m.def("_deconv2d_is_diagonal(Tensor weight, int groups) -> bool");
 }
 
-// Only so that the shared library is importable as fcn_repro._C (importing it
-// runs the registrations above); the ops are reached through torch.ops.fcn_repro.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+namespace {
+
+// Inference entry points: the same registered ops, called through the C++
+// dispatcher below the autograd keys. From Python, torch.ops.fcn_repro.* is a
+// boxed call (argument parsing against the schema, then the autograd formula
+// registered in Python) that costs ~10 us, as much as a whole crop_sum at FCN
+// sizes; fcn_repro.ops uses these when no gradient can flow. The device (CPU,
+// CUDA, Meta) is still chosen by the dispatcher.
+at::Tensor crop_sum_nograd(const at::Tensor& a, const at::Tensor& b, int64_t oy, int64_t ox, double c0,
+                           double c1) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_repro::crop_sum", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                               double, double)>();
+  at::AutoDispatchBelowAutograd guard;
+  const int64_t offsets[2] = {oy, ox};
+  return op.call(a, b, offsets, c0, c1);
+}
+
+using Pair = std::array<int64_t, 2>;
+
+at::Tensor deconv2d_nograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           Pair stride, Pair pad, Pair dilation, int64_t groups) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_repro::deconv2d", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                               const std::optional<at::Tensor>&, at::IntArrayRef,
+                                               at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.call(x, weight, bias, stride, pad, dilation, groups);
+}
+
+at::Tensor deconv2d_crop_nograd(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, Pair stride, Pair pad, Pair dilation,
+                                int64_t groups, Pair offsets, Pair out_size) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_repro::deconv2d_crop", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                               const std::optional<at::Tensor>&, at::IntArrayRef,
+                                               at::IntArrayRef, at::IntArrayRef, int64_t, at::IntArrayRef,
+                                               at::IntArrayRef)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.call(x, weight, bias, stride, pad, dilation, groups, offsets, out_size);
+}
+
+}  // namespace
+
+// Importing fcn_repro._C runs the registrations above; the ops are reached
+// through torch.ops.fcn_repro (and, for inference, the entry points below).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("crop_sum_nograd", &crop_sum_nograd, "fcn_repro::crop_sum below autograd (no gradient)",
+        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("oy"), pybind11::arg("ox"),
+        pybind11::arg("c0") = 1.0, pybind11::arg("c1") = 1.0);
+  m.def("deconv2d_nograd", &deconv2d_nograd, "fcn_repro::deconv2d below autograd (no gradient)");
+  m.def("deconv2d_crop_nograd", &deconv2d_crop_nograd, "fcn_repro::deconv2d_crop below autograd (no gradient)");
+}

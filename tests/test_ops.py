@@ -434,3 +434,37 @@ def test_meta_tensors_give_shapes_without_warning(monkeypatch, available):
         s = ops.crop_sum(a, b, (5, 5))
     assert y.device.type == z.device.type == s.device.type == "meta"
     assert y.shape == (2, 21, 34, 34) and z.shape == (2, 21, 20, 25) and s.shape == (1, 21, 34, 34)
+
+
+@needs_ext
+def test_nograd_entry_points_taken_only_without_gradient(monkeypatch):
+    """Under no_grad the public functions call the extension's pybind entry points
+    (the registered ops below autograd): same numbers as the torch.ops call, bit for
+    bit; with a gradient to compute they go through autograd and are not called."""
+    assert set(_ext.NOGRAD) == {"crop_sum", "deconv2d", "deconv2d_crop"}
+    calls = []
+    spied = {k: (lambda f, k: lambda *a: calls.append(k) or f(*a))(f, k) for k, f in _ext.NOGRAD.items()}
+    monkeypatch.setattr(_ext, "NOGRAD", spied)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 7, 6, generator=g)
+    w = torch.randn(4, 3, 4, 4, generator=g)
+    bias = torch.randn(3, generator=g)
+    a, b = torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 13, 12, generator=g)
+    fo = torch.ops.fcn_repro
+    with torch.no_grad():
+        for bb in (bias, None):
+            assert torch.equal(ops.deconv2d(x, w, bb, 2, 1), fo.deconv2d(x, w, bb, [2, 2], [1, 1], [1, 1], 1))
+            assert torch.equal(ops.deconv2d_crop(x, w, bb, 2, 1, 1, 1, (2, 1), (9, 8)),
+                               fo.deconv2d_crop(x, w, bb, [2, 2], [1, 1], [1, 1], 1, [2, 1], [9, 8]))
+        assert torch.equal(ops.crop_sum(a, b, (3, 2), (0.5, -2.0)), fo.crop_sum(a, b, [3, 2], 0.5, -2.0))
+        assert torch.equal(ops.crop_sum(a, b, 1), a + b[:, :, 1:10, 1:9])
+        with pytest.raises(RuntimeError, match="does not fit"):
+            ops.crop_sum(b, a, 1)
+    assert calls == ["deconv2d", "deconv2d_crop"] * 2 + ["crop_sum"] * 3
+    calls.clear()
+    xg = x.clone().requires_grad_()
+    ops.deconv2d(xg, w, bias, 2, 1).sum().backward()
+    ops.crop_sum(a.clone().requires_grad_(), b, 1).sum().backward()
+    assert calls == [] and xg.grad is not None
+    ops.crop_sum(a, b, 1)                         # grad mode on, nothing requires grad: direct
+    assert calls == ["crop_sum"]

@@ -15,6 +15,42 @@ namespace {
 
 constexpr int64_t kGrain = 32768;
 
+// Output rows [r0, r1) (row r = (n*C + c)*H + y): top[x] = crop_sum_point(a[x],
+// b[x], k0, k1) along each row. Built for AVX-512, AVX2 and the baseline,
+// chosen at load time (GCC/Clang target_clones) as ATen builds its own
+// elementwise kernels; the extension is otherwise compiled for the baseline
+// ISA only. No FMA either way (-ffp-contract=off): the header's rounding.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__)
+#define FCN_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FCN_ROW_CLONES
+#endif
+
+template <typename T>
+inline void rows_sum(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ t, const CropGeom& g,
+                     int64_t r0, int64_t r1, T k0, T k1) {
+  const bool plain = k0 == T(1) && k1 == T(1);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict__ ar = a + r * g.W;
+    const T* __restrict__ br = b + crop_b_index(g, r / g.H, r % g.H, 0);
+    T* __restrict__ tr = t + r * g.W;
+    if (plain) {
+      for (int64_t x = 0; x < g.W; ++x) tr[x] = ar[x] + br[x];  // = crop_sum_point(a, b, 1, 1) exactly
+    } else {
+      for (int64_t x = 0; x < g.W; ++x) tr[x] = crop_sum_point(ar[x], br[x], k0, k1);
+    }
+  }
+}
+
+FCN_ROW_CLONES void rows_sum_any(const float* a, const float* b, float* t, const CropGeom& g, int64_t r0,
+                                 int64_t r1, float k0, float k1) {
+  rows_sum(a, b, t, g, r0, r1, k0, k1);
+}
+FCN_ROW_CLONES void rows_sum_any(const double* a, const double* b, double* t, const CropGeom& g, int64_t r0,
+                                 int64_t r1, double k0, double k1) {
+  rows_sum(a, b, t, g, r0, r1, k0, k1);
+}
+
 at::Tensor crop_sum_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef offsets,
                         double c0, double c1) {
   const char* op = "crop_sum";
@@ -30,13 +66,7 @@ at::Tensor crop_sum_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRe
     scalar_t* tp = top.data_ptr<scalar_t>();
     const scalar_t k0 = static_cast<scalar_t>(c0), k1 = static_cast<scalar_t>(c1);
     at::parallel_for(0, g.N * g.C * g.H, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t y = r % g.H, plane = r / g.H;
-        const scalar_t* __restrict__ ar = ap + r * g.W;
-        const scalar_t* __restrict__ br = bp + crop_b_index(g, plane, y, 0);
-        scalar_t* __restrict__ tr = tp + r * g.W;
-        for (int64_t x = 0; x < g.W; ++x) tr[x] = crop_sum_point(ar[x], br[x], k0, k1);
-      }
+      rows_sum_any(ap, bp, tp, g, r0, r1, k0, k1);
     });
   });
   return top;

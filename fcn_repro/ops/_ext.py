@@ -13,7 +13,8 @@ import warnings
 
 import torch
 
-__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "call", "has_kernel", "use_extension"]
+__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "NOGRAD", "call", "has_kernel",
+           "nograd_entry", "use_extension"]
 
 
 class FallbackWarning(RuntimeWarning):
@@ -69,6 +70,24 @@ def use_extension(op: str, t: torch.Tensor) -> bool:
     warnings.warn(f"fcn_repro.ops.{op}: using the pure-PyTorch reference ({reason})", FallbackWarning,
                   stacklevel=3)
     return False
+
+
+# The extension's pybind entry points for inference (csrc/fcn_ops.cpp): the
+# registered ops called through the C++ dispatcher below autograd, without
+# the ~10 us of a boxed torch.ops call from Python. Absent in older builds.
+NOGRAD = {name: getattr(_C, name + "_nograd") for name in ("crop_sum", "deconv2d", "deconv2d_crop")
+          if AVAILABLE and hasattr(_C, name + "_nograd")}
+
+
+def nograd_entry(name: str, *tensors):
+    """The extension's direct entry point for op ``name`` when no gradient can flow
+    into ``tensors`` (and torch.compile is not tracing), else None."""
+    fn = NOGRAD.get(name)
+    if fn is None or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    return fn
 
 
 def call(op, tensors, *args):
