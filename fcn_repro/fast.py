@@ -500,6 +500,19 @@ def winograd_matrices(points=WINOGRAD_POINTS, m: int = 4, r: int = 3) -> tuple:
     return f(BT), f(G), f(AT)
 
 
+def _winograd_tiles(x: torch.Tensor, m: int) -> tuple:
+    """Tiling of a valid 3x3 correlation into m x m output tiles: x zero-padded at the
+    bottom/right to whole tiles, the output size (oh, ow), the tile counts (th, tw),
+    and whether padding was added."""
+    hh, ww = x.shape[2], x.shape[3]
+    oh, ow = hh - 2, ww - 2
+    th, tw = _ceil_div(oh, m), _ceil_div(ow, m)
+    ph, pw = m * th + 2 - hh, m * tw + 2 - ww
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x, oh, ow, th, tw, bool(ph or pw)
+
+
 class Winograd43:
     """Winograd F(4x4, 3x3) for one 3x3 / stride 1 / no-dilation / no-group convolution, channels-last.
 
@@ -523,12 +536,8 @@ class Winograd43:
 
     def __call__(self, x: torch.Tensor, bias: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
         """Valid 3x3 correlation of x (N, C, H, W) -> (N, K, H-2, W-2), channels-last."""
-        n, c, hh, ww = x.shape
-        oh, ow = hh - 2, ww - 2
-        th, tw = _ceil_div(oh, 4), _ceil_div(ow, 4)
-        ph, pw = 4 * th + 2 - hh, 4 * tw + 2 - ww
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        n, c = x.shape[:2]
+        x, oh, ow, th, tw, _ = _winograd_tiles(x, 4)
         xh = x.permute(0, 2, 3, 1)
         if not xh.is_contiguous():
             xh = xh.contiguous()
@@ -576,16 +585,12 @@ class Winograd23:
 
     def __call__(self, x: torch.Tensor, bias: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
         """Valid 3x3 correlation of x (N, C, H, W) -> (N, K, H-2, W-2), channels-last."""
-        n, c, hh, ww = x.shape
-        oh, ow = hh - 2, ww - 2
-        th, tw = _ceil_div(oh, 2), _ceil_div(ow, 2)
-        ph, pw = 2 * th + 2 - hh, 2 * tw + 2 - ww
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        n, c = x.shape[:2]
+        x, oh, ow, th, tw, padded = _winograd_tiles(x, 2)
         xs = x.permute(0, 2, 3, 1)                                   # (N, H, W, C) view
         k = self.k
         out = torch.empty((n, k, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        full = ph == 0 and pw == 0
+        full = not padded
         for i in range(n):
             xh = xs[i]
             W2 = xh.shape[1]
