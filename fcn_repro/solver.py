@@ -23,8 +23,8 @@ parameter blob carries its ``lr_mult`` and ``decay_mult``.
 :func:`read_solver` reads a solver prototxt; :meth:`CaffeSGD.save_state` /
 :meth:`CaffeSGD.load_state` write and read the solver state in Caffe's HDF5
 ``.solverstate.h5`` layout (``iter``, ``learned_net``, ``current_step``,
-``history/<i>``), never with pickle; ``.npz`` (loaded with
-``allow_pickle=False``) is accepted too.
+``history/<i>``) or as Caffe's binary ``.solverstate`` message, never with
+pickle; ``.npz`` (loaded with ``allow_pickle=False``) is accepted too.
 """
 from __future__ import annotations
 
@@ -386,10 +386,18 @@ class CaffeSGD(torch.optim.Optimizer):
         ``param_names`` (the ``layer/i`` of each history blob) so a restore
         can check it is the same net, and ``extra/<key>`` arrays.
         ``.npz``: the same keys in a numpy archive (no pickled objects).
+        Any other name (Caffe's ``.solverstate``): Caffe's binary SolverState
+        message (iter, learned_net, history, current_step), which Caffe
+        restores from any name not ending in ``.h5``; it has no place for
+        ``param_names`` or ``extra``, so those are not written.
         """
         path = os.fspath(path)
         hist = self.history_arrays()
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
+        if _state_format(path) == "binary":
+            from fcn_repro.caffe.caffemodel import SolverStateContents, write_solverstate
+            write_solverstate(path, SolverStateContents(self.iter, learned_net, hist, self.current_step))
+            return
         if path.endswith(".npz"):
             arrays: dict[str, np.ndarray] = {
                 "iter": np.array([self.iter], np.int32),
@@ -420,7 +428,8 @@ class CaffeSGD(torch.optim.Optimizer):
                         eg.create_dataset(k, data=np.asarray(v))
 
     def load_state(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Restore iter, current_step and every history blob from :meth:`save_state`'s file.
+        """Restore iter, current_step and every history blob from :meth:`save_state`'s file
+        (or from Caffe's own ``.solverstate`` / ``.solverstate.h5``).
 
         Checks the number and shapes of the history blobs (and the parameter
         names when the file has them) and raises :class:`SolverError` naming
@@ -432,7 +441,17 @@ class CaffeSGD(torch.optim.Optimizer):
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
         extra: dict[str, np.ndarray] = {}
         file_names: list[str] | None = None
-        if path.endswith(".npz"):
+        fmt = _state_format(path, sniff=True)
+        if fmt == "binary":
+            from fcn_repro.caffe.caffemodel import CaffeModelError, read_solverstate
+            try:
+                st = read_solverstate(path)
+            except OSError as e:
+                raise SolverError(f"{path}: cannot read the solver state ({e.strerror or e})") from None
+            except CaffeModelError as e:
+                raise SolverError(f"not a binary Caffe solver state: {e}") from None
+            it, cs, learned, hist = st.iter, st.current_step, st.learned_net, st.history
+        elif fmt == "npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = set(z.files)
                 it = int(z["iter"].reshape(-1)[0])
@@ -481,6 +500,28 @@ class CaffeSGD(torch.optim.Optimizer):
                 dtype=p.dtype, device=p.device)
         self.iter, self.current_step = it, cs
         return {"learned_net": learned, "extra": extra}
+
+
+def _state_format(path: str, sniff: bool = False) -> str:
+    """How a solver-state file is stored, by its name: "npz", "h5" or Caffe's "binary"
+    (Caffe's Solver::Restore: HDF5 for names ending in .h5, the binary message otherwise).
+    ``sniff``: an existing HDF5 or zip (npz) file is recognised by its signature whatever its name."""
+    if sniff:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            head = b""
+        if head == b"\x89HDF\r\n\x1a\n":
+            return "h5"
+        if head[:4] == b"PK\x03\x04":
+            return "npz"
+    low = path.lower()
+    if low.endswith(".npz"):
+        return "npz"
+    if low.endswith((".h5", ".hdf5")):
+        return "h5"
+    return "binary"
 
 
 @torch.no_grad()

@@ -709,7 +709,9 @@ class Trainer:
         learned = info["learned_net"]
         candidates = [Path(learned)] if learned and os.path.isabs(learned) else []
         if learned:
-            candidates += [state_path.parent / learned, Path(learned)]
+            # Caffe stores the weights' path as its snapshot_prefix made it,
+            # relative to where Caffe ran: also look beside the state file.
+            candidates += [state_path.parent / learned, Path(learned), state_path.parent / Path(learned).name]
         wpath = next((c for c in candidates if c.is_file()), None)
         if wpath is None:
             raise TrainError(f"{state_path}: the weights it names (learned_net {learned!r}) were not "
@@ -807,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="weights to start from by FCN surgery (copy by name, fc->conv, "
                    "bilinear upsampling, zero score layers)")
     g.add_argument("--weights", help="weights to copy by layer name, no surgery (Caffe's --weights)")
-    g.add_argument("--resume", help="a .solverstate.h5 to continue from (Caffe's --snapshot)")
+    g.add_argument("--resume", help="a solver state to continue from (Caffe's --snapshot): ours "
+                   "(.solverstate.h5) or Caffe's (.solverstate binary, or .solverstate.h5)")
     g = ap.add_argument_group("data")
     g.add_argument("--data", help="training data directory (SBD dataset/ or a VOC year directory)")
     g.add_argument("--dataset", choices=["voc", "sbd", "siftflow", "nyud", "context"],

@@ -390,3 +390,56 @@ def test_struct_sanity_of_float_bits():
     raw = b"".join(struct.pack("<I", x) for x in bits)
     got = _one(pb.ld(5, raw) + pb.shape(4))
     assert got.view(np.uint32).tolist() == bits
+
+
+# ------------------------------------------------------- binary solver state
+
+def test_solverstate_decodes_caffes_encodings():
+    """SolverState (iter 1, learned_net 2, history 3, current_step 4) as Caffe or
+    any protobuf writer may lay it out: unpacked values, legacy dims, unknown fields."""
+    from fcn_repro.caffe.caffemodel import decode_solverstate
+    h0 = [0.5, -1.0, 2.0, 0.0, 1e-8, -3.5]
+    h1 = [7.0, 8.0]
+    data = (pb.vi(1, 4000) + pb.s(2, "snapshot/train_iter_4000.caffemodel")
+            + pb.ld(3, pb.unpacked_f32(5, h0) + pb.shape(1, 2, 3))
+            + pb.ld(3, pb.vi(1, 1) + pb.vi(2, 1) + pb.vi(3, 1) + pb.vi(4, 2) + pb.packed_f32(5, h1))
+            + pb.vi(77, 3) + pb.vi(4, 2))
+    st = decode_solverstate(data, "x.solverstate")
+    assert (st.iter, st.current_step) == (4000, 2)
+    assert st.learned_net == "snapshot/train_iter_4000.caffemodel"
+    assert [h.shape for h in st.history] == [(1, 2, 3), (1, 1, 1, 2)]
+    assert st.history[0].ravel().tolist() == np.array(h0, np.float32).tolist()
+    assert st.history[1].ravel().tolist() == h1
+
+
+def test_solverstate_round_trip_and_encoding(tmp_path):
+    from fcn_repro.caffe.caffemodel import (SolverStateContents, encode_solverstate, read_solverstate,
+                                            write_solverstate)
+    hist = [np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5, np.array([1e-20, -0.0], np.float32)]
+    st = SolverStateContents(12, "a.caffemodel", hist, 3)
+    ref = (pb.vi(1, 12) + pb.s(2, "a.caffemodel")
+           + pb.ld(3, pb.packed_f32(5, hist[0].ravel().tolist()) + pb.shape(2, 3))
+           + pb.ld(3, pb.packed_f32(5, hist[1].tolist()) + pb.shape(2)) + pb.vi(4, 3))
+    assert encode_solverstate(st) == ref
+    path = tmp_path / "s.solverstate"
+    assert write_solverstate(path, st) == len(ref)
+    back = read_solverstate(path)
+    assert (back.iter, back.learned_net, back.current_step) == (12, "a.caffemodel", 3)
+    assert all(a.tobytes() == b.tobytes() and a.shape == b.shape for a, b in zip(hist, back.history))
+
+
+def test_solverstate_errors_name_file_and_offset(tmp_path):
+    from fcn_repro.caffe.caffemodel import read_solverstate
+    good = pb.vi(1, 5) + pb.ld(3, pb.packed_f32(5, [1.0, 2.0]) + pb.shape(2))
+    bad = tmp_path / "cut.solverstate"
+    bad.write_bytes(good[:-3])
+    with pytest.raises(CaffeModelError, match=r"cut\.solverstate.*byte"):
+        read_solverstate(bad)
+    other = tmp_path / "other.solverstate"
+    other.write_bytes(pb.s(9, "not a state"))
+    with pytest.raises(CaffeModelError, match="not a Caffe solver state"):
+        read_solverstate(other)
+    wrong = tmp_path / "wire.solverstate"
+    wrong.write_bytes(pb.s(1, "iter as a string"))
+    with pytest.raises(CaffeModelError, match="iter has wire type"):
+        read_solverstate(wrong)

@@ -172,7 +172,7 @@ def test_clip_gradients_global_norm():
 
 # -------------------------------------------------------------- solver state
 
-@pytest.mark.parametrize("suffix", [".solverstate.h5", ".npz"])
+@pytest.mark.parametrize("suffix", [".solverstate.h5", ".npz", ".solverstate"])
 def test_state_roundtrip_gives_the_same_next_step(tmp_path, suffix):
     params, grads, mults = _problem(iters=5)
     sp = _sp(base_lr=0.01, lr_policy="multistep", gamma=0.5, stepvalue=[1, 3], momentum=0.9,
@@ -193,7 +193,10 @@ def test_state_roundtrip_gives_the_same_next_step(tmp_path, suffix):
     opt2 = CaffeSGD(groups, sp)
     info = opt2.load_state(path)
     assert info["learned_net"] == "x.caffemodel"
-    np.testing.assert_array_equal(info["extra"]["losses"], [1.0, 2.0])
+    if suffix == ".solverstate":        # Caffe's binary message has no place for extras
+        assert info["extra"] == {}
+    else:
+        np.testing.assert_array_equal(info["extra"]["losses"], [1.0, 2.0])
     assert opt2.iter == 3 and opt2.current_step == 1  # passed stepvalue 1, not yet 3
     for p, g in zip(tp2, grads[3][0]):
         p.grad = torch.from_numpy(g)
@@ -232,6 +235,19 @@ def test_state_mismatch_errors(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(SolverError, match="junk.h5"):
         CaffeSGD([c], _sp()).load_state(tmp_path / "junk.h5")
+    (tmp_path / "junk.solverstate").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(SolverError, match=r"binary Caffe solver state.*junk\.solverstate"):
+        CaffeSGD([c], _sp()).load_state(tmp_path / "junk.solverstate")
+    with pytest.raises(SolverError, match="cannot read"):
+        CaffeSGD([c], _sp()).load_state(tmp_path / "missing.solverstate")
+    # binary: no parameter names, but the count and shapes are still checked
+    opt.save_state(tmp_path / "s.solverstate")
+    with pytest.raises(SolverError, match="shape"):
+        CaffeSGD([b], _sp()).load_state(tmp_path / "s.solverstate")
+    # an HDF5 (or npz) state under a binary-looking name is recognised by its signature
+    (tmp_path / "renamed.solverstate").write_bytes((tmp_path / "s.h5").read_bytes())
+    CaffeSGD([{"params": [c], "lr_mult": 1.0, "decay_mult": 1.0, "name": "conv/0"}], _sp()).load_state(
+        tmp_path / "renamed.solverstate")
 
 
 # -------------------------------------------------------------- solver files

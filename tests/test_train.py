@@ -610,6 +610,42 @@ def test_train_cli_end_to_end_snapshot_resume(tiny_setup, tmp_path):
     assert losses2 == [r["loss"] for r in train[2:4]]
 
 
+def test_train_resume_from_caffes_binary_solverstate(tiny_setup, tmp_path):
+    """A state as Caffe writes it (binary .solverstate naming its weights by the
+    snapshot prefix's path) resumes like the same state in Caffe's HDF5 layout."""
+    import shutil
+
+    import h5py
+    from fcn_repro.caffe.caffemodel import SolverStateContents, write_solverstate
+    s = tiny_setup
+    common = ["--solver", s["solver"], "--data", s["voc"], "--dataset", "voc", "--split", "train",
+              "--test-every", 0, "--snapshot-every", 2]
+    out = tmp_path / "run"
+    _run(common + ["--init", s["vgg"], "--iters", 2, "--out", out, "--snapshot-format", "caffemodel"])
+    caffe = tmp_path / "caffe"
+    caffe.mkdir()
+    shutil.copy(out / "train_iter_2.caffemodel", caffe / "train_iter_2.caffemodel")
+    with h5py.File(out / "train_iter_2.solverstate.h5") as f:
+        it, cs = int(f["iter"][0]), int(f["current_step"][0])
+        hist = [f["history"][str(i)][()] for i in range(len(f["history"]))]
+        with h5py.File(caffe / "caffe-layout.solverstate.h5", "w") as g:   # Caffe's keys only
+            for k in ("iter", "learned_net", "current_step", "history"):
+                f.copy(k, g)
+    assert it == 2 and any(np.abs(h).max() > 0 for h in hist)
+    write_solverstate(caffe / "train_iter_2.solverstate",
+                      SolverStateContents(it, "snapshots/train_iter_2.caffemodel", hist, cs))
+    runs = {}
+    for name, state in (("binary", "train_iter_2.solverstate"), ("h5", "caffe-layout.solverstate.h5")):
+        _run(common + ["--resume", caffe / state, "--iters", 2, "--out", tmp_path / name,
+                       "--snapshot-format", "h5"])
+        runs[name] = load_weights(tmp_path / name / "train_iter_4.caffemodel.h5")
+        recs = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        assert [r["iter"] for r in recs if r["type"] == "train"] == [2, 3]
+    for n in runs["h5"]:
+        for x, y in zip(runs["h5"][n], runs["binary"][n]):
+            np.testing.assert_array_equal(x, y, err_msg=n)
+
+
 def test_python_data_layer_params(tiny_setup):
     from fcn_repro.caffe.prototxt import parse_prototxt
     p = python_data_params(parse_prototxt(tiny_setup["dir"] / "nets" / "train.prototxt"), ["data", "label"])

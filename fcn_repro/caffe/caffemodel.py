@@ -63,7 +63,8 @@ __all__ = [
     "WeightsError", "CaffeModelError", "BlobInfo", "LayerInfo", "ModelInfo", "CaffeLayer",
     "read_caffemodel", "load_caffemodel", "caffemodel_info", "decode_caffemodel",
     "write_caffemodel", "encode_caffemodel", "caffemodel_layers", "CaffeModelContents",
-    "layers_from_weights",
+    "layers_from_weights", "SolverStateContents", "read_solverstate", "decode_solverstate",
+    "write_solverstate", "encode_solverstate",
 ]
 
 
@@ -845,6 +846,88 @@ def layers_from_weights(weights: dict[str, Sequence[Any]], types: dict[str, str]
     """:class:`CaffeLayer` records for a ``{layer: [blob, ...]}`` dict."""
     types = types or {}
     return [CaffeLayer(str(name), str(types.get(name, "")), list(blobs)) for name, blobs in weights.items()]
+
+
+# ------------------------------------------------------- binary solver state
+
+# caffe.proto's SolverState: iter = 1 (int32), learned_net = 2 (string),
+# history = 3 (repeated BlobProto), current_step = 4 (int32). Caffe's
+# Solver::Snapshot writes it as `<prefix>_iter_<N>.solverstate` when
+# snapshot_format is BINARYPROTO (the default), and Solver::Restore reads a
+# file as this binary message unless its name ends in ".h5".
+
+@dataclasses.dataclass
+class SolverStateContents:
+    """A Caffe SolverState: the iteration, the weights file it names, the
+    lr-policy step and one history blob per learnable parameter, in the net's
+    parameter order."""
+    iter: int
+    learned_net: str
+    history: list[np.ndarray]
+    current_step: int = 0
+
+
+def decode_solverstate(data: Any, filename: str = "<bytes>") -> SolverStateContents:
+    """:func:`read_solverstate` for bytes in memory."""
+    w = _Wire(data, filename)
+    it, cs, learned, hist = 0, 0, "", []
+    seen_iter = False
+    for field, wire, tp, s, e in w.fields(0, w.size):
+        if field in (1, 4):
+            _expect(w, "iter" if field == 1 else "current_step", wire, 0, tp)
+            v = _int32(w.varint(s, e)[0])
+            if field == 1:
+                it, seen_iter = v, True
+            else:
+                cs = v
+        elif field == 2:
+            _expect(w, "learned_net", wire, 2, tp)
+            learned = w.string(s, e)
+        elif field == 3:
+            _expect(w, "history blob", wire, 2, tp)
+            blob = _decode_blob(w, s, e, tp)
+            hist.append(np.array(_blob_array(data, blob, False)))  # a copy: the buffer may go
+        # other fields: kept by protobuf, unused by Caffe's SGD solvers; skipped
+    if not seen_iter and not hist:
+        raise CaffeModelError("neither 'iter' (field 1) nor 'history' (field 3): not a Caffe solver state",
+                              filename, offset=0)
+    return SolverStateContents(it, learned, hist, cs)
+
+
+def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
+    """Read a binary ``.solverstate`` (Caffe's SolverState message).
+
+    Errors (:class:`CaffeModelError`) name the file and byte offset, like the
+    caffemodel reader's; history values come back as float32 arrays in the
+    stored shapes.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise CaffeModelError("empty file", path, offset=0)
+    return decode_solverstate(data, path)
+
+
+def encode_solverstate(state: SolverStateContents) -> bytes:
+    """The SolverState message as Caffe serializes it (fields in number order,
+    history blobs with a BlobShape and packed data)."""
+    out = [_key(1, 0) + _varint_bytes(int(state.iter)), _ld(2, _str(state.learned_net))]
+    for i, h in enumerate(state.history):
+        plan = _BlobPlan(_as_array(h, f"history blob {i}"), False, f"history blob {i}")
+        body = b"".join(bytes(p) for p in plan.pieces)
+        out.append(_ld(3, body))
+    out.append(_key(4, 0) + _varint_bytes(int(state.current_step)))
+    return b"".join(out)
+
+
+def write_solverstate(path: str | os.PathLike, state: SolverStateContents) -> int:
+    """Write a binary ``.solverstate`` atomically; returns its size in bytes."""
+    from fcn_repro.utils import atomic_write
+    data = encode_solverstate(state)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return len(data)
 
 
 
