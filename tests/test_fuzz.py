@@ -14,6 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -148,6 +149,27 @@ def test_fuzz_text_parser(data):
                max_size=200))
 def test_fuzz_text_parser_token_soup(text):
     fuzz.check_prototxt(text.encode())
+
+
+def _solverstate_seeds() -> list[bytes]:
+    from fcn_repro.caffe.caffemodel import SolverStateContents, encode_solverstate
+    h = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((1, 1, 2, 2), np.float32), np.zeros(0, np.float32)]
+    return [encode_solverstate(SolverStateContents(40, "snap/train_iter_40.caffemodel", h, 1)),
+            encode_solverstate(SolverStateContents(0, "", [], 0))]
+
+
+@FUZZ
+@given(mutated(_solverstate_seeds()))
+def test_fuzz_solverstate_decoder(data):
+    """Mutated binary solver states: a SolverStateContents or one CaffeModelError, never anything else."""
+    from fcn_repro.caffe.caffemodel import CaffeModelError, decode_solverstate
+    try:
+        st = decode_solverstate(data, "<fuzz>")
+    except CaffeModelError as e:
+        assert "<fuzz>" in str(e)
+        return
+    assert all(isinstance(h, np.ndarray) and h.dtype == np.float32 for h in st.history)
+    assert sum(h.nbytes for h in st.history) <= len(data)   # never more values than the bytes hold
 
 
 def test_atheris_short_run(tmp_path):
