@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <array>
+#include <initializer_list>
 #include <optional>
 
 TORCH_LIBRARY(fcn_repro, m) {
@@ -46,57 +47,142 @@ TORCH_LIBRARY(fcn_repro, m) {
 
 namespace {
 
-// Inference entry points: the same registered ops, called through the C++
-// dispatcher below the autograd keys. From Python, torch.ops.fcn_repro.* is a
-// boxed call (argument parsing against the schema, then the autograd formula
-// registered in Python) that costs ~10 us, as much as a whole crop_sum at FCN
-// sizes; fcn_repro.ops uses these when no gradient can flow. The device (CPU,
-// CUDA, Meta) is still chosen by the dispatcher.
-at::Tensor crop_sum_nograd(const at::Tensor& a, const at::Tensor& b, int64_t oy, int64_t ox, double c0,
-                           double c1) {
+namespace py = pybind11;
+
+// Direct entry points for fcn_repro.ops (Python). A boxed torch.ops.fcn_repro.*
+// call from Python parses every argument against the schema and, even under
+// no_grad, passes through the autograd formula registered in Python: ~6-10 us,
+// as much as a whole crop_sum at FCN sizes. These take the Python arguments
+// as fcn_repro.ops does, call the registered op through the C++ dispatcher
+// (below the autograd keys when no gradient can flow, with the GIL released),
+// and return None whenever the Python path must decide instead: a device or
+// dtype without kernels here (it falls back to the reference and warns), or
+// an argument form they do not take (it raises the documented errors).
+
+bool has_kernels(const at::Tensor& t) {
+  if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) return false;
+  if (t.device().is_cpu()) return true;
+#ifdef FCN_REPRO_WITH_CUDA
+  if (t.device().is_cuda()) return true;
+#endif
+  return false;
+}
+
+bool is_int(py::handle o) { return py::isinstance<py::int_>(o) && !py::isinstance<py::bool_>(o); }
+
+// An int (both axes) or a tuple/list of one or two ints, as fcn_repro.ops.reference.pair reads it.
+bool int_pair(py::handle o, std::array<int64_t, 2>& out) {
+  if (is_int(o)) {
+    out[0] = out[1] = o.cast<int64_t>();
+    return true;
+  }
+  if (!py::isinstance<py::tuple>(o) && !py::isinstance<py::list>(o)) return false;
+  const auto seq = py::reinterpret_borrow<py::sequence>(o);
+  const size_t n = seq.size();
+  if (n != 1 && n != 2) return false;
+  for (size_t k = 0; k < n; ++k)
+    if (!is_int(seq[k])) return false;
+  out[0] = seq[0].cast<int64_t>();
+  out[1] = seq[n - 1].cast<int64_t>();
+  return true;
+}
+
+bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+template <typename Call>
+py::object run(bool grad, Call&& call) {
+  at::Tensor y;
+  if (grad) {
+    y = call();  // through the autograd formula (registered in Python: it takes the GIL itself)
+  } else {
+    py::gil_scoped_release nogil;
+    at::AutoDispatchBelowAutograd guard;
+    y = call();
+  }
+  return py::cast(std::move(y));
+}
+
+py::object crop_sum_entry(const at::Tensor& a, const at::Tensor& b, py::handle offsets, py::handle coeffs) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_repro::crop_sum", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
                                                double, double)>();
-  at::AutoDispatchBelowAutograd guard;
-  const int64_t offsets[2] = {oy, ox};
-  return op.call(a, b, offsets, c0, c1);
+  std::array<int64_t, 2> off{};
+  double c0 = 1.0, c1 = 1.0;
+  if (!has_kernels(a) || !int_pair(offsets, off)) return py::none();
+  if (!coeffs.is_none()) {
+    if (!py::isinstance<py::tuple>(coeffs) && !py::isinstance<py::list>(coeffs)) return py::none();
+    const auto seq = py::reinterpret_borrow<py::sequence>(coeffs);
+    if (seq.size() < 2) return py::none();
+    for (size_t k = 0; k < 2; ++k)
+      if (!py::isinstance<py::float_>(seq[k]) && !is_int(seq[k])) return py::none();
+    c0 = seq[0].cast<double>();
+    c1 = seq[1].cast<double>();
+  }
+  return run(needs_grad({&a, &b}), [&] { return op.call(a, b, off, c0, c1); });
 }
 
-using Pair = std::array<int64_t, 2>;
+using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                       at::IntArrayRef, at::IntArrayRef, int64_t);
+using CropSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t, at::IntArrayRef,
+                           at::IntArrayRef);
 
-at::Tensor deconv2d_nograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           Pair stride, Pair pad, Pair dilation, int64_t groups) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fcn_repro::deconv2d", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                               const std::optional<at::Tensor>&, at::IntArrayRef,
-                                               at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  at::AutoDispatchBelowAutograd guard;
-  return op.call(x, weight, bias, stride, pad, dilation, groups);
+// Arguments shared by both deconvolutions; false when the Python path must decide.
+bool deconv_args(const at::Tensor& x, py::handle bias, py::handle stride, py::handle pad, py::handle dilation,
+                 py::handle groups, std::optional<at::Tensor>& b, std::array<int64_t, 2> (&sp)[3],
+                 int64_t& g) {
+  if (!has_kernels(x) || !int_pair(stride, sp[0]) || !int_pair(pad, sp[1]) || !int_pair(dilation, sp[2]) ||
+      !is_int(groups))
+    return false;
+  if (!bias.is_none()) {
+    if (!THPVariable_Check(bias.ptr())) return false;
+    b = THPVariable_Unpack(bias.ptr());
+  }
+  g = groups.cast<int64_t>();
+  return true;
 }
 
-at::Tensor deconv2d_crop_nograd(const at::Tensor& x, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, Pair stride, Pair pad, Pair dilation,
-                                int64_t groups, Pair offsets, Pair out_size) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fcn_repro::deconv2d_crop", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                               const std::optional<at::Tensor>&, at::IntArrayRef,
-                                               at::IntArrayRef, at::IntArrayRef, int64_t, at::IntArrayRef,
-                                               at::IntArrayRef)>();
-  at::AutoDispatchBelowAutograd guard;
-  return op.call(x, weight, bias, stride, pad, dilation, groups, offsets, out_size);
+py::object deconv2d_entry(const at::Tensor& x, const at::Tensor& w, py::handle bias, py::handle stride,
+                          py::handle pad, py::handle dilation, py::handle groups) {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fcn_repro::deconv2d", "").typed<Sig>();
+  std::optional<at::Tensor> b;
+  std::array<int64_t, 2> sp[3];
+  int64_t g = 1;
+  if (!deconv_args(x, bias, stride, pad, dilation, groups, b, sp, g)) return py::none();
+  const at::Tensor none;
+  return run(needs_grad({&x, &w, b ? &*b : &none}), [&] { return op.call(x, w, b, sp[0], sp[1], sp[2], g); });
+}
+
+py::object deconv2d_crop_entry(const at::Tensor& x, const at::Tensor& w, py::handle bias, py::handle stride,
+                               py::handle pad, py::handle dilation, py::handle groups, py::handle offsets,
+                               py::handle out_size) {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fcn_repro::deconv2d_crop", "").typed<CropSig>();
+  std::optional<at::Tensor> b;
+  std::array<int64_t, 2> sp[3], off{}, size{};
+  int64_t g = 1;
+  if (!deconv_args(x, bias, stride, pad, dilation, groups, b, sp, g) || !int_pair(offsets, off) ||
+      !int_pair(out_size, size))
+    return py::none();
+  const at::Tensor none;
+  return run(needs_grad({&x, &w, b ? &*b : &none}),
+             [&] { return op.call(x, w, b, sp[0], sp[1], sp[2], g, off, size); });
 }
 
 }  // namespace
 
 // Importing fcn_repro._C runs the registrations above; the ops are reached
-// through torch.ops.fcn_repro (and, for inference, the entry points below).
+// through torch.ops.fcn_repro, and from fcn_repro.ops through the entry points.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("crop_sum_nograd", &crop_sum_nograd, "fcn_repro::crop_sum below autograd (no gradient)",
-        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("oy"), pybind11::arg("ox"),
-        pybind11::arg("c0") = 1.0, pybind11::arg("c1") = 1.0);
-  m.def("deconv2d_nograd", &deconv2d_nograd, "fcn_repro::deconv2d below autograd (no gradient)");
-  m.def("deconv2d_crop_nograd", &deconv2d_crop_nograd, "fcn_repro::deconv2d_crop below autograd (no gradient)");
+  m.def("crop_sum", &crop_sum_entry, "fcn_repro::crop_sum from fcn_repro.ops (None: use the Python path)");
+  m.def("deconv2d", &deconv2d_entry, "fcn_repro::deconv2d from fcn_repro.ops (None: use the Python path)");
+  m.def("deconv2d_crop", &deconv2d_crop_entry,
+        "fcn_repro::deconv2d_crop from fcn_repro.ops (None: use the Python path)");
 }

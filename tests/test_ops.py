@@ -437,34 +437,61 @@ def test_meta_tensors_give_shapes_without_warning(monkeypatch, available):
 
 
 @needs_ext
-def test_nograd_entry_points_taken_only_without_gradient(monkeypatch):
-    """Under no_grad the public functions call the extension's pybind entry points
-    (the registered ops below autograd): same numbers as the torch.ops call, bit for
-    bit; with a gradient to compute they go through autograd and are not called."""
-    assert set(_ext.NOGRAD) == {"crop_sum", "deconv2d", "deconv2d_crop"}
+def test_direct_entry_points(monkeypatch):
+    """fcn_repro.ops goes through the extension's direct entry points (the registered
+    ops via the C++ dispatcher): the same numbers as the torch.ops call, bit for bit,
+    with and without gradients; they hand back None (the Python path decides) for
+    argument forms they do not take and for dtypes without kernels."""
+    assert _ext.ENTRY is not None
     calls = []
-    spied = {k: (lambda f, k: lambda *a: calls.append(k) or f(*a))(f, k) for k, f in _ext.NOGRAD.items()}
-    monkeypatch.setattr(_ext, "NOGRAD", spied)
+
+    class Spy:
+        def __getattr__(self, name):
+            f = getattr(_ext.ENTRY_REAL, name)
+
+            def call(*args):
+                y = f(*args)
+                calls.append((name, y is not None))
+                return y
+            return call
+
+    monkeypatch.setattr(_ext, "ENTRY_REAL", _ext.ENTRY, raising=False)
+    monkeypatch.setattr(_ext, "ENTRY", Spy())
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 4, 7, 6, generator=g)
-    w = torch.randn(4, 3, 4, 4, generator=g)
-    bias = torch.randn(3, generator=g)
-    a, b = torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 13, 12, generator=g)
+    x = torch.randn(2, 4, 7, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64)
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 3, 13, 12, generator=g, dtype=torch.float64)
     fo = torch.ops.fcn_repro
     with torch.no_grad():
         for bb in (bias, None):
             assert torch.equal(ops.deconv2d(x, w, bb, 2, 1), fo.deconv2d(x, w, bb, [2, 2], [1, 1], [1, 1], 1))
-            assert torch.equal(ops.deconv2d_crop(x, w, bb, 2, 1, 1, 1, (2, 1), (9, 8)),
+            assert torch.equal(ops.deconv2d_crop(x, w, bb, (2, 2), [1], 1, 1, (2, 1), (9, 8)),
                                fo.deconv2d_crop(x, w, bb, [2, 2], [1, 1], [1, 1], 1, [2, 1], [9, 8]))
-        assert torch.equal(ops.crop_sum(a, b, (3, 2), (0.5, -2.0)), fo.crop_sum(a, b, [3, 2], 0.5, -2.0))
-        assert torch.equal(ops.crop_sum(a, b, 1), a + b[:, :, 1:10, 1:9])
+        assert torch.equal(ops.crop_sum(a, b, (3, 2), (0.5, -2)), fo.crop_sum(a, b, [3, 2], 0.5, -2.0))
         with pytest.raises(RuntimeError, match="does not fit"):
             ops.crop_sum(b, a, 1)
-    assert calls == ["deconv2d", "deconv2d_crop"] * 2 + ["crop_sum"] * 3
+    assert calls == [("deconv2d", True), ("deconv2d_crop", True)] * 2 + [("crop_sum", True)]
+    # forms the entry points leave to Python: numpy ints, a bool, a float16 tensor
     calls.clear()
-    xg = x.clone().requires_grad_()
-    ops.deconv2d(xg, w, bias, 2, 1).sum().backward()
-    ops.crop_sum(a.clone().requires_grad_(), b, 1).sum().backward()
-    assert calls == [] and xg.grad is not None
-    ops.crop_sum(a, b, 1)                         # grad mode on, nothing requires grad: direct
-    assert calls == ["crop_sum"]
+    with torch.no_grad():
+        assert torch.equal(ops.crop_sum(a, b, (np.int64(1), np.int64(1))), a + b[:, :, 1:10, 1:9])
+        with pytest.raises(TypeError, match="offsets"):
+            ops.crop_sum(a, b, True)
+        with pytest.warns(ops.FallbackWarning, match="float16"):
+            ops.crop_sum(a.half(), b.half(), 1)
+    assert [r for _, r in calls] == [False, False, False]
+    # with gradients: through the autograd formulas, the same gradients as the torch.ops path
+    calls.clear()
+    grads = []
+    for fn in (lambda *t: ops.deconv2d_crop(*t, bias, 2, 1, 1, 1, (2, 1), (9, 8)),
+               lambda *t: fo.deconv2d_crop(*t, bias, [2, 2], [1, 1], [1, 1], 1, [2, 1], [9, 8])):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        fn(xg, wg).square().sum().backward()
+        grads.append((xg.grad, wg.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    ag = a.clone().requires_grad_()
+    ops.crop_sum(ag, b, 1, (2.0, 1.0)).sum().backward()
+    assert torch.equal(ag.grad, torch.full_like(a, 2.0))
+    assert calls == [("deconv2d_crop", True), ("crop_sum", True)]

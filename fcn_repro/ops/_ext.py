@@ -13,8 +13,8 @@ import warnings
 
 import torch
 
-__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "NOGRAD", "call", "has_kernel",
-           "nograd_entry", "use_extension"]
+__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "ENTRY", "call", "entry", "has_kernel",
+           "use_extension"]
 
 
 class FallbackWarning(RuntimeWarning):
@@ -72,22 +72,21 @@ def use_extension(op: str, t: torch.Tensor) -> bool:
     return False
 
 
-# The extension's pybind entry points for inference (csrc/fcn_ops.cpp): the
-# registered ops called through the C++ dispatcher below autograd, without
-# the ~10 us of a boxed torch.ops call from Python. Absent in older builds.
-NOGRAD = {name: getattr(_C, name + "_nograd") for name in ("crop_sum", "deconv2d", "deconv2d_crop")
-          if AVAILABLE and hasattr(_C, name + "_nograd")}
+# The extension's direct entry points (csrc/fcn_ops.cpp): the registered ops
+# called through the C++ dispatcher without the ~6-10 us of a boxed torch.ops
+# call from Python; each returns None when the Python path must decide (no
+# kernels for the device/dtype, an argument form it does not take). None in
+# builds older than them, and while torch.compile traces (see entry()).
+ENTRY = _C if AVAILABLE and all(callable(getattr(_C, n, None)) for n in ("crop_sum", "deconv2d",
+                                                                         "deconv2d_crop")) else None
 
 
-def nograd_entry(name: str, *tensors):
-    """The extension's direct entry point for op ``name`` when no gradient can flow
-    into ``tensors`` (and torch.compile is not tracing), else None."""
-    fn = NOGRAD.get(name)
-    if fn is None or torch.compiler.is_compiling():
+def entry():
+    """The extension module whose ``crop_sum`` / ``deconv2d`` / ``deconv2d_crop`` take
+    fcn_repro.ops' arguments directly, or None (not built, or torch.compile tracing)."""
+    if ENTRY is None or not AVAILABLE or torch.compiler.is_compiling():
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return None
-    return fn
+    return ENTRY
 
 
 def call(op, tensors, *args):

@@ -22,11 +22,12 @@ def crop_sum(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
     meaning both) to a's spatial size, then Eltwise SUM of (a, crop) with
     optional per-bottom coefficients (default 1, 1).
     """
+    ext = _ext.entry()
+    if ext is not None:
+        y = ext.crop_sum(a, b, offsets, coeffs)
+        if y is not None:
+            return y
     if _ext.use_extension("crop_sum", a):
         c0, c1 = (1.0, 1.0) if coeffs is None else (float(coeffs[0]), float(coeffs[1]))
-        direct = _ext.nograd_entry("crop_sum", a, b)
-        if direct is not None:
-            oy, ox = pair(offsets, "offsets")
-            return direct(a, b, oy, ox, c0, c1)
         return _ext.call(torch.ops.fcn_repro.crop_sum.default, (a, b), a, b, pair(offsets, "offsets"), c0, c1)
     return crop_sum_ref(a, b, offsets, coeffs)

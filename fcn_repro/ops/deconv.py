@@ -26,11 +26,12 @@ def deconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     each axis (stride s, pad p, dilation d; Caffe has no output_padding).
     Pairs are (h, w); an int means the same value for both axes.
     """
+    ext = _ext.entry()
+    if ext is not None:
+        y = ext.deconv2d(x, weight, bias, stride, pad, dilation, groups)
+        if y is not None:
+            return y
     if _ext.use_extension("deconv2d", x):
-        direct = _ext.nograd_entry("deconv2d", x, weight, bias)
-        if direct is not None:
-            return direct(x, weight, bias, pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"),
-                          int(groups))
         return _ext.call(torch.ops.fcn_repro.deconv2d.default, (x, weight, bias), x, weight, bias,
                          pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"), int(groups))
     return deconv2d_ref(x, weight, bias, stride, pad, dilation, groups)
@@ -48,11 +49,12 @@ def deconv2d_crop(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """
     if out_size is None:
         raise ValueError("fcn_repro.ops.deconv2d_crop: out_size (H, W) of the kept window is required")
+    ext = _ext.entry()
+    if ext is not None:
+        y = ext.deconv2d_crop(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
+        if y is not None:
+            return y
     if _ext.use_extension("deconv2d_crop", x):
-        direct = _ext.nograd_entry("deconv2d_crop", x, weight, bias)
-        if direct is not None:
-            return direct(x, weight, bias, pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"),
-                          int(groups), pair(offsets, "offsets"), pair(out_size, "out_size"))
         return _ext.call(torch.ops.fcn_repro.deconv2d_crop.default, (x, weight, bias), x, weight, bias,
                          pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"), int(groups),
                          pair(offsets, "offsets"), pair(out_size, "out_size"))
