@@ -394,11 +394,12 @@ class CaffeSGD(torch.optim.Optimizer):
         path = os.fspath(path)
         hist = self.history_arrays()
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
-        if _state_format(path) == "binary":
+        fmt = _state_format(path)
+        if fmt == "binary":
             from fcn_repro.caffe.caffemodel import SolverStateContents, write_solverstate
             write_solverstate(path, SolverStateContents(self.iter, learned_net, hist, self.current_step))
             return
-        if path.endswith(".npz"):
+        if fmt == "npz":
             arrays: dict[str, np.ndarray] = {
                 "iter": np.array([self.iter], np.int32),
                 "current_step": np.array([self.current_step], np.int32),

@@ -930,8 +930,6 @@ def write_solverstate(path: str | os.PathLike, state: SolverStateContents) -> in
     return len(data)
 
 
-
-
 @dataclasses.dataclass
 class CaffeModelContents:
     """A caffemodel as layer records, ready to be written back (see :func:`caffemodel_layers`)."""
