@@ -2,6 +2,7 @@
 // backend in csrc/cpu/*_kernel.cpp (CPU) and csrc/cuda/*_kernel.cu (CUDA);
 // autograd and fake (meta) implementations are registered from Python
 // (fcn_repro/ops/_ext.py) with torch.library.register_autograd/register_fake.
+// Below the schemas: the module's direct entry points for fcn_repro.ops.
 //
 // Conventions (Caffe's): weight (Cin, Cout/groups, kh, kw); pairs are (h, w);
 // Deconvolution top size s(H-1) + d(k-1) + 1 - 2p; Crop offsets count from
