@@ -10,6 +10,16 @@
 
 namespace fcn_repro {
 
+// CPU inner loops built for AVX2 and the baseline ISA, chosen at load time
+// (GCC/Clang target_clones), as ATen builds its own kernels: the extension is
+// otherwise compiled for the baseline only. No FMA either way
+// (-ffp-contract=off), so every clone rounds as the header functions say.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__)
+#define FCN_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FCN_CPU_CLONES
+#endif
+
 // path argument of the private _deconv2d_crop_path op.
 enum DeconvPath : int64_t { kPathAuto = 0, kPathGeneral = 1, kPathDiagonal = 2 };
 

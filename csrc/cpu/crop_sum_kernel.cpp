@@ -16,17 +16,9 @@ namespace {
 constexpr int64_t kGrain = 32768;
 
 // Output rows [r0, r1) (row r = (n*C + c)*H + y): top[x] = crop_sum_point(a[x],
-// b[x], k0, k1) along each row. Built for AVX2 and the baseline, chosen at
-// load time (GCC/Clang target_clones), as ATen builds its own elementwise
-// kernels; the extension is otherwise compiled for the baseline ISA only.
-// (An AVX-512 clone measured slower on these short rows: FCN's are 34-70
-// wide.) No FMA either way (-ffp-contract=off): the header's rounding.
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__)
-#define FCN_ROW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FCN_ROW_CLONES
-#endif
-
+// b[x], k0, k1) along each row, in FCN_CPU_CLONES functions (AVX2 or the
+// baseline; an AVX-512 clone measured slower on these short rows: FCN's are
+// 34-70 wide).
 template <typename T>
 inline void rows_sum(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ t, const CropGeom& g,
                      int64_t r0, int64_t r1, T k0, T k1) {
@@ -49,11 +41,11 @@ inline void rows_sum(const T* __restrict__ a, const T* __restrict__ b, T* __rest
   }
 }
 
-FCN_ROW_CLONES void rows_sum_any(const float* a, const float* b, float* t, const CropGeom& g, int64_t r0,
+FCN_CPU_CLONES void rows_sum_any(const float* a, const float* b, float* t, const CropGeom& g, int64_t r0,
                                  int64_t r1, float k0, float k1) {
   rows_sum(a, b, t, g, r0, r1, k0, k1);
 }
-FCN_ROW_CLONES void rows_sum_any(const double* a, const double* b, double* t, const CropGeom& g, int64_t r0,
+FCN_CPU_CLONES void rows_sum_any(const double* a, const double* b, double* t, const CropGeom& g, int64_t r0,
                                  int64_t r1, double k0, double k1) {
   rows_sum(a, b, t, g, r0, r1, k0, k1);
 }

@@ -104,6 +104,66 @@ bool choose_diag(const at::Tensor& w, const DeconvGeom& g, int64_t path, const c
   return diag;
 }
 
+// One forward call's inputs, for the row loop below.
+template <typename T>
+struct FwdRows {
+  const T* xp;
+  const T* wp;
+  const T* bp;  // nullptr: no bias
+  T* yp;
+  const DeconvGeom* g;
+  const TapRun* runs;
+  int64_t nruns;
+  const Taps* ty;  // row taps, the same for every image and channel
+  int64_t max_len;
+  bool diag;
+};
+
+// deconv_top for whole top rows [r0, r1) (row r = (n*Cout + co)*OH + i). Per
+// run of columns with the same tap pattern (one residue class mod the
+// stride), a contiguous buffer is the accumulator: it starts at +0 and
+// receives, input channel by input channel, the terms deconv_accum_run adds,
+// then the bias; so each element gets exactly deconv_top's terms in
+// deconv_top's order, while the inner loops run over contiguous memory and
+// vectorise.
+template <typename T>
+inline void deconv_rows(const FwdRows<T>& A, int64_t r0, int64_t r1) {
+  const DeconvGeom& g = *A.g;
+  std::vector<T> buf(A.max_len);
+  T* acc = buf.data();
+  int64_t i = r0 % g.OH, co = (r0 / g.OH) % g.Cout, n = r0 / (g.OH * g.Cout);
+  ChannelRange cr = deconv_channels(co, g, A.diag);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Taps& t_row = A.ty[i];
+    const T* xn = A.xp + n * g.Cin * g.H * g.W;
+    T* yr = A.yp + r * g.OW;
+    const T empty = deconv_add_bias(T(0), A.bp, co);  // columns no tap reaches
+    for (int64_t j = 0; j < g.OW; ++j) yr[j] = empty;
+    if (t_row.n > 0) {
+      for (int64_t q = 0; q < A.nruns; ++q) {
+        const TapRun& run = A.runs[q];
+        for (int64_t m = 0; m < run.len; ++m) acc[m] = T(0);
+        for (int64_t ci = cr.begin; ci < cr.end; ++ci)
+          deconv_accum_run(acc, 1, run.len, xn + ci * g.H * g.W, A.wp + (ci * g.cout_g + cr.c) * g.kh * g.kw,
+                           g, t_row, run.tx);
+        T* out = yr + run.x0;
+        for (int64_t m = 0; m < run.len; ++m) out[m * g.sw] = deconv_add_bias(acc[m], A.bp, co);
+      }
+    }
+    if (++i == g.OH) {  // next row: advance (i, co, n) without dividing
+      i = 0;
+      if (++co == g.Cout) {
+        co = 0;
+        ++n;
+      }
+      cr = deconv_channels(co, g, A.diag);
+    }
+  }
+}
+
+FCN_CPU_CLONES void deconv_rows_any(const FwdRows<float>& A, int64_t r0, int64_t r1) { deconv_rows(A, r0, r1); }
+FCN_CPU_CLONES void deconv_rows_any(const FwdRows<double>& A, int64_t r0, int64_t r1) { deconv_rows(A, r0, r1); }
+
 at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
@@ -132,43 +192,10 @@ at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? bc.data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.Cout * g.OH, grain, [&](int64_t r0, int64_t r1) {
-      // deconv_top for whole rows. Per run of columns with the same tap
-      // pattern (one residue class mod the stride), a contiguous buffer is the
-      // accumulator: it starts at +0 and receives, input channel by input
-      // channel, the terms deconv_accum_run adds, then the bias; so each
-      // element gets exactly deconv_top's terms in deconv_top's order, while
-      // the inner loops run over contiguous memory and vectorise.
-      std::vector<scalar_t> buf(max_len);
-      scalar_t* acc = buf.data();
-      int64_t i = r0 % g.OH, co = (r0 / g.OH) % g.Cout, n = r0 / (g.OH * g.Cout);
-      ChannelRange cr = deconv_channels(co, g, diag);
-      for (int64_t r = r0; r < r1; ++r) {
-        const Taps& t_row = ty[i];
-        const scalar_t* xn = xp + n * g.Cin * g.H * g.W;
-        scalar_t* yr = yp + r * g.OW;
-        const scalar_t empty = deconv_add_bias(scalar_t(0), bp, co);  // columns no tap reaches
-        for (int64_t j = 0; j < g.OW; ++j) yr[j] = empty;
-        if (t_row.n > 0) {
-          for (const TapRun& run : runs) {
-            for (int64_t m = 0; m < run.len; ++m) acc[m] = scalar_t(0);
-            for (int64_t ci = cr.begin; ci < cr.end; ++ci)
-              deconv_accum_run(acc, 1, run.len, xn + ci * g.H * g.W,
-                               wp + (ci * g.cout_g + cr.c) * g.kh * g.kw, g, t_row, run.tx);
-            scalar_t* out = yr + run.x0;
-            for (int64_t m = 0; m < run.len; ++m) out[m * g.sw] = deconv_add_bias(acc[m], bp, co);
-          }
-        }
-        if (++i == g.OH) {  // next row: advance (i, co, n) without dividing
-          i = 0;
-          if (++co == g.Cout) {
-            co = 0;
-            ++n;
-          }
-          cr = deconv_channels(co, g, diag);
-        }
-      }
-    });
+    const FwdRows<scalar_t> rows{xp, wp, bp, yp, &g, runs.data(), static_cast<int64_t>(runs.size()),
+                                 ty.data(), max_len, diag};
+    at::parallel_for(0, g.N * g.Cout * g.OH, grain,
+                     [&](int64_t r0, int64_t r1) { deconv_rows_any(rows, r0, r1); });
   });
   return y;
 }
