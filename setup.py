@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
@@ -57,7 +57,9 @@ setup(
     name="fcn_repro",
     version="0.1.0",
     description="The original FCNs (Long, Shelhamer, Darrell), Caffe-exact, in PyTorch",
-    packages=find_packages(include=["fcn_repro", "fcn_repro.*"]),
+    # namespace discovery lists the data folders under fcn_repro/resources as
+    # (data-only) packages too, as setuptools wants for files shipped there
+    packages=find_namespace_packages(include=["fcn_repro", "fcn_repro.*"], exclude=["*.__pycache__"]),
     package_data={"fcn_repro": ["resources/*", "resources/**/*"]},
     include_package_data=True,
     python_requires=">=3.9",
