@@ -825,8 +825,16 @@ def write_caffemodel(path: str | os.PathLike, layers: Iterable[CaffeLayer], net_
     written back with its extras is byte-identical to what Caffe wrote.
     ``progress(n)`` is called with each chunk's byte count.
     """
-    from fcn_repro.utils import atomic_write
     pieces, size = _net_pieces(list(layers), net_name, net_extras)
+    _write_pieces(path, pieces, progress)
+    return size
+
+
+def _write_pieces(path: str | os.PathLike, pieces: Sequence[Any],
+                  progress: Callable[[int], None] | None = None) -> None:
+    """Write encoded pieces (bytes, and memoryviews of blob values, written in
+    16 MB chunks without joining them) to ``path`` atomically."""
+    from fcn_repro.utils import atomic_write
     chunk = 16 << 20
     with atomic_write(path, "wb") as f:
         for p in pieces:
@@ -839,7 +847,6 @@ def write_caffemodel(path: str | os.PathLike, layers: Iterable[CaffeLayer], net_
                 f.write(p)
                 if progress:
                     progress(len(p) if not isinstance(p, memoryview) else p.nbytes)
-    return size
 
 
 def layers_from_weights(weights: dict[str, Sequence[Any]], types: dict[str, str] | None = None) -> list[CaffeLayer]:
@@ -899,35 +906,46 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
 
     Errors (:class:`CaffeModelError`) name the file and byte offset, like the
     caffemodel reader's; history values come back as float32 arrays in the
-    stored shapes.
+    stored shapes (copied out of a read-only mapping of the file, so the file
+    is never held in memory twice).
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise CaffeModelError("empty file", path, offset=0)
-    return decode_solverstate(data, path)
+        if os.fstat(f.fileno()).st_size == 0:
+            raise CaffeModelError("empty file", path, offset=0)
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return decode_solverstate(buf, path)
+    finally:
+        try:
+            buf.close()
+        except BufferError:  # a view is still alive somewhere: the GC unmaps later
+            pass
+
+
+def _solverstate_pieces(state: SolverStateContents) -> tuple[list[Any], int]:
+    """Encoded pieces of the SolverState message as Caffe serializes it (fields
+    in number order, history blobs with a BlobShape and packed data)."""
+    pieces: list[Any] = [_key(1, 0) + _varint_bytes(int(state.iter)), _ld(2, _str(state.learned_net))]
+    for i, h in enumerate(state.history):
+        plan = _BlobPlan(_as_array(h, f"history blob {i}"), False, f"history blob {i}")
+        pieces.append(_key(3, 2) + _varint_bytes(plan.size))
+        pieces += plan.pieces
+    pieces.append(_key(4, 0) + _varint_bytes(int(state.current_step)))
+    return pieces, sum(len(x) if isinstance(x, (bytes, bytearray)) else x.nbytes for x in pieces)
 
 
 def encode_solverstate(state: SolverStateContents) -> bytes:
-    """The SolverState message as Caffe serializes it (fields in number order,
-    history blobs with a BlobShape and packed data)."""
-    out = [_key(1, 0) + _varint_bytes(int(state.iter)), _ld(2, _str(state.learned_net))]
-    for i, h in enumerate(state.history):
-        plan = _BlobPlan(_as_array(h, f"history blob {i}"), False, f"history blob {i}")
-        body = b"".join(bytes(p) for p in plan.pieces)
-        out.append(_ld(3, body))
-    out.append(_key(4, 0) + _varint_bytes(int(state.current_step)))
-    return b"".join(out)
+    """The SolverState message's bytes (for small states and tests; files: :func:`write_solverstate`)."""
+    pieces, _ = _solverstate_pieces(state)
+    return b"".join(bytes(p) for p in pieces)
 
 
 def write_solverstate(path: str | os.PathLike, state: SolverStateContents) -> int:
-    """Write a binary ``.solverstate`` atomically; returns its size in bytes."""
-    from fcn_repro.utils import atomic_write
-    data = encode_solverstate(state)
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-    return len(data)
+    """Write a binary ``.solverstate`` atomically, streaming the history values; returns its size in bytes."""
+    pieces, size = _solverstate_pieces(state)
+    _write_pieces(path, pieces)
+    return size
 
 
 @dataclasses.dataclass
