@@ -686,7 +686,7 @@ def _layer_runner(m: Layer) -> Callable:
 
 
 def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
-    from fcn_repro.caffe.layers.geometry import deconv_out
+    from fcn_repro.caffe.shapes import deconv_out
 
     def run(xs, inplace):
         x, ref = xs

@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from fcn_repro.caffe.shapes import deconv_out
+
 __all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "ENTRY", "call", "entry", "has_kernel",
            "use_extension"]
 
@@ -106,11 +108,6 @@ def call(op, tensors, *args):
         return op(*args)
 
 
-def _deconv_out(n, k, s, p, d):
-    # Caffe Deconvolution: s(H-1) + d(k-1) + 1 - 2p
-    return s * (n - 1) + d * (k - 1) + 1 - 2 * p
-
-
 def _register() -> None:
     lib = "fcn_repro::"
     ops = torch.ops.fcn_repro
@@ -118,8 +115,8 @@ def _register() -> None:
     # ---- fake (shape-only) implementations -------------------------------------------
     @torch.library.register_fake(lib + "deconv2d")
     def _deconv2d_fake(x, weight, bias, stride, pad, dilation, groups):
-        oh = _deconv_out(x.shape[2], weight.shape[2], stride[0], pad[0], dilation[0])
-        ow = _deconv_out(x.shape[3], weight.shape[3], stride[1], pad[1], dilation[1])
+        oh = deconv_out(x.shape[2], weight.shape[2], stride[0], pad[0], dilation[0])
+        ow = deconv_out(x.shape[3], weight.shape[3], stride[1], pad[1], dilation[1])
         return x.new_empty((x.shape[0], weight.shape[1] * groups, oh, ow))
 
     @torch.library.register_fake(lib + "deconv2d_crop")

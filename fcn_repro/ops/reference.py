@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from fcn_repro.caffe.shapes import deconv_out
+
 IntPair = Union[int, Sequence[int]]
 
 
@@ -30,9 +32,7 @@ def pair(v: IntPair, name: str) -> Tuple[int, int]:
     return vals[0], vals[1]
 
 
-def deconv_out_size(in_size: int, k: int, s: int, p: int, d: int) -> int:
-    """Caffe Deconvolution output size: s(H-1) + d(k-1) + 1 - 2p (no output_padding)."""
-    return s * (in_size - 1) + d * (k - 1) + 1 - 2 * p
+deconv_out_size = deconv_out
 
 
 def check_deconv_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

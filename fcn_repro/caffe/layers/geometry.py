@@ -11,6 +11,7 @@ from typing import Optional
 
 from fcn_repro.caffe.prototxt import Message
 
+from ..shapes import conv_out, deconv_out  # noqa: F401  (re-exported)
 from .base import Layer
 
 
@@ -80,17 +81,3 @@ def pool_geometry(p: Message, layer: Layer):
         # Caffe CHECK_LT(pad, kernel): a window must always touch the image.
         raise layer.error(f"pad {pad} must be smaller than the kernel {kernel}")
     return kernel, stride, pad
-
-
-def conv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[int]:
-    """Caffe Convolution output size: floor((H + 2p - (d(k-1)+1)) / s) + 1."""
-    if size is None:
-        return None
-    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
-
-
-def deconv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[int]:
-    """Caffe Deconvolution output size: s(H-1) + d(k-1) + 1 - 2p."""
-    if size is None:
-        return None
-    return s * (size - 1) + d * (k - 1) + 1 - 2 * p

@@ -26,27 +26,9 @@ import torch.nn.functional as F
 
 from .base import Layer, enum_value, fmt_shape, register
 from .geometry import pool_geometry
+from ..shapes import caffe_pool_out, torch_pool_out  # noqa: F401  (re-exported)
 
 FLT_MAX = 3.4028234663852886e38
-
-
-def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
-    """Caffe's pooled size along one axis (``any_pad``: the layer pads some axis)."""
-    num = size + 2 * p - k
-    out = (-((-num) // s) if ceil else num // s) + 1
-    # Caffe: "If we have padding, ensure that the last pooling starts strictly
-    # inside the image (instead of at the padding); otherwise clip the last."
-    if any_pad and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def torch_pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
-    """The output size PyTorch's pooling kernels choose (pooling_output_shape)."""
-    out = (size + 2 * p - (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
 
 
 def _ave_divisor(size: int, out: int, k: int, s: int, p: int) -> list[int]:

@@ -1,0 +1,43 @@
+"""Caffe's shape rules, written once (torch-free).
+
+Every output-size formula of the layers we build lives here; the layers, the
+fast path, the ops' shape checks (fake kernels included) and the exporters read
+these functions instead of writing the arithmetic again. They take plain ints
+(or symbolic ints: only ``+ - * //`` and comparisons are used).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+def conv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[int]:
+    """Caffe Convolution output size: floor((H + 2p - (d(k-1)+1)) / s) + 1 (None in, None out)."""
+    if size is None:
+        return None
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def deconv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[int]:
+    """Caffe Deconvolution output size: s(H-1) + d(k-1) + 1 - 2p (None in, None out)."""
+    if size is None:
+        return None
+    return s * (size - 1) + d * (k - 1) + 1 - 2 * p
+
+
+def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
+    """Caffe's pooled size along one axis (``any_pad``: the layer pads some axis)."""
+    num = size + 2 * p - k
+    out = (-((-num) // s) if ceil else num // s) + 1
+    # Caffe: with padding, the last pooling window must start strictly inside
+    # the image (or the left padding); otherwise it is dropped.
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def torch_pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """The output size PyTorch's pooling kernels choose (pooling_output_shape)."""
+    out = (size + 2 * p - (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
