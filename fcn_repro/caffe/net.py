@@ -42,6 +42,8 @@ import torch
 from torch import nn
 
 from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights error (file, layer, blob)
+from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
+from fcn_repro.caffe.weights import load_weights as read_weights
 from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
 from fcn_repro.caffe.layers.base import fmt_shape
@@ -103,19 +105,7 @@ def layer_included(layer: Message, phase: str, level: int = 0, stages: Iterable[
 
 # -------------------------------------------------------------------- weights
 
-def blob_fits(src_shape: Sequence[int], dst_shape: Sequence[int]) -> bool:
-    """Whether a stored blob of ``src_shape`` loads into a parameter of ``dst_shape``.
-
-    Same shape, or Caffe's legacy rule (Blob::ShapeEquals for a BlobProto with
-    num/channels/height/width): a 4-D legacy blob matches a parameter of at
-    most 4 axes whose shape, left-padded with ones to 4 axes, equals it; so a
-    V1 InnerProduct weight (1, 1, O, I) loads into (O, I), a bias (1, 1, 1, O)
-    into (O,).
-    """
-    src, dst = tuple(int(s) for s in src_shape), tuple(int(s) for s in dst_shape)
-    if src == dst:
-        return True
-    return len(src) == 4 and len(dst) <= 4 and (1,) * (4 - len(dst)) + dst == src
+WeightsReport = MatchReport  # what a load or a transplant did (see fcn_repro.caffe.match)
 
 
 def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
@@ -124,8 +114,7 @@ def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
         path = os.fspath(weights)
         if not os.path.exists(path):
             raise WeightsError("weights file does not exist", path)
-        from fcn_repro.caffe import load_weights  # the formats module (.caffemodel, .h5)
-        return dict(load_weights(path)), path
+        return dict(read_weights(path)), path
     if isinstance(weights, Mapping):
         out = {}
         for k, v in weights.items():
@@ -143,40 +132,13 @@ def _as_array(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-@dataclass
-class WeightsReport:
-    """What a weight load (or a transplant) did.
-
-    ``copied``: layers whose blobs were all copied. ``coerced``: (layer, blob
-    index, source shape, target shape) for blobs copied under a different
-    shape (Caffe's legacy 4-D shapes; fully connected -> convolution in a
-    transplant). ``skipped``: (layer, blob index, reason), transplant only.
-    ``missing``: net layers with parameters that the source does not have
-    (they keep their filler values). ``unused``: source layers with blobs that
-    are not in the net.
-    """
-    source: str = ""
-    copied: list = field(default_factory=list)
-    coerced: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
-    unused: list = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not (self.missing or self.unused or self.skipped)
-
-    def __str__(self) -> str:
-        lines = [f"weights from {self.source}: {len(self.copied)} layers copied"]
-        for layer, i, s, d in self.coerced:
-            lines.append(f"  coerced {layer}[{i}]: {tuple(s)} -> {tuple(d)}")
-        for layer, i, why in self.skipped:
-            lines.append(f"  skipped {layer}[{i}]: {why}")
-        if self.missing:
-            lines.append(f"  net layers without weights in the source (left as initialised): {self.missing}")
-        if self.unused:
-            lines.append(f"  source layers not in the net (ignored): {self.unused}")
-        return "\n".join(lines)
+def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
+    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped."""
+    with torch.no_grad():
+        for name, i in report.copies:
+            p = params[name][i]
+            a = _as_array(src[name][i])
+            p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
 # ---------------------------------------------------------------- the plan
@@ -624,38 +586,9 @@ class Net(nn.Module):
         every blob fits.
         """
         src, desc = _weights_dict(weights)
-        report = WeightsReport(source=desc)
-        plan = []
-        for name in self.layer_names:
-            params = self.params.get(name, [])
-            if name not in src:
-                if params:
-                    report.missing.append(name)
-                continue
-            blobs = src[name]
-            if len(blobs) != len(params):
-                raise WeightsError(
-                    f"{len(blobs)} blobs in the weights but the net ({self.filename}) gives the layer "
-                    f"{len(params)} parameter blobs (Caffe: incompatible number of blobs)", desc, layer=name)
-            for i, (a, p) in enumerate(zip(blobs, params)):
-                a = _as_array(a)
-                if not blob_fits(a.shape, p.shape):
-                    raise WeightsError(
-                        f"shape mismatch: the weights have shape {tuple(a.shape)}, the net ({self.filename}) "
-                        f"expects {tuple(p.shape)}. To learn this layer from scratch instead, rename it",
-                        desc, layer=name, blob=i)
-                if tuple(a.shape) != tuple(p.shape):
-                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                plan.append((p, a))
-            if params:
-                report.copied.append(name)
-        report.unused = [n for n, b in src.items() if n not in self._by_name and len(b)]
-        if strict and (report.missing or report.unused):
-            raise WeightsError(f"does not match {self.filename} exactly (strict): net layers without "
-                               f"weights {report.missing}, weights without layers {report.unused}", desc)
-        with torch.no_grad():
-            for p, a in plan:
-                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+        report = match_weights(src, self.params, source=desc, target=self.filename, layers=self.layer_names)
+        report.check(strict)
+        _copy_matched(report, src, self.params)
         _log_report(report)
         return report
 
@@ -734,39 +667,8 @@ def transplant(net: Net, weights: Any) -> WeightsReport:
     reported, as are layers missing on either side. Returns the report.
     """
     src, desc = _weights_dict(weights)
-    report = WeightsReport(source=desc)
-    with torch.no_grad():
-        for name in net.layer_names:
-            params = net.params.get(name, [])
-            if name not in src:
-                if params:
-                    report.missing.append(name)
-                continue
-            blobs = src[name]
-            ok = True
-            for i, p in enumerate(params):
-                if i >= len(blobs):
-                    report.skipped.append((name, i, f"the source has only {len(blobs)} blobs"))
-                    ok = False
-                    continue
-                a = _as_array(blobs[i])
-                if blob_fits(a.shape, p.shape):
-                    if tuple(a.shape) != tuple(p.shape):
-                        report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                elif a.size == p.numel():
-                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                else:
-                    report.skipped.append((name, i, f"source shape {tuple(a.shape)} ({a.size} values) cannot "
-                                                    f"become {tuple(p.shape)} ({p.numel()} values)"))
-                    ok = False
-                    continue
-                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
-            for i in range(len(params), len(blobs)):
-                report.skipped.append((name, i, f"the net layer has only {len(params)} parameter blobs"))
-                ok = False
-            if params and ok:
-                report.copied.append(name)
-        names = set(net.layer_names)
-        report.unused = [n for n, b in src.items() if n not in names and len(b)]
+    report = match_weights(src, net.params, source=desc, target=net.filename, surgery=True,
+                           layers=net.layer_names)
+    _copy_matched(report, src, net.params)
     _log_report(report)
     return report
