@@ -45,6 +45,7 @@ from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights
 from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
 from fcn_repro.caffe.weights import load_weights as read_weights
 from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
+from fcn_repro.caffe.shapes import layer_included, phase_name
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
 from fcn_repro.caffe.layers.base import fmt_shape
 from fcn_repro.caffe.layers.crop import Crop
@@ -58,50 +59,6 @@ __all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "tr
            "layer_included", "blob_fits"]
 
 log = logging.getLogger("fcn_repro.caffe.net")
-
-PHASES = ("TRAIN", "TEST")  # caffe.proto Phase: TRAIN = 0, TEST = 1
-
-
-# ---------------------------------------------------------------- phase rules
-
-def _phase_name(p: Any, where: str = "phase") -> str:
-    if isinstance(p, bool):
-        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
-    if isinstance(p, int):
-        if p in (0, 1):
-            return PHASES[p]
-        raise NetError(f"{where}: expected TRAIN (0) or TEST (1), got {p!r}")
-    s = str(p).upper()
-    if s not in PHASES:
-        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
-    return s
-
-
-def _rule_met(rule: Message, phase: str, level: int, stages: set[str]) -> bool:
-    """Caffe's Net::StateMeetsRule for one NetStateRule."""
-    if rule.has("phase") and _phase_name(rule.get("phase"), "NetStateRule.phase") != phase:
-        return False
-    if rule.has("min_level") and level < int(rule.get("min_level")):
-        return False
-    if rule.has("max_level") and level > int(rule.get("max_level")):
-        return False
-    if any(str(s) not in stages for s in rule.getall("stage")):
-        return False
-    if any(str(s) in stages for s in rule.getall("not_stage")):
-        return False
-    return True
-
-
-def layer_included(layer: Message, phase: str, level: int = 0, stages: Iterable[str] = ()) -> bool:
-    """Caffe's Net::FilterNet rule: include rules (any met) or exclude rules (none met)."""
-    inc, exc = layer.getall("include"), layer.getall("exclude")
-    if inc and exc:
-        raise NetError(f"layer {layer.get('name', '?')!r}: specify either include or exclude rules, not both")
-    st = set(stages)
-    if inc:
-        return any(_rule_met(r, phase, level, st) for r in inc)
-    return not any(_rule_met(r, phase, level, st) for r in exc)
-
 
 # -------------------------------------------------------------------- weights
 
@@ -202,7 +159,7 @@ class Net(nn.Module):
         super().__init__()
         self.netparam, self.filename = self._parse(prototxt)
         self.name = str(self.netparam.get("name", ""))
-        self.phase = _phase_name(phase)
+        self.phase = phase_name(phase, "phase", NetError)
         self.stages = tuple(str(s) for s in stages)
         self.level = int(level)
         self._fuse = bool(fuse)
@@ -255,7 +212,7 @@ class Net(nn.Module):
         for idx, lp in enumerate(self.netparam.getall("layer")):
             if not isinstance(lp, Message):
                 raise NetError(f"{self.filename}: layer #{idx} is not a message")
-            if not layer_included(lp, self.phase, self.level, self.stages):
+            if not layer_included(lp, self.phase, self.level, self.stages, self._error):
                 continue
             ltype = str(lp.get("type", ""))
             name = str(lp.get("name", "")) or f"{ltype or 'layer'}{idx}"
@@ -363,10 +320,13 @@ class Net(nn.Module):
         """The phase-filtered NetParameter, as the fillers must see it."""
         out = Message([(k, v) for k, v in self.netparam.fields if k != "layer"])
         for lp in self.netparam.getall("layer"):
-            if not layer_included(lp, self.phase, self.level, self.stages):
+            if not layer_included(lp, self.phase, self.level, self.stages, self._error):
                 continue
             out.add("layer", lp)
         return out
+
+    def _error(self, msg: str) -> NetError:
+        return NetError(f"{self.filename}: {msg}")
 
     def layer(self, name: str) -> Layer:
         """The layer module called ``name`` (Caffe's layer name)."""
@@ -619,15 +579,12 @@ def _layer_runner(m: Layer) -> Callable:
 
 
 def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
-    from fcn_repro.caffe.shapes import deconv_out
-
     def run(xs, inplace):
         x, ref = xs
         if x.dim() != 4 or ref.dim() != 4:
             raise c.error(f"fused Deconvolution+Crop needs 4-D blobs, got {fmt_shape(tuple(x.shape))} and "
                           f"{fmt_shape(tuple(ref.shape))}")
-        full = (x.shape[0], d.num_output) + tuple(
-            deconv_out(x.shape[2 + i], d.kernel[i], d.stride[i], d.pad[i], d.dilation[i]) for i in range(2))
+        full = (x.shape[0], d.num_output) + d.out_size(x.shape[2], x.shape[3])
         shape, _, offs = c.out_shape(full, tuple(ref.shape), check=True)
         return [d.forward_cropped(x, (offs[0], offs[1]), (shape[2], shape[3]))]
     return run
