@@ -316,7 +316,7 @@ def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
     cp = torch.ops.mkldnn._convolution_pointwise
     for i, s in enumerate(f._get_steps()):
         m = s.st.layers[0]
-        gi = g.get(s.st.bottoms[0]) if s.st.bottoms else None
+        gi = g.get(s.st.bottom_names[0]) if s.st.bottom_names else None
         if gi is None:
             continue
         if s.kind in ("conv", "pool"):
@@ -326,7 +326,7 @@ def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
             go = gi
         else:
             continue
-        for t in s.st.tops:
+        for t in s.st.top_names:
             g[t] = go
         if s.kind != "conv" or tuple(m.kernel) != (3, 3) or gi.c < 64:
             continue

@@ -897,7 +897,7 @@ class FastNet(nn.Module):
 
     def _get_steps(self) -> list:
         """The builder's plan, with the layers the fast path runs itself marked (and conv+ReLU fused)."""
-        plan = self.net._get_plan()
+        plan = self.net.plan
         if self._steps is not None and self._plan_id is plan:
             return self._steps
         steps = []
@@ -908,14 +908,14 @@ class FastNet(nn.Module):
             kind, fuse = "plain", None
             if st.kind == "layer" and not st.loss:
                 t = m.type_name
-                if t == "Convolution" and len(st.bottoms) == 1 and len(st.tops) == 1:
+                if t == "Convolution" and len(st.bottom_names) == 1 and len(st.top_names) == 1:
                     kind = "conv"
                     # Fuse the following in-place ReLU (Caffe's relu after every conv) when it is the
                     # only reader of the convolution's top.
                     if i + 1 < len(plan):
                         nx = plan[i + 1]
                         r = nx.layers[0]
-                        if (nx.kind == "layer" and r.type_name == "ReLU" and nx.bottoms == st.tops
+                        if (nx.kind == "layer" and r.type_name == "ReLU" and nx.bottom_names == st.top_names
                                 and nx.inplace_ok and r.negative_slope == 0.0 and not nx.loss):
                             fuse = nx
                 elif t == "Pooling" and _pool_ok(m):
@@ -939,15 +939,15 @@ class FastNet(nn.Module):
     @staticmethod
     def _feeds_structured(steps: list, i: int) -> bool:
         """Whether the top of step i reaches a conv or pool (through ReLU / Dropout) before it is replaced."""
-        names = set(steps[i].st.tops)
+        names = set(steps[i].st.top_names)
         for s in steps[i + 1:]:
-            reads = names & set(s.st.bottoms)
+            reads = names & set(s.st.bottom_names)
             if reads and s.kind in ("conv", "pool"):
                 return True
             if reads and s.kind in ("relu", "identity"):
-                names |= set(s.st.tops)
+                names |= set(s.st.top_names)
                 continue
-            names -= set(s.st.tops)
+            names -= set(s.st.top_names)
             if not names:
                 return False
         return False
@@ -972,7 +972,7 @@ class FastNet(nn.Module):
                 geo[n] = (input_geo(shp[1], shp[2], shp[3]), None)
         for i, s in enumerate(steps):
             m = s.st.layers[0]
-            src = geo.get(s.st.bottoms[0]) if s.st.bottoms else None
+            src = geo.get(s.st.bottom_names[0]) if s.st.bottom_names else None
             if s.kind in ("conv", "pool", "relu", "identity") and src is not None:
                 g_in, prod = src
                 if s.kind == "conv":
@@ -983,10 +983,10 @@ class FastNet(nn.Module):
                     g_out = g_in
                 info[i] = (g_in, g_out, prod)
                 owner = i if s.kind in ("conv", "pool") else prod
-                for t in s.st.tops:
+                for t in s.st.top_names:
                     geo[t] = (g_out, owner)
             else:
-                for t in s.st.tops:
+                for t in s.st.top_names:
                     geo.pop(t, None)
         boxes = {i: v[1].box for i, v in info.items() if steps[i].kind in ("conv", "pool")}
         want = boxes
@@ -1068,14 +1068,14 @@ class FastNet(nn.Module):
         cl = opts["channels_last"]
         st, kind = s.st, s.kind
         m = st.layers[0]
-        x = env[st.bottoms[0]] if st.bottoms else None
+        x = env[st.bottom_names[0]] if st.bottom_names else None
         if kind in ("conv", "dense") and isinstance(x, torch.Tensor) and (x.dim() != 4 or not x.is_floating_point()):
             kind = "plain"
         if kind == "dense":
             x = materialize(x)
             if cl and x.dtype == torch.float32:
                 x = x.contiguous(memory_format=torch.channels_last)
-            env[st.tops[0]] = self._kernel(m)(x, s.relu is not None, pad=tuple(m.pad))
+            env[st.top_names[0]] = self._kernel(m)(x, s.relu is not None, pad=tuple(m.pad))
         elif kind == "conv":
             kern = self._kernel(m)
             if opts["background"]:
@@ -1086,20 +1086,17 @@ class FastNet(nn.Module):
                 if cl and x.dtype == torch.float32:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = kern(x, s.relu is not None, pad=tuple(m.pad))
-            env[st.tops[0]] = y
+            env[st.top_names[0]] = y
         elif kind == "pool" and isinstance(x, SBlob):
-            env[st.tops[0]] = spool_max(x, m.kernel, m.stride, want=want.get(i))
+            env[st.top_names[0]] = spool_max(x, m.kernel, m.stride, want=want.get(i))
         elif kind == "relu" and isinstance(x, SBlob):
-            env[st.tops[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
+            env[st.top_names[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
         elif kind == "identity":
-            env[st.tops[0]] = x
+            env[st.top_names[0]] = x
         else:
             kind = "plain"
         if kind == "plain":
-            xs = [materialize(env[b]) for b in st.bottoms]
-            ys = st.run(xs, st.inplace_ok)
-            for t, y in zip(st.tops, ys):
-                env[t] = y
+            st.apply(env, st.inplace_ok, read=materialize, filename=self.net.filename)
         for n in st.drop:
             env.pop(n, None)
         if s.relu is not None:
@@ -1153,7 +1150,7 @@ def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = T
     res: dict = {}
     for i, s in enumerate(fast._get_steps()):
         m = s.st.layers[0]
-        g = geo.get(s.st.bottoms[0]) if s.st.bottoms else None
+        g = geo.get(s.st.bottom_names[0]) if s.st.bottom_names else None
         if g is None:
             continue
         if s.kind in ("conv", "dense"):
@@ -1170,6 +1167,6 @@ def count_flops(net: nn.Module, input_shape: Sequence[int], background: bool = T
             g_out = g
         else:
             continue
-        for t in s.st.tops:
+        for t in s.st.top_names:
             geo[t] = g_out
     return res
