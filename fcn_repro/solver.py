@@ -39,6 +39,7 @@ import torch
 
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.utils import atomic_path, atomic_write
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "SolverParameter", "SolverError", "read_solver", "learning_rate", "CaffeSGD",
@@ -48,7 +49,7 @@ __all__ = [
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-class SolverError(ValueError):
+class SolverError(FcnReproError):
     """A solver file or solver state that cannot be used; the message names the file."""
 
 

@@ -58,6 +58,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from fcn_repro.caffe.prototxt import V1_LAYER_TYPES, Message
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "WeightsError", "CaffeModelError", "BlobInfo", "LayerInfo", "ModelInfo", "CaffeLayer",
@@ -70,30 +71,15 @@ __all__ = [
 
 # ------------------------------------------------------------------- errors
 
-class WeightsError(ValueError):
+class WeightsError(FcnReproError):
     """A weights file that can not be read (or written) as asked.
 
     ``filename``, and where they apply ``offset`` (byte offset), ``layer`` and
     ``blob`` (index), are attributes; ``reason`` is the message without them.
     """
 
-    def __init__(self, reason: str, filename: str = "<bytes>", *, offset: int | None = None,
-                 layer: str | None = None, blob: int | None = None):
-        self.reason, self.filename, self.offset, self.layer, self.blob = reason, filename, offset, layer, blob
-        where = str(filename)
-        if offset is not None:
-            where += f": byte {offset}"
-        ctx = ""
-        if layer is not None:
-            ctx = f"layer {layer!r}" + (f" blob {blob}" if blob is not None else "") + ": "
-        super().__init__(f"{where}: {ctx}{reason}")
-
-    def __reduce__(self):  # keep pickling (multiprocessing) working with keyword fields
-        return (_rebuild_error, (type(self), self.reason, self.filename, self.offset, self.layer, self.blob))
-
-
-def _rebuild_error(cls, reason, filename, offset, layer, blob):
-    return cls(reason, filename, offset=offset, layer=layer, blob=blob)
+    def __init__(self, reason: str, filename: str = "<bytes>", **where):
+        super().__init__(reason, filename, **where)
 
 
 class CaffeModelError(WeightsError):

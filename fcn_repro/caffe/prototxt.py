@@ -22,18 +22,19 @@ import math
 import os
 from typing import Any, Iterable, Iterator
 
+from fcn_repro.errors import FcnReproError
+
 __all__ = [
     "Enum", "Message", "PrototxtError", "parse_text", "parse_prototxt",
     "format_text", "write_prototxt", "upgrade_net", "is_v1_net",
 ]
 
 
-class PrototxtError(ValueError):
-    """A text-format error; the message names file:line:column."""
+class PrototxtError(FcnReproError):
+    """A text-format error; the message names file:line:column (and layer, field where known)."""
 
-    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0):
-        self.filename, self.line, self.col = filename, line, col
-        super().__init__(f"{filename}:{line}:{col}: {msg}")
+    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0, **where):
+        super().__init__(msg, filename, line=line, col=col, **where)
 
 
 class Enum(str):
