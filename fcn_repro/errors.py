@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["FcnReproError", "LimitError", "OutputError"]
+__all__ = ["FcnReproError", "LimitError", "OutputError", "PrototxtError", "WeightsError",
+           "CaffeModelError", "HDF5WeightsError"]
 
 
 class FcnReproError(ValueError):
@@ -87,3 +88,42 @@ class LimitError(FcnReproError):
 
 class OutputError(FcnReproError):
     """An output that can not be written (unwritable path, full disk); nothing is left half-written."""
+
+
+# ------------------------------------------------------------ format errors
+# They live here (not in the format modules) so that every format module, the
+# schema and the builder can raise them without importing each other.
+
+class PrototxtError(FcnReproError):
+    """A text-format (prototxt) error; the message names file:line:column (and layer, field where known)."""
+
+    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0, **where):
+        super().__init__(msg, filename, line=line, col=col, **where)
+
+
+class WeightsError(FcnReproError):
+    """A weights file that can not be read (or written) as asked.
+
+    ``filename``, and where they apply ``offset`` (byte offset), ``layer`` and
+    ``blob`` (index), are attributes; ``reason`` is the message without them.
+    """
+
+    def __init__(self, reason: str, filename: str = "<bytes>", **where):
+        super().__init__(reason, filename, **where)
+
+
+class CaffeModelError(WeightsError):
+    """A binary .caffemodel (or .solverstate) that is truncated, corrupt or not one."""
+
+
+class HDF5WeightsError(WeightsError):
+    """An HDF5 file that is not in Caffe's layout, or can not be read.
+
+    ``.h5path`` names the HDF5 object (``/data/conv1_1/0``) where it applies.
+    """
+
+    def __init__(self, reason: str, filename: str = "<h5>", *, h5path: str | None = None, **where):
+        self.h5path = h5path
+        if h5path:
+            reason = f"{h5path}: {reason}"
+        super().__init__(reason, filename, **where)

@@ -39,7 +39,8 @@ import torch
 
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.utils import atomic_path, atomic_write
-from fcn_repro.errors import FcnReproError
+from fcn_repro.caffe.solverstate import SolverStateContents, read_solverstate, write_solverstate
+from fcn_repro.errors import CaffeModelError, FcnReproError
 
 __all__ = [
     "SolverParameter", "SolverError", "read_solver", "learning_rate", "CaffeSGD",
@@ -397,7 +398,6 @@ class CaffeSGD(torch.optim.Optimizer):
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
         fmt = _state_format(path)
         if fmt == "binary":
-            from fcn_repro.caffe.caffemodel import SolverStateContents, write_solverstate
             write_solverstate(path, SolverStateContents(self.iter, learned_net, hist, self.current_step))
             return
         if fmt == "npz":
@@ -445,7 +445,6 @@ class CaffeSGD(torch.optim.Optimizer):
         file_names: list[str] | None = None
         fmt = _state_format(path, sniff=True)
         if fmt == "binary":
-            from fcn_repro.caffe.caffemodel import CaffeModelError, read_solverstate
             try:
                 st = read_solverstate(path)
             except OSError as e:

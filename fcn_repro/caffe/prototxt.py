@@ -22,19 +22,13 @@ import math
 import os
 from typing import Any, Iterable, Iterator
 
-from fcn_repro.errors import FcnReproError
+from fcn_repro.errors import PrototxtError
+from fcn_repro.utils import atomic_write
 
 __all__ = [
     "Enum", "Message", "PrototxtError", "parse_text", "parse_prototxt",
     "format_text", "write_prototxt", "upgrade_net", "is_v1_net",
 ]
-
-
-class PrototxtError(FcnReproError):
-    """A text-format error; the message names file:line:column (and layer, field where known)."""
-
-    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0, **where):
-        super().__init__(msg, filename, line=line, col=col, **where)
 
 
 class Enum(str):
@@ -489,7 +483,6 @@ def _emit(msg: Message, indent: int, lines: list[str]) -> None:
 
 def write_prototxt(path: str | os.PathLike, msg: Message) -> None:
     """Write ``msg`` to ``path`` atomically (a temp file renamed into place)."""
-    from fcn_repro.utils import atomic_write
     with atomic_write(path, "wb") as f:  # UTF-8 whatever the locale says
         f.write(format_text(msg).encode("utf-8"))
 
