@@ -123,7 +123,7 @@ def read_solver(path_or_text: str | os.PathLike | Message, base_dir: str | os.Pa
     if isinstance(path_or_text, Message):
         msg, src = path_or_text, ""
     else:
-        msg = parse_prototxt(path_or_text, upgrade=False)
+        msg = parse_prototxt(path_or_text, upgrade=False, schema_type="SolverParameter")
         src = os.fspath(path_or_text) if (isinstance(path_or_text, os.PathLike) or (
             isinstance(path_or_text, str) and os.path.exists(path_or_text))) else ""
     where = src or "<solver text>"
