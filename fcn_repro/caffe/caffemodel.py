@@ -7,7 +7,7 @@ fields weights need are decoded (see caffe.proto; numbers in FACTS.md):
 * LayerParameter (V2): ``name`` 1, ``type`` 2, ``bottom`` 3, ``top`` 4,
   ``blobs`` 7
 * V1LayerParameter: ``bottom`` 2, ``top`` 3, ``name`` 4, ``type`` 5 (enum,
-  mapped to the V2 type string with :data:`~fcn_repro.caffe.prototxt.V1_LAYER_TYPES`),
+  mapped to the V2 type string with :data:`~fcn_repro.caffe.schema.V1_LAYER_TYPES`),
   ``blobs`` 6
 * BlobProto: decoded and encoded in :mod:`.wire` (shared with the solver
   state, :mod:`.solverstate`)
@@ -56,7 +56,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from fcn_repro.caffe.prototxt import V1_LAYER_TYPES, Message
+from fcn_repro.caffe import schema
+from fcn_repro.caffe.prototxt import Message
+from fcn_repro.caffe.schema import V1_LAYER_TYPES
 from fcn_repro.caffe.solverstate import (  # noqa: F401  (importable from here, as before)
     SolverStateContents, decode_solverstate, encode_solverstate, read_solverstate, write_solverstate,
 )
@@ -74,6 +76,13 @@ __all__ = [
     "layers_from_weights", "SolverStateContents", "read_solverstate", "decode_solverstate",
     "write_solverstate", "encode_solverstate",
 ]
+
+
+_NET = schema.numbers("NetParameter")
+_V2 = schema.numbers("LayerParameter")
+_V1 = schema.numbers("V1LayerParameter")
+_LAYER_FIELDS = {v1: tuple(nums[k] for k in ("name", "type", "bottom", "top", "blobs"))
+                 for v1, nums in ((False, _V2), (True, _V1))}
 
 
 class _Layer:
@@ -107,7 +116,7 @@ class _Net:
 def _decode_layer(w: Wire, start: int, end: int, tagpos: int, v1: bool, index: int) -> _Layer:
     layer = _Layer(tagpos)
     # field numbers: V2 LayerParameter / V1LayerParameter
-    f_name, f_type, f_bottom, f_top, f_blobs = (4, 5, 2, 3, 6) if v1 else (1, 2, 3, 4, 7)
+    f_name, f_type, f_bottom, f_top, f_blobs = _LAYER_FIELDS[v1]
     try:
         for field, wire, tp, s, e in w.fields(start, end):
             if field == f_name:
@@ -136,7 +145,7 @@ def _decode_layer(w: Wire, start: int, end: int, tagpos: int, v1: bool, index: i
                 except CaffeModelError as err:
                     raise CaffeModelError(err.reason, err.filename, offset=err.offset,
                                           layer=layer.name or f"#{index}", blob=len(layer.blobs)) from None
-            elif v1 and field == 1:
+            elif v1 and field == _V1["layer"]:
                 raise w.err("V0 net (a 'layer' message nested in V1 'layers') is not supported", tp)
             elif not v1:
                 layer.extras.append((field, tp, e))
@@ -152,17 +161,17 @@ def _decode_net(w: Wire) -> _Net:
     net = _Net()
     saw_v1 = saw_v2 = False
     for field, wire, tp, s, e in w.fields(0, w.size):
-        if field == 100 or field == 2:
-            expect_wire(w, "layer" if field == 100 else "V1 layers", wire, 2, tp)
-            if field == 100:
+        if field == _NET["layer"] or field == _NET["layers"]:
+            expect_wire(w, "layer" if field == _NET["layer"] else "V1 layers", wire, 2, tp)
+            if field == _NET["layer"]:
                 saw_v2 = True
             else:
                 saw_v1 = True
             if saw_v1 and saw_v2:
                 # UpgradeV1Net refuses nets that hold both
                 raise w.err("net holds both V2 'layer' (field 100) and V1 'layers' (field 2)", tp)
-            net.layers.append(_decode_layer(w, s, e, tp, field == 2, len(net.layers)))
-        elif field == 1:
+            net.layers.append(_decode_layer(w, s, e, tp, field == _NET["layers"], len(net.layers)))
+        elif field == _NET["name"]:
             expect_wire(w, "net name", wire, 2, tp)
             net.name, net.has_name = w.string(s, e), True
         else:
@@ -322,13 +331,14 @@ def _layer_pieces(layer: CaffeLayer) -> tuple[list[Any], int]:
     legacy = list(layer.legacy) + [False] * (len(layer.blobs) - len(layer.legacy))
     plans = [BlobPlan(as_array(b, f"{where} blob {i}"), legacy[i], f"{where} blob {i}")
              for i, b in enumerate(layer.blobs)]
-    known: list[tuple[int, list[Any]]] = [(1, [length_delimited(1, encode_str(layer.name))])]
+    f_name, f_type, f_bottom, f_top, f_blobs = _LAYER_FIELDS[False]
+    known: list[tuple[int, list[Any]]] = [(f_name, [length_delimited(f_name, encode_str(layer.name))])]
     if layer.type:
-        known.append((2, [length_delimited(2, encode_str(layer.type))]))
-    known += [(3, [length_delimited(3, encode_str(b))]) for b in layer.bottom]
-    known += [(4, [length_delimited(4, encode_str(t))]) for t in layer.top]
+        known.append((f_type, [length_delimited(f_type, encode_str(layer.type))]))
+    known += [(f_bottom, [length_delimited(f_bottom, encode_str(b))]) for b in layer.bottom]
+    known += [(f_top, [length_delimited(f_top, encode_str(t))]) for t in layer.top]
     for p in plans:
-        known.append((7, [key(7, 2) + varint_bytes(p.size)] + p.pieces))
+        known.append((f_blobs, [key(f_blobs, 2) + varint_bytes(p.size)] + p.pieces))
     extras = [(f, [bytes(raw) if not isinstance(raw, memoryview) else raw]) for f, raw in layer.extras]
     # stable merge by field number: known fields first within the same number
     merged = sorted(known + extras, key=lambda t: t[0])
@@ -340,11 +350,11 @@ def _net_pieces(layers: Iterable[CaffeLayer], net_name: str | None,
                 net_extras: Sequence[tuple[int, Any]] = ()) -> tuple[list[Any], int]:
     pieces: list[tuple[int, list[Any]]] = []
     if net_name is not None:
-        pieces.append((1, [length_delimited(1, encode_str(net_name))]))
+        pieces.append((_NET["name"], [length_delimited(_NET["name"], encode_str(net_name))]))
     pieces += [(f, [raw]) for f, raw in net_extras]
     for layer in layers:
         lp, size = _layer_pieces(layer)
-        pieces.append((100, [key(100, 2) + varint_bytes(size)] + lp))
+        pieces.append((_NET["layer"], [key(_NET["layer"], 2) + varint_bytes(size)] + lp))
     flat = [x for _, ps in sorted(pieces, key=lambda t: t[0]) for x in ps]
     return flat, pieces_size(flat)
 

@@ -19,12 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from fcn_repro.caffe import schema
 from fcn_repro.caffe.weightfile import as_array
 from fcn_repro.caffe.wire import (
     BlobPlan, Wire, blob_array, decode_blob, encode_str, expect_wire, int32, key, length_delimited,
     pieces_size, varint_bytes, write_pieces,
 )
 from fcn_repro.errors import CaffeModelError
+
+_SS = schema.numbers("SolverState")
+_ITER, _LEARNED, _HISTORY, _STEP = (_SS[k] for k in ("iter", "learned_net", "history", "current_step"))
 
 __all__ = ["SolverStateContents", "read_solverstate", "decode_solverstate", "write_solverstate",
            "encode_solverstate"]
@@ -47,17 +51,17 @@ def decode_solverstate(data: Any, filename: str = "<bytes>") -> SolverStateConte
     it, cs, learned, hist = 0, 0, "", []
     seen_iter = False
     for field, wire, tp, s, e in w.fields(0, w.size):
-        if field in (1, 4):
-            expect_wire(w, "iter" if field == 1 else "current_step", wire, 0, tp)
+        if field in (_ITER, _STEP):
+            expect_wire(w, "iter" if field == _ITER else "current_step", wire, 0, tp)
             v = int32(w.varint(s, e)[0])
-            if field == 1:
+            if field == _ITER:
                 it, seen_iter = v, True
             else:
                 cs = v
-        elif field == 2:
+        elif field == _LEARNED:
             expect_wire(w, "learned_net", wire, 2, tp)
             learned = w.string(s, e)
-        elif field == 3:
+        elif field == _HISTORY:
             expect_wire(w, "history blob", wire, 2, tp)
             blob = decode_blob(w, s, e, tp)
             hist.append(np.array(blob_array(data, blob, False)))  # a copy: the buffer may go
@@ -93,12 +97,13 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
 def _solverstate_pieces(state: SolverStateContents) -> tuple[list[Any], int]:
     """Encoded pieces of the SolverState message as Caffe serializes it (fields
     in number order, history blobs with a BlobShape and packed data)."""
-    pieces: list[Any] = [key(1, 0) + varint_bytes(int(state.iter)), length_delimited(2, encode_str(state.learned_net))]
+    pieces: list[Any] = [key(_ITER, 0) + varint_bytes(int(state.iter)),
+                         length_delimited(_LEARNED, encode_str(state.learned_net))]
     for i, h in enumerate(state.history):
         plan = BlobPlan(as_array(h, f"history blob {i}"), False, f"history blob {i}")
-        pieces.append(key(3, 2) + varint_bytes(plan.size))
+        pieces.append(key(_HISTORY, 2) + varint_bytes(plan.size))
         pieces += plan.pieces
-    pieces.append(key(4, 0) + varint_bytes(int(state.current_step)))
+    pieces.append(key(_STEP, 0) + varint_bytes(int(state.current_step)))
     return pieces, pieces_size(pieces)
 
 

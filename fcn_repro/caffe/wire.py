@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fcn_repro.caffe import schema
 from fcn_repro.caffe.weightfile import BlobInfo
 from fcn_repro.errors import CaffeModelError
 from fcn_repro.utils import atomic_write
@@ -189,10 +190,14 @@ class BlobRecord:
 
 
 # Single-byte tags of the unpacked encodings of the value fields.
-_TAG_DATA_U = (5 << 3) | 5          # data, fixed32
-_TAG_DIFF_U = (6 << 3) | 5          # diff, fixed32
-_TAG_DDATA_U = (8 << 3) | 1         # double_data, fixed64
-_TAG_DDIFF_U = (9 << 3) | 1         # double_diff, fixed64
+_BP = schema.numbers("BlobProto")
+_DATA, _DIFF, _DDATA, _DDIFF, _SHAPE = (_BP[k] for k in ("data", "diff", "double_data", "double_diff", "shape"))
+_LEGACY = tuple(_BP[k] for k in ("num", "channels", "height", "width"))
+_DIM = schema.numbers("BlobShape")["dim"]
+_VALUE_FIELDS = {_DATA: "data", _DIFF: "diff", _DDATA: "double_data", _DDIFF: "double_diff"}
+_WIDTH = {_DATA: 4, _DIFF: 4, _DDATA: 8, _DDIFF: 8}
+# single-byte tags of the unpacked encodings (fixed32 = wire 5, fixed64 = wire 1)
+_TAG_UNPACKED = {f: (f << 3) | (5 if w == 4 else 1) for f, w in _WIDTH.items()}
 
 
 def expect_wire(w: Wire, what: str, wire: int, want: int, tagpos: int) -> None:
@@ -211,33 +216,34 @@ def decode_blob(w: Wire, start: int, end: int, tagpos: int) -> BlobRecord:
     while pos < end:
         tp = pos
         field, wire, pos = w.tag(pos, end)
-        if field in (5, 6, 8, 9):
-            width = 4 if field in (5, 6) else 8
-            name = {5: "data", 6: "diff", 8: "double_data", 9: "double_diff"}[field]
+        if field in _VALUE_FIELDS:
+            width = _WIDTH[field]
+            name = _VALUE_FIELDS[field]
             if wire == 2:
                 s, pos = w.skip(field, wire, pos, end, tp)
                 n = pos - s
                 if n % width:
                     raise w.err(f"packed {name} is {n} bytes, not a multiple of {width}", tp)
-                if field in (5, 8) and n:
+                if field in (_DATA, _DDATA) and n:
                     segs[width].append(("p", s, n // width))
                     nvals[width] += n // width
             elif wire == (5 if width == 4 else 1):
-                tag = {5: _TAG_DATA_U, 6: _TAG_DIFF_U, 8: _TAG_DDATA_U, 9: _TAG_DDIFF_U}[field]
+                tag = _TAG_UNPACKED[field]
                 k = w.run_length(tp, end, tag, width)
                 if k == 0:  # the record is cut short by the end of the message
                     raise w.err(f"{name} value needs {width} bytes, only {end - pos} remain", tp)
-                if field in (5, 8):
+                if field in (_DATA, _DDATA):
                     segs[width].append(("u", tp, k))
                     nvals[width] += k
                 pos = tp + k * (1 + width)
             else:
                 raise w.err(f"blob field {name} has wire type {WIRE_NAMES[wire]}", tp)
-        elif field in (1, 2, 3, 4):
-            expect_wire(w, ("num", "channels", "height", "width")[field - 1], wire, 0, tp)
+        elif field in _LEGACY:
+            axis = _LEGACY.index(field)
+            expect_wire(w, ("num", "channels", "height", "width")[axis], wire, 0, tp)
             v, pos = w.varint(pos, end)
-            legacy[field - 1] = int32(v)
-        elif field == 7:
+            legacy[axis] = int32(v)
+        elif field == _SHAPE:
             expect_wire(w, "blob shape", wire, 2, tp)
             s, pos = w.skip(field, wire, pos, end, tp)
             # a repeated singular message merges: its repeated dims concatenate
@@ -280,7 +286,7 @@ def decode_blob(w: Wire, start: int, end: int, tagpos: int) -> BlobRecord:
 def _decode_shape(w: Wire, start: int, end: int) -> list[int]:
     dims: list[int] = []
     for field, wire, tp, s, e in w.fields(start, end):
-        if field != 1:
+        if field != _DIM:
             continue
         if wire == 2:  # packed int64 varints
             p = s
@@ -395,11 +401,11 @@ class BlobPlan:
             if arr.ndim != 4:
                 raise ValueError(f"{where}: legacy num/channels/height/width needs a 4-D blob, "
                                  f"got shape {arr.shape}")
-            for f, d in zip((1, 2, 3, 4), arr.shape):
+            for f, d in zip(_LEGACY, arr.shape):
                 dims += key(f, 0) + varint_bytes(int(d))
         dim_bytes = b"".join(varint_bytes(int(d)) for d in arr.shape)
-        shape = b"" if legacy else length_delimited(7, length_delimited(1, dim_bytes) if arr.ndim else b"")
-        head = (key(5 if width == 4 else 8, 2) + varint_bytes(n)) if n else b""
+        shape = b"" if legacy else length_delimited(_SHAPE, length_delimited(_DIM, dim_bytes) if arr.ndim else b"")
+        head = (key(_DATA if width == 4 else _DDATA, 2) + varint_bytes(n)) if n else b""
         if width == 4:
             self.pieces: list[Any] = [bytes(dims) + head, values, shape]
         else:
