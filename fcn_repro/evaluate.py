@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fcn_repro import zoo
+from fcn_repro import registry, zoo
 from fcn_repro.data import DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
 from fcn_repro.data.base import resource_path
 from fcn_repro.data.transforms import save_label_png
@@ -80,11 +80,11 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
         raise MissingError(f"--net {net_arg} is a prototxt path: pass its weights with --weights FILE "
                            "(.caffemodel, .caffemodel.h5 or .h5)")
     if entry.name == "sample":
-        return resource_path("sample", "fcn8s-shapes.caffemodel")
+        return zoo.weights_path(entry)
     if entry.caffemodel is None:
         raise MissingError(f"no original weights were published for {entry.name}; train them "
                            "(python -m fcn_repro.train) and pass --weights FILE")
-    p = entry.weights_path()
+    p = zoo.weights_path(entry)
     if not p.is_file():
         wdir = zoo.weights_dir()
         raise MissingError(
@@ -148,11 +148,10 @@ _DATA_HELP = {
 
 
 def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str] = (), voc_dir=None,
-                 keep_image: bool = False, class_names=None) -> SegDataset:
+                 keep_image: bool = False) -> SegDataset:
     """The reader of ``kind`` on ``data``; MissingError when absent or malformed."""
     if kind == "sample":
         root = Path(data) if data else resource_path("sample", "sample")
-        kind = "voc"
     else:
         root = data
     if root is None:
@@ -165,8 +164,6 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
         kw["tops"] = tuple(tops) or ("color",)
     if kind == "context" and voc_dir:
         kw["voc_dir"] = voc_dir
-    if kind == "voc" and class_names is not None:
-        kw["classes"] = class_names
     try:
         return make_dataset(kind, root, split, **kw)
     except DataMissingError as e:
@@ -185,8 +182,8 @@ def net_inputs(net_input_names: Sequence[str], sample, entry=None) -> Dict[str, 
     for b in net_input_names:
         if b in sample.inputs:
             out[b] = sample.inputs[b]
-        elif entry is not None and b in entry.inputs and all(t in sample.inputs for t in entry.inputs[b]):
-            parts = [sample.inputs[t] for t in entry.inputs[b]]
+        elif entry is not None and b in entry.input_map and all(t in sample.inputs for t in entry.input_map[b]):
+            parts = [sample.inputs[t] for t in entry.input_map[b]]
             out[b] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         elif len(net_input_names) == 1 and len(sample.inputs) == 1:
             out[b] = next(iter(sample.inputs.values()))
@@ -389,22 +386,31 @@ def _write_json(path: str, report: dict) -> None:
         f.write("\n")
 
 
-def _reference_line(entry, miu: float, split: str, limit, full_split: str) -> List[str]:
-    if entry is None or entry.reference_mean_iu is None:
+_SCORE_NAMES = (("overall_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
+                ("fwavacc", "f.w. IU"))
+
+
+def _reference_lines(entry, head: dict, split: str, limit) -> List[str]:
+    """Our four scores against the card's published ones (where published)."""
+    ref = head.get("reference")
+    if ref is None:
         return []
-    ref = entry.reference_mean_iu
-    dec = entry.reference_decimals
-    ours = 100 * miu
-    lines = [f"reference mean IU for {entry.name} ({entry.title}, {entry.split}): {ref:.{dec}f}"
-             + (f" (converted weights: {entry.reference_precise:.4f})" if entry.reference_precise else "")]
-    comparable = split == entry.split and limit is None
-    lines.append(f"ours: {ours:.4f}   difference: {ours - ref:+.4f} points"
-                 + ("" if comparable else
-                    f"   (not comparable: evaluated {full_split!r}" + (f", first {limit} images" if limit else "")
-                    + f"; the reference is on the whole of {entry.split!r})"))
-    if comparable:
-        same = round(ours, dec) == round(ref, dec)
-        lines.append(f"to the published precision ({dec} decimals): {'MATCH' if same else 'DIFFERENT'}")
+    dec = ref["decimals"]
+    lines = [f"reference for {entry.name} ({entry.title}) on {ref['split']}: {ref['source']}"]
+    for key, label in _SCORE_NAMES:
+        r = ref["scores"].get(key)
+        if r is None:
+            continue
+        ours, theirs = 100 * head[key], 100 * r
+        lines.append(f"  {label:<10} ours {ours:8.4f}   published {theirs:8.{dec}f}   difference {ours - theirs:+.4f}")
+    if not ref["comparable"]:
+        lines.append(f"  (not comparable: evaluated {split!r}" + (f", first {limit} images" if limit else "")
+                     + f"; the reference is on the whole of {ref['split']!r})")
+    else:
+        tol = max(0.005, 0.5 * 10 ** -dec)
+        same = all(abs(100 * head[k] - 100 * ref["scores"][k]) <= tol for k, _ in _SCORE_NAMES
+                   if ref["scores"].get(k) is not None)
+        lines.append(f"  within {tol:g} points of every published score: {'MATCH' if same else 'DIFFERENT'}")
     return lines
 
 
@@ -424,9 +430,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     out = out or sys.stdout
     entry, prototxt = resolve_net(net)
     kind = dataset_kind or (entry.dataset if entry is not None else "voc")
-    split = split or (entry.split if entry is not None and kind == entry.dataset else
-                      {"voc": "seg11valid", "siftflow": "test", "nyud": "test", "context": "val",
-                       "sbd": "val", "sample": "val"}.get(kind, "val"))
+    split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
     problems = []
     wpath = dataset = None
@@ -434,14 +438,12 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
         wpath = resolve_weights(entry, weights, net)
     except MissingError as e:
         problems.append(str(e))
-    sample_names = zoo.SAMPLE.class_names("score") if kind == "sample" else None
     if entry is not None and kind == entry.dataset:
         tops = entry.tops
     else:
         tops = tuple(t for t in prototxt_inputs(prototxt) if t in ("color", "hha", "depth"))
     try:
-        dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir,
-                               class_names=sample_names)
+        dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir)
         dataset.check_files(limit)
     except (MissingError, DataMissingError) as e:
         problems.append(str(e))
@@ -478,11 +480,13 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
         names = _head_classes(entry, blob, h.shape[0], dataset, lab)
         head = {"label": lab, "classes": names, "hist": h, "excluded_classes": exclude,
                 **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
-        if entry is not None and entry.reference_mean_iu is not None and blob == "score":
-            head["reference_mean_iu"] = entry.reference_mean_iu
-            head["reference_decimals"] = entry.reference_decimals
-            head["difference"] = 100 * sc["mean_iu"] - entry.reference_mean_iu
-            head["comparable"] = split == entry.split and limit is None
+        ref = entry.reference(blob, asserted=True) if entry is not None else None
+        if ref is not None:
+            head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
+                                 "scores": ref.scores(), "comparable": split == ref.split and limit is None}
+            head["reference_mean_iu"] = ref.mean_iu
+            head["difference"] = 100 * sc["mean_iu"] - ref.mean_iu
+            head["comparable"] = head["reference"]["comparable"]
         report["heads"][blob] = head
     if compare_caffe:
         report["caffe"] = _compare_with_caffe(res, hists, dataset, world)
@@ -574,9 +578,9 @@ def _print_report(report: dict, entry, out) -> None:
             title += "; excluded (absent from the set): " + ", ".join(
                 head["classes"][c] for c in head["excluded_classes"])
         p(format_scores(head, head["classes"], title=title, reference=ref))
-        if head.get("reference_mean_iu") is not None:
+        if head.get("reference") is not None:
             p()
-            for ln in _reference_line(entry, head["mean_iu"], report["split"], report["limit"], report["split"]):
+            for ln in _reference_lines(entry, head, report["split"], report["limit"]):
                 p(ln)
     if caffe is not None:
         p()

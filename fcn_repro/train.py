@@ -46,7 +46,6 @@ run step for step: ``--solver S --weights W --feed F --iters N --save OUT``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -60,11 +59,13 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from fcn_repro import registry
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.solver import (
     CaffeSGD, SmoothedLoss, SolverError, SolverParameter, param_groups, read_solver, sync_gradients,
 )
+from fcn_repro.data.layers import DataLayer, find_data_layer
 from fcn_repro.utils import atomic_write
 
 __all__ = [
@@ -78,14 +79,8 @@ class TrainError(RuntimeError):
     """A training setup that cannot run; the message names the file and blob."""
 
 
-#: The original schedule: which weights each net's training started from.
-RECIPES = {
-    "fcn32s": "VGG-16 (VGG_ILSVRC_16_layers.caffemodel), by surgery",
-    "fcn16s": "FCN-32s weights (a trained fcn32s .caffemodel)",
-    "fcn8s": "FCN-16s weights (a trained fcn16s .caffemodel)",
-    "fcn8s-atonce": "VGG-16 (VGG_ILSVRC_16_layers.caffemodel), by surgery, all heads at once",
-    "fcn-alexnet": "AlexNet (bvlc_alexnet.caffemodel), by surgery; iter_size accumulation, normalized loss",
-}
+#: The original schedule: which weights each net's training started from (the registry's cards).
+RECIPES = {name: card.trained_from for name, card in registry.NETS.items() if card.dataset == "voc"}
 
 
 # ------------------------------------------------------------------ surgery
@@ -908,20 +903,17 @@ def _main(args: argparse.Namespace) -> int:
             for g in param_groups(net):
                 dist.broadcast(g["params"][0].data, 0)
 
-    zoo_net = None
-    if args.net:
-        from fcn_repro import zoo
-        with contextlib.suppress(KeyError):
-            zoo_net = zoo.get(args.net)
-    data_layer = python_data_params(netparam, net.inputs)
+    card = registry.NETS.get(args.net) if args.net else None
+    data_layer = find_data_layer(netparam, net.inputs, train_path)
     if args.feed:
         source: Any = FeedSource(args.feed, list(net.inputs), device)
     else:
-        kind = args.dataset or _DATA_LAYER_KINDS.get(data_layer.get("layer", ""))
-        split = args.split or data_layer.get("split") or "train"
+        kind = args.dataset or (data_layer.dataset if data_layer else None)
+        split = args.split or (data_layer.split if data_layer else None) or "train"
         ds = _dataset(kind, args.data, split)
-        data_seed = args.seed if args.seed is not None else int(data_layer.get("seed", 1337))
-        source = DatasetSource(ds, _input_map(net.inputs, zoo_net, data_layer), seed=data_seed,
+        data_seed = args.seed if args.seed is not None else (
+            data_layer.seed if data_layer and data_layer.seed is not None else 1337)
+        source = DatasetSource(ds, _input_map(net.inputs, card, data_layer), seed=data_seed,
                                order=args.order, rank=rank, world=world, device=device)
         if show:
             _print(f"training data: {type(ds).__name__} {split!r} ({len(ds)} images), "
@@ -930,20 +922,21 @@ def _main(args: argparse.Namespace) -> int:
     validator = None
     if args.val_data and not args.feed:
         val_path = args.val_net or _default_val_net(train_path, sp)
-        val_layer = {}
+        val_layer = None
         vp = Path(train_path).parent / "val.prototxt"
         if vp.is_file():
-            val_layer = python_data_params(parse_prototxt(vp), net.inputs)
-        kind = args.val_dataset or _DATA_LAYER_KINDS.get(val_layer.get("layer", ""))
-        vds = _dataset(kind, args.val_data, args.val_split or val_layer.get("split") or "seg11valid")
-        heads = {b: lab for b, (lab, _) in zoo_net.classes.items()} if zoo_net else None
+            val_layer = find_data_layer(parse_prototxt(vp), net.inputs, str(vp))
+        kind = args.val_dataset or (val_layer.dataset if val_layer else None)
+        vds = _dataset(kind, args.val_data, args.val_split or (val_layer.split if val_layer else None)
+                       or "seg11valid")
+        heads = card.pairing if card else None
         if heads is None:
             # FCN's naming: the label blob 'label' is scored by 'score'; SIFT
             # Flow's 'sem' / 'geo' by 'score_sem' / 'score_geo'.
             heads = {("score" if lab == "label" else f"score_{lab}"): lab
                      for lab in net.inputs if lab in ("label", "sem", "geo")} or {"score": "label"}
         limit = args.test_iters if args.test_iters is not None else (sp.test_iter[0] if sp.test_iter else None)
-        validator = Validator(val_path, vds, _input_map(net.inputs, zoo_net, data_layer), heads,
+        validator = Validator(val_path, vds, _input_map(net.inputs, card, data_layer), heads,
                               limit=limit, device=device, rank=rank, world=world)
         if args.test_every is None and (not sp.test_interval or sp.test_interval > sp.max_iter):
             # FCN's solve.py scored the val set every 4000 iterations (its
@@ -979,54 +972,19 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-#: FCN's Python data layers -> our dataset readers.
-_DATA_LAYER_KINDS = {
-    "SBDDSegDataLayer": "sbd", "VOCSegDataLayer": "voc", "SIFTFlowSegDataLayer": "siftflow",
-    "NYUDSegDataLayer": "nyud", "PASCALContextSegDataLayer": "context",
-}
-
-
-def python_data_params(netparam: Message, inputs: Sequence[str]) -> dict:
-    """The Python data layer feeding ``inputs``: {"layer", "tops" (its top names), and its
-    param_str (JSON or a Python literal: split, seed, tops, ...)}; {} when there is none."""
-    import ast
-    for layer in netparam.getall("layer"):
-        if str(layer.get("type", "")) != "Python":
-            continue
-        tops = [str(t) for t in layer.getall("top")]
-        if not any(t in inputs for t in tops):
-            continue
-        pp = layer.sub("python_param")
-        out: dict[str, Any] = {}
-        text = str(pp.get("param_str", "") or "")
-        if text:
-            try:
-                out = json.loads(text)
-            except ValueError:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    out = ast.literal_eval(text)
-            out = dict(out) if isinstance(out, dict) else {}
-        out["layer"] = str(pp.get("layer", ""))
-        out["blobs"] = tops
-        return out
-    return {}
-
-
-def _input_map(inputs: Sequence[str], zoo_net: Any, data_layer: Optional[dict] = None
+def _input_map(inputs: Sequence[str], card: Any, data_layer: Optional[DataLayer] = None
                ) -> dict[str, tuple[str, ...]]:
     """Net input blob -> sample keys.
 
-    The zoo's mapping for its nets (NYUDv2: 'data' <- 'color'); else a Python
-    data layer's ``tops`` parameter, by position (its i-th top blob reads
-    the reader's i-th top); else the blob's own name ('data', 'label').
+    The registry card's mapping for its nets (NYUDv2: 'data' <- 'color');
+    else a Python data layer's ``tops`` parameter, by position (its i-th top
+    blob reads the reader's i-th top); else the blob's own name ('data', 'label').
     """
     m: dict[str, tuple[str, ...]] = {}
-    pos = {}
-    if data_layer and isinstance(data_layer.get("tops"), (list, tuple)):
-        pos = dict(zip(data_layer.get("blobs", []), data_layer["tops"]))
+    pos = data_layer.top_map() if data_layer is not None and "tops" in data_layer.params else {}
     for b in inputs:
-        if zoo_net is not None and b in zoo_net.inputs:
-            m[b] = tuple(zoo_net.inputs[b])
+        if card is not None and b in card.input_map:
+            m[b] = tuple(card.input_map[b])
         elif b in pos:
             m[b] = (str(pos[b]),)
         else:

@@ -24,7 +24,8 @@ from fcn_repro.caffe.layers.pooling import Pooling
 from fcn_repro.caffe.layers.relu import ReLU
 from fcn_repro.caffe.net import Net
 from fcn_repro.solver import CaffeSGD, param_groups, read_solver
-from fcn_repro.train import DatasetSource, draw_order, interp_layers, main, python_data_params, surgery
+from fcn_repro.data.layers import find_data_layer
+from fcn_repro.train import DatasetSource, draw_order, interp_layers, main, surgery
 
 
 def _rel(a, b):
@@ -648,9 +649,16 @@ def test_train_resume_from_caffes_binary_solverstate(tiny_setup, tmp_path):
 
 def test_python_data_layer_params(tiny_setup):
     from fcn_repro.caffe.prototxt import parse_prototxt
-    p = python_data_params(parse_prototxt(tiny_setup["dir"] / "nets" / "train.prototxt"), ["data", "label"])
-    assert p["layer"] == "SBDDSegDataLayer" and p["split"] == "train" and p["seed"] == 1337
-    assert p["blobs"] == ["data", "label"]
+    p = find_data_layer(parse_prototxt(tiny_setup["dir"] / "nets" / "train.prototxt"), ["data", "label"])
+    assert p.layer == "SBDDSegDataLayer" and p.split == "train" and p.seed == 1337
+    assert p.blobs == ("data", "label") and p.dataset == "sbd"
+    # a param_str that is not a dict literal is an error naming the file, not silently ignored
+    bad = parse_prototxt(str(tiny_setup["dir"] / "nets" / "train.prototxt")).copy()
+    for lp in bad.getall("layer"):
+        if lp.get("type") == "Python":
+            lp.sub("python_param").set("param_str", "{'split': ")
+    with pytest.raises(ValueError, match="train.prototxt.*neither JSON nor a Python literal"):
+        find_data_layer(bad, ["data", "label"], "nets/train.prototxt")
 
 
 def test_iter_size_averages_accumulated_gradients(tiny_setup, tmp_path):
