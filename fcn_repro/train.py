@@ -59,13 +59,14 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from fcn_repro import registry
+from fcn_repro import cli, registry
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.solver import (
     CaffeSGD, SmoothedLoss, SolverError, SolverParameter, param_groups, read_solver, sync_gradients,
 )
 from fcn_repro.data.layers import DataLayer, find_data_layer
+from fcn_repro.evaluation import Validator
 from fcn_repro.utils import atomic_write
 
 __all__ = [
@@ -338,90 +339,6 @@ class DatasetSource:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-# ------------------------------------------------------------------ validation
-
-class Validator:
-    """Periodic validation: a TEST-phase net sharing the training weights.
-
-    ``heads``: score blob -> label key in the samples (VOC: {'score': 'label'};
-    SIFT Flow: {'score_sem': 'sem', 'score_geo': 'geo'}). The confusion
-    matrix is accumulated over the whole set (fcn_repro.metrics) and, in a
-    distributed run, summed over processes (each takes every world-th image).
-    """
-
-    def __init__(self, prototxt: str | os.PathLike, dataset: Any, input_map: dict[str, Sequence[str]],
-                 heads: dict[str, str], *, limit: Optional[int] = None, device: Any = "cpu",
-                 rank: int = 0, world: int = 1):
-        from fcn_repro.caffe import Net
-        self.prototxt = os.fspath(prototxt)
-        self.net = Net(self.prototxt, phase="TEST").to(device)
-        self.net.eval()
-        self.dataset, self.heads, self.limit = dataset, dict(heads), limit
-        self.input_map = {k: tuple(v) for k, v in input_map.items() if k in self.net.inputs}
-        missing = [b for b in self.net.inputs if b not in self.input_map]
-        if missing:
-            raise TrainError(f"{self.prototxt}: no data for validation net input(s) {missing}")
-        self.device, self.rank, self.world = device, rank, world
-
-    @torch.no_grad()
-    def share(self, train_net: Any) -> None:
-        """Copy the training net's parameters into the validation net (by layer name)."""
-        for name, blobs in self.net.params.items():
-            src = train_net.params.get(name)
-            if src is None:
-                continue
-            for i, (dst, s) in enumerate(zip(blobs, src)):
-                if tuple(dst.shape) != tuple(s.shape):
-                    raise TrainError(f"{self.prototxt}: layer {name!r} blob {i} has shape "
-                                     f"{tuple(dst.shape)}, the training net's has {tuple(s.shape)}")
-                dst.copy_(s)
-
-    @torch.no_grad()
-    def run(self, train_net: Any, progress: bool = False) -> dict:
-        """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, images}} over the set."""
-        from fcn_repro import metrics
-        from fcn_repro.data.loader import shard_indices
-        self.share(train_net)
-        self.net.eval()
-        n = len(self.dataset) if self.limit is None else min(self.limit, len(self.dataset))
-        idx = shard_indices(len(self.dataset), self.rank, self.world, limit=n)
-        hists: dict[str, Optional[np.ndarray]] = {h: None for h in self.heads}
-        it: Any = idx
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(idx, desc="test", leave=False, unit="img")
-        for i in it:
-            s = self.dataset.load(i)
-            arrays = sample_arrays(s, self.input_map, type(self.dataset).__name__)
-            out = self.net(**{k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()})
-            for blob, lab in self.heads.items():
-                if blob not in out:
-                    raise TrainError(f"{self.prototxt}: score blob {blob!r} is not an output of the "
-                                     f"validation net (outputs {sorted(out)})")
-                if lab not in s.labels:
-                    raise TrainError(f"validation item {s.id!r} has no label {lab!r} for {blob!r}")
-                score = out[blob]
-                pred = score[0].argmax(0).cpu().numpy()
-                h = metrics.fast_hist(s.labels[lab], pred, int(score.shape[1]))
-                hists[blob] = h if hists[blob] is None else hists[blob] + h
-        result = {}
-        for blob, h in hists.items():
-            if self.world > 1:
-                import torch.distributed as dist
-                c = torch.tensor([0 if h is None else h.shape[0]], dtype=torch.int64, device=self.device)
-                dist.all_reduce(c, op=dist.ReduceOp.MAX)
-                h = np.zeros((int(c), int(c)), np.int64) if h is None else h
-                t = torch.from_numpy(np.ascontiguousarray(h, np.int64)).to(self.device)
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                h = t.cpu().numpy()
-            if h is None:
-                raise TrainError("validation ran on no image")
-            sc = metrics.scores(h)
-            result[blob] = {k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc")}
-            result[blob]["images"] = n
-        return result
-
-
 # ----------------------------------------------------------------- the curve
 
 def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -482,18 +399,6 @@ def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = ""
 
 # ------------------------------------------------------------------ the loop
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return float(v) if math.isfinite(float(v)) else None
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    return v
-
-
 class Trainer:
     """Caffe's Solver for one training net.
 
@@ -543,7 +448,7 @@ class Trainer:
         return self.out_dir / "log.jsonl" if self.out_dir is not None else None
 
     def _log(self, rec: dict) -> None:
-        rec = _jsonable(rec)
+        rec = cli.jsonable(rec)
         self.records.append(rec)
         if self.writer:
             # One complete line per write, flushed: a crash leaves whole records
@@ -762,25 +667,6 @@ def default_solver(net: str) -> Path:
                      + " (generate the nets with `python -m fcn_repro.netspec`, or pass --solver)")
 
 
-def _dist_setup(device_arg: Optional[str]) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg:
-        dev = torch.device(device_arg)
-    else:
-        dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
-
-
 def _dataset(kind: Optional[str], root: str, split: str) -> Any:
     from fcn_repro.data import make_dataset
     if kind is None:
@@ -876,7 +762,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.init is not None and args.weights is not None:
         raise TrainError("give at most one of --init and --weights")
 
-    rank, world, device = _dist_setup(args.device)
+    rank, world, device = cli.dist_setup(args.device)
     name = args.net or Path(solver_path).parent.name or "train"
     out_dir = args.out if args.out is not None else (None if args.feed else os.path.join("out", name))
     show = rank == 0 and not args.no_progress
