@@ -6,7 +6,8 @@
 - A user error (a project error: a ValueError subclass such as a bad
   weights file or prototxt, a missing file or dataset, a bad argument) prints
   ONE ``error: ...`` line (hints may follow on indented lines) and exits
-  with status 2, without a traceback. A tool's own failed check exits 1.
+  with status 2, without a traceback (with ``--json -`` stdout also gets
+  ``{"ok": false, "error": ...}``). A tool's own failed check exits 1.
 - Output paths (``--json``, ``-o``, ``--save-predictions``, ``--out``) are
   checked writable before the work starts (:func:`check_writable`), and
   written atomically, so a refused or failed run leaves nothing half-written.
@@ -91,13 +92,15 @@ def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     except Exception as e:  # noqa: BLE001 - only user errors are turned into a line
         if not _user_error(e):
             raise
-        print(error_line(e), file=sys.stderr)
+        line = error_line(e)
+        print(line, file=sys.stderr)
+        if getattr(args, "json", None) == "-":
+            # a machine reading the JSON gets the failure as JSON too
+            with contextlib.suppress(OSError):
+                print(json.dumps({"ok": False, "error": line.splitlines()[0][len("error: "):]}))
         return EXIT_USAGE
     finally:
         dist_teardown()
