@@ -536,8 +536,12 @@ def test_cli_check_and_generate(tmp_path, capsys):
     assert main(["--out", str(out), "--check"]) == 1
     err = capsys.readouterr().err
     assert "missing" in err and "stray" in err and "old.prototxt" in err
-    with pytest.raises(SystemExit):
-        main(["--out", str(out), "fcn5s"])
+    # the suggested command regenerates what was checked (--out D), never the checkout's prototxt/
+    assert f"run: python -m fcn_repro.netspec --out {out}" in err
+    assert main(["--out", str(out), "--check", "fcn8s"]) == 1
+    assert f"run: python -m fcn_repro.netspec --out {out} fcn8s" in capsys.readouterr().err
+    assert main(["--out", str(out), "fcn5s"]) == 2
+    assert "error: unknown net(s) fcn5s" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(fcn_nets.NETS))
