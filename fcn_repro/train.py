@@ -63,7 +63,7 @@ from fcn_repro import cli, registry
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.solver import (
-    CaffeSGD, SmoothedLoss, SolverError, SolverParameter, param_groups, read_solver, sync_gradients,
+    CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients,
 )
 from fcn_repro.data.layers import DataLayer, find_data_layer
 from fcn_repro.evaluation import Validator
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 
-class TrainError(RuntimeError):
+class TrainError(ValueError):
     """A training setup that cannot run; the message names the file and blob."""
 
 
@@ -433,6 +433,10 @@ class Trainer:
         self.prefix = prefix
         self.last_snapshot_iter = -1
         self.t_start = time.time()
+        #: where the display lines go when there is no progress bar (None: nowhere)
+        self.log_file = sys.stdout if rank == 0 else None
+        #: progress bar only on a terminal; a log gets Caffe's display lines instead
+        self.interactive = sys.stdout.isatty() and sys.stderr.isatty()
 
     # -- bookkeeping
     @property
@@ -532,11 +536,29 @@ class Trainer:
         self.draw()
         return rec
 
+    def log_line(self, rec: dict) -> None:
+        """Caffe's display lines (Solver::Step), every ``display`` iterations: the smoothed
+        loss, each loss top, the learning rate."""
+        it = rec["iter"]
+        rate = rec["images_per_s"]
+        print(f"Iteration {it}" + (f" ({rate:.3g} images/s)" if rate else "") + f", loss = {rec['smoothed_loss']:.6g}",
+              file=self.log_file)
+        for k, (top, v) in enumerate(rec["losses"].items()):
+            w = self.loss_weights.get(top, 1.0)
+            print(f"    Train net output #{k}: {top} = {v:.6g}"
+                  + ("" if w == 1.0 else f" (* {w:g} = {w * v:.6g} loss)"), file=self.log_file)
+        print(f"Iteration {it}, lr = {rec['lr']:.6g}", file=self.log_file)
+        self.log_file.flush()
+
     def step(self, iters: int) -> None:
-        """Caffe's Solver::Step(iters)."""
+        """Caffe's Solver::Step(iters).
+
+        On a terminal a progress bar; otherwise (a log file, a pipe) Caffe's
+        ``Iteration N, loss = X`` lines every ``display`` iterations.
+        """
         sp = self.solver
         bar = None
-        if self.progress:
+        if self.progress and self.interactive:
             from tqdm import tqdm
             bar = tqdm(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
         try:
@@ -545,6 +567,9 @@ class Trainer:
                         and (self.iter > 0 or sp.test_initialization)):
                     self.test()
                 rec = self.step_once()
+                if bar is None and self.rank == 0 and sp.display and rec["iter"] % sp.display == 0 \
+                        and self.log_file is not None:
+                    self.log_line(rec)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['smoothed_loss']:.4g}", lr=f"{rec['lr']:.3g}",
@@ -652,6 +677,22 @@ def _print(msg: str) -> None:
 
 # ------------------------------------------------------------------- the CLI
 
+def _sample_defaults(args: argparse.Namespace) -> None:
+    """``--net sample``: the bundled reduced FCN-8s, its Caffe-trained weights and its
+    24 images, with the FCN-8s solver (the smoke test of the whole training path)."""
+    args.solver = args.solver or str(default_solver("fcn8s"))
+    args.train_net = args.train_net or str(registry.resource_path("sample", "fcn8s-shapes.train.prototxt"))
+    args.val_net = args.val_net or str(registry.resource_path("sample", "fcn8s-shapes.prototxt"))
+    if args.init is None and args.weights is None and args.resume is None and args.feed is None:
+        args.weights = str(registry.resource_path("sample", registry.SAMPLE.weights.file))
+    if args.feed is None:
+        args.data = args.data or str(registry.resource_path("sample", "sample"))
+    args.dataset = args.dataset or "sample"
+    args.split = args.split or registry.dataset("sample").split
+    if args.display is None:
+        args.display = 1
+
+
 def default_solver(net: str) -> Path:
     """prototxt/<net>/solver.prototxt of the checkout (or the netspec cache)."""
     from fcn_repro import zoo
@@ -680,8 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fcn_repro.train",
         description="Train an FCN with Caffe's solver semantics (see the module docstring). "
                     "Run under torchrun for data-parallel training.")
+    cli.add_common(ap, None)
     g = ap.add_argument_group("net and solver")
-    g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt): "
+    g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt), or 'sample' (the "
+                   "bundled reduced FCN-8s, its weights and images: a smoke test): "
                    + "; ".join(f"{k} from {v}" for k, v in RECIPES.items()))
     g.add_argument("--solver", help="solver prototxt (default prototxt/<net>/solver.prototxt)")
     g.add_argument("--train-net", help="training net prototxt (default: the solver's train_net/net)")
@@ -694,11 +737,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.solverstate.h5) or Caffe's (.solverstate binary, or .solverstate.h5)")
     g = ap.add_argument_group("data")
     g.add_argument("--data", help="training data directory (SBD dataset/ or a VOC year directory)")
-    g.add_argument("--dataset", choices=["voc", "sbd", "siftflow", "nyud", "context"],
+    g.add_argument("--dataset", choices=list(registry.DATASETS),
                    help="reader for --data (default: sbd if DIR has img/ and cls/, else voc)")
     g.add_argument("--split", help="training split (default: the train net's data layer's, else train)")
     g.add_argument("--val-data", help="validation data directory (default: no validation)")
-    g.add_argument("--val-dataset", choices=["voc", "sbd", "siftflow", "nyud", "context"])
+    g.add_argument("--val-dataset", choices=list(registry.DATASETS))
     g.add_argument("--val-split", help="validation split (default: val.prototxt's data layer's, "
                    "else seg11valid)")
     g.add_argument("--order", choices=["random", "sequential"], default="random",
@@ -717,36 +760,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-iters", type=int, help="images per validation (default: solver test_iter, "
                    "else the whole split)")
     g.add_argument("--test-initialization", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--display", type=int, help="print Caffe's 'Iteration N, loss = X' lines every N "
+                   "iterations when not on a terminal (default: the solver's display; 0: never)")
     g = ap.add_argument_group("output")
     g.add_argument("--out", help="output directory (default out/<net or solver name>; with --feed: none)")
     g.add_argument("--save", help="write the final weights here (.caffemodel or .h5)")
     g.add_argument("--snapshot-format", choices=["both", "caffemodel", "h5"], default="both",
                    help="weights format of snapshots (default both: .caffemodel and .caffemodel.h5); "
                         "the solver state is always .solverstate.h5")
-    g.add_argument("--device", help="cpu, cuda, cuda:N (default cuda when available)")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     g.add_argument("--no-progress", action="store_true")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except (TrainError, SolverError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_main, build_parser(), argv)
 
 
 def _main(args: argparse.Namespace) -> int:
     from fcn_repro.caffe.net import Net
     if not args.solver and not args.net:
         raise TrainError("give --solver or --net")
+    if args.net == "sample":
+        _sample_defaults(args)
     solver_path = Path(args.solver) if args.solver else default_solver(args.net)
     sp = read_solver(solver_path)
     over: dict[str, Any] = {}
     for arg, field in (("max_iter", "max_iter"), ("base_lr", "base_lr"), ("iter_size", "iter_size"),
                        ("snapshot_every", "snapshot"), ("test_every", "test_interval"),
-                       ("test_initialization", "test_initialization")):
+                       ("test_initialization", "test_initialization"), ("display", "display")):
         if getattr(args, arg) is not None:
             over[field] = getattr(args, arg)
     if args.train_net:
@@ -761,6 +803,17 @@ def _main(args: argparse.Namespace) -> int:
         raise TrainError("give --data DIR (a training set) or --feed BLOBS.npz")
     if args.init is not None and args.weights is not None:
         raise TrainError("give at most one of --init and --weights")
+    for opt in ("iters", "max_iter", "iter_size", "test_iters"):
+        v = getattr(args, opt)
+        if v is not None and v < (0 if opt == "iters" else 1):
+            raise cli.UsageError(f"--{opt.replace('_', '-')} {v}: must be >= {0 if opt == 'iters' else 1}")
+    for opt in ("init", "weights", "resume", "feed", "data", "val_data"):
+        v = getattr(args, opt)
+        if v is not None and not os.path.exists(v):
+            raise FileNotFoundError(f"--{opt.replace('_', '-')} {v}: no such file or directory")
+    cli.check_writable(args.save, "--save")
+    if args.out is not None:
+        cli.check_writable(args.out, "--out", directory=True)
 
     rank, world, device = cli.dist_setup(args.device)
     name = args.net or Path(solver_path).parent.name or "train"
@@ -789,7 +842,7 @@ def _main(args: argparse.Namespace) -> int:
             for g in param_groups(net):
                 dist.broadcast(g["params"][0].data, 0)
 
-    card = registry.NETS.get(args.net) if args.net else None
+    card = registry.net(args.net) if args.net in registry.NETS or args.net == "sample" else None
     data_layer = find_data_layer(netparam, net.inputs, train_path)
     if args.feed:
         source: Any = FeedSource(args.feed, list(net.inputs), device)

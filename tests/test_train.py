@@ -716,3 +716,20 @@ def test_tiny_training_learns(tiny_setup, tmp_path):  # pragma: no cover - optio
     recs = [json.loads(x) for x in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r["type"] == "train"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_smoke_recipe_on_the_bundled_sample_logs_caffe_lines(tmp_path, capsys):
+    """`python -m fcn_repro.train --net sample --iters N --out DIR`: the documented smoke test.
+    Not on a terminal, the log holds Caffe's display lines, not progress-bar frames."""
+    assert main(["--net", "sample", "--iters", "2", "--out", str(tmp_path / "smoke")]) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines.count("Iteration 1, lr = 1e-10") == 1 and "\r" not in cap.out + cap.err
+    first = next(ln for ln in lines if ln.startswith("Iteration 0 ("))
+    assert first.endswith(f", loss = {json.loads((tmp_path / 'smoke' / 'log.jsonl').read_text().splitlines()[0])['smoothed_loss']:.6g}")
+    assert "    Train net output #0: loss = " in cap.out
+    assert (tmp_path / "smoke" / "train_iter_2.caffemodel").is_file()
+    # display honoured: every 2nd iteration only
+    assert main(["--net", "sample", "--iters", "3", "--display", "2", "--out", str(tmp_path / "d2")]) == 0
+    out = capsys.readouterr().out
+    assert [ln.split(",")[0] for ln in out.splitlines() if ln.endswith("lr = 1e-10")] == ["Iteration 0", "Iteration 2"]
