@@ -66,6 +66,8 @@ def add_common(ap: argparse.ArgumentParser, json_help: Optional[str] = "write th
 def error_line(e: BaseException) -> str:
     """The ``error: ...`` text of an exception: first line prefixed, further lines indented."""
     msg = str(e) if str(e) else type(e).__name__
+    if isinstance(e, OSError) and e.filename and msg.startswith("[Errno"):
+        msg = f"{e.filename}: {e.strerror}"  # the file first, not Python's errno prefix
     if isinstance(e, KeyError) and not isinstance(e, ValueError) and e.args:
         msg = str(e.args[0])
     lines = msg.strip("\n").splitlines() or [type(e).__name__]
