@@ -60,13 +60,13 @@ at::Tensor crop_sum_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArrayR
     using T = kernel_t<scalar_t>;
     const T k0 = static_cast<scalar_t>(c0), k1 = static_cast<scalar_t>(c1);
     if (fits_int32(std::max(total, b.numel()))) {
-      const auto kernel = &crop_sum_fwd_kernel<T, int32_t>;
-      FCN_LAUNCH(kernel, blocks_for(total), kThreads, 0, stream,
+      const auto crop_sum_fwd_i32 = &crop_sum_fwd_kernel<T, int32_t>;
+      FCN_LAUNCH(crop_sum_fwd_i32, blocks_for(total), kThreads, 0, stream,
                  in_ptr<scalar_t>(ac), in_ptr<scalar_t>(bc), out_ptr<scalar_t>(top), g, k0, k1,
                  static_cast<int32_t>(total));
     } else {
-      const auto kernel = &crop_sum_fwd_kernel<T, int64_t>;
-      FCN_LAUNCH(kernel, blocks_for(total), kThreads, 0, stream,
+      const auto crop_sum_fwd_i64 = &crop_sum_fwd_kernel<T, int64_t>;
+      FCN_LAUNCH(crop_sum_fwd_i64, blocks_for(total), kThreads, 0, stream,
                  in_ptr<scalar_t>(ac), in_ptr<scalar_t>(bc), out_ptr<scalar_t>(top), g, k0, k1,
                  total);
     }
@@ -92,13 +92,13 @@ std::tuple<at::Tensor, at::Tensor> crop_sum_backward_cuda(const at::Tensor& grad
     using T = kernel_t<scalar_t>;
     const T k0 = static_cast<scalar_t>(c0), k1 = static_cast<scalar_t>(c1);
     if (fits_int32(total)) {
-      const auto kernel = &crop_sum_bwd_kernel<T, int32_t>;
-      FCN_LAUNCH(kernel, blocks_for(total), kThreads, 0, stream,
+      const auto crop_sum_bwd_i32 = &crop_sum_bwd_kernel<T, int32_t>;
+      FCN_LAUNCH(crop_sum_bwd_i32, blocks_for(total), kThreads, 0, stream,
                  in_ptr<scalar_t>(gc), out_ptr<scalar_t>(ga), out_ptr<scalar_t>(gb), g, k0, k1,
                  static_cast<int32_t>(nb), static_cast<int32_t>(total));
     } else {
-      const auto kernel = &crop_sum_bwd_kernel<T, int64_t>;
-      FCN_LAUNCH(kernel, blocks_for(total), kThreads, 0, stream,
+      const auto crop_sum_bwd_i64 = &crop_sum_bwd_kernel<T, int64_t>;
+      FCN_LAUNCH(crop_sum_bwd_i64, blocks_for(total), kThreads, 0, stream,
                  in_ptr<scalar_t>(gc), out_ptr<scalar_t>(ga), out_ptr<scalar_t>(gb), g, k0, k1,
                  nb, total);
     }
