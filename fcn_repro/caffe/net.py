@@ -53,7 +53,7 @@ from fcn_repro.caffe.layers.base import BlobLimitError
 from fcn_repro.caffe.fillers import fill_params
 from fcn_repro.caffe.layers.input import Input
 
-__all__ = ["Net", "NetError", "LayerError", "BlobLimitError", "WeightsError", "WeightsReport", "transplant",
+__all__ = ["Net", "NetError", "LayerError", "BlobLimitError", "WeightsError", "WeightsReport", "transplant", "copy_matched",
            "layer_included", "blob_fits"]
 
 log = logging.getLogger("fcn_repro.caffe.net")
@@ -81,19 +81,19 @@ def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
     raise TypeError(f"weights must be a path or a dict layer -> list of arrays, got {type(weights).__name__}")
 
 
-def _as_array(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+def copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
+    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped.
 
-
-def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
-    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped."""
+    ``src``: layer -> blobs (arrays, or tensors on any device: another net's
+    ``params``); ``params``: layer -> parameters (``net.params``).
+    """
     with torch.no_grad():
         for name, i in report.copies:
-            p = params[name][i]
-            a = _as_array(src[name][i])
-            p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+            p, a = params[name][i], src[name][i]
+            if isinstance(a, torch.Tensor):
+                p.copy_(a.detach().reshape(p.shape))
+            else:
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
 class Net(nn.Module):
@@ -407,7 +407,7 @@ class Net(nn.Module):
         src, desc = _weights_dict(weights)
         report = match_weights(src, self.params, source=desc, target=self.filename, layers=self.layer_names)
         report.check(strict)
-        _copy_matched(report, src, self.params)
+        copy_matched(report, src, self.params)
         _log_report(report)
         return report
 
@@ -441,6 +441,6 @@ def transplant(net: Net, weights: Any) -> WeightsReport:
     src, desc = _weights_dict(weights)
     report = match_weights(src, net.params, source=desc, target=net.filename, surgery=True,
                            layers=net.layer_names)
-    _copy_matched(report, src, net.params)
+    copy_matched(report, src, net.params)
     _log_report(report)
     return report
