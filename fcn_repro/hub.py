@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from fcn_repro.caffe import Net, weights_info
 from fcn_repro.caffe.fcn_nets import net_text
-from fcn_repro.caffe.net import blob_fits
+from fcn_repro.caffe.match import blob_fits
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "Source", "HubError", "DownloadError", "WeightsMismatchError", "Check", "source", "known_files",
@@ -64,7 +65,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class HubError(ValueError):
+class HubError(FcnReproError):
     """A weights file that cannot be fetched or is not the one it claims to be."""
 
 
