@@ -24,6 +24,7 @@ palette index of each pixel through ``np.array``; 255 marks pixels to ignore.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -63,11 +64,13 @@ def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
     size against the pixel cap (``fcn_repro.limits``: image_pixels) BEFORE any
     pixel is decoded. The caller closes it (``with``)."""
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():   # PIL's own bomb warning: the cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except Image.DecompressionBombError as e:
-        raise LimitError(f"{what} declares too many pixels for PIL ({e})", path) from None
+        raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
     except (OSError, SyntaxError, ValueError) as e:   # PIL: unidentified/corrupt headers
         raise ImageReadError(f"cannot read {what}: {_pil_reason(e)}", path) from None
     try:
