@@ -59,8 +59,8 @@ def check_caffemodel(data: bytes) -> None:
     from fcn_repro.caffe.caffemodel import (
         WeightsError, decode_caffemodel, encode_caffemodel, layers_from_weights,
     )
-    from fcn_repro.caffe.weights import _looks_like
-    _looks_like(data[:4096])     # the sniffer must survive anything too
+    from fcn_repro.caffe.weightfile import looks_like
+    looks_like(data[:4096])     # the sniffer must survive anything too
     try:
         w = decode_caffemodel(data, filename="<fuzz>", keep_dtype=True, keep_empty=True)
     except WeightsError as e:

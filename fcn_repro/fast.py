@@ -82,6 +82,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcn_repro.caffe.shapes import caffe_pool_out, conv_out
+
 __all__ = ["optimize", "FastNet", "SBlob", "Axis", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
            "region", "sconv", "spool_max", "srelu", "ConvKernel", "Winograd23", "Winograd43", "winograd_matrices",
            "count_flops"]
@@ -247,7 +249,7 @@ def input_geo(c: int, h: int, w: int) -> Geo:
 def conv_geo(g: Geo, cout: int, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple:
     """(output Geo, how its background is made: "none" | "bias" | "compute")."""
     ke = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
-    out = tuple((n + 2 * pp - kk) // ss + 1 for n, pp, kk, ss in zip(g.hw, p, ke, s))
+    out = tuple(conv_out(n, kk, ss, pp, dd) for n, kk, ss, pp, dd in zip(g.hw, k, s, p, d))
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"fast: convolution output would be empty for an input of {g.hw}")
     ly, hy, ty, by = _window_axis(g.ay, ke[0], s[0], p[0], out[0])
@@ -264,7 +266,7 @@ def conv_geo(g: Geo, cout: int, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple
 
 def pool_geo(g: Geo, k: tuple, s: tuple) -> tuple:
     """(output Geo, background kind) of Caffe MAX pooling without padding (CEIL)."""
-    out = tuple(_ceil_div(n - kk, ss) + 1 for n, kk, ss in zip(g.hw, k, s))
+    out = tuple(caffe_pool_out(n, kk, ss, 0, True, False) for n, kk, ss in zip(g.hw, k, s))
     ly, hy, ty, by = _window_axis(g.ay, k[0], s[0], 0, out[0])
     lx, hx, tx, bx = _window_axis(g.ax, k[1], s[1], 0, out[1])
     if (ly, hy, lx, hx) == (0, out[0], 0, out[1]):
@@ -717,8 +719,8 @@ class ConvKernel:
                 y.relu_()
             return y.view(n, h, w, cout).permute(0, 3, 1, 2)      # channels-last (N, Cout, h, w)
         # im2col then one GEMM per image: (Cout, Cin*kh*kw) @ (Cin*kh*kw, oh*ow).
-        oh = (x.shape[2] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0] + 1
-        ow = (x.shape[3] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1] + 1
+        oh = conv_out(x.shape[2], kh, self.stride[0], 0, self.dilation[0])
+        ow = conv_out(x.shape[3], kw, self.stride[1], 0, self.dilation[1])
         cols = F.unfold(x, (kh, kw), dilation=self.dilation, stride=self.stride)
         y = torch.matmul(self.w_mat, cols)                          # (N, Cout, oh*ow)
         if self.b is not None:

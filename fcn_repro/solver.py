@@ -39,6 +39,8 @@ import torch
 
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.utils import atomic_path, atomic_write
+from fcn_repro.caffe.solverstate import SolverStateContents, read_solverstate, write_solverstate
+from fcn_repro.errors import CaffeModelError, FcnReproError
 
 __all__ = [
     "SolverParameter", "SolverError", "read_solver", "learning_rate", "CaffeSGD",
@@ -48,7 +50,7 @@ __all__ = [
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-class SolverError(ValueError):
+class SolverError(FcnReproError):
     """A solver file or solver state that cannot be used; the message names the file."""
 
 
@@ -121,7 +123,7 @@ def read_solver(path_or_text: str | os.PathLike | Message, base_dir: str | os.Pa
     if isinstance(path_or_text, Message):
         msg, src = path_or_text, ""
     else:
-        msg = parse_prototxt(path_or_text, upgrade=False)
+        msg = parse_prototxt(path_or_text, upgrade=False, schema_type="SolverParameter")
         src = os.fspath(path_or_text) if (isinstance(path_or_text, os.PathLike) or (
             isinstance(path_or_text, str) and os.path.exists(path_or_text))) else ""
     where = src or "<solver text>"
@@ -396,7 +398,6 @@ class CaffeSGD(torch.optim.Optimizer):
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
         fmt = _state_format(path)
         if fmt == "binary":
-            from fcn_repro.caffe.caffemodel import SolverStateContents, write_solverstate
             write_solverstate(path, SolverStateContents(self.iter, learned_net, hist, self.current_step))
             return
         if fmt == "npz":
@@ -444,7 +445,6 @@ class CaffeSGD(torch.optim.Optimizer):
         file_names: list[str] | None = None
         fmt = _state_format(path, sniff=True)
         if fmt == "binary":
-            from fcn_repro.caffe.caffemodel import CaffeModelError, read_solverstate
             try:
                 st = read_solverstate(path)
             except OSError as e:

@@ -23,25 +23,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fcn_repro.caffe.caffemodel import BlobInfo, LayerInfo, ModelInfo, WeightsError, _as_array
+from fcn_repro.caffe.weightfile import HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array  # noqa: F401
+from fcn_repro.errors import HDF5WeightsError, WeightsError
+from fcn_repro.utils import atomic_path
 
 __all__ = ["HDF5WeightsError", "load_hdf5", "save_hdf5", "hdf5_info"]
-
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-
-class HDF5WeightsError(WeightsError):
-    """An HDF5 file that is not in Caffe's weights layout, or can not be read.
-
-    ``.h5path`` names the HDF5 object (``/data/conv1_1/0``) where it applies.
-    """
-
-    def __init__(self, reason: str, filename: str = "<h5>", *, h5path: str | None = None,
-                 layer: str | None = None, blob: int | None = None, offset: int | None = None):
-        self.h5path = h5path
-        if h5path:
-            reason = f"{h5path}: {reason}"
-        super().__init__(reason, filename, offset=offset, layer=layer, blob=blob)
 
 
 def _h5py():
@@ -177,9 +163,8 @@ def save_hdf5(path: str | os.PathLike, weights: dict[str, Any], *,
     stored as float32. Layer groups track creation order so the file reads
     back in the order given.
     """
-    from fcn_repro.utils import atomic_path
     h5py = _h5py()
-    items = [(str(name), [_as_array(b, f"layer {name!r} blob {i}") for i, b in enumerate(blobs)])
+    items = [(str(name), [as_array(b, f"layer {name!r} blob {i}") for i, b in enumerate(blobs)])
              for name, blobs in weights.items()]
     for name, _ in items:
         if not name or "/" in name or name in (".", ".."):

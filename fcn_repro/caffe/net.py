@@ -42,7 +42,10 @@ import torch
 from torch import nn
 
 from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights error (file, layer, blob)
+from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
+from fcn_repro.caffe.weights import load_weights as read_weights
 from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
+from fcn_repro.caffe.shapes import layer_included, phase_name
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
 from fcn_repro.caffe.layers.base import fmt_shape
 from fcn_repro.caffe.layers.crop import Crop
@@ -57,65 +60,9 @@ __all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "tr
 
 log = logging.getLogger("fcn_repro.caffe.net")
 
-PHASES = ("TRAIN", "TEST")  # caffe.proto Phase: TRAIN = 0, TEST = 1
-
-
-# ---------------------------------------------------------------- phase rules
-
-def _phase_name(p: Any, where: str = "phase") -> str:
-    if isinstance(p, bool):
-        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
-    if isinstance(p, int):
-        if p in (0, 1):
-            return PHASES[p]
-        raise NetError(f"{where}: expected TRAIN (0) or TEST (1), got {p!r}")
-    s = str(p).upper()
-    if s not in PHASES:
-        raise NetError(f"{where}: expected TRAIN or TEST, got {p!r}")
-    return s
-
-
-def _rule_met(rule: Message, phase: str, level: int, stages: set[str]) -> bool:
-    """Caffe's Net::StateMeetsRule for one NetStateRule."""
-    if rule.has("phase") and _phase_name(rule.get("phase"), "NetStateRule.phase") != phase:
-        return False
-    if rule.has("min_level") and level < int(rule.get("min_level")):
-        return False
-    if rule.has("max_level") and level > int(rule.get("max_level")):
-        return False
-    if any(str(s) not in stages for s in rule.getall("stage")):
-        return False
-    if any(str(s) in stages for s in rule.getall("not_stage")):
-        return False
-    return True
-
-
-def layer_included(layer: Message, phase: str, level: int = 0, stages: Iterable[str] = ()) -> bool:
-    """Caffe's Net::FilterNet rule: include rules (any met) or exclude rules (none met)."""
-    inc, exc = layer.getall("include"), layer.getall("exclude")
-    if inc and exc:
-        raise NetError(f"layer {layer.get('name', '?')!r}: specify either include or exclude rules, not both")
-    st = set(stages)
-    if inc:
-        return any(_rule_met(r, phase, level, st) for r in inc)
-    return not any(_rule_met(r, phase, level, st) for r in exc)
-
-
 # -------------------------------------------------------------------- weights
 
-def blob_fits(src_shape: Sequence[int], dst_shape: Sequence[int]) -> bool:
-    """Whether a stored blob of ``src_shape`` loads into a parameter of ``dst_shape``.
-
-    Same shape, or Caffe's legacy rule (Blob::ShapeEquals for a BlobProto with
-    num/channels/height/width): a 4-D legacy blob matches a parameter of at
-    most 4 axes whose shape, left-padded with ones to 4 axes, equals it; so a
-    V1 InnerProduct weight (1, 1, O, I) loads into (O, I), a bias (1, 1, 1, O)
-    into (O,).
-    """
-    src, dst = tuple(int(s) for s in src_shape), tuple(int(s) for s in dst_shape)
-    if src == dst:
-        return True
-    return len(src) == 4 and len(dst) <= 4 and (1,) * (4 - len(dst)) + dst == src
+WeightsReport = MatchReport  # what a load or a transplant did (see fcn_repro.caffe.match)
 
 
 def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
@@ -124,8 +71,7 @@ def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
         path = os.fspath(weights)
         if not os.path.exists(path):
             raise WeightsError("weights file does not exist", path)
-        from fcn_repro.caffe import load_weights  # the formats module (.caffemodel, .h5)
-        return dict(load_weights(path)), path
+        return dict(read_weights(path)), path
     if isinstance(weights, Mapping):
         out = {}
         for k, v in weights.items():
@@ -143,40 +89,13 @@ def _as_array(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-@dataclass
-class WeightsReport:
-    """What a weight load (or a transplant) did.
-
-    ``copied``: layers whose blobs were all copied. ``coerced``: (layer, blob
-    index, source shape, target shape) for blobs copied under a different
-    shape (Caffe's legacy 4-D shapes; fully connected -> convolution in a
-    transplant). ``skipped``: (layer, blob index, reason), transplant only.
-    ``missing``: net layers with parameters that the source does not have
-    (they keep their filler values). ``unused``: source layers with blobs that
-    are not in the net.
-    """
-    source: str = ""
-    copied: list = field(default_factory=list)
-    coerced: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
-    unused: list = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not (self.missing or self.unused or self.skipped)
-
-    def __str__(self) -> str:
-        lines = [f"weights from {self.source}: {len(self.copied)} layers copied"]
-        for layer, i, s, d in self.coerced:
-            lines.append(f"  coerced {layer}[{i}]: {tuple(s)} -> {tuple(d)}")
-        for layer, i, why in self.skipped:
-            lines.append(f"  skipped {layer}[{i}]: {why}")
-        if self.missing:
-            lines.append(f"  net layers without weights in the source (left as initialised): {self.missing}")
-        if self.unused:
-            lines.append(f"  source layers not in the net (ignored): {self.unused}")
-        return "\n".join(lines)
+def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
+    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped."""
+    with torch.no_grad():
+        for name, i in report.copies:
+            p = params[name][i]
+            a = _as_array(src[name][i])
+            p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
 # ---------------------------------------------------------------- the plan
@@ -240,7 +159,7 @@ class Net(nn.Module):
         super().__init__()
         self.netparam, self.filename = self._parse(prototxt)
         self.name = str(self.netparam.get("name", ""))
-        self.phase = _phase_name(phase)
+        self.phase = phase_name(phase, "phase", NetError)
         self.stages = tuple(str(s) for s in stages)
         self.level = int(level)
         self._fuse = bool(fuse)
@@ -293,7 +212,7 @@ class Net(nn.Module):
         for idx, lp in enumerate(self.netparam.getall("layer")):
             if not isinstance(lp, Message):
                 raise NetError(f"{self.filename}: layer #{idx} is not a message")
-            if not layer_included(lp, self.phase, self.level, self.stages):
+            if not layer_included(lp, self.phase, self.level, self.stages, self._error):
                 continue
             ltype = str(lp.get("type", ""))
             name = str(lp.get("name", "")) or f"{ltype or 'layer'}{idx}"
@@ -401,10 +320,13 @@ class Net(nn.Module):
         """The phase-filtered NetParameter, as the fillers must see it."""
         out = Message([(k, v) for k, v in self.netparam.fields if k != "layer"])
         for lp in self.netparam.getall("layer"):
-            if not layer_included(lp, self.phase, self.level, self.stages):
+            if not layer_included(lp, self.phase, self.level, self.stages, self._error):
                 continue
             out.add("layer", lp)
         return out
+
+    def _error(self, msg: str) -> NetError:
+        return NetError(f"{self.filename}: {msg}")
 
     def layer(self, name: str) -> Layer:
         """The layer module called ``name`` (Caffe's layer name)."""
@@ -637,38 +559,9 @@ class Net(nn.Module):
         every blob fits.
         """
         src, desc = _weights_dict(weights)
-        report = WeightsReport(source=desc)
-        plan = []
-        for name in self.layer_names:
-            params = self.params.get(name, [])
-            if name not in src:
-                if params:
-                    report.missing.append(name)
-                continue
-            blobs = src[name]
-            if len(blobs) != len(params):
-                raise WeightsError(
-                    f"{len(blobs)} blobs in the weights but the net ({self.filename}) gives the layer "
-                    f"{len(params)} parameter blobs (Caffe: incompatible number of blobs)", desc, layer=name)
-            for i, (a, p) in enumerate(zip(blobs, params)):
-                a = _as_array(a)
-                if not blob_fits(a.shape, p.shape):
-                    raise WeightsError(
-                        f"shape mismatch: the weights have shape {tuple(a.shape)}, the net ({self.filename}) "
-                        f"expects {tuple(p.shape)}. To learn this layer from scratch instead, rename it",
-                        desc, layer=name, blob=i)
-                if tuple(a.shape) != tuple(p.shape):
-                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                plan.append((p, a))
-            if params:
-                report.copied.append(name)
-        report.unused = [n for n, b in src.items() if n not in self._by_name and len(b)]
-        if strict and (report.missing or report.unused):
-            raise WeightsError(f"does not match {self.filename} exactly (strict): net layers without "
-                               f"weights {report.missing}, weights without layers {report.unused}", desc)
-        with torch.no_grad():
-            for p, a in plan:
-                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+        report = match_weights(src, self.params, source=desc, target=self.filename, layers=self.layer_names)
+        report.check(strict)
+        _copy_matched(report, src, self.params)
         _log_report(report)
         return report
 
@@ -699,15 +592,12 @@ def _layer_runner(m: Layer) -> Callable:
 
 
 def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
-    from fcn_repro.caffe.shapes import deconv_out
-
     def run(xs, inplace):
         x, ref = xs
         if x.dim() != 4 or ref.dim() != 4:
             raise c.error(f"fused Deconvolution+Crop needs 4-D blobs, got {fmt_shape(tuple(x.shape))} and "
                           f"{fmt_shape(tuple(ref.shape))}")
-        full = (x.shape[0], d.num_output) + tuple(
-            deconv_out(x.shape[2 + i], d.kernel[i], d.stride[i], d.pad[i], d.dilation[i]) for i in range(2))
+        full = (x.shape[0], d.num_output) + d.out_size(x.shape[2], x.shape[3])
         shape, _, offs = c.out_shape(full, tuple(ref.shape), check=True)
         return [d.forward_cropped(x, (offs[0], offs[1]), (shape[2], shape[3]))]
     return run
@@ -747,39 +637,8 @@ def transplant(net: Net, weights: Any) -> WeightsReport:
     reported, as are layers missing on either side. Returns the report.
     """
     src, desc = _weights_dict(weights)
-    report = WeightsReport(source=desc)
-    with torch.no_grad():
-        for name in net.layer_names:
-            params = net.params.get(name, [])
-            if name not in src:
-                if params:
-                    report.missing.append(name)
-                continue
-            blobs = src[name]
-            ok = True
-            for i, p in enumerate(params):
-                if i >= len(blobs):
-                    report.skipped.append((name, i, f"the source has only {len(blobs)} blobs"))
-                    ok = False
-                    continue
-                a = _as_array(blobs[i])
-                if blob_fits(a.shape, p.shape):
-                    if tuple(a.shape) != tuple(p.shape):
-                        report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                elif a.size == p.numel():
-                    report.coerced.append((name, i, tuple(a.shape), tuple(p.shape)))
-                else:
-                    report.skipped.append((name, i, f"source shape {tuple(a.shape)} ({a.size} values) cannot "
-                                                    f"become {tuple(p.shape)} ({p.numel()} values)"))
-                    ok = False
-                    continue
-                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
-            for i in range(len(params), len(blobs)):
-                report.skipped.append((name, i, f"the net layer has only {len(params)} parameter blobs"))
-                ok = False
-            if params and ok:
-                report.copied.append(name)
-        names = set(net.layer_names)
-        report.unused = [n for n, b in src.items() if n not in names and len(b)]
+    report = match_weights(src, net.params, source=desc, target=net.filename, surgery=True,
+                           layers=net.layer_names)
+    _copy_matched(report, src, net.params)
     _log_report(report)
     return report

@@ -22,18 +22,16 @@ import math
 import os
 from typing import Any, Iterable, Iterator
 
+from fcn_repro import limits
+from fcn_repro.caffe import schema
+from fcn_repro.caffe.schema import V1_ENUM_NAMES, V1_LAYER_TYPES  # noqa: F401  (importable from here)
+from fcn_repro.errors import PrototxtError
+from fcn_repro.utils import atomic_write
+
 __all__ = [
     "Enum", "Message", "PrototxtError", "parse_text", "parse_prototxt",
     "format_text", "write_prototxt", "upgrade_net", "is_v1_net",
 ]
-
-
-class PrototxtError(ValueError):
-    """A text-format error; the message names file:line:column."""
-
-    def __init__(self, msg: str, filename: str = "<text>", line: int = 0, col: int = 0):
-        self.filename, self.line, self.col = filename, line, col
-        super().__init__(f"{filename}:{line}:{col}: {msg}")
 
 
 class Enum(str):
@@ -172,8 +170,8 @@ def _byte_char(b: int) -> str:
     return chr(b) if b < 0x80 else chr(0xDC00 + b)
 
 
-def _tokenize(text: str, filename: str) -> list[_Tok]:
-    toks: list[_Tok] = []
+def _tokenize(text: str, filename: str) -> Iterator[_Tok]:
+    """Tokens one at a time (a list of them all would take ~100 bytes per input byte)."""
     i, n, line, lstart = 0, len(text), 1, 0
     while i < n:
         c = text[i]
@@ -191,7 +189,7 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
             i = n if j < 0 else j
             continue
         if c in _PUNCT:
-            toks.append(_Tok("punct", c, c, line, col))
+            yield (_Tok("punct", c, c, line, col))
             i += 1
             continue
         if c in "\"'":
@@ -253,7 +251,7 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
                     value = value.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
                 except UnicodeEncodeError:  # str input holding lone surrogates: keep as given
                     pass
-            toks.append(_Tok("string", text[i:j], value, line, col))
+            yield (_Tok("string", text[i:j], value, line, col))
             i = j
             continue
         if c.isalnum() or c in "_-+.":
@@ -264,12 +262,11 @@ def _tokenize(text: str, filename: str) -> list[_Tok]:
                     break
                 j += 1
             word = text[i:j]
-            toks.append(_Tok("word", word, None, line, col))
+            yield (_Tok("word", word, None, line, col))
             i = j
             continue
         raise PrototxtError(f"unexpected character {c!r}", filename, line, col)
-    toks.append(_Tok("eof", "", None, line, n - lstart + 1))
-    return toks
+    yield _Tok("eof", "", None, line, n - lstart + 1)
 
 
 def _scalar(word: str) -> Any:
@@ -307,35 +304,49 @@ def _scalar(word: str) -> Any:
     return None
 
 
-# Protobuf's own text parser refuses messages nested deeper than 100; so do
-# we, with a clear error instead of Python's RecursionError.
-MAX_NESTING = 100
-
-
 class _Parser:
-    def __init__(self, text: str, filename: str):
+    """Recursive descent over the token stream, one token of lookahead.
+
+    Nesting is limited to ``limits.current().text_depth`` (protobuf's own text
+    parser refuses messages nested deeper than 100; so do we, with a clear
+    error instead of Python's RecursionError). With ``positions`` the
+    (line, column) of every field's value is remembered per message, for
+    :func:`schema.check`'s errors.
+    """
+
+    def __init__(self, text: str, filename: str, positions: bool = False):
         self.filename = filename
-        self.toks = _tokenize(text, filename)
-        self.pos = 0
+        self._toks = _tokenize(text, filename)
+        self._cur = next(self._toks)
+        self._prev = self._cur
         self.depth = 0
+        self.max_depth = limits.current().text_depth
+        self.positions: dict[int, list[tuple[int, int]]] | None = {} if positions else None
 
     def err(self, msg: str, tok: _Tok | None = None) -> PrototxtError:
-        tok = tok or self.toks[self.pos]
+        tok = tok or self._cur
         return PrototxtError(msg, self.filename, tok.line, tok.col)
 
     def peek(self) -> _Tok:
-        return self.toks[self.pos]
+        return self._cur
 
     def next(self) -> _Tok:
-        t = self.toks[self.pos]
-        self.pos += 1
+        t = self._prev = self._cur
+        if t.kind != "eof":
+            self._cur = next(self._toks)
         return t
+
+    def _add(self, msg: Message, name: str, value: Any, tok: _Tok) -> None:
+        msg.fields.append((name, value))
+        if self.positions is not None:
+            self.positions.setdefault(id(msg), []).append((tok.line, tok.col))
 
     def parse_message(self, close: str | None) -> Message:
         if close is not None:
             self.depth += 1
-            if self.depth > MAX_NESTING:
-                raise self.err(f"messages nested deeper than {MAX_NESTING}", self.toks[self.pos - 1])
+            if self.depth > self.max_depth:
+                raise self.err(f"messages nested deeper than {self.max_depth} (text_depth limit; "
+                               f"{limits.ENV['text_depth']} raises it)", self._prev)
         msg = Message()
         while True:
             t = self.peek()
@@ -344,7 +355,7 @@ class _Parser:
                     raise self.err(f"expected '{close}' before end of input")
                 return msg
             if t.kind == "punct" and t.text == close:
-                self.pos += 1
+                self.next()
                 self.depth -= 1
                 return msg
             if t.kind != "word" or not (t.text[0].isalpha() or t.text[0] == "_"):
@@ -352,40 +363,40 @@ class _Parser:
             name = t.text
             if not all(ch.isalnum() or ch == "_" for ch in name):
                 raise self.err(f"bad field name {name!r}")
-            self.pos += 1
+            self.next()
             t = self.peek()
             colon = t.kind == "punct" and t.text == ":"
             if colon:
-                self.pos += 1
+                self.next()
                 t = self.peek()
             if t.kind == "punct" and t.text in "{<":
-                self.pos += 1
-                msg.fields.append((name, self.parse_message("}" if t.text == "{" else ">")))
+                self.next()
+                self._add(msg, name, self.parse_message("}" if t.text == "{" else ">"), t)
             elif t.kind == "punct" and t.text == "[":
                 if not colon:
                     raise self.err(f"expected ':' after field {name!r}")
-                self.pos += 1
+                self.next()
                 self.parse_list(name, msg)
             else:
                 if not colon:
                     raise self.err(f"expected ':' or '{{' after field {name!r}")
-                msg.fields.append((name, self.parse_value()))
+                self._add(msg, name, self.parse_value(), t)
             t = self.peek()
             if t.kind == "punct" and t.text in ",;":
-                self.pos += 1
+                self.next()
 
     def parse_list(self, name: str, msg: Message) -> None:
         t = self.peek()
         if t.kind == "punct" and t.text == "]":
-            self.pos += 1
+            self.next()
             return
         while True:
             t = self.peek()
             if t.kind == "punct" and t.text in "{<":
-                self.pos += 1
-                msg.fields.append((name, self.parse_message("}" if t.text == "{" else ">")))
+                self.next()
+                self._add(msg, name, self.parse_message("}" if t.text == "{" else ">"), t)
             else:
-                msg.fields.append((name, self.parse_value()))
+                self._add(msg, name, self.parse_value(), t)
             t = self.next()
             if t.kind == "punct" and t.text == "]":
                 return
@@ -410,8 +421,23 @@ class _Parser:
         raise self.err(f"expected a value, found {t.text!r}" if t.text else "expected a value before end of input", t)
 
 
-def parse_text(text: str | bytes, filename: str = "<text>") -> Message:
-    """Parse protobuf text format into a :class:`Message` (no upgrades)."""
+_NET_KEYS = ("layer", "layers", "input")
+
+
+def parse_text(text: str | bytes, filename: str = "<text>", *, schema_type: str | None = None) -> Message:
+    """Parse protobuf text format into a :class:`Message` (no upgrades).
+
+    ``schema_type`` (a message name of :mod:`.schema`, e.g. ``"NetParameter"``)
+    also holds every declared field to its caffe.proto type, as Caffe's
+    parser does (:func:`schema.check`); errors name the line, layer and field.
+    Text over ``limits.current().text_bytes`` is refused before parsing.
+    """
+    return _parse(text, filename, schema_type)
+
+
+def _parse(text: str | bytes, filename: str, schema_type: str | None) -> Message:
+    """:func:`parse_text`; ``schema_type="auto"``: ``NetParameter`` for a net's text, else none."""
+    limits.check("text_bytes", len(text), "text of this size", filename, error=PrototxtError, line=1, col=1)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -420,7 +446,18 @@ def parse_text(text: str | bytes, filename: str = "<text>") -> Message:
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise PrototxtError("NUL byte: this is a binary file, not text format", filename, line, 1)
-    return _Parser(text, filename).parse_message(None)
+    parser = _Parser(text, filename, positions=schema_type is not None)
+    msg = parser.parse_message(None)
+    if schema_type == "auto":
+        schema_type = "NetParameter" if any(msg.has(k) for k in _NET_KEYS) else None
+    if schema_type is not None:
+        pos = parser.positions or {}
+
+        def position(m: Message, i: int) -> tuple[int, int] | None:
+            p = pos.get(id(m))
+            return p[i] if p is not None and i < len(p) else None
+        schema.check(msg, schema_type, filename, position)
+    return msg
 
 
 # ------------------------------------------------------------------- writer
@@ -488,40 +525,11 @@ def _emit(msg: Message, indent: int, lines: list[str]) -> None:
 
 def write_prototxt(path: str | os.PathLike, msg: Message) -> None:
     """Write ``msg`` to ``path`` atomically (a temp file renamed into place)."""
-    from fcn_repro.utils import atomic_write
     with atomic_write(path, "wb") as f:  # UTF-8 whatever the locale says
         f.write(format_text(msg).encode("utf-8"))
 
 
 # ---------------------------------------------------------- legacy upgrades
-
-# V1LayerParameter.LayerType enum -> V2 type string (caffe.proto numbering).
-V1_LAYER_TYPES: dict[int, str] = {
-    0: "None", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL",
-    3: "Concat", 37: "ContrastiveLoss", 4: "Convolution", 5: "Data",
-    39: "Deconvolution", 6: "Dropout", 32: "DummyData", 7: "EuclideanLoss",
-    25: "Eltwise", 38: "Exp", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output",
-    28: "HingeLoss", 11: "Im2col", 12: "ImageData", 13: "InfogainLoss",
-    14: "InnerProduct", 15: "LRN", 29: "MemoryData",
-    16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling", 26: "Power",
-    18: "ReLU", 19: "Sigmoid", 27: "SigmoidCrossEntropyLoss", 36: "Silence",
-    20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 33: "Slice", 23: "TanH",
-    24: "WindowData", 31: "Threshold",
-}
-# The enum names as written in V1 prototxt (CONVOLUTION, SOFTMAX_LOSS, ...).
-V1_ENUM_NAMES: dict[str, int] = {
-    "NONE": 0, "ABSVAL": 35, "ACCURACY": 1, "ARGMAX": 30, "BNLL": 2,
-    "CONCAT": 3, "CONTRASTIVE_LOSS": 37, "CONVOLUTION": 4, "DATA": 5,
-    "DECONVOLUTION": 39, "DROPOUT": 6, "DUMMY_DATA": 32, "EUCLIDEAN_LOSS": 7,
-    "ELTWISE": 25, "EXP": 38, "FLATTEN": 8, "HDF5_DATA": 9, "HDF5_OUTPUT": 10,
-    "HINGE_LOSS": 28, "IM2COL": 11, "IMAGE_DATA": 12, "INFOGAIN_LOSS": 13,
-    "INNER_PRODUCT": 14, "LRN": 15, "MEMORY_DATA": 29,
-    "MULTINOMIAL_LOGISTIC_LOSS": 16, "MVN": 34, "POOLING": 17, "POWER": 26,
-    "RELU": 18, "SIGMOID": 19, "SIGMOID_CROSS_ENTROPY_LOSS": 27, "SILENCE": 36,
-    "SOFTMAX": 20, "SOFTMAX_LOSS": 21, "SPLIT": 22, "SLICE": 33, "TANH": 23,
-    "WINDOW_DATA": 24, "THRESHOLD": 31,
-}
-
 
 def v1_type_name(t: Any) -> str:
     """V2 type string for a V1 layer type given as enum name or number."""
@@ -644,11 +652,16 @@ def upgrade_net(net: Message) -> Message:
     return out
 
 
-def parse_prototxt(path_or_text: str | bytes | os.PathLike, upgrade: bool = True) -> Message:
+def parse_prototxt(path_or_text: str | bytes | os.PathLike, upgrade: bool = True, *,
+                   schema_type: str | None = "auto") -> Message:
     """Parse a prototxt given as a path or as the text itself.
 
     With ``upgrade`` (default), V1 nets and legacy inputs are upgraded to V2
     (:func:`upgrade_net`); solver files pass through unchanged.
+    ``schema_type``: the caffe.proto message the text is (fields are held to
+    their types, see :func:`parse_text`); ``"auto"`` (default) checks a net
+    (text with ``layer``/``layers``/``input``) as a ``NetParameter`` and
+    leaves other text unchecked; ``None`` checks nothing.
     """
     is_path = isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and "\n" not in path_or_text and "{" not in path_or_text
@@ -656,12 +669,14 @@ def parse_prototxt(path_or_text: str | bytes | os.PathLike, upgrade: bool = True
     if is_path:
         filename = os.fspath(path_or_text)
         with open(filename, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            limits.check("text_bytes", size, "text of this size", filename, error=PrototxtError, line=1, col=1)
             data = f.read()
-        msg = parse_text(data, filename)
     else:
         filename = "<text>"
-        msg = parse_text(path_or_text, filename)  # type: ignore[arg-type]
-    if upgrade and (msg.has("layers") or msg.has("input") or msg.has("layer")):
+        data = path_or_text  # type: ignore[assignment]
+    msg = _parse(data, filename, schema_type)
+    if upgrade and any(msg.has(k) for k in _NET_KEYS):
         try:
             msg = upgrade_net(msg)
         except ValueError as e:

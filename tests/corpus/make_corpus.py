@@ -171,11 +171,11 @@ def _prototxt_cases() -> dict[str, tuple[bytes, str]]:
         "not_utf8.prototxt": (b'name: "\xff\xfe"\n', "not UTF-8"),
         "bad_escape.prototxt": (b'name: "a\\qb"\n', ":1:9: unknown escape"),
         "list_unclosed.prototxt": (b"dim: [1, 2\n", "expected ',' or ']'"),
-        "v1_unknown_type_number.prototxt": (b"layers { name: \"a\" type: 999 }\n", "unknown V1 layer type"),
+        "v1_unknown_type_number.prototxt": (b"layers { name: \"a\" type: 999 }\n", ":1:26: layer 'a' field 'type': enum number 999 is not a LayerType value"),
         "input_dim_count.prototxt": (b'input: "data"\ninput_dim: 1\ninput_dim: 3\n', "input_dim"),
-        "layers_scalar.prototxt": (b"name: 'x'\nlayers: 5\n", "'layers' must be a message"),
-        "input_shape_scalar.prototxt": (b'input: "a"\ninput_shape: 3\n', "input_shape must be a message"),
-        "v1_type_float.prototxt": (b'layers { name: "a" type: 1.5 }\n', "bad V1 layer type"),
+        "layers_scalar.prototxt": (b"name: 'x'\nlayers: 5\n", ":2:9: field 'layers': expected a message"),
+        "input_shape_scalar.prototxt": (b'input: "a"\ninput_shape: 3\n', ":2:14: field 'input_shape': expected a message"),
+        "v1_type_float.prototxt": (b'layers { name: "a" type: 1.5 }\n', ":1:26: layer 'a' field 'type': expected one of NONE"),
     }
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, register, fmt_shape
-from .geometry import conv_geometry, conv_out
+from ..shapes import conv_out, conv_window
 
 
 @register("Convolution")
@@ -25,7 +25,9 @@ class Convolution(Layer):
             raise self.error(f"needs one top per bottom, got {len(self.bottom_names)} bottoms and "
                              f"{len(self.top_names)} tops")
         p = self.param.sub(self.param_field)
-        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, self)
+        self.window = conv_window(p, self.error)
+        w = self.window
+        self.kernel, self.stride, self.pad, self.dilation = w.kernel, w.stride, w.pad, w.dilation
         if not p.has("num_output"):
             raise self.error("convolution_param.num_output is required")
         self.num_output = int(p.get("num_output"))
@@ -59,11 +61,22 @@ class Convolution(Layer):
         self.add_blob(self.weight_shape(s[1]), "weights")
         if self.bias_term:
             self.add_blob((self.num_output,), "bias")
-        out = [conv_out(s[2 + i], self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
-               for i in range(2)]
-        return [(s[0], self.num_output, out[0], out[1])] * len(self.top_names)
+        return [(s[0], self.num_output) + self.out_size(s[2], s[3])] * len(self.top_names)
+
+    def out_size(self, h, w) -> tuple:
+        """(out_h, out_w) for an (h, w) bottom (None in, None out): Caffe's convolution size."""
+        return tuple(conv_out(n, self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
+                     for i, n in enumerate((h, w)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight blob (Cout, Cin/group, kh, kw)."""
+        return self.blobs[0]
+
+    def bias(self):
+        """The bias blob (Cout,), or None without ``bias_term``."""
+        return self.blobs[1] if self.bias_term else None
 
     def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
-        w = self.blobs[0]
-        b = self.blobs[1] if self.bias_term else None
+        w, b = self.blobs[0], self.bias()
         return [F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]

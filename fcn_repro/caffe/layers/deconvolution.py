@@ -12,7 +12,7 @@ from fcn_repro import ops
 
 from .base import register
 from .convolution import Convolution
-from .geometry import deconv_out
+from ..shapes import deconv_out
 
 
 @register("Deconvolution")
@@ -28,12 +28,12 @@ class Deconvolution(Convolution):
         self.add_blob(self.weight_shape(s[1]), "weights")
         if self.bias_term:
             self.add_blob((self.num_output,), "bias")
-        out = [deconv_out(s[2 + i], self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
-               for i in range(2)]
-        return [(s[0], self.num_output, out[0], out[1])] * len(self.top_names)
+        return [(s[0], self.num_output) + self.out_size(s[2], s[3])] * len(self.top_names)
 
-    def bias(self):
-        return self.blobs[1] if self.bias_term else None
+    def out_size(self, h, w) -> tuple:
+        """(out_h, out_w) for an (h, w) bottom (None in, None out): Caffe's deconvolution size."""
+        return tuple(deconv_out(n, self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
+                     for i, n in enumerate((h, w)))
 
     def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
         w, b = self.blobs[0], self.bias()

@@ -26,6 +26,11 @@ class Dropout(Layer):
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
         self.scale_train = bool(p.get("scale_train", True))
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether forward returns its bottom unchanged (TEST phase with scale_train)."""
+        return self.phase != "TRAIN" and self.scale_train
+
     def setup(self, bottom_shapes):
         return [tuple(bottom_shapes[0])]
 

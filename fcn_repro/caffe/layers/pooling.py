@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, enum_value, fmt_shape, register
-from .geometry import pool_geometry
-from ..shapes import caffe_pool_out, torch_pool_out  # noqa: F401  (re-exported)
+from ..shapes import caffe_pool_out, pool_window, torch_pool_out  # noqa: F401  (re-exported)
 
 FLT_MAX = 3.4028234663852886e38
 
@@ -56,11 +55,20 @@ class Pooling(Layer):
             raise self.error("STOCHASTIC pooling is not supported")
         self.round_mode = enum_value(p.get("round_mode"), ("CEIL", "FLOOR"), "pooling_param.round_mode", self)
         self.global_pooling = bool(p.get("global_pooling", False))
-        self.kernel, self.stride, self.pad = pool_geometry(p, self)
+        self.window = pool_window(p, self.error)
+        self.kernel, self.stride, self.pad = self.window.kernel, self.window.stride, self.window.pad
         if len(self.top_names) == 2 and self.method != "MAX":
             raise self.error("only MAX pooling has a second (mask) top")
         # Tests flip this to exercise the explicit-padding path everywhere.
         self.force_explicit = False
+
+    @property
+    def simple_max(self) -> bool:
+        """MAX over (kernel, stride) windows with no padding, CEIL rounding, one top, windows that
+        overlap or touch (kernel >= stride): the pooling the fast path computes on structured blobs."""
+        return (self.method == "MAX" and not self.global_pooling and tuple(self.pad) == (0, 0)
+                and self.round_mode == "CEIL" and len(self.top_names) == 1 and not self.force_explicit
+                and self.kernel[0] >= self.stride[0] and self.kernel[1] >= self.stride[1])
 
     def out_size(self, h, w, min_=min):
         k = self.kernel if not self.global_pooling else (h, w)

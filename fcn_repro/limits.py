@@ -1,0 +1,189 @@
+"""The memory budget: one place for the caps every reader and builder checks.
+
+A reader checks each size a file declares (a blob's shape, an HDF5 dataset's
+shape, an .npz member's header, a layer count) against the bytes the file
+really has and against these caps BEFORE it allocates, and counts its own
+per-record overhead too, so a small hostile file can not make the process
+allocate gigabytes. A refusal is a :class:`~fcn_repro.errors.LimitError`
+naming the file, what was asked, the cap and how to raise it.
+
+=====================  ===========================  ==========================
+cap                    environment variable         default
+=====================  ===========================  ==========================
+``read_bytes``         FCN_REPRO_MAX_READ_BYTES     8 GiB  (all arrays and
+                                                    records one file's reader
+                                                    may allocate)
+``blob_elements``      FCN_REPRO_MAX_BLOB_ELEMENTS  2**31 (one blob when
+                                                    building a net: 8 GiB in
+                                                    float32)
+``image_pixels``       FCN_REPRO_MAX_IMAGE_PIXELS   2**26 (one decoded image,
+                                                    67 Mpixel)
+``text_bytes``         FCN_REPRO_MAX_TEXT_BYTES     64 MiB (a prototxt or
+                                                    other text input)
+``text_depth``         FCN_REPRO_MAX_TEXT_DEPTH     100 (message nesting in a
+                                                    prototxt, protobuf's own
+                                                    default recursion limit)
+=====================  ===========================  ==========================
+
+Why these defaults: the largest original FCN file is a ~540 MB caffemodel
+(its biggest blob, VGG16's fc6 as convolution, 4096x512x7x7 float32, is
+411 MB) and its solver state is about as large again; a net on 500x500 PASCAL
+images with pad 100 has blobs of ~32 M elements per image (conv1, 64x698x698)
+and FCN training uses batch 1-20. The caps leave an order of magnitude of
+room above that and still stop a file that asks for terabytes.
+
+Values accept a plain integer or a K/M/G/T suffix (powers of 1024):
+``FCN_REPRO_MAX_READ_BYTES=32G``. For code that means to go further::
+
+    with fcn_repro.limits.override(read_bytes=64 << 30):
+        ...                      # this thread/context only
+    fcn_repro.limits.configure(image_pixels=200_000_000)   # the whole process
+
+Environment variables are read when a cap is looked up (so a subprocess sees
+its own); ``configure`` wins over them and ``override`` over both.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+import re
+from typing import Iterator
+
+from fcn_repro.errors import FcnReproError, LimitError
+
+__all__ = ["Limits", "current", "override", "configure", "check", "Budget", "ENV"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The caps in force (see the module docstring)."""
+    read_bytes: int = 8 << 30
+    blob_elements: int = 1 << 31
+    image_pixels: int = 1 << 26
+    text_bytes: int = 64 << 20
+    text_depth: int = 100
+
+
+ENV = {
+    "read_bytes": "FCN_REPRO_MAX_READ_BYTES",
+    "blob_elements": "FCN_REPRO_MAX_BLOB_ELEMENTS",
+    "image_pixels": "FCN_REPRO_MAX_IMAGE_PIXELS",
+    "text_bytes": "FCN_REPRO_MAX_TEXT_BYTES",
+    "text_depth": "FCN_REPRO_MAX_TEXT_DEPTH",
+}
+
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_NUMBER = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+_configured: dict[str, int] = {}
+_override: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "fcn_repro_limits", default=None)
+
+
+def _parse(name: str, text: str) -> int:
+    m = _NUMBER.fullmatch(text)
+    if not m or int(m.group(1)) <= 0:
+        raise FcnReproError(f"{ENV[name]}={text!r}: expected a positive integer, "
+                            "optionally with a K/M/G/T suffix")
+    return int(m.group(1)) * _SUFFIX[m.group(2).upper()]
+
+
+def _valid(kw: dict[str, int]) -> dict[str, int]:
+    out = {}
+    for k, v in kw.items():
+        if k not in ENV:
+            raise TypeError(f"unknown limit {k!r}; known: {', '.join(ENV)}")
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise FcnReproError(f"limit {k}={v!r}: expected a positive integer")
+        out[k] = int(v)
+    return out
+
+
+def current() -> Limits:
+    """The caps in force here: defaults < environment < configure() < override()."""
+    values: dict[str, int] = {}
+    for name, var in ENV.items():
+        text = os.environ.get(var)
+        if text:
+            values[name] = _parse(name, text)
+    values.update(_configured)
+    values.update(_override.get() or {})
+    return Limits(**values)
+
+
+@contextlib.contextmanager
+def override(**caps: int) -> Iterator[Limits]:
+    """Raise (or lower) caps inside a ``with`` block, for this context only."""
+    new = dict(_override.get() or {})
+    new.update(_valid(caps))
+    token = _override.set(new)
+    try:
+        yield current()
+    finally:
+        _override.reset(token)
+
+
+def configure(**caps: int) -> Limits:
+    """Set caps for the whole process (over the environment); ``None`` clears one."""
+    for k, v in caps.items():
+        if v is None:
+            if k not in ENV:
+                raise TypeError(f"unknown limit {k!r}; known: {', '.join(ENV)}")
+            _configured.pop(k, None)
+        else:
+            _configured.update(_valid({k: v}))
+    return current()
+
+
+def _size(n: int) -> str:
+    for unit, step in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= step:
+            return f"{n / step:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _refusal(cap: str, asked: int, limit: int, what: str) -> str:
+    amount = _size(asked) if cap in ("read_bytes", "text_bytes") else f"{asked:,}"
+    cap_txt = _size(limit) if cap in ("read_bytes", "text_bytes") else f"{limit:,}"
+    return (f"{what} needs {amount}, over the limit of {cap_txt} ({cap}; raise it with "
+            f"{ENV[cap]}=N or fcn_repro.limits.override({cap}=N) if you mean it)")
+
+
+def check(cap: str, asked: int, what: str, filename: str | os.PathLike | None = None, *,
+          error: type[FcnReproError] = LimitError, **where) -> int:
+    """Refuse ``asked`` (bytes, elements, pixels, depth) over the cap ``cap``.
+
+    ``what`` says what is asked for ("blob of shape (4096, 512, 7, 7)");
+    ``error`` is the error class to raise (a reader's own error, so callers
+    that catch the format's error see it); ``where`` are its location
+    keywords (offset, layer, blob, line, ...). Returns ``asked``.
+    """
+    limit = getattr(current(), cap)
+    if asked > limit:
+        raise error(_refusal(cap, asked, limit, what), filename, **where)
+    return asked
+
+
+class Budget:
+    """A running total of what one read may allocate, against ``read_bytes``.
+
+    A reader ``charge``s every allocation it is about to make (array bytes
+    and its own per-record overhead) before making it.
+    """
+
+    def __init__(self, filename: str | os.PathLike | None, *, error: type[FcnReproError] = LimitError,
+                 cap: str = "read_bytes"):
+        self.filename, self.error, self.cap = filename, error, cap
+        self.limit = getattr(current(), cap)
+        self.used = 0
+
+    def charge(self, nbytes: int, what: str, **where) -> None:
+        """Count ``nbytes`` more; raise ``error`` if the total goes over the cap."""
+        total = self.used + int(nbytes)
+        if total > self.limit:
+            raise self.error(_refusal(self.cap, total, self.limit,
+                                      f"{what} (reading this file so far)"),
+                             self.filename, **where)
+        self.used = total
