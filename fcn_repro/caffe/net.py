@@ -347,13 +347,26 @@ class Net(nn.Module):
         return self._plan
 
     # ------------------------------------------------------------ forward
-    def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
+    def forward(self, *args: Any, **inputs: Any) -> dict[str, torch.Tensor]:
         """Run the net. Inputs by blob name, (N, C, H, W) tensors of any spatial size.
 
-        Returns {output blob: tensor} for ``net.outputs``. Sets ``net.loss``
-        (sum of loss-weighted tops, or None) and, with ``keep_blobs``,
-        ``net.blobs`` / ``net.layer_tops``.
+        ``net(data=x)``, or positionally in ``net.inputs`` order: ``net(x)``
+        for a single-input net. Returns {output blob: tensor} for
+        ``net.outputs``. Sets ``net.loss`` (sum of loss-weighted tops, or
+        None) and, with ``keep_blobs``, ``net.blobs`` / ``net.layer_tops``.
         """
+        if args:
+            if len(args) > len(self.inputs) or any(n in inputs for n in self.inputs[:len(args)]):
+                raise NetError(f"{self.filename}: forward() takes the inputs {self.inputs} in this order "
+                               f"(or by name); got {len(args)} positional and {sorted(inputs)} by name")
+            inputs = {**dict(zip(self.inputs, args)), **inputs}
+        if torch.jit.is_tracing():
+            # The Crop offsets/sizes and pooled sizes are Python ints computed
+            # from the input size: a trace would bake in the example's size
+            # and silently return that size for every other input.
+            raise NetError(f"{self.filename}: torch.jit.trace cannot record this net (its Crop and Pooling "
+                           "sizes depend on the input size and would be frozen at the example's); use "
+                           "torch.export.export with dynamic shapes, or fcn_repro.export.to_onnx")
         missing = [n for n in self.inputs if n not in inputs]
         unknown = [n for n in inputs if n not in self.inputs]
         if missing or unknown:
