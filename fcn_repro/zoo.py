@@ -15,16 +15,18 @@ sources and whether they are present, and the bundled sample (``--json FILE``);
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
-import warnings
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from fcn_repro import registry
+from fcn_repro import cli, hub, registry
+
+# the weights' places, manifest and verification live in fcn_repro.hub
+from fcn_repro.hub import (  # noqa: F401
+    WeightsMismatchError, build_manifest, load_manifest, manifest_path, repo_root, sha256_file,
+    verify_or_record, weights_dir, write_manifest,
+)
 
 __all__ = [
     "ZooNet", "NETS", "BASE_URL", "get", "names", "weights_dir", "weights_path", "manifest_path", "load_manifest",
@@ -54,31 +56,6 @@ def weights_path(net: ZooNet, directory: Optional[os.PathLike] = None) -> Option
 
 
 # ------------------------------------------------------------------ locations
-
-def repo_root() -> Optional[Path]:
-    """The source checkout this package runs from, if any (editable installs)."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "setup.py").is_file() and (root / "fcn_repro").is_dir():
-        return root
-    return None
-
-
-def weights_dir() -> Path:
-    """Where original weights are looked for: $FCN_REPRO_WEIGHTS_DIR, else the
-    checkout's weights/, else ./weights."""
-    env = os.environ.get("FCN_REPRO_WEIGHTS_DIR")
-    if env:
-        return Path(env)
-    root = repo_root()
-    if root is not None:
-        return root / "weights"
-    return Path.cwd() / "weights"
-
-
-def manifest_path(directory: Optional[os.PathLike] = None) -> Path:
-    """The manifest beside the weights (weights/manifest.json)."""
-    return Path(directory or weights_dir()) / "manifest.json"
-
 
 def deploy_prototxt(name: str) -> Path:
     """Path of the deploy prototxt of zoo net ``name``.
@@ -118,130 +95,6 @@ def _generate_deploy(name: str, path: Path) -> None:
         f.write(text)
 
 
-# ------------------------------------------------------------------ manifest
-
-def _round_half_up(v: float, decimals: int) -> float:
-    """Rounding as published tables round (65.0050 -> 65.01), not binary float rounding."""
-    q = Decimal(1).scaleb(-decimals)
-    return float(Decimal(repr(v)).quantize(q, rounding=ROUND_HALF_UP))
-
-
-def build_manifest(previous: Optional[dict] = None) -> dict:
-    """The manifest content from the registry, keeping recorded bytes/sha256."""
-    prev = (previous or {}).get("files", {})
-    files = {}
-
-    def entry(file, url, extra):
-        old = prev.get(file, {})
-        d = {"url": url, "bytes": old.get("bytes"), "sha256": old.get("sha256")}
-        d.update(extra)
-        files[file] = d
-
-    for net in NETS.values():
-        if not net.caffemodel:
-            continue
-        ref = net.reference(asserted=True)
-        entry(net.caffemodel, net.url, {
-            "net": net.name, "dataset": net.dataset, "split": net.split,
-            # the two-decimal figure of the release table, and the four-decimal one where published
-            "expected_mean_iu": None if ref is None else _round_half_up(ref.mean_iu, min(ref.decimals, 2)),
-            "expected_mean_iu_precise": ref.mean_iu if ref is not None and ref.decimals > 2 else None,
-        })
-    entry(VGG16_FILE, VGG16_URL, {"net": None, "note": "ILSVRC VGG-16 (V1 format), the start of FCN training"})
-    return {
-        "about": ("Original FCN caffemodels. bytes and sha256 are null until a file is first seen; "
-                  "fcn_repro.zoo.verify_or_record() records them then and verifies them after. "
-                  "Generated from fcn_repro/zoo.py (python -m fcn_repro.zoo --write-manifest)."),
-        "base_url": BASE_URL,
-        "files": files,
-    }
-
-
-def load_manifest(path: Optional[os.PathLike] = None) -> dict:
-    """The manifest at ``path`` (default weights/manifest.json); built from the
-    registry when the file does not exist."""
-    p = Path(path) if path else manifest_path()
-    if p.is_file():
-        with open(p, "r", encoding="utf-8") as f:
-            return json.load(f)
-    return build_manifest()
-
-
-def write_manifest(manifest: dict, path: Optional[os.PathLike] = None) -> Path:
-    from fcn_repro.utils import atomic_write
-
-    p = Path(path) if path else manifest_path()
-    with atomic_write(p, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    return p
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file differs from the size/checksum recorded in the manifest."""
-
-
-def sha256_file(path: os.PathLike, progress: bool = True) -> Tuple[int, str]:
-    """(bytes, sha256 hex) of a file, streamed; a progress bar for big files."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    bar = None
-    if progress and size > (64 << 20):
-        from tqdm import tqdm
-
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 22)
-            if not chunk:
-                break
-            h.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return size, h.hexdigest()
-
-
-def verify_or_record(path: os.PathLike, manifest: Optional[os.PathLike] = None, progress: bool = True) -> dict:
-    """Check a weights file against the manifest, recording it if first seen.
-
-    The entry is found by file name. When its bytes/sha256 are null they are
-    computed and written into the manifest (status 'recorded'); when present
-    the file must match them (status 'verified') or WeightsMismatchError is
-    raised naming both checksums. A file not in the manifest gives status
-    'unknown' (user weights are fine; nothing to check). If the manifest
-    cannot be written the status is 'unrecorded' (with a warning).
-
-    Returns {'status', 'file', 'bytes', 'sha256', 'manifest'}.
-    """
-    path = Path(path)
-    mpath = Path(manifest) if manifest else manifest_path()
-    m = load_manifest(mpath)
-    entry = m.get("files", {}).get(path.name)
-    out = {"status": "unknown", "file": str(path), "bytes": None, "sha256": None, "manifest": str(mpath)}
-    if entry is None:
-        return out
-    size, digest = sha256_file(path, progress=progress)
-    out.update(bytes=size, sha256=digest)
-    if entry.get("sha256") is None or entry.get("bytes") is None:
-        entry["bytes"], entry["sha256"] = size, digest
-        try:
-            write_manifest(m, mpath)
-            out["status"] = "recorded"
-        except OSError as e:
-            warnings.warn(f"could not record {path.name} in {mpath}: {e}")
-            out["status"] = "unrecorded"
-        return out
-    if entry["bytes"] != size or entry["sha256"] != digest:
-        raise WeightsMismatchError(
-            f"{path} does not match the manifest {mpath}: expected {entry['bytes']} bytes, sha256 "
-            f"{entry['sha256']}; found {size} bytes, sha256 {digest}. The file is corrupt or not the "
-            f"original (download it again from {entry.get('url')}).")
-    out["status"] = "verified"
-    return out
-
-
 # ------------------------------------------------------------------ CLI
 
 def listing(wdir: Path) -> dict:
@@ -279,8 +132,9 @@ def _print_listing(info: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from fcn_repro import cli
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]:
+        return hub.main_download(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo", description=__doc__.split("\n\n")[0])
     cli.add_common(ap)
     ap.add_argument("--write-manifest", action="store_true",

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -419,37 +418,7 @@ def test_zoo_is_the_single_source_of_reference_numbers():
                                              48.0: 48.0, None: None}[e.reference_mean_iu]
 
 
-def test_verify_or_record(tmp_path):
-    mpath = tmp_path / "manifest.json"
-    zoo.write_manifest(zoo.build_manifest(), mpath)
-    f = tmp_path / "fcn16s-heavy-pascal.caffemodel"
-    f.write_bytes(b"weights v1")
-    r = zoo.verify_or_record(f, mpath)
-    assert r["status"] == "recorded" and r["bytes"] == 10
-    m = json.loads(mpath.read_text())["files"][f.name]
-    assert m["bytes"] == 10 and len(m["sha256"]) == 64
-    assert zoo.verify_or_record(f, mpath)["status"] == "verified"
-    f.write_bytes(b"weights v2")
-    with pytest.raises(zoo.WeightsMismatchError, match=m["sha256"]):
-        zoo.verify_or_record(f, mpath)
-    other = tmp_path / "mine.caffemodel"
-    other.write_bytes(b"x")
-    assert zoo.verify_or_record(other, mpath)["status"] == "unknown"
-    # regenerating keeps what was recorded
-    assert zoo.build_manifest(json.loads(mpath.read_text()))["files"][f.name]["sha256"] == m["sha256"]
-
-
-def test_verify_or_record_unwritable_manifest(tmp_path):
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("a file where the manifest's directory should be")
-    mpath = blocker / "manifest.json"  # cannot be created, even by root
-    f = tmp_path / "fcn32s-heavy-pascal.caffemodel"
-    f.write_bytes(b"abc")
-    with warnings.catch_warnings(record=True) as wlist:
-        warnings.simplefilter("always")
-        r = zoo.verify_or_record(f, mpath)
-    assert r["status"] == "unrecorded" and r["bytes"] == 3
-    assert any("could not record" in str(x.message) for x in wlist)
+# verify_or_record itself (moved to fcn_repro.hub): tests/test_hub.py
 
 
 def test_evaluate_records_weights_when_first_seen(tmp_path, monkeypatch):
