@@ -138,6 +138,8 @@ def _print_report(report: dict, entry, out) -> None:
             p()
             for ln in _reference_lines(entry, head, report["split"], report["limit"]):
                 p(ln)
+        for c in head.get("context") or []:
+            p(f"context ({c['split']}; {c['source']}): {c['text']}")
     if caffe is not None:
         p()
         p(f"pixel agreement with Caffe: {caffe['agree']:,} of {caffe['pixels']:,} pixels "

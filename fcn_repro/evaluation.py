@@ -459,6 +459,10 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
             head["reference_mean_iu"] = ref.mean_iu
             head["difference"] = 100 * sc["mean_iu"] - ref.mean_iu
             head["comparable"] = head["reference"]["comparable"]
+        if entry is not None:
+            # published elsewhere (the paper's own models): printed beside ours as context, never asserted
+            head["context"] = [{"source": r.source, "split": r.split, "scores": r.scores(), "text": r.text()}
+                               for r in entry.references if r.head == blob and not r.asserted]
         report["heads"][blob] = head
     if compare_caffe:
         report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit)

@@ -407,15 +407,12 @@ def test_zoo_is_the_single_source_of_reference_numbers():
         "fcn32s": 63.6261, "fcn16s": 65.0050, "fcn8s": 65.5126, "fcn8s-atonce": 65.3998, "fcn-alexnet": 48.0}
     assert zoo.get("fcn8s").url == "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
     assert set(zoo.NETS) == set(fcn_nets.NETS)  # every generated net is known, and only those
-    # the committed manifest is what the registry generates (recorded checksums aside)
+    # the committed manifest (fcn_repro.hub's) names every published file of the cards
     committed = json.loads((REPO / "weights" / "manifest.json").read_text())
-    assert committed == zoo.build_manifest(committed)
     for e in zoo.NETS.values():
         if e.caffemodel:
             m = committed["files"][e.caffemodel]
             assert m["url"] == e.url and m["net"] == e.name
-            assert m["expected_mean_iu"] == {63.6261: 63.63, 65.0050: 65.01, 65.5126: 65.51, 65.3998: 65.40,
-                                             48.0: 48.0, None: None}[e.reference_mean_iu]
 
 
 # verify_or_record itself (moved to fcn_repro.hub): tests/test_hub.py
