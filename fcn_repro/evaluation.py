@@ -26,10 +26,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 from fcn_repro import cli, registry, zoo
-from fcn_repro.data import DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
-from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, scores
+from fcn_repro.caffe import Net
+from fcn_repro.caffe.match import match_weights
+from fcn_repro.caffe.prototxt import parse_prototxt
+from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
+from fcn_repro.data.transforms import save_label_png
+from fcn_repro.fast import optimize
+from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.registry import resource_path
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
@@ -113,11 +121,6 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     (when keep_predictions)}. Predictions are the argmax over channels (the
     first maximum wins, as numpy's argmax in FCN's score.py).
     """
-    import torch
-
-    from fcn_repro.data.transforms import save_label_png
-    from fcn_repro.metrics import fast_hist_torch
-
     dev = torch.device(device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
     hists: Dict[str, Any] = {}
@@ -129,8 +132,6 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     warned = False
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
     try:
@@ -206,9 +207,6 @@ def merge(hists: Dict[str, np.ndarray], blobs: Sequence[str], world: int) -> Dic
     class counts are agreed first (MAX), then the matrices summed."""
     if world <= 1:
         return hists
-    import torch
-    import torch.distributed as dist
-
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     sizes = torch.tensor([hists[b].shape[0] if b in hists else 0 for b in blobs], dtype=torch.int64, device=dev)
     dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
@@ -223,9 +221,6 @@ def sum_scalar(v: float, world: int, op: str = "sum") -> float:
     """``v`` summed (or its MAX) over processes."""
     if world <= 1:
         return v
-    import torch
-    import torch.distributed as dist
-
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([v], dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
@@ -308,10 +303,6 @@ def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", f
     less work: the input-independent padding region is computed once;
     scores agree with the plain forward to float rounding).
     """
-    import torch
-
-    from fcn_repro.caffe import Net
-
     net = Net(str(prototxt), weights=str(weights), phase="TEST")
     rep = getattr(net, "weights_report", None)
     if rep is not None and rep.missing:
@@ -322,8 +313,6 @@ def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", f
     net.eval()
     net = net.to(torch.device(device))
     if fast:
-        from fcn_repro.fast import optimize
-
         net = optimize(net)
     return net
 
@@ -334,8 +323,6 @@ class WeightsIncompleteError(ValueError):
 
 def prototxt_inputs(prototxt: os.PathLike) -> List[str]:
     """Input blob names of a deploy prototxt (Input layers, legacy inputs), without building it."""
-    from fcn_repro.caffe.prototxt import parse_prototxt
-
     netp = parse_prototxt(str(prototxt))
     out: List[str] = []
     for lp in netp.getall("layer"):
@@ -361,8 +348,6 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
     else:
         root = data
     if root is None:
-        from fcn_repro.data import READERS
-
         layout = getattr(READERS.get(kind), "layout", "")
         raise MissingError(f"no data given: pass {_DATA_HELP.get(kind, '--data DIR')}\n{layout}")
     kw = {"keep_image": keep_image}
@@ -494,9 +479,6 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
         if limit is not None:
             subset += fast_hist(dataset.load(k).labels["label"], theirs, n)
     if world > 1:
-        import torch
-        import torch.distributed as dist
-
         dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
         t = torch.tensor(counts, dtype=torch.float64, device=dev)
         dist.all_reduce(t)
@@ -537,8 +519,6 @@ class Validator:
     def __init__(self, prototxt: str | os.PathLike, dataset: SegDataset, input_map: Dict[str, Sequence[str]],
                  heads: Dict[str, str], *, limit: Optional[int] = None, device: Any = "cpu",
                  rank: int = 0, world: int = 1, workers: int = 0):
-        from fcn_repro.caffe import Net
-
         self.prototxt = os.fspath(prototxt)
         self.net = Net(self.prototxt, phase="TEST").to(device)
         self.net.eval()
@@ -551,10 +531,6 @@ class Validator:
 
     def share(self, train_net: Any) -> None:
         """Copy the training net's parameters into the validation net (by layer name, exact shapes)."""
-        import torch
-
-        from fcn_repro.caffe.match import match_weights
-
         src = {name: list(blobs) for name, blobs in train_net.params.items()}
         # the one matcher (exact shapes: both nets come from the same definitions)
         rep = match_weights(src, self.net.params, source="the training net", target=self.prototxt,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -119,7 +120,6 @@ class DatasetSource:
         self.last_id = None
         self._pool = None
         if prefetch:
-            from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcn-train-data")
         self._pending: Any = None
         self.seek(0)

@@ -61,8 +61,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
-from fcn_repro import cli, registry
+from fcn_repro import cli, registry, zoo
+from fcn_repro.caffe import save_weights
+from fcn_repro.caffe.net import Net
+from fcn_repro.data import make_dataset
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data.layers import DataLayer, find_data_layer
 from fcn_repro.evaluation import Validator
@@ -98,7 +102,6 @@ def _sample_defaults(args: argparse.Namespace) -> None:
 
 def default_solver(net: str) -> Path:
     """prototxt/<net>/solver.prototxt of the checkout (or the netspec cache)."""
-    from fcn_repro import zoo
     root = zoo.repo_root()
     cands = []
     if root is not None:
@@ -112,7 +115,6 @@ def default_solver(net: str) -> Path:
 
 
 def _dataset(kind: Optional[str], root: str, split: str) -> Any:
-    from fcn_repro.data import make_dataset
     if kind is None:
         p = Path(root)
         kind = "sbd" if (p / "img").is_dir() and (p / "cls").is_dir() else "voc"
@@ -181,7 +183,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from fcn_repro.caffe.net import Net
     if not args.solver and not args.net:
         raise TrainError("give --solver or --net")
     if args.net == "sample":
@@ -240,7 +241,6 @@ def _main(args: argparse.Namespace) -> int:
         status("no --init/--weights/--resume: every layer starts from its prototxt filler")
     net.to(device)
     if world > 1:
-        import torch.distributed as dist
         with torch.no_grad():  # every process starts from rank 0's parameters
             for g in param_groups(net):
                 dist.broadcast(g["params"][0].data, 0)
@@ -302,13 +302,11 @@ def _main(args: argparse.Namespace) -> int:
     try:
         trainer.solve(args.iters)
         if args.save and rank == 0:
-            from fcn_repro.caffe import save_weights
             save_weights(args.save, trainer.weights())
     finally:
         if hasattr(source, "close"):
             source.close()
         if world > 1:
-            import torch.distributed as dist
             dist.barrier()
             dist.destroy_process_group()
     return 0

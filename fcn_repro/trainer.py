@@ -32,9 +32,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from fcn_repro import cli, registry
+from fcn_repro.caffe import load_weights, save_weights
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
+from fcn_repro.caffe.net import transplant
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import Message
 from fcn_repro.evaluation import Validator
@@ -108,7 +113,6 @@ def surgery(net: Any, netparam: Optional[Message] = None, init: Any = None, *, s
     ``netparam`` defaults to ``net.netparam``. Returns ``{"filled": [...],
     "transplant": <the builder's WeightsReport or None>, "interp": [...]}``.
     """
-    from fcn_repro.caffe.net import transplant
     netparam = netparam if netparam is not None else net.netparam
     filled = fill_params(net.params, netparam, rng=seed) if fill else []
     report = transplant(net, init) if init is not None else None
@@ -168,8 +172,6 @@ def objective(outputs: dict[str, torch.Tensor], weights: dict[str, float], where
 
 def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
     """A learning-curve PNG (PIL only): smoothed training loss and test mean IU vs iteration."""
-    from PIL import Image, ImageDraw
-
     train = [(r["iter"], r.get("smoothed_loss", r.get("loss"))) for r in records
              if r.get("type") == "train" and r.get("loss") is not None]
     tests = [(r["iter"], v["mean_iu"]) for r in records if r.get("type") == "test"
@@ -332,7 +334,6 @@ class Trainer:
         loss = loss_sum / self.solver.iter_size  # Caffe: loss /= iter_size
         if self.world > 1:
             sync_gradients(self.opt.params_in_order())
-            import torch.distributed as dist
             dev = self.opt.params_in_order()[0].device
             t = torch.tensor([loss, float(images)], dtype=torch.float64, device=dev)
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -384,7 +385,6 @@ class Trainer:
         sp = self.solver
         bar = None
         if self.progress and self.interactive:
-            from tqdm import tqdm
             bar = tqdm(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
         try:
             for _ in range(iters):
@@ -437,7 +437,6 @@ class Trainer:
         self.last_snapshot_iter = self.iter
         if not self.writer:
             return None
-        from fcn_repro.caffe import save_weights
         paths = self.snapshot_paths()
         w = self.weights()
         for fmt in self.formats:
@@ -453,7 +452,6 @@ class Trainer:
 
     def restore(self, state_path: str | os.PathLike) -> None:
         """Caffe's Solver::Restore: history, iter, lr step; weights from the state's learned_net."""
-        from fcn_repro.caffe import load_weights
         state_path = Path(state_path)
         info = self.opt.load_state(state_path)
         learned = info["learned_net"]
@@ -495,5 +493,4 @@ class Trainer:
 
 def status(msg: str) -> None:
     """A status line on stderr that does not break a progress bar."""
-    from tqdm import tqdm
     tqdm.write(msg, file=sys.stderr)
