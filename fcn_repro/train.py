@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fcn_repro.train",
         description="Train an FCN with Caffe's solver semantics (see the module docstring). "
                     "Run under torchrun for data-parallel training.")
-    cli.add_common(ap, None)
+    cli.add_common(ap, "at the end, write a summary as JSON to FILE ('-': stdout): the last iteration's "
+                   "loss, the last validation scores, the snapshots (log.jsonl has every record)")
     g = ap.add_argument_group("net and solver")
     g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt), or 'sample' (the "
                    "bundled reduced FCN-8s, its weights and images: a smoke test): "
@@ -216,6 +217,7 @@ def _main(args: argparse.Namespace) -> int:
         if v is not None and not os.path.exists(v):
             raise FileNotFoundError(f"--{opt.replace('_', '-')} {v}: no such file or directory")
     cli.check_writable(args.save, "--save")
+    cli.check_writable(args.json, "--json")
     if args.out is not None:
         cli.check_writable(args.out, "--out", directory=True)
 
@@ -293,6 +295,8 @@ def _main(args: argparse.Namespace) -> int:
                "h5": (".caffemodel.h5",)}[args.snapshot_format]
     trainer = Trainer(net, netparam, sp, source, out_dir=out_dir, validator=validator, rank=rank,
                       world=world, progress=not args.no_progress, name=name, seed=seed, formats=formats)
+    if args.json == "-" and trainer.log_file is not None:
+        trainer.log_file = sys.stderr  # stdout carries the JSON
     if out_dir is not None and rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         if not args.resume and trainer.log_path.exists():
@@ -303,6 +307,12 @@ def _main(args: argparse.Namespace) -> int:
         trainer.solve(args.iters)
         if args.save and rank == 0:
             save_weights(args.save, trainer.weights())
+        if args.json and rank == 0:
+            last = {t: next((r for r in reversed(trainer.records) if r.get("type") == t), None)
+                    for t in ("train", "test")}
+            cli.write_json(args.json, {"iter": trainer.iter, "out": out_dir, "save": args.save, **last,
+                                       "snapshots": [r["files"] for r in trainer.records
+                                                     if r.get("type") == "snapshot"]})
     finally:
         if hasattr(source, "close"):
             source.close()

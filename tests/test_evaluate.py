@@ -446,3 +446,19 @@ def test_deploy_prototxt_from_checkout_or_generated(tmp_path, monkeypatch):
     assert zoo.deploy_prototxt("sample") == SAMPLE / "fcn8s-shapes.prototxt"
     with pytest.raises(KeyError, match="known nets"):
         zoo.deploy_prototxt("fcn4s")
+
+
+def test_reference_lines_print_all_four_scores_against_the_card():
+    card = registry.net("fcn8s")
+    ref = card.reference(asserted=True)
+    head = {k: v for k, v in ref.scores().items()}
+    head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
+                         "scores": ref.scores(), "comparable": True}
+    text = "\n".join(ev._reference_lines(card, head, "seg11valid", None))
+    for label, v in (("pixel acc", "91.2212"), ("mean acc", "77.6146"), ("mean IU", "65.5126"), ("f.w. IU", "84.5445")):
+        assert label in text and v in text
+    assert "MATCH" in text
+    head["fwavacc"] += 0.0001  # 0.01 points off in one score
+    assert "DIFFERENT" in "\n".join(ev._reference_lines(card, head, "seg11valid", None))
+    head["reference"]["comparable"] = False
+    assert "not comparable" in "\n".join(ev._reference_lines(card, head, "val", 5))
