@@ -49,6 +49,7 @@ from tqdm import tqdm
 from fcn_repro.caffe import Net, weights_info
 from fcn_repro.caffe.fcn_nets import net_text
 from fcn_repro.caffe.match import blob_fits
+from fcn_repro import registry
 from fcn_repro.errors import FcnReproError
 
 __all__ = [
@@ -96,13 +97,6 @@ class Source:
 
 def _facts() -> List[Source]:
     """Every weights file the project knows, from the registry's cards."""
-    try:
-        from fcn_repro import registry
-    except ImportError:  # until fcn_repro/registry.py lands: the zoo's table (no pins)
-        from fcn_repro import zoo
-
-        out = [Source(n.caffemodel, (n.url,), net=n.name) for n in zoo.NETS.values() if n.caffemodel]
-        return out + [Source(zoo.VGG16_FILE, (zoo.VGG16_URL,))]
     out = [Source(c.weights.file, tuple(c.weights.urls), c.weights.bytes, c.weights.sha1, c.name)
            for c in registry.NETS.values() if c.weights is not None]
     return out + [Source(w.file, tuple(w.urls), w.bytes, w.sha1) for w in registry.INIT_WEIGHTS.values()]
@@ -182,8 +176,6 @@ def manifest_for(path: os.PathLike) -> Path:
 
 def build_manifest(previous: Optional[dict] = None) -> dict:
     """The manifest content from the registry, keeping what was recorded."""
-    from fcn_repro import zoo  # the nets' datasets and reference scores
-
     prev = (previous or {}).get("files", {})
     files = {}
     for s in _facts():
@@ -192,10 +184,11 @@ def build_manifest(previous: Optional[dict] = None) -> dict:
         if old.get("recorded"):
             d["recorded"] = old["recorded"]
         if s.net:
-            net = zoo.get(s.net)
+            net = registry.net(s.net)
+            ref = net.reference(asserted=True)
             d.update({"net": s.net, "dataset": net.dataset, "split": net.split,
                       "expected_mean_iu": net.reference_mean_iu,
-                      "expected_mean_iu_precise": getattr(net, "reference_precise", None)})
+                      "expected_mean_iu_precise": ref.mean_iu if ref is not None and ref.decimals > 2 else None})
         else:
             d.update({"net": None, "note": "ILSVRC VGG-16 (V1 format), the start of FCN training"})
         files[s.file] = d

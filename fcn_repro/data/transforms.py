@@ -40,18 +40,9 @@ __all__ = [
     "overlay", "save_label_png",
 ]
 
-#: VOC and SBD layers: (B, G, R), float64 (a tuple from param_str).
-MEAN_VOC = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float64)
-#: PASCAL-Context layer: (B, G, R) rounded, float32.
-MEAN_CONTEXT = np.array((104.007, 116.669, 122.679), dtype=np.float32)
-#: SIFT Flow layer: (B, G, R) of SIFT Flow, float32.
-MEAN_SIFTFLOW = np.array((114.578, 115.294, 108.353), dtype=np.float32)
-#: NYUDv2 layer: colour (B, G, R), HHA channels, log-depth; float32.
-MEAN_NYUD_COLOR = np.array((116.190, 97.203, 92.318), dtype=np.float32)
-MEAN_NYUD_HHA = np.array((132.431, 94.076, 118.477), dtype=np.float32)
-MEAN_NYUD_LOGD = np.array((7.844,), dtype=np.float32)
-
-IGNORE_LABEL = 255
+# The means (with their dtypes) live in the registry, one card per dataset.
+from fcn_repro.registry import (IGNORE_LABEL, MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA,  # noqa: E402,F401
+                                MEAN_NYUD_LOGD, MEAN_SIFTFLOW, MEAN_VOC)
 
 
 class ImageReadError(FcnReproError):
