@@ -334,29 +334,18 @@ def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
     import torch
     import torch.nn.functional as F
     from fcn_repro.caffe.net import Net
-    from fcn_repro.fast import FastNet, Winograd23, Winograd43, conv_geo, input_geo, pool_geo
+    from fcn_repro.fast import FastNet, Winograd23, Winograd43, walk
     net = Net(str(proto))
     f = FastNet(net)
-    want = f._schedule({"data": (1, 3) + tuple(size)})
+    shapes = {"data": (1, 3) + tuple(size)}
+    want = f.schedule(shapes)
+    steps = f.steps()
     rows = []
-    g = {"data": input_geo(3, *size)}
     gen = torch.Generator().manual_seed(0)
     cp = torch.ops.mkldnn._convolution_pointwise
-    for i, s in enumerate(f._get_steps()):
-        m = s.st.layers[0]
-        gi = g.get(s.st.bottoms[0]) if s.st.bottoms else None
-        if gi is None:
-            continue
-        if s.kind in ("conv", "pool"):
-            go = conv_geo(gi, m.num_output, m.kernel, m.stride, m.pad, m.dilation)[0] if s.kind == "conv" \
-                else pool_geo(gi, m.kernel, m.stride)[0]
-        elif s.kind in ("relu", "identity"):
-            go = gi
-        else:
-            continue
-        for t in s.st.tops:
-            g[t] = go
-        if s.kind != "conv" or tuple(m.kernel) != (3, 3) or gi.c < 64:
+    for i, (gi, _, _) in walk(steps, shapes).items():
+        s, m = steps[i], steps[i].layer
+        if s.kind != "conv" or tuple(m.window.kernel) != (3, 3) or gi.c < 64:
             continue
         win = want[i]
         h, w = win[1] - win[0], win[3] - win[2]
@@ -446,7 +435,7 @@ def layer_profile(shared: dict, x_np, configs: list) -> dict:
         for label, opts in configs:
             f = optimize(net, **opts)
             f(data=x)
-            names = [s.st.name for s in f._get_steps()]
+            names = [s.step.name for s in f.steps()]
             best: dict = {}
             for _ in range(2):
                 with profile() as prof:

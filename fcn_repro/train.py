@@ -46,7 +46,6 @@ run step for step: ``--solver S --weights W --feed F --iters N --save OUT``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -60,11 +59,14 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from fcn_repro import cli, registry
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
 from fcn_repro.solver import (
-    CaffeSGD, SmoothedLoss, SolverError, SolverParameter, param_groups, read_solver, sync_gradients,
+    CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients,
 )
+from fcn_repro.data.layers import DataLayer, find_data_layer
+from fcn_repro.evaluation import Validator
 from fcn_repro.utils import atomic_write
 
 __all__ = [
@@ -74,18 +76,12 @@ __all__ = [
 ]
 
 
-class TrainError(RuntimeError):
+class TrainError(ValueError):
     """A training setup that cannot run; the message names the file and blob."""
 
 
-#: The original schedule: which weights each net's training started from.
-RECIPES = {
-    "fcn32s": "VGG-16 (VGG_ILSVRC_16_layers.caffemodel), by surgery",
-    "fcn16s": "FCN-32s weights (a trained fcn32s .caffemodel)",
-    "fcn8s": "FCN-16s weights (a trained fcn16s .caffemodel)",
-    "fcn8s-atonce": "VGG-16 (VGG_ILSVRC_16_layers.caffemodel), by surgery, all heads at once",
-    "fcn-alexnet": "AlexNet (bvlc_alexnet.caffemodel), by surgery; iter_size accumulation, normalized loss",
-}
+#: The original schedule: which weights each net's training started from (the registry's cards).
+RECIPES = {name: card.trained_from for name, card in registry.NETS.items() if card.dataset == "voc"}
 
 
 # ------------------------------------------------------------------ surgery
@@ -343,90 +339,6 @@ class DatasetSource:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-# ------------------------------------------------------------------ validation
-
-class Validator:
-    """Periodic validation: a TEST-phase net sharing the training weights.
-
-    ``heads``: score blob -> label key in the samples (VOC: {'score': 'label'};
-    SIFT Flow: {'score_sem': 'sem', 'score_geo': 'geo'}). The confusion
-    matrix is accumulated over the whole set (fcn_repro.metrics) and, in a
-    distributed run, summed over processes (each takes every world-th image).
-    """
-
-    def __init__(self, prototxt: str | os.PathLike, dataset: Any, input_map: dict[str, Sequence[str]],
-                 heads: dict[str, str], *, limit: Optional[int] = None, device: Any = "cpu",
-                 rank: int = 0, world: int = 1):
-        from fcn_repro.caffe import Net
-        self.prototxt = os.fspath(prototxt)
-        self.net = Net(self.prototxt, phase="TEST").to(device)
-        self.net.eval()
-        self.dataset, self.heads, self.limit = dataset, dict(heads), limit
-        self.input_map = {k: tuple(v) for k, v in input_map.items() if k in self.net.inputs}
-        missing = [b for b in self.net.inputs if b not in self.input_map]
-        if missing:
-            raise TrainError(f"{self.prototxt}: no data for validation net input(s) {missing}")
-        self.device, self.rank, self.world = device, rank, world
-
-    @torch.no_grad()
-    def share(self, train_net: Any) -> None:
-        """Copy the training net's parameters into the validation net (by layer name)."""
-        for name, blobs in self.net.params.items():
-            src = train_net.params.get(name)
-            if src is None:
-                continue
-            for i, (dst, s) in enumerate(zip(blobs, src)):
-                if tuple(dst.shape) != tuple(s.shape):
-                    raise TrainError(f"{self.prototxt}: layer {name!r} blob {i} has shape "
-                                     f"{tuple(dst.shape)}, the training net's has {tuple(s.shape)}")
-                dst.copy_(s)
-
-    @torch.no_grad()
-    def run(self, train_net: Any, progress: bool = False) -> dict:
-        """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, images}} over the set."""
-        from fcn_repro import metrics
-        from fcn_repro.data.loader import shard_indices
-        self.share(train_net)
-        self.net.eval()
-        n = len(self.dataset) if self.limit is None else min(self.limit, len(self.dataset))
-        idx = shard_indices(len(self.dataset), self.rank, self.world, limit=n)
-        hists: dict[str, Optional[np.ndarray]] = {h: None for h in self.heads}
-        it: Any = idx
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(idx, desc="test", leave=False, unit="img")
-        for i in it:
-            s = self.dataset.load(i)
-            arrays = sample_arrays(s, self.input_map, type(self.dataset).__name__)
-            out = self.net(**{k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()})
-            for blob, lab in self.heads.items():
-                if blob not in out:
-                    raise TrainError(f"{self.prototxt}: score blob {blob!r} is not an output of the "
-                                     f"validation net (outputs {sorted(out)})")
-                if lab not in s.labels:
-                    raise TrainError(f"validation item {s.id!r} has no label {lab!r} for {blob!r}")
-                score = out[blob]
-                pred = score[0].argmax(0).cpu().numpy()
-                h = metrics.fast_hist(s.labels[lab], pred, int(score.shape[1]))
-                hists[blob] = h if hists[blob] is None else hists[blob] + h
-        result = {}
-        for blob, h in hists.items():
-            if self.world > 1:
-                import torch.distributed as dist
-                c = torch.tensor([0 if h is None else h.shape[0]], dtype=torch.int64, device=self.device)
-                dist.all_reduce(c, op=dist.ReduceOp.MAX)
-                h = np.zeros((int(c), int(c)), np.int64) if h is None else h
-                t = torch.from_numpy(np.ascontiguousarray(h, np.int64)).to(self.device)
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                h = t.cpu().numpy()
-            if h is None:
-                raise TrainError("validation ran on no image")
-            sc = metrics.scores(h)
-            result[blob] = {k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc")}
-            result[blob]["images"] = n
-        return result
-
-
 # ----------------------------------------------------------------- the curve
 
 def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -487,18 +399,6 @@ def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = ""
 
 # ------------------------------------------------------------------ the loop
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return float(v) if math.isfinite(float(v)) else None
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    return v
-
-
 class Trainer:
     """Caffe's Solver for one training net.
 
@@ -533,6 +433,10 @@ class Trainer:
         self.prefix = prefix
         self.last_snapshot_iter = -1
         self.t_start = time.time()
+        #: where the display lines go when there is no progress bar (None: nowhere)
+        self.log_file = sys.stdout if rank == 0 else None
+        #: progress bar only on a terminal; a log gets Caffe's display lines instead
+        self.interactive = sys.stdout.isatty() and sys.stderr.isatty()
 
     # -- bookkeeping
     @property
@@ -548,7 +452,7 @@ class Trainer:
         return self.out_dir / "log.jsonl" if self.out_dir is not None else None
 
     def _log(self, rec: dict) -> None:
-        rec = _jsonable(rec)
+        rec = cli.jsonable(rec)
         self.records.append(rec)
         if self.writer:
             # One complete line per write, flushed: a crash leaves whole records
@@ -632,11 +536,29 @@ class Trainer:
         self.draw()
         return rec
 
+    def log_line(self, rec: dict) -> None:
+        """Caffe's display lines (Solver::Step), every ``display`` iterations: the smoothed
+        loss, each loss top, the learning rate."""
+        it = rec["iter"]
+        rate = rec["images_per_s"]
+        print(f"Iteration {it}" + (f" ({rate:.3g} images/s)" if rate else "") + f", loss = {rec['smoothed_loss']:.6g}",
+              file=self.log_file)
+        for k, (top, v) in enumerate(rec["losses"].items()):
+            w = self.loss_weights.get(top, 1.0)
+            print(f"    Train net output #{k}: {top} = {v:.6g}"
+                  + ("" if w == 1.0 else f" (* {w:g} = {w * v:.6g} loss)"), file=self.log_file)
+        print(f"Iteration {it}, lr = {rec['lr']:.6g}", file=self.log_file)
+        self.log_file.flush()
+
     def step(self, iters: int) -> None:
-        """Caffe's Solver::Step(iters)."""
+        """Caffe's Solver::Step(iters).
+
+        On a terminal a progress bar; otherwise (a log file, a pipe) Caffe's
+        ``Iteration N, loss = X`` lines every ``display`` iterations.
+        """
         sp = self.solver
         bar = None
-        if self.progress:
+        if self.progress and self.interactive:
             from tqdm import tqdm
             bar = tqdm(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
         try:
@@ -645,6 +567,9 @@ class Trainer:
                         and (self.iter > 0 or sp.test_initialization)):
                     self.test()
                 rec = self.step_once()
+                if bar is None and self.rank == 0 and sp.display and rec["iter"] % sp.display == 0 \
+                        and self.log_file is not None:
+                    self.log_line(rec)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['smoothed_loss']:.4g}", lr=f"{rec['lr']:.3g}",
@@ -752,6 +677,22 @@ def _print(msg: str) -> None:
 
 # ------------------------------------------------------------------- the CLI
 
+def _sample_defaults(args: argparse.Namespace) -> None:
+    """``--net sample``: the bundled reduced FCN-8s, its Caffe-trained weights and its
+    24 images, with the FCN-8s solver (the smoke test of the whole training path)."""
+    args.solver = args.solver or str(default_solver("fcn8s"))
+    args.train_net = args.train_net or str(registry.resource_path("sample", "fcn8s-shapes.train.prototxt"))
+    args.val_net = args.val_net or str(registry.resource_path("sample", "fcn8s-shapes.prototxt"))
+    if args.init is None and args.weights is None and args.resume is None and args.feed is None:
+        args.weights = str(registry.resource_path("sample", registry.SAMPLE.weights.file))
+    if args.feed is None:
+        args.data = args.data or str(registry.resource_path("sample", "sample"))
+    args.dataset = args.dataset or "sample"
+    args.split = args.split or registry.dataset("sample").split
+    if args.display is None:
+        args.display = 1
+
+
 def default_solver(net: str) -> Path:
     """prototxt/<net>/solver.prototxt of the checkout (or the netspec cache)."""
     from fcn_repro import zoo
@@ -767,25 +708,6 @@ def default_solver(net: str) -> Path:
                      + " (generate the nets with `python -m fcn_repro.netspec`, or pass --solver)")
 
 
-def _dist_setup(device_arg: Optional[str]) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg:
-        dev = torch.device(device_arg)
-    else:
-        dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
-
-
 def _dataset(kind: Optional[str], root: str, split: str) -> Any:
     from fcn_repro.data import make_dataset
     if kind is None:
@@ -799,8 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fcn_repro.train",
         description="Train an FCN with Caffe's solver semantics (see the module docstring). "
                     "Run under torchrun for data-parallel training.")
+    cli.add_common(ap, None)
     g = ap.add_argument_group("net and solver")
-    g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt): "
+    g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt), or 'sample' (the "
+                   "bundled reduced FCN-8s, its weights and images: a smoke test): "
                    + "; ".join(f"{k} from {v}" for k, v in RECIPES.items()))
     g.add_argument("--solver", help="solver prototxt (default prototxt/<net>/solver.prototxt)")
     g.add_argument("--train-net", help="training net prototxt (default: the solver's train_net/net)")
@@ -813,11 +737,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.solverstate.h5) or Caffe's (.solverstate binary, or .solverstate.h5)")
     g = ap.add_argument_group("data")
     g.add_argument("--data", help="training data directory (SBD dataset/ or a VOC year directory)")
-    g.add_argument("--dataset", choices=["voc", "sbd", "siftflow", "nyud", "context"],
+    g.add_argument("--dataset", choices=list(registry.DATASETS),
                    help="reader for --data (default: sbd if DIR has img/ and cls/, else voc)")
     g.add_argument("--split", help="training split (default: the train net's data layer's, else train)")
     g.add_argument("--val-data", help="validation data directory (default: no validation)")
-    g.add_argument("--val-dataset", choices=["voc", "sbd", "siftflow", "nyud", "context"])
+    g.add_argument("--val-dataset", choices=list(registry.DATASETS))
     g.add_argument("--val-split", help="validation split (default: val.prototxt's data layer's, "
                    "else seg11valid)")
     g.add_argument("--order", choices=["random", "sequential"], default="random",
@@ -836,36 +760,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-iters", type=int, help="images per validation (default: solver test_iter, "
                    "else the whole split)")
     g.add_argument("--test-initialization", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--display", type=int, help="print Caffe's 'Iteration N, loss = X' lines every N "
+                   "iterations when not on a terminal (default: the solver's display; 0: never)")
     g = ap.add_argument_group("output")
     g.add_argument("--out", help="output directory (default out/<net or solver name>; with --feed: none)")
     g.add_argument("--save", help="write the final weights here (.caffemodel or .h5)")
     g.add_argument("--snapshot-format", choices=["both", "caffemodel", "h5"], default="both",
                    help="weights format of snapshots (default both: .caffemodel and .caffemodel.h5); "
                         "the solver state is always .solverstate.h5")
-    g.add_argument("--device", help="cpu, cuda, cuda:N (default cuda when available)")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     g.add_argument("--no-progress", action="store_true")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except (TrainError, SolverError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_main, build_parser(), argv)
 
 
 def _main(args: argparse.Namespace) -> int:
     from fcn_repro.caffe.net import Net
     if not args.solver and not args.net:
         raise TrainError("give --solver or --net")
+    if args.net == "sample":
+        _sample_defaults(args)
     solver_path = Path(args.solver) if args.solver else default_solver(args.net)
     sp = read_solver(solver_path)
     over: dict[str, Any] = {}
     for arg, field in (("max_iter", "max_iter"), ("base_lr", "base_lr"), ("iter_size", "iter_size"),
                        ("snapshot_every", "snapshot"), ("test_every", "test_interval"),
-                       ("test_initialization", "test_initialization")):
+                       ("test_initialization", "test_initialization"), ("display", "display")):
         if getattr(args, arg) is not None:
             over[field] = getattr(args, arg)
     if args.train_net:
@@ -880,8 +803,19 @@ def _main(args: argparse.Namespace) -> int:
         raise TrainError("give --data DIR (a training set) or --feed BLOBS.npz")
     if args.init is not None and args.weights is not None:
         raise TrainError("give at most one of --init and --weights")
+    for opt in ("iters", "max_iter", "iter_size", "test_iters"):
+        v = getattr(args, opt)
+        if v is not None and v < (0 if opt == "iters" else 1):
+            raise cli.UsageError(f"--{opt.replace('_', '-')} {v}: must be >= {0 if opt == 'iters' else 1}")
+    for opt in ("init", "weights", "resume", "feed", "data", "val_data"):
+        v = getattr(args, opt)
+        if v is not None and not os.path.exists(v):
+            raise FileNotFoundError(f"--{opt.replace('_', '-')} {v}: no such file or directory")
+    cli.check_writable(args.save, "--save")
+    if args.out is not None:
+        cli.check_writable(args.out, "--out", directory=True)
 
-    rank, world, device = _dist_setup(args.device)
+    rank, world, device = cli.dist_setup(args.device)
     name = args.net or Path(solver_path).parent.name or "train"
     out_dir = args.out if args.out is not None else (None if args.feed else os.path.join("out", name))
     show = rank == 0 and not args.no_progress
@@ -908,20 +842,17 @@ def _main(args: argparse.Namespace) -> int:
             for g in param_groups(net):
                 dist.broadcast(g["params"][0].data, 0)
 
-    zoo_net = None
-    if args.net:
-        from fcn_repro import zoo
-        with contextlib.suppress(KeyError):
-            zoo_net = zoo.get(args.net)
-    data_layer = python_data_params(netparam, net.inputs)
+    card = registry.net(args.net) if args.net in registry.NETS or args.net == "sample" else None
+    data_layer = find_data_layer(netparam, net.inputs, train_path)
     if args.feed:
         source: Any = FeedSource(args.feed, list(net.inputs), device)
     else:
-        kind = args.dataset or _DATA_LAYER_KINDS.get(data_layer.get("layer", ""))
-        split = args.split or data_layer.get("split") or "train"
+        kind = args.dataset or (data_layer.dataset if data_layer else None)
+        split = args.split or (data_layer.split if data_layer else None) or "train"
         ds = _dataset(kind, args.data, split)
-        data_seed = args.seed if args.seed is not None else int(data_layer.get("seed", 1337))
-        source = DatasetSource(ds, _input_map(net.inputs, zoo_net, data_layer), seed=data_seed,
+        data_seed = args.seed if args.seed is not None else (
+            data_layer.seed if data_layer and data_layer.seed is not None else 1337)
+        source = DatasetSource(ds, _input_map(net.inputs, card, data_layer), seed=data_seed,
                                order=args.order, rank=rank, world=world, device=device)
         if show:
             _print(f"training data: {type(ds).__name__} {split!r} ({len(ds)} images), "
@@ -930,20 +861,21 @@ def _main(args: argparse.Namespace) -> int:
     validator = None
     if args.val_data and not args.feed:
         val_path = args.val_net or _default_val_net(train_path, sp)
-        val_layer = {}
+        val_layer = None
         vp = Path(train_path).parent / "val.prototxt"
         if vp.is_file():
-            val_layer = python_data_params(parse_prototxt(vp), net.inputs)
-        kind = args.val_dataset or _DATA_LAYER_KINDS.get(val_layer.get("layer", ""))
-        vds = _dataset(kind, args.val_data, args.val_split or val_layer.get("split") or "seg11valid")
-        heads = {b: lab for b, (lab, _) in zoo_net.classes.items()} if zoo_net else None
+            val_layer = find_data_layer(parse_prototxt(vp), net.inputs, str(vp))
+        kind = args.val_dataset or (val_layer.dataset if val_layer else None)
+        vds = _dataset(kind, args.val_data, args.val_split or (val_layer.split if val_layer else None)
+                       or "seg11valid")
+        heads = card.pairing if card else None
         if heads is None:
             # FCN's naming: the label blob 'label' is scored by 'score'; SIFT
             # Flow's 'sem' / 'geo' by 'score_sem' / 'score_geo'.
             heads = {("score" if lab == "label" else f"score_{lab}"): lab
                      for lab in net.inputs if lab in ("label", "sem", "geo")} or {"score": "label"}
         limit = args.test_iters if args.test_iters is not None else (sp.test_iter[0] if sp.test_iter else None)
-        validator = Validator(val_path, vds, _input_map(net.inputs, zoo_net, data_layer), heads,
+        validator = Validator(val_path, vds, _input_map(net.inputs, card, data_layer), heads,
                               limit=limit, device=device, rank=rank, world=world)
         if args.test_every is None and (not sp.test_interval or sp.test_interval > sp.max_iter):
             # FCN's solve.py scored the val set every 4000 iterations (its
@@ -979,54 +911,19 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-#: FCN's Python data layers -> our dataset readers.
-_DATA_LAYER_KINDS = {
-    "SBDDSegDataLayer": "sbd", "VOCSegDataLayer": "voc", "SIFTFlowSegDataLayer": "siftflow",
-    "NYUDSegDataLayer": "nyud", "PASCALContextSegDataLayer": "context",
-}
-
-
-def python_data_params(netparam: Message, inputs: Sequence[str]) -> dict:
-    """The Python data layer feeding ``inputs``: {"layer", "tops" (its top names), and its
-    param_str (JSON or a Python literal: split, seed, tops, ...)}; {} when there is none."""
-    import ast
-    for layer in netparam.getall("layer"):
-        if str(layer.get("type", "")) != "Python":
-            continue
-        tops = [str(t) for t in layer.getall("top")]
-        if not any(t in inputs for t in tops):
-            continue
-        pp = layer.sub("python_param")
-        out: dict[str, Any] = {}
-        text = str(pp.get("param_str", "") or "")
-        if text:
-            try:
-                out = json.loads(text)
-            except ValueError:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    out = ast.literal_eval(text)
-            out = dict(out) if isinstance(out, dict) else {}
-        out["layer"] = str(pp.get("layer", ""))
-        out["blobs"] = tops
-        return out
-    return {}
-
-
-def _input_map(inputs: Sequence[str], zoo_net: Any, data_layer: Optional[dict] = None
+def _input_map(inputs: Sequence[str], card: Any, data_layer: Optional[DataLayer] = None
                ) -> dict[str, tuple[str, ...]]:
     """Net input blob -> sample keys.
 
-    The zoo's mapping for its nets (NYUDv2: 'data' <- 'color'); else a Python
-    data layer's ``tops`` parameter, by position (its i-th top blob reads
-    the reader's i-th top); else the blob's own name ('data', 'label').
+    The registry card's mapping for its nets (NYUDv2: 'data' <- 'color');
+    else a Python data layer's ``tops`` parameter, by position (its i-th top
+    blob reads the reader's i-th top); else the blob's own name ('data', 'label').
     """
     m: dict[str, tuple[str, ...]] = {}
-    pos = {}
-    if data_layer and isinstance(data_layer.get("tops"), (list, tuple)):
-        pos = dict(zip(data_layer.get("blobs", []), data_layer["tops"]))
+    pos = data_layer.top_map() if data_layer is not None and "tops" in data_layer.params else {}
     for b in inputs:
-        if zoo_net is not None and b in zoo_net.inputs:
-            m[b] = tuple(zoo_net.inputs[b])
+        if card is not None and b in card.input_map:
+            m[b] = tuple(card.input_map[b])
         elif b in pos:
             m[b] = (str(pos[b]),)
         else:

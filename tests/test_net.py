@@ -266,15 +266,15 @@ SKIP = (inp("data", 1, 2, 20, 20)
 def test_fusion_matches_unfused_exactly(order):
     text = SKIP.replace("BOTTOM0", order[0]).replace("BOTTOM1", order[1])
     net = Net(text, seed=0).double()
-    assert [s.kind for s in net._get_plan()] == ["layer"] * 4 + ["crop_sum", "deconv_crop"]
+    assert [s.kind for s in net.plan] == ["layer"] * 4 + ["crop_sum", "deconv_crop"]
     x = torch.randn(1, 2, 20, 20, dtype=torch.float64)
     fused = net(data=x)["score"]
     net.fuse = False
-    assert [s.kind for s in net._get_plan()] == ["layer"] * 8
+    assert [s.kind for s in net.plan] == ["layer"] * 8
     plain = net(data=x)["score"]
     torch.testing.assert_close(fused, plain, rtol=1e-13, atol=1e-13)
     net.fuse, net.keep_blobs = True, True  # keeping blobs turns fusion off
-    assert {s.kind for s in net._get_plan()} == {"layer"}
+    assert {s.kind for s in net.plan} == {"layer"}
     # gradients agree too
     net.keep_blobs = False
     grads = []
@@ -290,7 +290,7 @@ def test_fusion_matches_unfused_exactly(order):
 
 def test_no_fusion_when_an_intermediate_has_other_readers():
     text = SKIP.replace("BOTTOM0", "up").replace("BOTTOM1", "skipc") + relu("peek", "skipc", "p") + relu("peek2", "up2", "q")
-    kinds = [s.kind for s in Net(text)._get_plan()]
+    kinds = [s.kind for s in Net(text).plan]
     assert "crop_sum" not in kinds and "deconv_crop" not in kinds
 
 

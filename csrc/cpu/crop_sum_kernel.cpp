@@ -53,9 +53,7 @@ FCN_CPU_CLONES void rows_sum_any(const double* a, const double* b, double* t, co
 at::Tensor crop_sum_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef offsets,
                         double c0, double c1) {
   const char* op = "crop_sum";
-  check_float_tensor(a, "first bottom (a)", op);
-  check_same(a, b, "first bottom (a)", "second bottom (b)", op);
-  const CropGeom g = crop_geom(op, a, b.sizes(), offsets);
+  const CropGeom g = check_crop_sum(op, at::kCPU, a, b, offsets);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   at::Tensor top = at::empty({g.N, g.C, g.H, g.W}, a.options());
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.W));
@@ -76,11 +74,7 @@ std::tuple<at::Tensor, at::Tensor> crop_sum_backward_cpu(const at::Tensor& grad,
                                                          at::IntArrayRef offsets, double c0,
                                                          double c1) {
   const char* op = "_crop_sum_backward";
-  check_float_tensor(grad, "top grad", op);
-  check_pair(b_size, "b_size", op);
-  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
-  const int64_t b_shape[4] = {grad.size(0), grad.size(1), b_size[0], b_size[1]};
-  const CropGeom g = crop_geom(op, grad, b_shape, offsets);
+  const CropGeom g = check_crop_sum_backward(op, at::kCPU, grad, b_size, offsets);
   const at::Tensor gc = grad.contiguous();
   at::Tensor ga = at::empty({g.N, g.C, g.H, g.W}, grad.options());
   at::Tensor gb = at::empty({g.N, g.C, g.Hb, g.Wb}, grad.options());

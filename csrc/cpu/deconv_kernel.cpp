@@ -86,17 +86,10 @@ bool weight_is_diagonal(const T* w, const DeconvGeom& g) {
 }
 
 // Checks the weight (never assumes it): diagonal path only when it is exactly
-// zero off the channel diagonal.
-bool choose_diag(const at::Tensor& w, const DeconvGeom& g, int64_t path, const char* op) {
-  TORCH_CHECK(path == kPathAuto || path == kPathGeneral || path == kPathDiagonal, "fcn_repro::", op,
-              ": path must be 0 (auto), 1 (general) or 2 (diagonal), got ", path);
+// zero off the channel diagonal. path was validated by check_deconv_forward.
+bool choose_diag(const at::Tensor& w, const DeconvGeom& g, int64_t path) {
   if (path == kPathGeneral) return false;
-  if (path == kPathDiagonal) {
-    TORCH_CHECK(deconv_diag_possible(g), "fcn_repro::", op,
-                ": the diagonal path needs groups == 1 and Cin == Cout, got groups ", g.groups,
-                ", Cin ", g.Cin, ", Cout ", g.Cout);
-    return true;
-  }
+  if (path == kPathDiagonal) return true;
   if (!deconv_diag_possible(g)) return false;
   bool diag = false;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fcn_repro_is_diagonal",
@@ -167,18 +160,15 @@ FCN_CPU_CLONES void deconv_rows_any(const FwdRows<double>& A, int64_t r0, int64_
 at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
-                          at::IntArrayRef offsets, at::IntArrayRef out_size, int64_t path,
-                          const char* op) {
-  check_float_tensor(x, "bottom", op);
-  check_same(x, weight, "bottom", "weight", op);
-  DeconvGeom g = deconv_geom(op, x.sizes(), weight.sizes(), stride, pad, dilation, groups,
-                             offsets, out_size);
-  check_bias(bias, x, g, op);
+                          at::IntArrayRef offsets, at::IntArrayRef out_size, bool whole,
+                          int64_t path, const char* op) {
+  const DeconvGeom g = check_deconv_forward(op, at::kCPU, x, weight, bias, stride, pad, dilation,
+                                            groups, offsets, out_size, whole, path);
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({g.N, g.Cout, g.OH, g.OW}, x.options());
-  const bool diag = choose_diag(wc, g, path, op);
+  const bool diag = choose_diag(wc, g, path);
   const std::vector<TapRun> runs = column_runs(g);
   std::vector<Taps> ty(g.OH);  // row taps, the same for every image and channel
   for (int64_t i = 0; i < g.OH; ++i)
@@ -203,8 +193,8 @@ at::Tensor deconv_forward(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor deconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
                         const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                         at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups) {
-  const int64_t zero[2] = {0, 0}, whole[2] = {-1, -1};
-  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, zero, whole, kPathAuto,
+  const int64_t zero[2] = {0, 0};
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, zero, zero, true, kPathAuto,
                         "deconv2d");
 }
 
@@ -212,7 +202,7 @@ at::Tensor deconv2d_crop_cpu(const at::Tensor& x, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                              at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
                              at::IntArrayRef offsets, at::IntArrayRef out_size) {
-  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size,
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, false,
                         kPathAuto, "deconv2d_crop");
 }
 
@@ -221,18 +211,13 @@ at::Tensor deconv2d_crop_path_cpu(const at::Tensor& x, const at::Tensor& weight,
                                   at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
                                   at::IntArrayRef offsets, at::IntArrayRef out_size,
                                   int64_t path) {
-  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, path,
-                        "_deconv2d_crop_path");
+  return deconv_forward(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, false,
+                        path, "_deconv2d_crop_path");
 }
 
 bool deconv2d_is_diagonal_cpu(const at::Tensor& weight, int64_t groups) {
-  TORCH_CHECK(weight.dim() == 4, "fcn_repro::_deconv2d_is_diagonal: weight must be 4-D, got ",
-              weight.sizes());
-  check_float_tensor(weight, "weight", "_deconv2d_is_diagonal");
-  const at::Tensor wc = weight.contiguous();
-  DeconvGeom g = make_deconv_geom(1, wc.size(0), 1, 1, wc.size(1) * groups, groups, wc.size(2),
-                                  wc.size(3), 1, 1, 0, 0, 1, 1, 0, 0, 1, 1);
-  return choose_diag(wc, g, kPathAuto, "_deconv2d_is_diagonal");
+  const DeconvGeom g = check_is_diagonal("_deconv2d_is_diagonal", at::kCPU, weight, groups);
+  return choose_diag(weight.contiguous(), g, kPathAuto);
 }
 
 at::Tensor deconv2d_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight,
@@ -240,18 +225,10 @@ at::Tensor deconv2d_grad_input_cpu(const at::Tensor& grad, const at::Tensor& wei
                                    at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
                                    at::IntArrayRef offsets) {
   const char* op = "_deconv2d_grad_input";
-  check_float_tensor(grad, "top grad", op);
-  check_same(grad, weight, "top grad", "weight", op);
-  check_pair(in_size, "in_size", op);
-  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
-  const int64_t bottom[4] = {grad.size(0), weight.size(0), in_size[0], in_size[1]};
-  const int64_t window[2] = {grad.size(2), grad.size(3)};
-  DeconvGeom g = deconv_geom(op, bottom, weight.sizes(), stride, pad, dilation, groups, offsets,
-                             window);
-  TORCH_CHECK(grad.size(1) == g.Cout, "fcn_repro::", op, ": top grad has ", grad.size(1),
-              " channels, expected ", g.Cout);
+  const DeconvGeom g = check_deconv_grad_input(op, at::kCPU, grad, weight, in_size, stride, pad,
+                                               dilation, groups, offsets);
   const at::Tensor gc = grad.contiguous(), wc = weight.contiguous();
-  const bool diag = choose_diag(wc, g, kPathAuto, op);
+  const bool diag = choose_diag(wc, g, kPathAuto);
   at::Tensor gx = at::empty({g.N, g.Cin, g.H, g.W}, grad.options());
   const std::vector<SpanRun> runs = bottom_column_runs(g);
   std::vector<Span> sy(g.H);
@@ -300,18 +277,8 @@ at::Tensor deconv2d_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x,
                                     at::IntArrayRef pad, at::IntArrayRef dilation, int64_t groups,
                                     at::IntArrayRef offsets) {
   const char* op = "_deconv2d_grad_weight";
-  check_float_tensor(grad, "top grad", op);
-  check_same(grad, x, "top grad", "bottom", op);
-  check_pair(kernel, "kernel", op);
-  TORCH_CHECK(grad.dim() == 4 && x.dim() == 4, "fcn_repro::", op,
-              ": top grad and bottom must be 4-D, got ", grad.sizes(), " and ", x.sizes());
-  TORCH_CHECK(groups >= 1 && grad.size(1) % groups == 0, "fcn_repro::", op, ": top grad has ",
-              grad.size(1), " channels, not divisible by groups ", groups);
-  const int64_t wshape[4] = {x.size(1), grad.size(1) / groups, kernel[0], kernel[1]};
-  const int64_t window[2] = {grad.size(2), grad.size(3)};
-  DeconvGeom g = deconv_geom(op, x.sizes(), wshape, stride, pad, dilation, groups, offsets, window);
-  TORCH_CHECK(grad.size(0) == g.N, "fcn_repro::", op, ": top grad batch ", grad.size(0),
-              " != bottom batch ", g.N);
+  const DeconvGeom g = check_deconv_grad_weight(op, at::kCPU, grad, x, kernel, stride, pad,
+                                                dilation, groups, offsets);
   const at::Tensor gc = grad.contiguous(), xc = x.contiguous();
   at::Tensor gw = at::empty({g.Cin, g.cout_g, g.kh, g.kw}, grad.options());
   const int64_t numel = gw.numel();
@@ -332,20 +299,43 @@ at::Tensor deconv2d_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x,
   return gw;
 }
 
+// deconv_grad_bias_lane for every lane, then the tree of deconv.h: the
+// values are visited in k order, each added to its lane (k mod kBiasLanes),
+// in contiguous segments that the compiler vectorises; each lane receives its
+// values in the order deconv_grad_bias_lane adds them.
+template <typename T>
+T grad_bias_sum(const T* gy, const DeconvGeom& g, int64_t co, T* __restrict__ lanes) {
+  const int64_t ohw = g.OH * g.OW;
+  for (int64_t t = 0; t < kBiasLanes; ++t) lanes[t] = T(0);
+  int64_t lane = 0;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* __restrict__ v = gy + (n * g.Cout + co) * ohw;
+    for (int64_t k = 0; k < ohw;) {
+      const int64_t len = std::min<int64_t>(kBiasLanes - lane, ohw - k);
+      for (int64_t m = 0; m < len; ++m) lanes[lane + m] += v[k + m];
+      k += len;
+      lane += len;
+      if (lane == kBiasLanes) lane = 0;
+    }
+  }
+  for (int64_t h = kBiasLanes / 2; h > 0; h /= 2)
+    for (int64_t t = 0; t < h; ++t) deconv_grad_bias_tree_step(lanes, t, h);
+  return lanes[0];
+}
+
 at::Tensor deconv2d_grad_bias_cpu(const at::Tensor& grad) {
   const char* op = "_deconv2d_grad_bias";
-  check_float_tensor(grad, "top grad", op);
-  TORCH_CHECK(grad.dim() == 4, "fcn_repro::", op, ": top grad must be 4-D, got ", grad.sizes());
+  const DeconvGeom g = check_deconv_grad_bias(op, at::kCPU, grad);
   const at::Tensor gc = grad.contiguous();
-  DeconvGeom g{};
-  g.N = gc.size(0); g.Cout = gc.size(1); g.OH = gc.size(2); g.OW = gc.size(3);
   at::Tensor gb = at::empty({g.Cout}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fcn_repro_deconv2d_grad_bias_cpu", [&] {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     scalar_t* out = gb.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.N * g.OH * g.OW));
+    const int64_t ohw = g.OH * g.OW;
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.N * ohw));
     at::parallel_for(0, g.Cout, grain, [&](int64_t c0, int64_t c1) {
-      for (int64_t co = c0; co < c1; ++co) out[co] = deconv_grad_bias_elem(gp, g, co);
+      std::vector<scalar_t> lanes(kBiasLanes);
+      for (int64_t co = c0; co < c1; ++co) out[co] = grad_bias_sum(gp, g, co, lanes.data());
     });
   });
   return gb;

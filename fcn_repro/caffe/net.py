@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,15 +44,11 @@ from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights
 from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
 from fcn_repro.caffe.weights import load_weights as read_weights
 from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
+from fcn_repro.caffe.plan import Plan, make_plan
 from fcn_repro.caffe.shapes import layer_included, phase_name
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
-from fcn_repro.caffe.layers.base import fmt_shape
-from fcn_repro.caffe.layers.crop import Crop
-from fcn_repro.caffe.layers.deconvolution import Deconvolution
-from fcn_repro.caffe.layers.eltwise import Eltwise
+from fcn_repro.caffe.fillers import fill_params
 from fcn_repro.caffe.layers.input import Input
-
-from fcn_repro import ops
 
 __all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "transplant",
            "layer_included", "blob_fits"]
@@ -98,31 +93,6 @@ def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[
             p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
-# ---------------------------------------------------------------- the plan
-
-@dataclass
-class _Step:
-    """One unit of the forward: a layer, or a fused pair of layers."""
-    kind: str                       # "layer", "deconv_crop", "crop_sum"
-    layers: list                    # the Layer modules involved, in prototxt order
-    bottoms: list                   # blob names read (in run()'s argument order)
-    tops: list                      # blob names written
-    run: Callable = None            # (list of tensors, inplace) -> list of tensors
-    fresh: bool = True              # tops are new tensors
-    inplace_ok: bool = False
-    drop: list = field(default_factory=list)
-    loss: list = field(default_factory=list)   # (top index, loss weight)
-
-    @property
-    def name(self) -> str:
-        return "+".join(m.name for m in self.layers)
-
-
-def _same_version_until(versions, v, step: int) -> bool:
-    """Whether version v of a blob is still the current one when ``step`` reads."""
-    return versions[v]["overwritten_at"] >= step
-
-
 class Net(nn.Module):
     """A Caffe net as an ``nn.Module``.
 
@@ -164,7 +134,7 @@ class Net(nn.Module):
         self.level = int(level)
         self._fuse = bool(fuse)
         self._keep_blobs = bool(keep_blobs)
-        self._plan: Optional[list[_Step]] = None
+        self._plan: Optional[Plan] = None
         self.blobs: dict[str, torch.Tensor] = {}
         self.layer_tops: dict[str, tuple] = {}
         self.loss: Optional[torch.Tensor] = None
@@ -313,7 +283,6 @@ class Net(nn.Module):
         """Caffe's fillers for parameters that no weights were loaded into."""
         if not layers:
             return
-        from fcn_repro.caffe.fillers import fill_params
         fill_params(self.params, self._included_netparam(), rng=seed, layers=layers)
 
     def _included_netparam(self) -> Message:
@@ -357,125 +326,13 @@ class Net(nn.Module):
             self.blobs, self.layer_tops = {}, {}
 
     # ------------------------------------------------------------ the plan
-    def _get_plan(self) -> list[_Step]:
+    @property
+    def plan(self) -> Plan:
+        """The execution plan (:mod:`fcn_repro.caffe.plan`) for the current ``fuse``/``keep_blobs``."""
         if self._plan is None:
-            self._plan = self._make_plan()
+            self._plan = make_plan(self._layer_list, self.inputs, self.outputs, self._loss_weights,
+                                   fuse=self._fuse, keep_blobs=self._keep_blobs)
         return self._plan
-
-    def _make_plan(self) -> list[_Step]:
-        raw = [m for m in self._layer_list if not isinstance(m, Input)]
-        # Blob versions: every top (and every input) is a new version of its name.
-        versions: list[dict] = []
-        cur: dict[str, int] = {}
-
-        def new_version(name, producer):
-            versions.append({"name": name, "producer": producer, "consumers": [], "overwritten_at": 1 << 60})
-            if name in cur:
-                versions[cur[name]]["overwritten_at"] = producer
-            cur[name] = len(versions) - 1
-            return cur[name]
-
-        for n in self.inputs:
-            new_version(n, -1)
-        bver, tver = [], []
-        for r, m in enumerate(raw):
-            bv = [cur[b] for b in m.bottom_names]
-            for pos, v in enumerate(bv):
-                versions[v]["consumers"].append((r, pos))
-            bver.append(bv)
-            tver.append([new_version(t, r) for t in m.top_names])
-        def sole_reader(v, r, pos):
-            # read by this layer only (so not a net output either)
-            return versions[v]["consumers"] == [(r, pos)]
-
-        no_loss = lambda m: m.name not in self._loss_weights  # noqa: E731
-        deconv_into_crop: dict[int, int] = {}     # crop raw index -> deconv raw index
-        crop_into_sum: dict[int, tuple] = {}      # eltwise raw index -> (crop raw index, bottom position)
-        absorbed: set[int] = set()
-        if self._fuse and not self._keep_blobs:
-            for c, m in enumerate(raw):
-                if not (isinstance(m, Crop) and _fusable_crop(m)):
-                    continue
-                v = bver[c][0]
-                p = versions[v]["producer"]
-                if (p >= 0 and type(raw[p]) is Deconvolution and len(raw[p].bottom_names) == 1
-                        and sole_reader(v, c, 0) and no_loss(raw[p]) and bver[c][1] != v
-                        and _same_version_until(versions, bver[p][0], c)):
-                    deconv_into_crop[c] = p
-                    absorbed.add(p)
-            for e, m in enumerate(raw):
-                if not (isinstance(m, Eltwise) and m.operation == "SUM" and len(m.bottom_names) == 2):
-                    continue
-                for k in (0, 1):
-                    v = bver[e][k]
-                    p = versions[v]["producer"]
-                    if (p >= 0 and isinstance(raw[p], Crop) and _fusable_crop(raw[p]) and p not in deconv_into_crop
-                            and p not in absorbed and sole_reader(v, e, k) and bver[e][1 - k] != v
-                            and no_loss(raw[p])
-                            and all(_same_version_until(versions, u, e) for u in bver[p])):
-                        crop_into_sum[e] = (p, k)
-                        absorbed.add(p)
-                        break
-
-        steps: list[_Step] = []
-        for r, m in enumerate(raw):
-            if r in absorbed:
-                continue
-            if r in deconv_into_crop:
-                d = raw[deconv_into_crop[r]]
-                steps.append(_Step("deconv_crop", [d, m], [d.bottom_names[0], m.bottom_names[1]],
-                                   list(m.top_names), run=_deconv_crop_runner(d, m)))
-            elif r in crop_into_sum:
-                c, k = crop_into_sum[r]
-                cm = raw[c]
-                other = m.bottom_names[1 - k]
-                steps.append(_Step("crop_sum", [cm, m], [other, cm.bottom_names[0], cm.bottom_names[1]],
-                                   list(m.top_names), run=_crop_sum_runner(cm, m, k)))
-            else:
-                steps.append(_Step("layer", [m], list(m.bottom_names), list(m.top_names),
-                                   run=_layer_runner(m), fresh=m.fresh_output))
-            st = steps[-1]
-            last = st.layers[-1]
-            st.loss = [(i, w) for i, w in enumerate(self._loss_weights.get(last.name, [])) if w != 0]
-        self._liveness(steps)
-        return steps
-
-    def _liveness(self, steps: list[_Step]) -> None:
-        """Drop lists (free each blob after its last reader) and in-place eligibility."""
-        cur: dict[str, int] = {}
-        versions: list[dict] = []
-
-        def new_version(name, producer):
-            versions.append({"name": name, "producer": producer, "readers": []})
-            cur[name] = len(versions) - 1
-
-        for n in self.inputs:
-            new_version(n, -1)
-        reads = []
-        for s, st in enumerate(steps):
-            rv = [cur[b] for b in st.bottoms]
-            for v in rv:
-                versions[v]["readers"].append(s)
-            reads.append(rv)
-            for t in st.tops:
-                new_version(t, s)
-        for v, info in enumerate(versions):
-            if not info["readers"]:
-                continue
-            last = max(info["readers"])
-            if info["name"] not in steps[last].tops:
-                steps[last].drop.append(info["name"])
-        if self._keep_blobs:
-            for st in steps:
-                st.drop = []
-            return
-        for s, st in enumerate(steps):
-            m = st.layers[0]
-            if st.kind != "layer" or not m.inplace_capable or len(st.bottoms) != 1:
-                continue
-            v = reads[s][0]
-            p = versions[v]["producer"]
-            st.inplace_ok = p >= 0 and steps[p].fresh and versions[v]["readers"] == [s]
 
     # ------------------------------------------------------------ forward
     def forward(self, *args: Any, **inputs: Any) -> dict[str, torch.Tensor]:
@@ -505,7 +362,7 @@ class Net(nn.Module):
                            + (f"missing {missing}" if missing else "")
                            + ("; " if missing and unknown else "")
                            + (f"unknown {unknown}" if unknown else ""))
-        plan = self._get_plan()
+        plan = self.plan
         keep = self._keep_blobs
         env: dict[str, torch.Tensor] = {}
         for n in self.inputs:
@@ -520,24 +377,14 @@ class Net(nn.Module):
         grad_on = torch.is_grad_enabled()
         loss = None
         for st in plan:
-            xs = [env[b] for b in st.bottoms]
-            inplace = st.inplace_ok and not (grad_on and xs[0].requires_grad)
-            try:
-                ys = st.run(xs, inplace)
-            except NetError:
-                raise
-            except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                shapes = ", ".join(f"{b!r} {fmt_shape(tuple(x.shape))}" for b, x in zip(st.bottoms, xs))
-                raise LayerError(f"{self.filename}: layer {st.name!r} ({'+'.join(l.type_name for l in st.layers)}) "
-                                 f"failed on bottoms {shapes}: {e}") from e
-            for t, y in zip(st.tops, ys):
-                env[t] = y
+            inplace = st.inplace_ok and not (grad_on and env[st.bottoms[0].name].requires_grad)
+            ys = st.apply(env, inplace, filename=self.filename)
             for i, w in st.loss:
                 term = ys[i].sum() if w == 1.0 else ys[i].sum() * w
                 loss = term if loss is None else loss + term
             if keep:
                 for t, y in zip(st.tops, ys):
-                    blobs[t] = y
+                    blobs[t.name] = y
                 tops_rec[st.layers[-1].name] = tuple(ys)
             for n in st.drop:
                 del env[n]
@@ -576,50 +423,6 @@ def _log_report(report: WeightsReport) -> None:
         log.warning("%s: net layers without weights (left as initialised): %s", report.source, report.missing)
     if report.unused:
         log.info("%s: layers not in the net, ignored: %s", report.source, report.unused)
-
-
-# ---------------------------------------------------------------- runners
-
-def _fusable_crop(m: Crop) -> bool:
-    """A Crop of the two spatial axes of 4-D blobs (what the fused ops implement)."""
-    return m.axis_param in (2, -2) and len(m.offsets_param) in (0, 1, 2)
-
-
-def _layer_runner(m: Layer) -> Callable:
-    def run(xs, inplace):
-        return m(*xs, inplace=inplace)
-    return run
-
-
-def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
-    def run(xs, inplace):
-        x, ref = xs
-        if x.dim() != 4 or ref.dim() != 4:
-            raise c.error(f"fused Deconvolution+Crop needs 4-D blobs, got {fmt_shape(tuple(x.shape))} and "
-                          f"{fmt_shape(tuple(ref.shape))}")
-        full = (x.shape[0], d.num_output) + d.out_size(x.shape[2], x.shape[3])
-        shape, _, offs = c.out_shape(full, tuple(ref.shape), check=True)
-        return [d.forward_cropped(x, (offs[0], offs[1]), (shape[2], shape[3]))]
-    return run
-
-
-def _crop_sum_runner(c: Crop, e: Eltwise, k: int) -> Callable:
-    """Eltwise SUM whose bottom k is Crop(b, ref): a*coeff[1-k] + crop(b)*coeff[k] in one op."""
-    ca, cb = e.coeffs[1 - k], e.coeffs[k]
-    coeffs = None if ca == 1.0 and cb == 1.0 else (ca, cb)
-
-    def run(xs, inplace):
-        a, b, ref = xs
-        if b.dim() != 4 or ref.dim() != 4:
-            raise c.error(f"fused Crop+Eltwise needs 4-D blobs, got {fmt_shape(tuple(b.shape))} and "
-                          f"{fmt_shape(tuple(ref.shape))}")
-        shape, _, offs = c.out_shape(tuple(b.shape), tuple(ref.shape), check=True)
-        if tuple(a.shape) != tuple(shape):
-            names = [e.bottom_names[1 - k], c.top_names[0]]
-            raise e.error(f"bottoms must have the same shape: {names[0]!r} is {fmt_shape(tuple(a.shape))}, "
-                          f"{names[1]!r} is {fmt_shape(shape)}")
-        return [ops.crop_sum(a, b, (offs[0], offs[1]), coeffs)]
-    return run
 
 
 # ---------------------------------------------------------------- transplant

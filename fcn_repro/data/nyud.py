@@ -33,9 +33,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split, resource_path
-from fcn_repro.data.transforms import (MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD, preprocess,
-                                       read_rgb)
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD
 
 __all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label", "read_log_depth"]
 
@@ -98,7 +98,7 @@ class NYUDSegmentation(SegDataset):
         self.split = split
         self.tops = tuple(tops)
         self.keep_image = keep_image
-        self.heads = {"label": class_names("nyud")}
+        self.heads = self.card_heads()
 
     def _path(self, kind: str, i: str) -> Path:
         if kind == "label":

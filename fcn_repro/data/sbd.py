@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
-from fcn_repro.data.transforms import MEAN_VOC, preprocess, read_rgb
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split
+from fcn_repro.registry import MEAN_VOC
+from fcn_repro.data.transforms import preprocess, read_rgb
 
 __all__ = ["SBDSegmentation", "SBD_LAYOUT", "read_sbd_label"]
 
@@ -65,7 +66,7 @@ class SBDSegmentation(SegDataset):
         self.split = split
         self.keep_image = keep_image
         self.mean = mean
-        self.heads = {"label": class_names("pascal")}
+        self.heads = self.card_heads()
 
     def files(self, index: int):
         i = self.ids[index]

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split, resource_path
-from fcn_repro.data.transforms import MEAN_SIFTFLOW, preprocess, read_rgb
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.registry import MEAN_SIFTFLOW
+from fcn_repro.data.transforms import preprocess, read_rgb
 
 __all__ = ["SIFTFlowSegmentation", "SIFTFLOW_LAYOUT", "read_siftflow_label"]
 
@@ -69,7 +70,6 @@ class SIFTFlowSegmentation(SegDataset):
 
     name = "siftflow"
     layout = SIFTFLOW_LAYOUT
-    exclude_absent = True
 
     def __init__(self, root: str | os.PathLike, split: str = "test", keep_image: bool = False,
                  mean=MEAN_SIFTFLOW):
@@ -84,7 +84,7 @@ class SIFTFlowSegmentation(SegDataset):
         self.split = split
         self.keep_image = keep_image
         self.mean = mean
-        self.heads = {"sem": class_names("siftflow"), "geo": class_names("siftflow-geo")}
+        self.heads = self.card_heads()
 
     def files(self, index: int):
         i = self.ids[index]

@@ -8,19 +8,22 @@ Public functions (all differentiable, float32/float64, any device):
   H x W, then Eltwise SUM a*coeffs[0] + crop*coeffs[1].
 - ``deconv2d_crop(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)``:
   deconv2d(...)[..., oy:oy+H, ox:ox+W], computed only on that window.
+- ``weight_is_diagonal(weight, groups=1)``: whether the diagonal fast path is
+  taken; ``clear_diagonal_cache()`` forgets the per-weight-version results.
 - ``extension_info()``: which backends of the C++/CUDA extension were built
   and whether the pure-PyTorch fallback is in use.
 
 They run the kernels of the C++/CUDA extension fcn_repro._C (registered as
 torch.ops.fcn_repro.*) and fall back to the pure-PyTorch references of
-fcn_repro.ops.reference, with a FallbackWarning, when it is missing.
+fcn_repro.ops.reference, with a FallbackWarning, when it is missing. Invalid
+arguments raise ValueError (the same ones on every path: fcn_repro.ops.checks).
 """
 from __future__ import annotations
 
 from . import _ext
 from ._ext import FallbackWarning
 from .crop_sum import crop_sum
-from .deconv import deconv2d, deconv2d_crop, weight_is_diagonal
+from .deconv import clear_diagonal_cache, deconv2d, deconv2d_crop, weight_is_diagonal
 from .reference import crop_sum_ref, deconv2d_crop_ref, deconv2d_ref
 
 
@@ -43,5 +46,5 @@ def extension_info() -> dict:
     }
 
 
-__all__ = ["deconv2d", "crop_sum", "deconv2d_crop", "extension_info", "weight_is_diagonal",
+__all__ = ["deconv2d", "crop_sum", "deconv2d_crop", "extension_info", "weight_is_diagonal", "clear_diagonal_cache",
            "FallbackWarning", "deconv2d_ref", "crop_sum_ref", "deconv2d_crop_ref"]

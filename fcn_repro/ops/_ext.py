@@ -13,10 +13,9 @@ import warnings
 
 import torch
 
-from fcn_repro.caffe.shapes import deconv_out
+from .checks import check, check_bias, check_int_pair, check_shape, check_tensors, crop_geometry, deconv_geometry
 
-__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "ENTRY", "call", "entry", "has_kernel",
-           "use_extension"]
+__all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "has_kernel", "use_extension"]
 
 
 class FallbackWarning(RuntimeWarning):
@@ -74,78 +73,84 @@ def use_extension(op: str, t: torch.Tensor) -> bool:
     return False
 
 
-# The extension's direct entry points (csrc/fcn_ops.cpp): the registered ops
-# called through the C++ dispatcher without the ~6-10 us of a boxed torch.ops
-# call from Python; each returns None when the Python path must decide (no
-# kernels for the device/dtype, an argument form it does not take). None in
-# builds older than them, and while torch.compile traces (see entry()).
-ENTRY = _C if AVAILABLE and all(callable(getattr(_C, n, None)) for n in ("crop_sum", "deconv2d",
-                                                                         "deconv2d_crop")) else None
-
-
-def entry():
-    """The extension module whose ``crop_sum`` / ``deconv2d`` / ``deconv2d_crop`` take
-    fcn_repro.ops' arguments directly, or None (not built, or torch.compile tracing)."""
-    if ENTRY is None or not AVAILABLE or torch.compiler.is_compiling():
-        return None
-    return ENTRY
-
-
-def call(op, tensors, *args):
-    """op(*args), skipping the Python autograd layer when no gradient can flow.
-
-    The autograd formulas are registered from Python (register_autograd), and
-    that layer costs ~10 us a call even under no_grad, as much as a whole
-    crop_sum at FCN sizes. When grad mode is off or no input requires grad it
-    would only redispatch to the backend, so we go there directly (the same
-    guard autograd kernels use). Not while torch.compile traces: it sees the
-    plain call.
-    """
-    if torch.compiler.is_compiling() or (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
-
-
 def _register() -> None:
     lib = "fcn_repro::"
     ops = torch.ops.fcn_repro
 
-    # ---- fake (shape-only) implementations -------------------------------------------
+    # ---- fake (shape-only) implementations: the kernels' checks, then the shape -------
+    def _deconv_fake(op, x, weight, bias, stride, pad, dilation, groups, offsets, out_size):
+        check_tensors(op, ((x, "bottom"), (weight, "weight"), (bias, "bias")))
+        *_, oh, ow, cout = deconv_geometry(op, x.shape, weight.shape, stride, pad, dilation, groups, offsets,
+                                           out_size)
+        check_bias(bias, cout, op)
+        return x.new_empty((x.shape[0], cout, oh, ow))
+
     @torch.library.register_fake(lib + "deconv2d")
     def _deconv2d_fake(x, weight, bias, stride, pad, dilation, groups):
-        oh = deconv_out(x.shape[2], weight.shape[2], stride[0], pad[0], dilation[0])
-        ow = deconv_out(x.shape[3], weight.shape[3], stride[1], pad[1], dilation[1])
-        return x.new_empty((x.shape[0], weight.shape[1] * groups, oh, ow))
+        return _deconv_fake("deconv2d", x, weight, bias, stride, pad, dilation, groups, (0, 0), None)
 
     @torch.library.register_fake(lib + "deconv2d_crop")
     def _deconv2d_crop_fake(x, weight, bias, stride, pad, dilation, groups, offsets, out_size):
-        return x.new_empty((x.shape[0], weight.shape[1] * groups, out_size[0], out_size[1]))
+        return _deconv_fake("deconv2d_crop", x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
 
     @torch.library.register_fake(lib + "_deconv2d_crop_path")
     def _deconv2d_crop_path_fake(x, weight, bias, stride, pad, dilation, groups, offsets, out_size, path):
-        return x.new_empty((x.shape[0], weight.shape[1] * groups, out_size[0], out_size[1]))
+        op = "_deconv2d_crop_path"
+        y = _deconv_fake(op, x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
+        check(path in (0, 1, 2), op, lambda: f"path must be 0 (auto), 1 (general) or 2 (diagonal), got {path}")
+        check(path != 2 or (groups == 1 and x.shape[1] == y.shape[1]), op,
+              lambda: f"the diagonal path needs groups == 1 and Cin == Cout, got groups {groups}, "
+              f"Cin {x.shape[1]}, Cout {y.shape[1]}")
+        return y
 
     @torch.library.register_fake(lib + "crop_sum")
     def _crop_sum_fake(a, b, offsets, c0=1.0, c1=1.0):
+        check_tensors("crop_sum", ((a, "first bottom (a)"), (b, "second bottom (b)")))
+        crop_geometry("crop_sum", a.shape, b.shape, offsets)
         return a.new_empty(a.shape)
 
     @torch.library.register_fake(lib + "_deconv2d_grad_input")
     def _grad_input_fake(grad, weight, in_size, stride, pad, dilation, groups, offsets):
+        op = "_deconv2d_grad_input"
+        check_tensors(op, ((grad, "top grad"), (weight, "weight")))
+        check_shape(grad.shape, "top grad", op)
+        check(weight.dim() == 4, op, lambda: f"weight must be 4-D, got {list(weight.shape)}")
+        check_int_pair(in_size, 1, "in_size", op)
+        *_, cout = deconv_geometry(op, (grad.shape[0], weight.shape[0], in_size[0], in_size[1]), weight.shape,
+                                   stride, pad, dilation, groups, offsets, (grad.shape[2], grad.shape[3]))
+        check(grad.shape[1] == cout, op, lambda: f"top grad has {grad.shape[1]} channels, expected {cout}")
         return grad.new_empty((grad.shape[0], weight.shape[0], in_size[0], in_size[1]))
 
     @torch.library.register_fake(lib + "_deconv2d_grad_weight")
     def _grad_weight_fake(grad, x, kernel, stride, pad, dilation, groups, offsets):
-        return grad.new_empty((x.shape[1], grad.shape[1] // groups, kernel[0], kernel[1]))
+        op = "_deconv2d_grad_weight"
+        check_tensors(op, ((grad, "top grad"), (x, "bottom")))
+        check_shape(grad.shape, "top grad", op)
+        check_shape(x.shape, "bottom", op)
+        check_int_pair(kernel, 1, "kernel", op)
+        check(groups >= 1, op, lambda: f"groups must be in [1, 2147483647] (Caffe stores it in an int), got {groups}")
+        check(grad.shape[1] % groups == 0, op,
+              lambda: f"top grad has {grad.shape[1]} channels, not divisible by groups {groups}")
+        wshape = (x.shape[1], grad.shape[1] // groups, kernel[0], kernel[1])
+        deconv_geometry(op, x.shape, wshape, stride, pad, dilation, groups, offsets, (grad.shape[2], grad.shape[3]))
+        check(grad.shape[0] == x.shape[0], op, lambda: f"top grad batch {grad.shape[0]} != bottom batch {x.shape[0]}")
+        return grad.new_empty(wshape)
 
     @torch.library.register_fake(lib + "_deconv2d_grad_bias")
     def _grad_bias_fake(grad):
+        check_tensors("_deconv2d_grad_bias", ((grad, "top grad"),))
+        check_shape(grad.shape, "top grad", "_deconv2d_grad_bias")
         return grad.new_empty((grad.shape[1],))
 
     @torch.library.register_fake(lib + "_crop_sum_backward")
     def _crop_sum_backward_fake(grad, b_size, offsets, c0, c1):
-        return grad.new_empty(grad.shape), grad.new_empty((grad.shape[0], grad.shape[1], b_size[0], b_size[1]))
+        op = "_crop_sum_backward"
+        check_tensors(op, ((grad, "top grad"),))
+        check_shape(grad.shape, "top grad", op)
+        check_int_pair(b_size, 1, "b_size", op)
+        b_shape = (grad.shape[0], grad.shape[1], b_size[0], b_size[1])
+        crop_geometry(op, grad.shape, b_shape, offsets)
+        return grad.new_empty(grad.shape), grad.new_empty(b_shape)
 
     # ---- autograd ------------------------------------------------------------------
     def _deconv_setup(ctx, inputs, output):

@@ -1,7 +1,7 @@
 """Caffe Crop(axis 2) + Eltwise SUM fused: fcn_repro.ops.crop_sum.
 
-Dispatches to torch.ops.fcn_repro.crop_sum (one pass over the output, reading
-only b's window) and falls back to the pure-PyTorch reference with a
+Calls torch.ops.fcn_repro.crop_sum (one pass over the output, reading only
+b's window) and falls back to the pure-PyTorch reference with a
 FallbackWarning when the extension or a kernel for the device/dtype is missing.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import _ext
-from .reference import IntPair, crop_sum_ref, pair
+from .checks import IntPair, pair
+from .reference import crop_sum_ref
 
 
 def crop_sum(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
@@ -22,12 +23,7 @@ def crop_sum(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
     meaning both) to a's spatial size, then Eltwise SUM of (a, crop) with
     optional per-bottom coefficients (default 1, 1).
     """
-    ext = _ext.entry()
-    if ext is not None:
-        y = ext.crop_sum(a, b, offsets, coeffs)
-        if y is not None:
-            return y
     if _ext.use_extension("crop_sum", a):
         c0, c1 = (1.0, 1.0) if coeffs is None else (float(coeffs[0]), float(coeffs[1]))
-        return _ext.call(torch.ops.fcn_repro.crop_sum.default, (a, b), a, b, pair(offsets, "offsets"), c0, c1)
+        return torch.ops.fcn_repro.crop_sum(a, b, pair(offsets, "offsets", "crop_sum"), c0, c1)
     return crop_sum_ref(a, b, offsets, coeffs)

@@ -1,10 +1,10 @@
 """Caffe Deconvolution as a torch op: fcn_repro.ops.deconv2d and deconv2d_crop.
 
-Both dispatch to torch.ops.fcn_repro.* (C++/CUDA kernels of csrc/, gather form,
-with a diagonal fast path for upsampling weights that are zero off the channel
-diagonal, detected by checking the weight on every call) and fall back to the
-pure-PyTorch reference (fcn_repro.ops.reference) with a FallbackWarning when
-the extension or a kernel for the device/dtype is missing.
+Both call torch.ops.fcn_repro.* (C++/CUDA kernels of csrc/, gather form, with
+a diagonal fast path for upsampling weights found, by checking, to be zero off
+the channel diagonal) and fall back to the pure-PyTorch reference
+(fcn_repro.ops.reference) with a FallbackWarning when the extension or a
+kernel for the device/dtype is missing. One path each: no other entry point.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from . import _ext
-from .reference import IntPair, deconv2d_crop_ref, deconv2d_ref, pair
+from .checks import IntPair, as_int, check, pair
+from .reference import deconv2d_crop_ref, deconv2d_ref
 
 
 def deconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -24,16 +25,13 @@ def deconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     x (N, Cin, H, W); weight (Cin, Cout/groups, kh, kw) as Caffe stores it;
     bias (Cout,) or None -> top (N, Cout, s(H-1) + d(k-1) + 1 - 2p, ...) for
     each axis (stride s, pad p, dilation d; Caffe has no output_padding).
-    Pairs are (h, w); an int means the same value for both axes.
+    Pairs are (h, w); an int means the same value for both axes. Arguments
+    Caffe could not hold (over 2^31 - 1) or that give an empty top raise ValueError.
     """
-    ext = _ext.entry()
-    if ext is not None:
-        y = ext.deconv2d(x, weight, bias, stride, pad, dilation, groups)
-        if y is not None:
-            return y
     if _ext.use_extension("deconv2d", x):
-        return _ext.call(torch.ops.fcn_repro.deconv2d.default, (x, weight, bias), x, weight, bias,
-                         pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"), int(groups))
+        op = "deconv2d"
+        return torch.ops.fcn_repro.deconv2d(x, weight, bias, pair(stride, "stride", op), pair(pad, "pad", op),
+                                            pair(dilation, "dilation", op), as_int(groups, "groups", op))
     return deconv2d_ref(x, weight, bias, stride, pad, dilation, groups)
 
 
@@ -43,30 +41,38 @@ def deconv2d_crop(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   out_size: Optional[IntPair] = None) -> torch.Tensor:
     """Caffe Deconvolution followed by Crop(axis 2), computed only on the kept window.
 
-    Same arguments as deconv2d, plus offsets (oy, ox) and out_size (H, W):
+    Same arguments as deconv2d, plus offsets (oy, ox) >= 0 and out_size (H, W) >= 1:
     returns deconv2d(x, ...)[:, :, oy:oy+H, ox:ox+W], shape (N, Cout, H, W),
     without computing the rest of the top (FCN-8s computes 568x568 to keep 500x500).
     """
-    if out_size is None:
-        raise ValueError("fcn_repro.ops.deconv2d_crop: out_size (H, W) of the kept window is required")
-    ext = _ext.entry()
-    if ext is not None:
-        y = ext.deconv2d_crop(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
-        if y is not None:
-            return y
-    if _ext.use_extension("deconv2d_crop", x):
-        return _ext.call(torch.ops.fcn_repro.deconv2d_crop.default, (x, weight, bias), x, weight, bias,
-                         pair(stride, "stride"), pair(pad, "pad"), pair(dilation, "dilation"), int(groups),
-                         pair(offsets, "offsets"), pair(out_size, "out_size"))
+    op = "deconv2d_crop"
+    check(out_size is not None, op, "out_size (H, W) of the kept window is required")
+    if _ext.use_extension(op, x):
+        return torch.ops.fcn_repro.deconv2d_crop(
+            x, weight, bias, pair(stride, "stride", op), pair(pad, "pad", op), pair(dilation, "dilation", op),
+            as_int(groups, "groups", op), pair(offsets, "offsets", op), pair(out_size, "out_size", op))
     return deconv2d_crop_ref(x, weight, bias, stride, pad, dilation, groups, offsets, out_size)
 
 
 def weight_is_diagonal(weight: torch.Tensor, groups: int = 1) -> bool:
     """Whether deconv2d takes its diagonal (depthwise) fast path for this weight:
-    groups == 1, Cin == Cout and weight[i, j] == 0 for every i != j (the check the kernels run)."""
-    if _ext.AVAILABLE and _ext.has_kernel("_deconv2d_is_diagonal", weight.device.type.upper()):
-        return bool(torch.ops.fcn_repro._deconv2d_is_diagonal(weight, int(groups)))
-    if groups != 1 or weight.dim() != 4 or weight.shape[0] != weight.shape[1]:
+    groups == 1, Cin == Cout and weight[i, j] == 0 for every i != j (the check the kernels run).
+    groups < 1 is refused (ValueError)."""
+    groups = as_int(groups, "groups", "_deconv2d_is_diagonal")
+    if _ext.AVAILABLE and _ext.BACKENDS.get(weight.device.type, False):
+        return bool(torch.ops.fcn_repro._deconv2d_is_diagonal(weight, groups))
+    check(weight.dim() == 4, "_deconv2d_is_diagonal", lambda: f"weight must be 4-D, got {list(weight.shape)}")
+    check(groups >= 1, "_deconv2d_is_diagonal",
+          lambda: f"groups must be in [1, 2147483647] (Caffe stores it in an int), got {groups}")
+    if groups != 1 or weight.shape[0] != weight.shape[1]:
         return False
     off = ~torch.eye(weight.shape[0], dtype=torch.bool, device=weight.device)
     return not bool((weight[off] != 0).any())
+
+
+def clear_diagonal_cache() -> None:
+    """Forget the remembered diagonal checks. The CUDA kernels check a weight once per
+    version (its version counter changes with every in-place change made through torch);
+    call this after changing a weight behind torch's back (``.data``, a NumPy view)."""
+    if _ext.AVAILABLE:
+        torch.ops.fcn_repro._clear_diagonal_cache()

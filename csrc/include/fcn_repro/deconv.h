@@ -147,7 +147,7 @@ FCN_HD T deconv_point(const T* x_n, const T* w, const ChannelRange& cr, const De
 // Caffe adds the bias after the col2im accumulation.
 template <typename T>
 FCN_HD T deconv_add_bias(T acc, const T* bias, int64_t co) {
-  return bias != nullptr ? acc + bias[co] : acc;
+  return bias != nullptr ? T(acc + bias[co]) : acc;
 }
 
 // One top element, from its window coordinates (GPU form: taps on the fly).
@@ -286,16 +286,36 @@ FCN_HD T deconv_grad_weight_elem(const T* gy, const T* x, const DeconvGeom& g, i
   return acc;
 }
 
-// d(loss)/d(bias)[co]: sum over n, y, x of the (windowed) top gradient.
+// d(loss)/d(bias)[co]: the sum over n, y, x of the (windowed) top gradient,
+// in one fixed order that a GPU block computes in parallel and the CPU
+// sequentially, bit for bit alike: the M = N*OH*OW values of channel co,
+// taken n-major (k = n*OH*OW + y*OW + x), go to kBiasLanes lanes, lane t
+// summing k = t, t + kBiasLanes, ... in that order from +0
+// (deconv_grad_bias_lane); then a pairwise tree halves the lanes,
+// lane[t] = lane[t] + lane[t + h] for h = kBiasLanes/2, ..., 1
+// (deconv_grad_bias_tree_step), and lane 0 is the sum.
+constexpr int kBiasLanes = 1024;
+
+// The value k of channel co.
 template <typename T>
-FCN_HD T deconv_grad_bias_elem(const T* gy, const DeconvGeom& g, int64_t co) {
+FCN_HD T deconv_grad_bias_value(const T* gy, const DeconvGeom& g, int64_t co, int64_t k) {
   const int64_t ohw = g.OH * g.OW;
+  const int64_t n = k / ohw;
+  return gy[(n * g.Cout + co) * ohw + (k - n * ohw)];
+}
+
+template <typename T>
+FCN_HD T deconv_grad_bias_lane(const T* gy, const DeconvGeom& g, int64_t co, int64_t lane) {
+  const int64_t m = g.N * g.OH * g.OW;
   T acc = T(0);
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* gp = gy + (n * g.Cout + co) * ohw;
-    for (int64_t k = 0; k < ohw; ++k) acc += gp[k];
-  }
+  for (int64_t k = lane; k < m; k += kBiasLanes) acc += deconv_grad_bias_value(gy, g, co, k);
   return acc;
+}
+
+// One level of the tree: lanes [0, h) take lane t + h.
+template <typename T>
+FCN_HD void deconv_grad_bias_tree_step(T* lanes, int64_t t, int64_t h) {
+  lanes[t] = lanes[t] + lanes[t + h];
 }
 
 // Is weight (Cin, Cout/g, kh, kw) element e off the channel diagonal? (groups == 1)

@@ -1,0 +1,23 @@
+// Stand-in for ATen/cuda/CUDAContext.h in the CUDA emulator (tests/cuda_emu):
+// the device properties (SM count settable by the tests) and the stream.
+#pragma once
+
+#include "fcn_emu/runtime.h"
+
+namespace at {
+namespace cuda {
+
+struct EmuDeviceProp {
+  int multiProcessorCount;
+};
+inline EmuDeviceProp* getCurrentDeviceProperties() {
+  static EmuDeviceProp prop;
+  prop.multiProcessorCount = ::fcn_emu::sm_count();
+  return &prop;
+}
+
+struct CUDAStream {};
+inline CUDAStream getCurrentCUDAStream() { return CUDAStream{}; }
+
+}  // namespace cuda
+}  // namespace at
