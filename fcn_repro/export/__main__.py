@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fcn_repro import zoo
+from fcn_repro import hub, registry, zoo
 from fcn_repro.caffe.net import Net
 
 from .onnx_export import DEFAULT_OPSET, to_onnx
@@ -37,24 +37,25 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def resolve(net: str, weights: Optional[str]) -> tuple[str, str]:
-    """(prototxt path, weights path) for a prototxt path or a known net name."""
+    """(prototxt path, weights path) for a prototxt path or a net of the registry."""
     if os.path.exists(net):
         if weights is None:
             raise UsageError(f"{net}: give the weights with --weights (.caffemodel or .h5); an export of "
                              "untrained filler weights is not a model")
         return net, weights
     try:
-        entry = zoo.get(net)
-    except KeyError as e:
-        raise UsageError(f"{net!r} is neither a prototxt file nor a known net ({e.args[0]})") from None
+        card = registry.net(net)
+    except registry.UnknownNameError as e:
+        raise UsageError(f"{net!r} is neither a prototxt file nor a known net ({e})") from None
     prototxt = str(zoo.deploy_prototxt(net))
     if weights is None:
-        if not entry.caffemodel:
+        if card.weights is None:
             raise UsageError(f"net {net!r} has no published weights; give --weights")
-        found = Path(zoo.weights_dir()) / entry.caffemodel
-        if not found.is_file():
-            raise UsageError(f"net {net!r}: weights {found} not found; download {entry.caffemodel} there "
-                             "(see README, Weights) or give --weights")
+        found = zoo.weights_path(card) if net == "sample" else hub.find_weights(card.weights.file)
+        if found is None or not Path(found).is_file():
+            raise UsageError(f"net {net!r}: {card.weights.file} not found in {hub.weights_dir()} or "
+                             f"{hub.download_dir()}; run `python -m fcn_repro.zoo download {net}` or give "
+                             "--weights")
         weights = str(found)
     return prototxt, weights
 
@@ -64,8 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m fcn_repro.export",
         description="Export a Caffe FCN to ONNX: any batch, height and width by default, Caffe blob names "
                     "as input/output names, checked against our forward with onnxruntime (--check).")
-    ap.add_argument("net", metavar="NET|PROTOTXT", help=f"a known net ({', '.join(zoo.names())}) or a "
-                                                         "deploy prototxt")
+    ap.add_argument("net", metavar="NET|PROTOTXT", help=f"a net of the registry ({', '.join(registry.names())}, "
+                                                         "sample) or a deploy prototxt")
     ap.add_argument("--weights", help=".caffemodel / .h5 (default for a known net: its file in the weights dir)")
     ap.add_argument("-o", "--output", required=True, help="the ONNX file to write (atomically)")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
