@@ -140,6 +140,52 @@ def test_static_export_and_fast_depthwise(tmp_path):
     assert net.layer("upscore").group == 1 and tuple(net.params["upscore"][0].shape) == (21, 21, 63, 63)
 
 
+POOLS = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 8 dim: 8 } } }
+layer { name: "mpool" type: "Pooling" bottom: "data" top: "mpool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "apool" type: "Pooling" bottom: "mpool" top: "apool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "mpool2" type: "Pooling" bottom: "data" top: "mpool2"
+        pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 2 pad_h: 1 pad_w: 2 } }
+layer { name: "mpool3" type: "Pooling" bottom: "data" top: "mpool3"
+        pooling_param { pool: MAX kernel_size: 2 stride: 3 } }
+"""
+
+
+def test_padded_ceil_pooling_follows_caffe_at_every_size(tmp_path):
+    # Padded MAX and AVE pooling with CEIL rounding: Caffe drops a last window
+    # that would start in the bottom/right padding; without padding it keeps a
+    # last window that starts past the image (mpool3 at H = 0 mod 3: -FLT_MAX),
+    # which PyTorch's and ONNX's ceil_mode drop. One file, odd and even sizes.
+    from fcn_repro.caffe.shapes import caffe_pool_out
+
+    net = Net(POOLS)
+    path = tmp_path / "pools.onnx"
+    # traced at 13x16, a size where PyTorch's rule and Caffe's agree for every layer
+    to_onnx(net, path, example=(torch.randn(2, 2, 13, 16),))
+    sess = _session(path)
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["apool", "mpool2", "mpool3"]
+    dropped = 0
+    for h in range(3, 16):
+        w = h + 4
+        x = torch.randn(2, 2, h, w)
+        with torch.no_grad():
+            ref = net(x)
+        got = dict(zip(names, sess.run(None, {"data": x.numpy()})))
+        for o in names:
+            assert got[o].shape == tuple(ref[o].shape), (o, h, w)
+        assert _rel(got["apool"], ref["apool"].numpy()) < 1e-6, (h, w)
+        for o in ("mpool2", "mpool3"):  # a maximum is exact in any runtime
+            assert np.array_equal(got[o], ref[o].numpy()), (o, h, w)
+        assert got["mpool2"].shape[2:] == (caffe_pool_out(h, 2, 3, 1, True, True),
+                                           caffe_pool_out(w, 3, 2, 2, True, True))
+        assert got["mpool3"].shape[2] == caffe_pool_out(h, 2, 3, 0, True, False)
+        dropped += caffe_pool_out(h, 2, 3, 1, True, True) != caffe_pool_out(h, 2, 3, 1, True, False)
+    assert dropped > 0  # the sizes include ones where Caffe's rule drops a window
+
+
 def test_cli_check_and_names(tmp_path):
     out = tmp_path / "sub" / "fcn16s.onnx"
     r = subprocess.run([sys.executable, "-m", "fcn_repro.export", str(caffe_fixture("fcn16s.prototxt")),
