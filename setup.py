@@ -53,6 +53,10 @@ ext_modules = [
     )
 ]
 
+# fcn_repro.export (ONNX): the exporter and the runtime its --check and tests use
+# (seen working: onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0 with torch 2.13.0).
+ONNX_EXTRA = ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.20"]
+
 setup(
     name="fcn_repro",
     version="0.1.0",
@@ -64,8 +68,9 @@ setup(
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm"],
-    extras_require={"test": ["pytest", "hypothesis",
-                             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
+    extras_require={"onnx": ONNX_EXTRA,
+                    "test": ["pytest", "hypothesis",
+                             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"] + ONNX_EXTRA},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -6,7 +6,7 @@
 Generates (once, into the benchmark cache) a PASCAL VOC year directory of
 ``--images`` images at VOC sizes (500x375, 375x500, 500x333, 333x500,
 500x500, cycling), with palette label PNGs (21 classes and 255 borders),
-and runs :func:`fcn_repro.evaluate.run` (the loop ``python -m
+and runs :func:`fcn_repro.evaluation.run` (the loop ``python -m
 fcn_repro.evaluate`` runs: threaded decoding ahead of the net, confusion
 matrix on the fly) with the benchmark FCN-8s (common.bench_model), once per
 mode:
@@ -83,7 +83,7 @@ def measure(mode: str, n: int, device: str, workers: int, memory_only: bool = Fa
     """One mode: end-to-end run(), then forward-only and loader-only passes."""
     import torch
     from fcn_repro.data import make_dataset
-    from fcn_repro.evaluate import net_inputs, run
+    from fcn_repro.evaluation import net_inputs, run
     proto, model = common.bench_model(progress=False)
     root = make_voc(common.CACHE / "voc-bench", n)
     ds = make_dataset("voc", root, f"bench{n}")

@@ -1,7 +1,7 @@
 """FCN-8s forward, side by side: fcn_repro (fast / fused / unfused) vs plain PyTorch vs OpenCV dnn.
 
     python benchmarks/bench_forward.py [--quick] [--repeats N] [--size 500] [--device cpu|cuda]
-                                       [--peers fast,fused,unfused,torch,opencv] [--json FILE]
+                                       [--peers fast,fused,unfused,torch,opencv,onnxruntime] [--json FILE]
 
 All peers run the same FCN-8s (full width: 64..512 channels, fc 4096, 21
 classes) from the same deploy prototxt and the same generated .caffemodel
@@ -15,6 +15,8 @@ classes) from the same deploy prototxt and the same generated .caffemodel
                ceil_mode, conv_transpose2d, slicing, add): "Caffe-class" work
 * ``opencv``   cv2.dnn.readNetFromCaffe(prototxt, caffemodel) (OpenCV 4.x;
                OpenCV 5 dropped the Caffe importer)
+* ``onnxruntime`` the net exported by fcn_repro.export.to_onnx (any input
+               size), run by onnxruntime's CPU provider (CPU only)
 
 Timings: one process, peers interleaved round-robin (so that load from
 other processes hits all of them alike), a warm-up forward each first, then
@@ -45,13 +47,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PEERS = ("fast", "fused", "unfused", "torch", "opencv")
+PEERS = ("fast", "fused", "unfused", "torch", "opencv", "onnxruntime")
 LABELS = {
     "fast": "fcn_repro fast (optimize)",
     "fused": "fcn_repro plain, fused",
     "unfused": "fcn_repro plain, fuse=False",
     "torch": "plain PyTorch eager FCN-8s",
     "opencv": "OpenCV dnn (readNetFromCaffe)",
+    "onnxruntime": "onnxruntime CPU (fcn_repro.export.to_onnx file)",
     "fast_tf32": "fcn_repro fast, TF32",
 }
 
@@ -147,8 +150,33 @@ def plain_fcn8s(weights: dict, device: str = "cpu", mkldnn_trunk: bool = False):
 
 # ---------------------------------------------------------------- building peers
 
+def onnxruntime_peer(proto: Path, model: Path, device: str):
+    """(run, note): the net exported by fcn_repro.export.to_onnx (the any-size file) in onnxruntime's CPU provider."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+    from fcn_repro.caffe.net import Net
+    from fcn_repro.export import to_onnx
+    if device.startswith("cuda"):
+        raise RuntimeError("the onnxruntime row is a CPU row (CPUExecutionProvider)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fcn8s.onnx"
+        to_onnx(Net(str(proto), str(model)), path)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    gc.collect()
+
+    def run(x):
+        return sess.run(None, {"data": x})[0]
+    return run, f"onnxruntime {ort.__version__}, CPUExecutionProvider, {opts.intra_op_num_threads} threads"
+
+
 def build_peer(name: str, proto: Path, model: Path, device: str, shared: dict):
     """A callable x(np.ndarray (1,3,H,W)) -> np.ndarray (1,21,H,W) for ``name``, plus a note."""
+    if name == "onnxruntime":
+        return onnxruntime_peer(proto, model, device)
     if name == "opencv":
         import cv2
         import torch
@@ -306,29 +334,18 @@ def kernel_table(proto: Path, size: tuple, repeats: int) -> list:
     import torch
     import torch.nn.functional as F
     from fcn_repro.caffe.net import Net
-    from fcn_repro.fast import FastNet, Winograd23, Winograd43, conv_geo, input_geo, pool_geo
+    from fcn_repro.fast import FastNet, Winograd23, Winograd43, walk
     net = Net(str(proto))
     f = FastNet(net)
-    want = f._schedule({"data": (1, 3) + tuple(size)})
+    shapes = {"data": (1, 3) + tuple(size)}
+    want = f.schedule(shapes)
+    steps = f.steps()
     rows = []
-    g = {"data": input_geo(3, *size)}
     gen = torch.Generator().manual_seed(0)
     cp = torch.ops.mkldnn._convolution_pointwise
-    for i, s in enumerate(f._get_steps()):
-        m = s.st.layers[0]
-        gi = g.get(s.st.bottoms[0]) if s.st.bottoms else None
-        if gi is None:
-            continue
-        if s.kind in ("conv", "pool"):
-            go = conv_geo(gi, m.num_output, m.kernel, m.stride, m.pad, m.dilation)[0] if s.kind == "conv" \
-                else pool_geo(gi, m.kernel, m.stride)[0]
-        elif s.kind in ("relu", "identity"):
-            go = gi
-        else:
-            continue
-        for t in s.st.tops:
-            g[t] = go
-        if s.kind != "conv" or tuple(m.kernel) != (3, 3) or gi.c < 64:
+    for i, (gi, _, _) in walk(steps, shapes).items():
+        s, m = steps[i], steps[i].layer
+        if s.kind != "conv" or tuple(m.window.kernel) != (3, 3) or gi.c < 64:
             continue
         win = want[i]
         h, w = win[1] - win[0], win[3] - win[2]
@@ -418,7 +435,7 @@ def layer_profile(shared: dict, x_np, configs: list) -> dict:
         for label, opts in configs:
             f = optimize(net, **opts)
             f(data=x)
-            names = [s.st.name for s in f._get_steps()]
+            names = [s.step.name for s in f.steps()]
             best: dict = {}
             for _ in range(2):
                 with profile() as prof:

@@ -1,11 +1,11 @@
-"""Fuzz the binary .caffemodel decoder and the protobuf text-format parser.
+"""Fuzz the format readers: binary .caffemodel, text format, solver states, HDF5.
 
-    python benchmarks/fuzz_formats.py --seconds 600                 # both targets, atheris
+    python benchmarks/fuzz_formats.py --seconds 600                 # all targets, atheris
     python benchmarks/fuzz_formats.py --target caffemodel --runs 5000
     python benchmarks/fuzz_formats.py --engine random --seconds 60  # no atheris needed
 
-The property checked on every input (see ``check_caffemodel`` /
-``check_prototxt``): the input is either refused with the format's own
+The property checked on every input (see ``check_caffemodel``,
+``check_prototxt``, ``check_solverstate``, ``check_hdf5``): the input is either refused with the format's own
 error (a ``ValueError`` subclass naming the file and a byte offset or
 line:column inside the input) or accepted, and then what was read writes back
 and reads again to the same thing; nothing else may happen: no other
@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("caffemodel", "prototxt")
+TARGETS = ("caffemodel", "prototxt", "solverstate", "hdf5")
+_SCRATCH: list[Path] = []
+
+
+def scratch(name: str) -> Path:
+    """A per-process scratch file for readers that take a path (HDF5, .npz)."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="fuzz-formats-")))
+    return _SCRATCH[0] / name
 
 
 def import_formats_only() -> None:
@@ -94,7 +102,53 @@ def check_prototxt(data: bytes) -> None:
     assert format_text(parse_text(format_text(up))) == format_text(up)
 
 
-CHECKS = {"caffemodel": check_caffemodel, "prototxt": check_prototxt}
+def check_solverstate(data: bytes) -> None:
+    """Read ``data`` as a solver state: the binary message from memory, and as a
+    file in whatever layout its first bytes say (binary, HDF5 or .npz)."""
+    from fcn_repro.caffe.solverstate import (
+        SolverStateContents, decode_solverstate, encode_solverstate, read_state,
+    )
+    from fcn_repro.errors import FcnReproError
+    try:
+        st = decode_solverstate(data, "<fuzz>")
+    except FcnReproError as e:
+        assert e.filename == "<fuzz>" and e.offset is not None and 0 <= e.offset <= len(data), e
+    else:
+        assert sum(h.nbytes for h in st.history) <= 2 * len(data)   # float64 -> float32 halves
+        again = decode_solverstate(encode_solverstate(SolverStateContents(
+            st.iter, st.learned_net, st.history, st.current_step)))
+        assert (again.iter, again.current_step, again.learned_net) == (st.iter, st.current_step, st.learned_net)
+        assert [h.tobytes() for h in again.history] == [h.tobytes() for h in st.history]
+    path = scratch("state.solverstate")
+    path.write_bytes(data)
+    try:
+        sf = read_state(path)
+    except FcnReproError as e:
+        assert e.filename == str(path), e
+        return
+    total = sum(h.nbytes for h in sf.state.history) + sum(a.nbytes for a in sf.extra.values())
+    assert total <= 256 * max(len(data), 1), f"{total} bytes of arrays from {len(data)} input bytes"
+
+
+def check_hdf5(data: bytes) -> None:
+    """Read ``data`` as Caffe HDF5 weights (info, then values)."""
+    from fcn_repro.caffe.hdf5 import hdf5_info, load_hdf5
+    from fcn_repro.errors import WeightsError
+    path = scratch("w.h5")
+    path.write_bytes(data)
+    try:
+        info = hdf5_info(path)
+        w = load_hdf5(path, keep_dtype=True, keep_empty=True)
+    except WeightsError as e:
+        assert e.filename == str(path), e
+        return
+    total = sum(a.nbytes for blobs in w.values() for a in blobs)
+    assert total <= 256 * len(data), f"{total} bytes of values from {len(data)} input bytes"
+    assert [lay.name for lay in info.layers] == list(w)
+
+
+CHECKS = {"caffemodel": check_caffemodel, "prototxt": check_prototxt, "solverstate": check_solverstate,
+          "hdf5": check_hdf5}
 
 
 # -------------------------------------------------------------- the seeds
@@ -106,10 +160,12 @@ def seeds(target: str) -> list[bytes]:
     bad = ROOT / "tests" / "corpus" / "bad"
     if bad.is_dir():
         for p in sorted(bad.iterdir()):
-            if p.suffix != ".h5":
+            if (p.suffix == ".h5") == (target == "hdf5"):
                 out.append(p.read_bytes())
     fixtures = ROOT / "tests" / "fixtures" / "caffe"
-    if target == "caffemodel":
+    if target in ("solverstate", "hdf5"):
+        out += _binary_seeds(target, fixtures)
+    elif target == "caffemodel":
         out.append(mc.good_net())
         out.append(mc.s(1, "v1") + mc.layer_v1("ip", 14, [mc.blob(legacy=(1, 1, 2, 2), data=[1, 2, 3, 4])]))
         out.append(mc.layer_v2("d", "", [mc.shape(3) + mc.unpacked_f64(8, [1.0, 2.0, 3.0])]))
@@ -121,6 +177,28 @@ def seeds(target: str) -> list[bytes]:
             if (fixtures / name).exists():
                 out.append((fixtures / name).read_bytes())
         out.append(b'a: "\\303\\251" b: [1, 2.5e-3, -inf] c <d: 0x1F; e: \'x\' "y"> f { } # c\n')
+    return out
+
+
+def _binary_seeds(target: str, fixtures: Path) -> list[bytes]:
+    """Small valid solver states (all three layouts) or HDF5 weights, made here."""
+    import numpy as np
+
+    from fcn_repro.caffe.hdf5 import save_hdf5
+    from fcn_repro.caffe.solverstate import SolverStateContents, encode_solverstate, write_state
+    d = Path(tempfile.mkdtemp(prefix="fuzz-seeds-bin-"))
+    hist = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2, np.float32)]
+    if target == "hdf5":
+        save_hdf5(d / "w.h5", {"conv": hist, "relu": []})
+        out = [(d / "w.h5").read_bytes()]
+        if (fixtures / "zoo.caffemodel.h5").exists():
+            out.append((fixtures / "zoo.caffemodel.h5").read_bytes())
+        return out
+    st = SolverStateContents(7, "net_iter_7.caffemodel", hist, 1)
+    out = [encode_solverstate(st)]
+    for name in ("s.solverstate.h5", "s.npz"):
+        write_state(d / name, st, ["conv/0", "conv/1"], {"loss": np.array([0.5])})
+        out.append((d / name).read_bytes())
     return out
 
 
@@ -188,6 +266,9 @@ def run_atheris_child(target: str, seconds: float, runs: int | None, out: Path) 
         import fcn_repro.caffe.caffemodel  # noqa: F401
         import fcn_repro.caffe.prototxt  # noqa: F401
         import fcn_repro.caffe.weights  # noqa: F401
+        import fcn_repro.caffe.solverstate  # noqa: F401
+        import fcn_repro.caffe.hdf5  # noqa: F401
+        import fcn_repro.npz  # noqa: F401
     check = CHECKS[target]
     corpus = out / f"corpus-{target}"
     corpus.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Per-blob comparison of our forward with a reference (Caffe's blobs saved to .npz).
 
     python -m fcn_repro.compare NET.prototxt WEIGHTS REFERENCE.npz [--prefix s0/] [--tol 1e-5]
-                                [--no-fuse] [--phase TEST] [--double] [--json]
+                                [--no-fuse] [--phase TEST] [--double] [--json FILE|-]
 
 The reference holds blobs by Caffe name, optionally under a prefix
 (``s0/conv1_1``); the net's inputs are read from it, the net is run, and for
@@ -22,14 +22,17 @@ disagrees anywhere; 2 on usage or load errors.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+
+from fcn_repro import cli
+from fcn_repro.caffe import Net
 
 __all__ = ["BlobReport", "CompareResult", "compare", "main", "split_blob_source", "pick_prefix"]
 
@@ -70,17 +73,7 @@ class CompareResult:
         d = asdict(self)
         d["ok"] = self.ok
         d["worst_rel"] = max((b.max_rel for b in self.blobs if math.isfinite(b.max_rel)), default=0.0)
-        return _finite(d)
-
-
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+        return cli.jsonable(d)
 
 
 def split_blob_source(net, blob: str) -> Optional[tuple[str, int]]:
@@ -138,8 +131,6 @@ def compare(prototxt: Any, weights: Any, reference: Any, prefix: Optional[str] =
 
     ``reference``: a path to an .npz or a mapping name -> array.
     """
-    from fcn_repro.caffe import Net
-
     ref = np.load(reference) if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__") else reference
     keys = list(ref.keys()) if hasattr(ref, "keys") else list(ref.files)
     net = Net(prototxt, weights, phase=phase, fuse=False, keep_blobs=True).to(dtype)
@@ -231,9 +222,10 @@ def format_table(res: CompareResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.compare", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_common(ap, "write the result as JSON to FILE ('-': stdout, instead of the table)")
     ap.add_argument("prototxt", help="the net (deploy prototxt)")
     ap.add_argument("weights", help=".caffemodel, .caffemodel.h5 or .h5")
     ap.add_argument("reference", help=".npz of reference blobs by Caffe name")
@@ -243,18 +235,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--no-fuse", action="store_true", help="compute the outputs without fused ops too")
     ap.add_argument("--phase", default="TEST", choices=["TEST", "TRAIN"])
     ap.add_argument("--double", action="store_true", help="compute in float64 (a diagnostic)")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.run(_main, build_parser(), argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cli.check_writable(args.json, "--json")
+    for what, path in (("prototxt", args.prototxt), ("weights", args.weights), ("reference", args.reference)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such {what} file")
     try:
         res = compare(args.prototxt, args.weights, args.reference, prefix=args.prefix, tol=args.tol,
                       fuse=not args.no_fuse, phase=args.phase,
                       dtype=torch.float64 if args.double else torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"fcn_repro.compare: error: {e}", file=sys.stderr)
-        return 2
+    except KeyError as e:  # a blob the reference lacks
+        raise ValueError(f"{args.reference}: {e.args[0] if e.args else e}") from None
     if args.json:
-        print(json.dumps(res.to_dict(), indent=1))
-    else:
+        cli.write_json(args.json, res.to_dict())
+    if args.json != "-":
         print(format_table(res))
     return 0 if res.ok else 1
 

@@ -39,113 +39,52 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["CheckReport", "check_weights", "expected_shapes", "convert", "main"]
+from fcn_repro import cli
+from fcn_repro.caffe.match import MatchReport, match_weights
+
+__all__ = ["check_weights", "check_failed", "expected_shapes", "convert", "main"]
 
 _LARGE = 64 << 20     # progress bar from this many bytes on
 
 
-class UsageError(Exception):
-    """Bad input or usage: exit status 2."""
+UsageError = cli.UsageError
 
 
 # ------------------------------------------------------------------- check
 
-@dataclasses.dataclass
-class CheckReport:
-    """What checking a weights file against a net found.
-
-    ``mismatched``: (layer, blob, stored shape, expected shape);
-    ``count_mismatch``: (layer, stored blobs, expected blobs);
-    ``coerced``: (layer, blob, stored shape, net shape) for legacy 4-D blobs
-    accepted under the net's shape; ``missing``: net layers with parameters
-    absent from the file; ``unused``: file layers with blobs absent from the net.
-    """
-    prototxt: str
-    matched: list[str] = dataclasses.field(default_factory=list)
-    mismatched: list[tuple[str, int, tuple, tuple]] = dataclasses.field(default_factory=list)
-    count_mismatch: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
-    coerced: list[tuple[str, int, tuple, tuple]] = dataclasses.field(default_factory=list)
-    missing: list[str] = dataclasses.field(default_factory=list)
-    unused: list[str] = dataclasses.field(default_factory=list)
-
-    def failed(self, strict: bool) -> bool:
-        return bool(self.mismatched or self.count_mismatch or (strict and (self.missing or self.unused)))
-
-    def messages(self, filename: str, strict: bool) -> list[str]:
-        out = []
-        for layer, n, m in self.count_mismatch:
-            out.append(f"{filename}: layer {layer!r}: {n} blobs in the weights, but {self.prototxt} gives "
-                       f"the layer {m} parameter blobs (Caffe: incompatible number of blobs)")
-        for layer, i, s, e in self.mismatched:
-            out.append(f"{filename}: layer {layer!r} blob {i}: shape {_shape_str(s)} in the weights, "
-                       f"{self.prototxt} expects {_shape_str(e)}")
-        kind = "error" if strict else "warning"
-        if self.missing:
-            out.append(f"{kind}: net layers with parameters not in {filename}: {', '.join(self.missing)}")
-        if self.unused:
-            out.append(f"{kind}: layers of {filename} not in the net: {', '.join(self.unused)}")
-        return out
-
-    def to_json(self, strict: bool) -> dict:
-        return {
-            "prototxt": self.prototxt, "ok": not self.failed(strict), "strict": strict,
-            "matched": self.matched,
-            "mismatched": [{"layer": lay, "blob": i, "stored": list(s), "expected": list(e)}
-                           for lay, i, s, e in self.mismatched],
-            "count_mismatch": [{"layer": lay, "stored": n, "expected": m} for lay, n, m in self.count_mismatch],
-            "coerced": [{"layer": lay, "blob": i, "stored": list(s), "shape": list(e)}
-                        for lay, i, s, e in self.coerced],
-            "missing": self.missing, "unused": self.unused,
-        }
-
-
-def legacy_fits(stored: Sequence[int], expected: Sequence[int]) -> bool:
-    """Caffe's ``Blob::ShapeEquals`` for a blob stored with legacy 4-D dims."""
-    stored, expected = tuple(stored), tuple(expected)
-    return len(stored) == 4 and len(expected) <= 4 and (1,) * (4 - len(expected)) + expected == stored
-
-
 def check_weights(info: Any, expected: dict[str, list[tuple[int, ...]]], prototxt: str = "<net>",
-                  net_layers_with_params: Sequence[str] | None = None) -> CheckReport:
-    """Check a :class:`~fcn_repro.caffe.caffemodel.ModelInfo` against ``expected``.
+                  net_layers_with_params: Sequence[str] | None = None, source: str = "<weights>") -> MatchReport:
+    """Check a :class:`~fcn_repro.caffe.caffemodel.ModelInfo` against ``expected`` with the
+    one weight matcher (:mod:`fcn_repro.caffe.match`: Caffe's exact-or-legacy-4-D rule).
 
     ``expected``: net layer name -> parameter shapes in Caffe order (layers
     without parameters map to ``[]``), as ``net.params`` gives them.
     """
-    rep = CheckReport(prototxt)
-    seen = set()
-    for layer in info.layers:
-        seen.add(layer.name)
-        if layer.name not in expected:
-            if layer.blobs:
-                rep.unused.append(layer.name)       # Caffe: "Ignoring source layer"
-            continue
-        want = [tuple(int(d) for d in s) for s in expected[layer.name]]
-        if len(layer.blobs) != len(want):
-            rep.count_mismatch.append((layer.name, len(layer.blobs), len(want)))
-            continue
-        ok = True
-        for b, w in zip(layer.blobs, want):
-            if b.shape == w:
-                continue
-            if b.legacy_shape and legacy_fits(b.shape, w):
-                rep.coerced.append((layer.name, b.index, b.shape, w))
-            else:
-                rep.mismatched.append((layer.name, b.index, b.shape, w))
-                ok = False
-        if ok and want:
-            rep.matched.append(layer.name)
-    with_params = net_layers_with_params if net_layers_with_params is not None else \
-        [k for k, v in expected.items() if v]
-    rep.missing = [k for k in with_params if k not in seen]
-    return rep
+    layers = list(net_layers_with_params) if net_layers_with_params is not None else None
+    return match_weights([(layer.name, layer.blobs) for layer in info.layers], expected,
+                         source=source, target=prototxt, layers=layers)
+
+
+def check_failed(rep: MatchReport, strict: bool) -> bool:
+    """A blob or count that does not fit, or a net layer the file lacks (a whole head
+    missing would score garbage); with ``strict`` also a file layer the net lacks."""
+    return rep.failed(strict) or bool(rep.missing)
+
+
+def check_messages(rep: MatchReport, filename: str, strict: bool) -> list[str]:
+    out = [f"error: {e}" for e in rep.errors(False)]
+    if rep.missing:
+        out.append(f"error: net layers with parameters not in {filename}: {', '.join(rep.missing)}")
+    if rep.unexpected:
+        out.append(f"{'error' if strict else 'warning'}: layers of {filename} not in the net: "
+                   f"{', '.join(rep.unexpected)}")
+    return out
 
 
 def expected_shapes(prototxt: str, phase: str = "TEST") -> tuple[dict[str, list[tuple]], dict[str, str]]:
@@ -195,7 +134,7 @@ class _Plan:
     notes: list[str]
 
 
-def _plan(contents: Any, info: Any, out_fmt: str | None, check: CheckReport | None,
+def _plan(contents: Any, info: Any, out_fmt: str | None, check: MatchReport | None,
           net_types: dict[str, str], keep_legacy: bool) -> _Plan:
     from fcn_repro.caffe.caffemodel import CaffeLayer
     coerced = {(lay, i): shape for lay, i, _, shape in (check.coerced if check else [])}
@@ -284,13 +223,15 @@ def convert(inp: str, out: str | None = None, prototxt: str | None = None, *, st
     check, net_types = None, {}
     if prototxt:
         expected, net_types = expected_shapes(prototxt, phase)
-        check = check_weights(info, expected, prototxt)
+        check = check_weights(info, expected, prototxt, source=inp)
     report: dict = {"input": inp, "input_format": info.format, "net_name": info.net_name,
                     "file_bytes": info.file_size, "output": out, "output_format": out_fmt,
                     "check": check.to_json(strict) if check else None}
+    failed = bool(check and check_failed(check, strict))
     if check:
-        report["check"]["messages"] = check.messages(inp, strict)
-    failed = bool(check and check.failed(strict))
+        report["check"]["ok"] = not failed
+        report["check"]["unused"] = report["check"]["unexpected"]
+        report["check"]["messages"] = check_messages(check, inp, strict)
     plan = _plan(contents, info, None if failed else out_fmt, check, net_types, keep_legacy_shapes)
     report["blobs"] = plan.rows
     report["empty_layers"] = plan.empty
@@ -333,44 +274,35 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m fcn_repro.convert",
         description="List, check and convert Caffe weights (.caffemodel V1/V2 <-> Caffe HDF5 .h5).")
+    cli.add_common(ap, "write the report as JSON to FILE ('-': stdout, instead of the table)")
     ap.add_argument("input", help=".caffemodel (V1 or V2) or .caffemodel.h5 / .h5")
     ap.add_argument("-o", "--output", help="write to this .caffemodel or .h5 / .caffemodel.h5 (atomically)")
     ap.add_argument("--prototxt", help="check every blob against this net's parameter shapes")
     ap.add_argument("--phase", default="TEST", choices=("TRAIN", "TEST"), help="net phase for --prototxt")
     ap.add_argument("--strict", action="store_true",
-                    help="with --prototxt: missing or unused layers fail the check too")
+                    help="with --prototxt: layers of the file the net lacks fail the check too")
     ap.add_argument("--keep-legacy-shapes", action="store_true",
                     help="write legacy 4-D blob shapes to .h5 as stored (Caffe's HDF5 loader refuses them)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
+    return ap
 
-    from fcn_repro.caffe.prototxt import PrototxtError
-    from fcn_repro.caffe.weights import WeightsError
-    try:
-        report = convert(a.input, a.output, a.prototxt, strict=a.strict, phase=a.phase,
-                         keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.quiet)
-    except (UsageError, WeightsError, PrototxtError, OSError) as e:
-        msg = str(e)
-        if isinstance(e, FileNotFoundError) and e.filename:
-            msg = f"{e.filename}: no such file"
-        if a.json:
-            print(json.dumps({"ok": False, "error": msg, "input": a.input, "output": a.output}))
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - e.g. the net builder refusing the prototxt
-        if a.json:
-            print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "input": a.input}))
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_main, build_parser(), argv)
+
+
+def _main(a: argparse.Namespace) -> int:
+    cli.check_writable(a.json, "--json")
+    cli.check_writable(a.output, "-o")
+    report = convert(a.input, a.output, a.prototxt, strict=a.strict, phase=a.phase,
+                     keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.quiet)
     if a.json:
-        print(json.dumps(report, indent=1))
-    else:
+        cli.write_json(a.json, report)
+    if a.json != "-":
         print(f"{a.input}: {report['input_format']}"
               + (f", net {report['net_name']!r}" if report["net_name"] else ""))
         print(_table(report))
@@ -379,8 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report["check"] is not None:
         c = report["check"]
         for m in c["messages"]:
-            print(m if m.startswith(("error:", "warning:")) else f"error: {m}", file=sys.stderr)
-        if not a.json:
+            print(m, file=sys.stderr)
+        if a.json != "-":
             state = "passed" if c["ok"] else "FAILED"
             print(f"check against {a.prototxt}: {state} ({len(c['matched'])} layers matched, "
                   f"{len(c['coerced'])} legacy blobs accepted, {len(c['missing'])} missing, {len(c['unused'])} unused)")
@@ -388,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.output:
             print(f"not written: {a.output}", file=sys.stderr)
         return 1
-    if report["written"] and not a.json:
+    if report["written"] and a.json != "-":
         print(f"wrote {a.output} ({report['output_format']}, {report['output_bytes']:,} bytes)")
     return 0
 

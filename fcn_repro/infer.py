@@ -1,64 +1,49 @@
 """Segment images with an FCN: ``python -m fcn_repro.infer``.
 
-    python -m fcn_repro.infer IMAGE... --net fcn8s [--weights W] -o OUTDIR [--device cpu|cuda]
+    python -m fcn_repro.infer IMAGE|DIR|GLOB... --net fcn8s [--weights W] -o OUTDIR
+        [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast]
 
-For each image, OUTDIR receives ``<stem>.png`` (the predicted labels as a
-palette PNG, VOC palette) and ``<stem>_overlay.png`` (the palette colours
-alpha-blended over the image), and the per-image class summary (class name,
-fraction of pixels) is printed and written to ``OUTDIR/summary.json``. Nets
-with two score blobs (SIFT Flow) write ``<stem>_<blob>.png`` per blob.
+Images are files, directories (their image files) or globs (quote them:
+``'photos/**/*.jpg'``). Each is read with PIL and turned upright by its EXIF
+orientation, and run at its own size (consecutive images of equal size in
+batches of ``--batch-size``) through :class:`fcn_repro.predict.Predictor`.
 
-The image is preprocessed as the net's training data was (FACTS.md for the
-VOC nets: RGB -> BGR, minus the mean, full size, batch of 1). ``--net sample``
-runs the bundled model (synthetic shapes; not PASCAL). When the original
-weights of a named net are missing, the message says where they were looked
-for and how to get them, and the exit status is 2.
+For each image, OUTDIR receives ``<name>.png`` (the predicted labels as a
+palette PNG, VOC palette), ``<name>_overlay.png`` (the palette colours
+alpha-blended over the image) and, with ``--save-scores``, ``<name>.npy``
+(the (C, H, W) float32 class scores). ``<name>`` is the image's stem; when
+two images would write the same file (``a/x.jpg`` and ``b/x.jpg``) the later
+one gets ``<stem>-2`` (``-3``, ...): no output overwrites another. Nets with
+two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The per-image
+class summary (class name, fraction of pixels) is printed and written to
+``OUTDIR/summary.json`` with the output names.
+
+An image that cannot be read (corrupt, truncated, over the pixel cap) is
+skipped with a warning naming it; the others go on (exit status 1 if any
+was skipped). The preprocessing is the net's training data's (the dataset's
+BGR mean). ``--net sample`` runs the bundled model (synthetic shapes; not
+PASCAL). When the original weights of a named net are missing, the message
+says where they were looked for and how to get them, and the exit status is 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from fcn_repro import zoo
-from fcn_repro.data.transforms import (MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_SIFTFLOW, MEAN_VOC, overlay, preprocess,
-                                       read_rgb, save_label_png)
+from fcn_repro import hub
+from fcn_repro.data.transforms import overlay, save_label_png
 from fcn_repro.evaluate import EXIT_MISSING, MissingError, load_net, resolve_net, resolve_weights
+from fcn_repro.predict import Predictor, Transforms, expand_images, resolve_device
 from fcn_repro.utils import atomic_write
 
-__all__ = ["predict", "summarize", "infer", "main", "MEANS"]
-
-#: Input mean of each dataset kind (the mean its nets were trained with).
-MEANS = {"voc": MEAN_VOC, "sample": MEAN_VOC, "sbd": MEAN_VOC, "siftflow": MEAN_SIFTFLOW,
-         "context": MEAN_CONTEXT, "nyud": MEAN_NYUD_COLOR}
-
-
-def predict(net, rgb: np.ndarray, mean=MEAN_VOC, device: str = "cpu", entry=None,
-            channels: Optional[dict] = None) -> Dict[str, np.ndarray]:
-    """Labels of one image: {score blob: (H, W) uint8 argmax over classes}.
-
-    rgb: (H, W, 3) uint8. The net must take one colour input (3 channels).
-    channels: if given, filled with {score blob: number of classes C}.
-    """
-    import torch
-
-    inputs = list(net.inputs)
-    if len(inputs) != 1:
-        raise ValueError(f"infer feeds one colour image; this net has inputs {inputs}")
-    if entry is not None and entry.tops and entry.tops != ("color",) and entry.dataset == "nyud":
-        raise ValueError(f"{entry.name} takes {', '.join(entry.tops)} inputs, not a colour image")
-    x = torch.from_numpy(preprocess(rgb, mean)).unsqueeze(0).to(device)
-    with torch.inference_mode():
-        out = net.forward(**{inputs[0]: x})
-    blobs = [b for b in (entry.classes if entry is not None else out) if b in out] or list(out)
-    if channels is not None:
-        channels.update({b: int(out[b].shape[1]) for b in blobs})
-    return {b: out[b][0].argmax(0).to(torch.uint8).cpu().numpy() for b in blobs}
+__all__ = ["summarize", "infer", "main", "output_names"]
 
 
 def summarize(label: np.ndarray, names: Optional[Sequence[str]] = None) -> List[dict]:
@@ -79,94 +64,153 @@ def _class_names(entry, blob: str, n: int) -> List[str]:
         names = entry.class_names(blob)
         if len(names) == n:
             return names
-    if n == 21:
-        from fcn_repro.data.base import class_names
-
-        return class_names("pascal")
     return [f"class {i}" for i in range(n)]
 
 
-def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
-          device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False) -> dict:
-    """Segment ``images``; writes label and overlay PNGs and summary.json into ``outdir``.
+class _Names:
+    """Output file names that never collide: ``<stem>``, else ``<stem>-2``, ``-3``, ..."""
 
-    Returns {image path: {'outputs': {blob: {...}}}}. Raises MissingError
-    when the net, its weights or an image is missing.
+    def __init__(self):
+        self.used: set = set()
+
+    def take(self, stem: str, files) -> str:
+        k = 1
+        while True:
+            base = stem if k == 1 else f"{stem}-{k}"
+            names = files(base)
+            if not (set(names) & self.used):
+                self.used.update(names)
+                return base
+            k += 1
+
+
+def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
+    """The files one image writes (labels, overlay, scores) for ``base``."""
+    out = []
+    for b in blobs:
+        suffix = "" if len(blobs) == 1 else f"_{b}"
+        out += [f"{base}{suffix}.png", f"{base}{suffix}_overlay.png"] + ([f"{base}{suffix}.npy"] if scores else [])
+    return out
+
+
+def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
+          device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
+          save_scores: bool = False, batch_size: int = 2) -> dict:
+    """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
+
+    Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
+    images read; unreadable ones are skipped with a warning and listed under
+    the key 'skipped' of summary.json. Raises MissingError when the net, its
+    weights or a named image file is missing, or nothing matches.
     """
     out = out or sys.stdout
+    device = resolve_device(device)
     entry, prototxt = resolve_net(net)
     wpath = resolve_weights(entry, weights, net)
-    missing = [p for p in images if not Path(p).is_file()]
+    missing = [p for p in images if not Path(p).exists() and not _is_glob(p)]
     if missing:
         raise MissingError("image(s) not found: " + ", ".join(missing))
+    paths = expand_images(list(images))
+    if not paths:
+        raise MissingError("no image files in " + ", ".join(images))
     if verify:
-        zoo.verify_or_record(wpath)
+        hub.verify_or_record(wpath)
     netm = load_net(prototxt, wpath, device, fast=fast)
-    mean = MEANS.get(entry.dataset if entry is not None else "voc", MEAN_VOC)
+    heads = list(entry.classes) if entry is not None else None
+    predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
+                          keep_images=True)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
-    summary = {}
-    stems = set()
-    for path in images:
-        rgb = read_rgb(path)
-        channels: dict = {}
-        labels = predict(netm, rgb, mean, device, entry, channels)
-        stem = Path(path).stem
-        if stem in stems:  # two images with the same name from different folders
-            stem = f"{stem}_{len(stems)}"
-        stems.add(stem)
+    summary: Dict[str, dict] = {}
+    skipped: List[dict] = []
+    names = _Names()
+
+    def skip(src, e):
+        warnings.warn(f"skipped {src}: {e}", stacklevel=2)
+        skipped.append({"image": str(src), "error": str(e)})
+
+    for pred in predictor.iter(paths, scores=save_scores, on_error=skip):
+        path, rgb = pred.source, pred.image
+        blobs = list(pred.labels)
+        base = names.take(Path(path).stem, lambda b: output_names(b, blobs, save_scores))
         per = {}
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}):", file=out)
-        for blob, lab in labels.items():
-            names = _class_names(entry, blob, channels[blob])
-            suffix = "" if len(labels) == 1 else f"_{blob}"
-            lab_path = outdir_p / f"{stem}{suffix}.png"
-            ov_path = outdir_p / f"{stem}{suffix}_overlay.png"
+        for blob, lab in pred.labels.items():
+            n = int(pred.scores[blob].shape[0]) if pred.scores else None
+            suffix = "" if len(blobs) == 1 else f"_{blob}"
+            lab_path = outdir_p / f"{base}{suffix}.png"
+            ov_path = outdir_p / f"{base}{suffix}_overlay.png"
             save_label_png(lab_path, lab)
             with atomic_write(ov_path, "wb") as f:
                 Image.fromarray(overlay(rgb, lab, alpha=alpha)).save(f, format="PNG")
-            classes = summarize(lab, names)
-            per[blob] = {"labels": str(lab_path), "overlay": str(ov_path), "classes": classes}
-            head = f"  {blob}: " if len(labels) > 1 else "  "
+            rec = {"labels": str(lab_path), "overlay": str(ov_path)}
+            if save_scores:
+                sc_path = outdir_p / f"{base}{suffix}.npy"
+                with atomic_write(sc_path, "wb") as f:
+                    np.save(f, pred.scores[blob])
+                rec["scores"] = str(sc_path)
+            nclass = n if n is not None else _num_classes(blob, entry, lab)
+            classes = summarize(lab, _class_names(entry, blob, nclass))
+            rec["classes"] = classes
+            per[blob] = rec
+            head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
     with atomic_write(outdir_p / "summary.json", "w") as f:
-        json.dump({"net": net, "weights": str(wpath), "images": summary}, f, indent=2)
+        json.dump({"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}, f, indent=2)
         f.write("\n")
-    print(f"wrote {2 * sum(len(v['outputs']) for v in summary.values())} PNGs and summary.json to {outdir_p}",
-          file=out)
+    nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
+    print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
+          + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
     return summary
+
+
+def _is_glob(p: str) -> bool:
+    import glob
+
+    return glob.has_magic(str(p))
+
+
+def _num_classes(blob: str, entry, lab: np.ndarray) -> int:
+    if entry is not None and blob in entry.classes:
+        return len(entry.class_names(blob))
+    return int(lab.max()) + 1
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.infer",
                                  description="Segment images with an FCN; write label PNGs, overlays, a summary.")
-    ap.add_argument("images", nargs="+", metavar="IMAGE")
+    ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model) or a deploy prototxt path")
-    ap.add_argument("--weights", help="weights file (default: the original caffemodel under weights/)")
+    ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours (default: %(default)s)")
+    ap.add_argument("--save-scores", action="store_true",
+                    help="also write each image's class scores, (C, H, W) float32, as <name>.npy")
+    ap.add_argument("--batch-size", type=int, default=2, metavar="N",
+                    help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
     args = ap.parse_args(argv)
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    skipped: list = []
     try:
-        infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device, alpha=args.alpha,
-              fast=args.fast)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=args.device,
+                  alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+            skipped += [w] if str(w.message).startswith("skipped ") else []
     except MissingError as e:
         msg = str(e)
         if args.net == "fcn8s" and args.weights is None:
             msg += "\n  (to try the bundled model instead: --net sample; it knows synthetic shapes, not PASCAL)"
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_MISSING
-    except zoo.WeightsMismatchError as e:
+    except ValueError as e:   # the project's errors: device, weights mismatch, unreadable net or weights
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 2
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -18,11 +18,24 @@ cap                    environment variable         default
                                                     float32)
 ``image_pixels``       FCN_REPRO_MAX_IMAGE_PIXELS   2**26 (one decoded image,
                                                     67 Mpixel)
-``text_bytes``         FCN_REPRO_MAX_TEXT_BYTES     64 MiB (a prototxt or
-                                                    other text input)
+``text_bytes``         FCN_REPRO_MAX_TEXT_BYTES     8 MiB (a prototxt or
+                                                    other text input; FCN's
+                                                    largest is ~20 KB)
 ``text_depth``         FCN_REPRO_MAX_TEXT_DEPTH     100 (message nesting in a
                                                     prototxt, protobuf's own
                                                     default recursion limit)
+``records``            FCN_REPRO_MAX_RECORDS        200,000 (records one file
+                                                    may hold: layers, blobs,
+                                                    value runs, HDF5 objects,
+                                                    archive members; each
+                                                    costs ~0.5 KB of Python
+                                                    objects however small it
+                                                    is in the file)
+``expansion``          FCN_REPRO_MAX_EXPANSION      256 (how many times the
+                                                    file's size its compressed
+                                                    parts may decompress to,
+                                                    plus 16 MiB; the Caffe
+                                                    fixtures' .npz reach 80x)
 =====================  ===========================  ==========================
 
 Why these defaults: the largest original FCN file is a ~540 MB caffemodel
@@ -33,7 +46,12 @@ and FCN training uses batch 1-20. The caps leave an order of magnitude of
 room above that and still stop a file that asks for terabytes.
 
 Values accept a plain integer or a K/M/G/T suffix (powers of 1024):
-``FCN_REPRO_MAX_READ_BYTES=32G``. For code that means to go further::
+```FCN_REPRO_MAX_READ_BYTES=32G``.
+
+The text caps bound a prototxt's parse to ~70x its size in Python objects
+(tokens are streamed, so a long text is never held as a token list);
+``records`` bounds the bookkeeping a binary file can ask for (the largest
+original FCN caffemodel has ~40 layers, ResNet-152 ~900). For code that means to go further::
 
     with fcn_repro.limits.override(read_bytes=64 << 30):
         ...                      # this thread/context only
@@ -53,7 +71,8 @@ from typing import Iterator
 
 from fcn_repro.errors import FcnReproError, LimitError
 
-__all__ = ["Limits", "current", "override", "configure", "check", "Budget", "ENV"]
+__all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
+           "expansion_allowance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +81,10 @@ class Limits:
     read_bytes: int = 8 << 30
     blob_elements: int = 1 << 31
     image_pixels: int = 1 << 26
-    text_bytes: int = 64 << 20
+    text_bytes: int = 8 << 20
     text_depth: int = 100
+    records: int = 200_000
+    expansion: int = 256
 
 
 ENV = {
@@ -72,6 +93,8 @@ ENV = {
     "image_pixels": "FCN_REPRO_MAX_IMAGE_PIXELS",
     "text_bytes": "FCN_REPRO_MAX_TEXT_BYTES",
     "text_depth": "FCN_REPRO_MAX_TEXT_DEPTH",
+    "records": "FCN_REPRO_MAX_RECORDS",
+    "expansion": "FCN_REPRO_MAX_EXPANSION",
 }
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -137,6 +160,14 @@ def configure(**caps: int) -> Limits:
     return current()
 
 
+EXPANSION_FLOOR = 16 << 20   # a small file may always unpack to this much (a few MB of zeros)
+
+
+def expansion_allowance(file_bytes: int) -> int:
+    """Bytes the compressed parts of a ``file_bytes``-byte file may decompress to, in all."""
+    return current().expansion * max(int(file_bytes), 0) + EXPANSION_FLOOR
+
+
 def _size(n: int) -> str:
     for unit, step in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= step:
@@ -144,7 +175,8 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _refusal(cap: str, asked: int, limit: int, what: str) -> str:
+def refusal(cap: str, asked: int, limit: int, what: str) -> str:
+    """The message of a refusal: what needs how much, the cap, and how to raise it."""
     amount = _size(asked) if cap in ("read_bytes", "text_bytes") else f"{asked:,}"
     cap_txt = _size(limit) if cap in ("read_bytes", "text_bytes") else f"{limit:,}"
     return (f"{what} needs {amount}, over the limit of {cap_txt} ({cap}; raise it with "
@@ -162,7 +194,7 @@ def check(cap: str, asked: int, what: str, filename: str | os.PathLike | None = 
     """
     limit = getattr(current(), cap)
     if asked > limit:
-        raise error(_refusal(cap, asked, limit, what), filename, **where)
+        raise error(refusal(cap, asked, limit, what), filename, **where)
     return asked
 
 
@@ -183,7 +215,7 @@ class Budget:
         """Count ``nbytes`` more; raise ``error`` if the total goes over the cap."""
         total = self.used + int(nbytes)
         if total > self.limit:
-            raise self.error(_refusal(self.cap, total, self.limit,
+            raise self.error(refusal(self.cap, total, self.limit,
                                       f"{what} (reading this file so far)"),
                              self.filename, **where)
         self.used = total

@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 from fcn_repro.caffe.prototxt import Message, parse_prototxt
-from fcn_repro.utils import atomic_path, atomic_write
-from fcn_repro.caffe.solverstate import SolverStateContents, read_solverstate, write_solverstate
-from fcn_repro.errors import CaffeModelError, FcnReproError
+from fcn_repro.caffe.solverstate import SolverStateContents, read_state, state_format, write_state
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "SolverParameter", "SolverError", "read_solver", "learning_rate", "CaffeSGD",
@@ -393,41 +392,9 @@ class CaffeSGD(torch.optim.Optimizer):
         restores from any name not ending in ``.h5``; it has no place for
         ``param_names`` or ``extra``, so those are not written.
         """
-        path = os.fspath(path)
         hist = self.history_arrays()
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
-        fmt = _state_format(path)
-        if fmt == "binary":
-            write_solverstate(path, SolverStateContents(self.iter, learned_net, hist, self.current_step))
-            return
-        if fmt == "npz":
-            arrays: dict[str, np.ndarray] = {
-                "iter": np.array([self.iter], np.int32),
-                "current_step": np.array([self.current_step], np.int32),
-                "learned_net": np.array(learned_net),
-                "param_names": np.array(names),
-            }
-            for i, h in enumerate(hist):
-                arrays[f"history/{i}"] = h
-            for k, v in (extra or {}).items():
-                arrays[f"extra/{k}"] = np.asarray(v)
-            with atomic_write(path, "wb") as f:
-                np.savez(f, **arrays)
-            return
-        import h5py
-        with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("iter", data=np.array([self.iter], np.int32))
-                f.create_dataset("learned_net", data=np.bytes_(learned_net.encode()))
-                f.create_dataset("current_step", data=np.array([self.current_step], np.int32))
-                hg = f.create_group("history")
-                for i, h in enumerate(hist):
-                    hg.create_dataset(str(i), data=h)
-                f.create_dataset("param_names", data=np.array([n.encode() for n in names]))
-                if extra:
-                    eg = f.create_group("extra")
-                    for k, v in extra.items():
-                        eg.create_dataset(k, data=np.asarray(v))
+        write_state(path, SolverStateContents(self.iter, learned_net, hist, self.current_step), names, extra)
 
     def load_state(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore iter, current_step and every history blob from :meth:`save_state`'s file
@@ -441,50 +408,16 @@ class CaffeSGD(torch.optim.Optimizer):
         path = os.fspath(path)
         params = self.params_in_order()
         names = [str(g.get("name", i)) for i, g in enumerate(self.param_groups) for _ in g["params"]]
-        extra: dict[str, np.ndarray] = {}
-        file_names: list[str] | None = None
-        fmt = _state_format(path, sniff=True)
-        if fmt == "binary":
-            try:
-                st = read_solverstate(path)
-            except OSError as e:
-                raise SolverError(f"{path}: cannot read the solver state ({e.strerror or e})") from None
-            except CaffeModelError as e:
-                raise SolverError(f"not a binary Caffe solver state: {e}") from None
-            it, cs, learned, hist = st.iter, st.current_step, st.learned_net, st.history
-        elif fmt == "npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = set(z.files)
-                it = int(z["iter"].reshape(-1)[0])
-                cs = int(z["current_step"].reshape(-1)[0]) if "current_step" in keys else 0
-                learned = str(z["learned_net"]) if "learned_net" in keys else ""
-                nh = sum(1 for k in keys if k.startswith("history/"))
-                hist = [z[f"history/{i}"] for i in range(nh)] if nh else []
-                if "param_names" in keys:
-                    file_names = [str(s) for s in z["param_names"]]
-                extra = {k[len("extra/"):]: z[k] for k in keys if k.startswith("extra/")}
-        else:
-            import h5py
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:
-                raise SolverError(f"{path}: not a readable HDF5 solver state ({e})") from None
-            with f:
-                if "iter" not in f or "history" not in f:
-                    raise SolverError(f"{path}: not a Caffe solver state (needs 'iter' and 'history')")
-                it = int(np.asarray(f["iter"]).reshape(-1)[0])
-                cs = int(np.asarray(f["current_step"]).reshape(-1)[0]) if "current_step" in f else 0
-                learned = ""
-                if "learned_net" in f:
-                    v = f["learned_net"][()]
-                    learned = v.decode() if isinstance(v, bytes) else str(v)
-                hg = f["history"]
-                hist = [np.asarray(hg[str(i)]) for i in range(len(hg))]
-                if "param_names" in f:
-                    file_names = [s.decode() if isinstance(s, bytes) else str(s)
-                                  for s in np.asarray(f["param_names"]).tolist()]
-                if "extra" in f:
-                    extra = {k: np.asarray(v) for k, v in f["extra"].items()}
+        try:
+            sf = read_state(path)
+        except OSError as e:
+            raise SolverError(f"{path}: cannot read the solver state ({e.strerror or e})") from None
+        except FcnReproError as e:
+            desc = {"binary": "a binary Caffe", "h5": "an HDF5", "npz": "an .npz"}[state_format(path, sniff=True)]
+            raise SolverError(f"not {desc} solver state we can use: {e.reason}", e.filename, offset=e.offset,
+                              layer=e.layer, blob=e.blob) from None
+        st, file_names, extra = sf.state, sf.param_names, sf.extra
+        it, cs, learned, hist = st.iter, st.current_step, st.learned_net, st.history
         if len(hist) != len(params):
             raise SolverError(f"{path}: solver state has {len(hist)} history blobs, the net has "
                               f"{len(params)} learnable parameter blobs")
@@ -501,28 +434,6 @@ class CaffeSGD(torch.optim.Optimizer):
                 dtype=p.dtype, device=p.device)
         self.iter, self.current_step = it, cs
         return {"learned_net": learned, "extra": extra}
-
-
-def _state_format(path: str, sniff: bool = False) -> str:
-    """How a solver-state file is stored, by its name: "npz", "h5" or Caffe's "binary"
-    (Caffe's Solver::Restore: HDF5 for names ending in .h5, the binary message otherwise).
-    ``sniff``: an existing HDF5 or zip (npz) file is recognised by its signature whatever its name."""
-    if sniff:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
-        except OSError:
-            head = b""
-        if head == b"\x89HDF\r\n\x1a\n":
-            return "h5"
-        if head[:4] == b"PK\x03\x04":
-            return "npz"
-    low = path.lower()
-    if low.endswith(".npz"):
-        return "npz"
-    if low.endswith((".h5", ".hdf5")):
-        return "h5"
-    return "binary"
 
 
 @torch.no_grad()

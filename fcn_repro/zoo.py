@@ -1,178 +1,61 @@
-"""The known FCN nets: names, prototxts, original weights, data and reference scores.
+"""The known FCN nets on this machine: their weights files, prototxts and manifest.
 
-This registry is the single source of the published names, URLs and reference
-mean IU (FACTS.md); ``weights/manifest.json`` is generated from it and adds
+The facts about each net (title, weights file and sources, references) are
+its card in :mod:`fcn_repro.registry`; ``weights/manifest.json`` is generated
+from the cards and adds
 what can only be learned from the files themselves (bytes, sha256), recorded
 the first time a file is seen and verified every time after
 (:func:`verify_or_record`).
 
-``python -m fcn_repro.zoo`` lists the nets and which weights are present;
+``python -m fcn_repro.zoo`` lists every net, its references, its weights'
+sources and whether they are present, and the bundled sample (``--json FILE``);
 ``python -m fcn_repro.zoo --write-manifest`` regenerates the manifest
 (keeping recorded sizes and checksums).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
+
+from fcn_repro import cli, hub, registry
+
+# the weights' places, manifest and verification live in fcn_repro.hub
+from fcn_repro.hub import (  # noqa: F401
+    WeightsMismatchError, build_manifest, load_manifest, manifest_path, repo_root, sha256_file,
+    verify_or_record, weights_dir, write_manifest,
+)
 
 __all__ = [
-    "ZooNet", "NETS", "BASE_URL", "get", "names", "weights_dir", "manifest_path", "load_manifest",
+    "ZooNet", "NETS", "BASE_URL", "get", "names", "weights_dir", "weights_path", "manifest_path", "load_manifest",
     "build_manifest", "write_manifest", "verify_or_record", "WeightsMismatchError", "deploy_prototxt",
     "repo_root", "sha256_file",
 ]
 
-BASE_URL = "http://dl.caffe.berkeleyvision.org/"
-
-#: Where the VGG team published the ILSVRC VGG-16 caffemodel (their Model Zoo
-#: entry); FCN training starts from it (issue 7).
-VGG16_FILE = "VGG_ILSVRC_16_layers.caffemodel"
-VGG16_URL = "http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel"
-
-
-@dataclass(frozen=True)
-class ZooNet:
-    """One known net.
-
-    name: our name, the directory under prototxt/ (``prototxt/<name>/deploy.prototxt``).
-    caffemodel: original file name (None when no weights were published).
-    dataset: reader kind ('voc', 'siftflow', 'nyud', 'context', 'sample').
-    split: default evaluation split.
-    classes: output head blob -> (label name in the dataset sample, class-list kind).
-    inputs: net input blob -> dataset tops concatenated along channels.
-    reference_mean_iu: published mean IU in percent (FACTS.md), or None.
-    reference_decimals: digits after the point it was published with.
-    reference_precise: more digits where FACTS.md gives them.
-    """
-
-    name: str
-    caffemodel: Optional[str]
-    dataset: str
-    split: str
-    classes: Dict[str, Tuple[str, str]]
-    inputs: Dict[str, Tuple[str, ...]] = field(default_factory=lambda: {"data": ("data",)})
-    reference_mean_iu: Optional[float] = None
-    reference_decimals: Optional[int] = None
-    reference_precise: Optional[float] = None
-    title: str = ""
-
-    @property
-    def url(self) -> Optional[str]:
-        return BASE_URL + self.caffemodel if self.caffemodel else None
-
-    @property
-    def tops(self) -> Tuple[str, ...]:
-        """Dataset inputs this net needs (NYUDv2: 'color', 'hha', 'depth')."""
-        out: List[str] = []
-        for ts in self.inputs.values():
-            out += [t for t in ts if t not in out]
-        return tuple(out)
-
-    def weights_path(self, directory: Optional[os.PathLike] = None) -> Optional[Path]:
-        if not self.caffemodel:
-            return None
-        return Path(directory or weights_dir()) / self.caffemodel
-
-    def class_names(self, head: str) -> List[str]:
-        from fcn_repro.data.base import class_names
-
-        return class_names(self.classes[head][1])
+#: The registry's cards (fcn_repro.registry) are the nets; the zoo adds where
+#: their files are on this machine and the manifest of what was seen.
+ZooNet = registry.NetCard
+NETS: Dict[str, ZooNet] = registry.NETS
+SAMPLE = registry.SAMPLE
+BASE_URL = registry.BASE_URL
+VGG16_FILE = registry.INIT_WEIGHTS["vgg16"].file
+VGG16_URL = registry.INIT_WEIGHTS["vgg16"].url
+names = registry.names
+get = registry.net
 
 
-_VOC = {"score": ("label", "pascal")}
-_SIFT = {"score_sem": ("sem", "siftflow"), "score_geo": ("geo", "siftflow-geo")}
-_NYUD = {"score": ("label", "nyud")}
-_CTX = {"score": ("label", "pascalcontext")}
-
-
-def _voc(name, file, ref, dec, precise, title):
-    return ZooNet(name, file, "voc", "seg11valid", _VOC, reference_mean_iu=ref, reference_decimals=dec,
-                  reference_precise=precise, title=title)
-
-
-NETS: Dict[str, ZooNet] = {n.name: n for n in [
-    _voc("fcn32s", "fcn32s-heavy-pascal.caffemodel", 63.63, 2, 63.6261, "FCN-32s PASCAL"),
-    _voc("fcn16s", "fcn16s-heavy-pascal.caffemodel", 65.01, 2, 65.0050, "FCN-16s PASCAL"),
-    _voc("fcn8s", "fcn8s-heavy-pascal.caffemodel", 65.51, 2, 65.5126, "FCN-8s PASCAL"),
-    _voc("fcn8s-atonce", "fcn8s-atonce-pascal.caffemodel", 65.40, 2, 65.3998, "FCN-8s at-once PASCAL"),
-    _voc("fcn-alexnet", "fcn-alexnet-pascal.caffemodel", 48.0, 1, None, "FCN-AlexNet PASCAL"),
-    ZooNet("siftflow-fcn32s", "siftflow-fcn32s-heavy.caffemodel", "siftflow", "test", _SIFT,
-           title="FCN-32s SIFT Flow (semantic + geometric)"),
-    ZooNet("siftflow-fcn16s", "siftflow-fcn16s-heavy.caffemodel", "siftflow", "test", _SIFT,
-           title="FCN-16s SIFT Flow (semantic + geometric)"),
-    ZooNet("siftflow-fcn8s", "siftflow-fcn8s-heavy.caffemodel", "siftflow", "test", _SIFT,
-           title="FCN-8s SIFT Flow (semantic + geometric)"),
-    ZooNet("nyud-fcn32s-color", "nyud-fcn32s-color-heavy.caffemodel", "nyud", "test", _NYUD,
-           inputs={"data": ("color",)}, title="FCN-32s NYUDv2 colour"),
-    ZooNet("nyud-fcn32s-hha", "nyud-fcn32s-hha-heavy.caffemodel", "nyud", "test", _NYUD,
-           inputs={"data": ("hha",)}, title="FCN-32s NYUDv2 HHA"),
-    # No published weights for early fusion are listed in FACTS.md.
-    ZooNet("nyud-fcn32s-color-d", None, "nyud", "test", _NYUD,
-           inputs={"color": ("color",), "depth": ("depth",)},
-           title="FCN-32s NYUDv2 colour + log-depth (early fusion: concatenated inside the net)"),
-    ZooNet("nyud-fcn32s-color-hha", "nyud-fcn32s-color-hha-heavy.caffemodel", "nyud", "test", _NYUD,
-           inputs={"color": ("color",), "hha": ("hha",)}, title="FCN-32s NYUDv2 colour + HHA (late fusion)"),
-    ZooNet("pascalcontext-fcn32s", "pascalcontext-fcn32s-heavy.caffemodel", "context", "val", _CTX,
-           title="FCN-32s PASCAL-Context (59 classes + background)"),
-    ZooNet("pascalcontext-fcn16s", "pascalcontext-fcn16s-heavy.caffemodel", "context", "val", _CTX,
-           title="FCN-16s PASCAL-Context (59 classes + background)"),
-    ZooNet("pascalcontext-fcn8s", "pascalcontext-fcn8s-heavy.caffemodel", "context", "val", _CTX,
-           title="FCN-8s PASCAL-Context (59 classes + background)"),
-]}
-
-#: The bundled sample (fcn_repro/resources/sample): a reduced FCN-8s trained in
-#: real Caffe on synthetic shapes. Not a PASCAL model.
-SAMPLE = ZooNet("sample", "fcn8s-shapes.caffemodel", "sample", "val", {"score": ("label", "sample")},
-                title="bundled sample: reduced FCN-8s on synthetic shapes (not PASCAL)")
-
-
-def names() -> List[str]:
-    return list(NETS)
-
-
-def get(name: str) -> ZooNet:
-    """The zoo entry called ``name`` ('sample' is the bundled model)."""
-    if name == "sample":
-        return SAMPLE
-    try:
-        return NETS[name]
-    except KeyError:
-        raise KeyError(f"unknown net {name!r}; known nets: {', '.join(NETS)}, sample "
-                       "(or give a path to a deploy prototxt)") from None
+def weights_path(net: ZooNet, directory: Optional[os.PathLike] = None) -> Optional[Path]:
+    """Where the net's original weights file is looked for (None: none published)."""
+    if net.name == "sample":
+        return registry.resource_path("sample", net.weights.file)
+    if not net.caffemodel:
+        return None
+    return Path(directory or weights_dir()) / net.caffemodel
 
 
 # ------------------------------------------------------------------ locations
-
-def repo_root() -> Optional[Path]:
-    """The source checkout this package runs from, if any (editable installs)."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "setup.py").is_file() and (root / "fcn_repro").is_dir():
-        return root
-    return None
-
-
-def weights_dir() -> Path:
-    """Where original weights are looked for: $FCN_REPRO_WEIGHTS_DIR, else the
-    checkout's weights/, else ./weights."""
-    env = os.environ.get("FCN_REPRO_WEIGHTS_DIR")
-    if env:
-        return Path(env)
-    root = repo_root()
-    if root is not None:
-        return root / "weights"
-    return Path.cwd() / "weights"
-
-
-def manifest_path(directory: Optional[os.PathLike] = None) -> Path:
-    """The manifest beside the weights (weights/manifest.json)."""
-    return Path(directory or weights_dir()) / "manifest.json"
-
 
 def deploy_prototxt(name: str) -> Path:
     """Path of the deploy prototxt of zoo net ``name``.
@@ -183,9 +66,7 @@ def deploy_prototxt(name: str) -> Path:
     directory ($FCN_REPRO_CACHE or ~/.cache/fcn_repro).
     """
     if name == "sample":
-        from fcn_repro.data.base import resource_path
-
-        return resource_path("sample", "fcn8s-shapes.prototxt")
+        return registry.resource_path("sample", "fcn8s-shapes.prototxt")
     get(name)  # raises for an unknown name
     root = repo_root()
     if root is not None:
@@ -214,144 +95,74 @@ def _generate_deploy(name: str, path: Path) -> None:
         f.write(text)
 
 
-# ------------------------------------------------------------------ manifest
-
-def build_manifest(previous: Optional[dict] = None) -> dict:
-    """The manifest content from the registry, keeping recorded bytes/sha256."""
-    prev = (previous or {}).get("files", {})
-    files = {}
-
-    def entry(file, url, extra):
-        old = prev.get(file, {})
-        d = {"url": url, "bytes": old.get("bytes"), "sha256": old.get("sha256")}
-        d.update(extra)
-        files[file] = d
-
-    for net in NETS.values():
-        if not net.caffemodel:
-            continue
-        entry(net.caffemodel, net.url, {
-            "net": net.name, "dataset": net.dataset, "split": net.split,
-            "expected_mean_iu": net.reference_mean_iu, "expected_mean_iu_precise": net.reference_precise,
-        })
-    entry(VGG16_FILE, VGG16_URL, {"net": None, "note": "ILSVRC VGG-16 (V1 format), the start of FCN training"})
-    return {
-        "about": ("Original FCN caffemodels. bytes and sha256 are null until a file is first seen; "
-                  "fcn_repro.zoo.verify_or_record() records them then and verifies them after. "
-                  "Generated from fcn_repro/zoo.py (python -m fcn_repro.zoo --write-manifest)."),
-        "base_url": BASE_URL,
-        "files": files,
-    }
-
-
-def load_manifest(path: Optional[os.PathLike] = None) -> dict:
-    """The manifest at ``path`` (default weights/manifest.json); built from the
-    registry when the file does not exist."""
-    p = Path(path) if path else manifest_path()
-    if p.is_file():
-        with open(p, "r", encoding="utf-8") as f:
-            return json.load(f)
-    return build_manifest()
-
-
-def write_manifest(manifest: dict, path: Optional[os.PathLike] = None) -> Path:
-    from fcn_repro.utils import atomic_write
-
-    p = Path(path) if path else manifest_path()
-    with atomic_write(p, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    return p
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file differs from the size/checksum recorded in the manifest."""
-
-
-def sha256_file(path: os.PathLike, progress: bool = True) -> Tuple[int, str]:
-    """(bytes, sha256 hex) of a file, streamed; a progress bar for big files."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    bar = None
-    if progress and size > (64 << 20):
-        from tqdm import tqdm
-
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 22)
-            if not chunk:
-                break
-            h.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return size, h.hexdigest()
-
-
-def verify_or_record(path: os.PathLike, manifest: Optional[os.PathLike] = None, progress: bool = True) -> dict:
-    """Check a weights file against the manifest, recording it if first seen.
-
-    The entry is found by file name. When its bytes/sha256 are null they are
-    computed and written into the manifest (status 'recorded'); when present
-    the file must match them (status 'verified') or WeightsMismatchError is
-    raised naming both checksums. A file not in the manifest gives status
-    'unknown' (user weights are fine; nothing to check). If the manifest
-    cannot be written the status is 'unrecorded' (with a warning).
-
-    Returns {'status', 'file', 'bytes', 'sha256', 'manifest'}.
-    """
-    path = Path(path)
-    mpath = Path(manifest) if manifest else manifest_path()
-    m = load_manifest(mpath)
-    entry = m.get("files", {}).get(path.name)
-    out = {"status": "unknown", "file": str(path), "bytes": None, "sha256": None, "manifest": str(mpath)}
-    if entry is None:
-        return out
-    size, digest = sha256_file(path, progress=progress)
-    out.update(bytes=size, sha256=digest)
-    if entry.get("sha256") is None or entry.get("bytes") is None:
-        entry["bytes"], entry["sha256"] = size, digest
-        try:
-            write_manifest(m, mpath)
-            out["status"] = "recorded"
-        except OSError as e:
-            warnings.warn(f"could not record {path.name} in {mpath}: {e}")
-            out["status"] = "unrecorded"
-        return out
-    if entry["bytes"] != size or entry["sha256"] != digest:
-        raise WeightsMismatchError(
-            f"{path} does not match the manifest {mpath}: expected {entry['bytes']} bytes, sha256 "
-            f"{entry['sha256']}; found {size} bytes, sha256 {digest}. The file is corrupt or not the "
-            f"original (download it again from {entry.get('url')}).")
-    out["status"] = "verified"
-    return out
-
-
 # ------------------------------------------------------------------ CLI
 
+def listing(wdir: Path) -> dict:
+    """Every net with its weights (present here or not), references and sources; and the sample."""
+    def one(net: ZooNet) -> dict:
+        wp = weights_path(net, wdir)
+        w = net.weights
+        return {
+            "net": net.name, "title": net.title, "dataset": net.dataset, "split": net.split,
+            "weights": None if w is None else {"file": w.file, "sources": list(w.urls), "bytes": w.bytes,
+                                               "sha1": w.sha1, "path": str(wp), "present": wp.is_file()},
+            "references": [{"source": r.source, "split": r.split, "head": r.head, "asserted": r.asserted,
+                            "decimals": r.decimals, "scores": r.scores(), "extra": dict(r.extra),
+                            "text": r.text()} for r in net.references],
+        }
+    context = [{"dataset": d.key, "net": title, "split": r.split, "source": r.source, "scores": r.scores(),
+                "text": r.text()} for d in registry.DATASETS.values() for title, r in d.context]
+    return {"weights_dir": str(wdir), "nets": [one(n) for n in NETS.values()], "sample": one(SAMPLE),
+            "other_published": context,
+            "init_weights": {k: {"file": w.file, "sources": list(w.urls), "bytes": w.bytes}
+                             for k, w in registry.INIT_WEIGHTS.items()}}
+
+
+def _print_listing(info: dict) -> None:
+    print(f"weights directory: {info['weights_dir']}")
+    for e in info["nets"] + [info["sample"]]:
+        w = e["weights"]
+        state = "(none published)" if w is None else ("present" if w["present"] else "not here")
+        print(f"\n{e['net']}: {e['title']}  [{e['dataset']} {e['split']}]")
+        print(f"  weights {w['file'] if w else '-'}: {state}")
+        if w is not None and e["net"] != "sample":
+            print(f"  sources: {', '.join(w['sources'])}")
+        for r in e["references"]:
+            kind = "reference" if r["asserted"] else "context"
+            print(f"  {kind} ({r['split']}, {r['head']}): {r['text']}; {r['source']}")
+        if e["net"] == "sample":
+            print("  run it: python -m fcn_repro.evaluate --net sample")
+    for c in info["other_published"]:
+        print(f"\n(no net here) {c['net']} on {c['dataset']} {c['split']}, context: {c['text']}; {c['source']}")
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]:
+        return hub.main_download(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo", description=__doc__.split("\n\n")[0])
+    cli.add_common(ap)
     ap.add_argument("--write-manifest", action="store_true",
                     help="regenerate weights/manifest.json from the registry (keeps recorded checksums)")
-    ap.add_argument("--weights-dir", default=None, help="weights directory (default: %(default)s -> "
-                    "$FCN_REPRO_WEIGHTS_DIR, the checkout's weights/, or ./weights)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--weights-dir", default=None, help="weights directory (default: $FCN_REPRO_WEIGHTS_DIR, "
+                    "the checkout's weights/, or ./weights)")
+    return cli.run(_main, ap, argv)
+
+
+def _main(args) -> int:
+    cli.check_writable(args.json, "--json")
     wdir = Path(args.weights_dir) if args.weights_dir else weights_dir()
     if args.write_manifest:
         p = manifest_path(wdir)
+        cli.check_writable(p, "manifest")
         prev = load_manifest(p) if p.is_file() else None
         print(f"wrote {write_manifest(build_manifest(prev), p)}")
         return 0
-    print(f"weights directory: {wdir}")
-    print(f"{'net':<24} {'reference mean IU':>18}  {'weights':<40} present")
-    for net in NETS.values():
-        ref = "-" if net.reference_mean_iu is None else f"{net.reference_mean_iu:.{net.reference_decimals}f}"
-        wp = net.weights_path(wdir)
-        present = "yes" if wp is not None and wp.is_file() else ("no" if wp is not None else "(none published)")
-        print(f"{net.name:<24} {ref:>18}  {net.caffemodel or '-':<40} {present}")
-    print(f"download: {BASE_URL}<file>")
+    info = listing(wdir)
+    if args.json:
+        cli.write_json(args.json, info)
+    if args.json != "-":
+        _print_listing(info)
     return 0
 
 

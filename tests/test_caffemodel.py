@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,13 @@ def test_duplicate_layer_names_last_wins_like_caffe():
     with pytest.warns(UserWarning, match="second layer named 'a'"):
         w = decode_caffemodel(data, filename="dup")
     assert list(w) == ["a", "b"] and w["a"][0].tolist() == [3.0, 4.0]
+    # many repeats: one warning per file (each distinct warning text would be remembered forever)
+    many = b"".join(pb.layer_v2(f"l{i % 3}", "", [pb.blob(1, data=[float(i)])]) for i in range(50))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w = decode_caffemodel(many, filename="dup")
+    assert len(caught) == 1 and "and 46 more" in str(caught[0].message)
+    assert w["l0"][0].tolist() == [48.0]
 
 
 def test_errors_name_file_offset_layer_and_blob():

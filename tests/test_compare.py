@@ -36,7 +36,7 @@ def test_table_every_blob_in_net_order(fcn8s, capsys):
 
 
 def test_json_s1_and_library_result(fcn8s, capsys):
-    assert main([*fcn8s, "--prefix", "s1", "--json"]) == 0
+    assert main([*fcn8s, "--prefix", "s1", "--json", "-"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["ok"] and d["prefix"] == "s1/" and [b["name"] for b in d["blobs"]] == ["data", "score"]
     score = d["blobs"][1]

@@ -194,7 +194,7 @@ def test_fcn_every_blob_s0(fcn):
 def test_fcn_outputs(fcn, fuse, size):
     name, io, proto, weights = fcn
     net = Net(proto, weights, fuse=fuse)
-    kinds = {st.kind for st in net._get_plan()}
+    kinds = {st.kind for st in net.plan}
     if fuse:
         # every FCN net ends with Deconvolution -> Crop; the skip nets (16s, 8s) add Crop -> Eltwise SUM
         assert "deconv_crop" in kinds

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import caffe_fixture
 from fcn_repro.caffe import load_weights, save_weights, weights_info
-from fcn_repro.convert import check_weights, legacy_fits, main
+from fcn_repro.caffe.match import legacy_fits
+from fcn_repro.convert import check_weights, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,7 @@ def test_table_and_totals(capsys):
 
 
 def test_json_report(capsys):
-    rc, stdout, _ = run(capsys, caffe_fixture("vgg-v1.caffemodel"), "--json")
+    rc, stdout, _ = run(capsys, caffe_fixture("vgg-v1.caffemodel"), "--json", "-")
     assert rc == 0
     rep = json.loads(stdout)
     assert rep["input_format"] == "caffemodel-v1" and rep["ok"] and rep["check"] is None and not rep["written"]
@@ -143,10 +144,10 @@ def test_check_fails_on_shape_mismatch_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out.h5"
     rc, _, err = run(capsys, bad, "-o", out, "--prototxt", caffe_fixture("fcn8s.prototxt"))
     assert rc == 1
-    assert f"{bad}: layer 'score_fr' blob 0: shape 21x16x3x3 in the weights" in err
-    assert "expects 21x16x1x1" in err and f"not written: {out}" in err
+    assert f"error: {bad}: layer 'score_fr' blob 0: shape mismatch" in err
+    assert "(21, 16, 3, 3)" in err and "expects (21, 16, 1, 1)" in err and f"not written: {out}" in err
     assert not out.exists() and os.listdir(tmp_path) == ["bad.caffemodel"]
-    rc, stdout, _ = run(capsys, bad, "--prototxt", caffe_fixture("fcn8s.prototxt"), "--json")
+    rc, stdout, _ = run(capsys, bad, "--prototxt", caffe_fixture("fcn8s.prototxt"), "--json", "-")
     rep = json.loads(stdout)
     assert rc == 1 and not rep["ok"] and rep["check"]["mismatched"] == [
         {"layer": "score_fr", "blob": 0, "stored": [21, 16, 3, 3], "expected": [21, 16, 1, 1]}]
@@ -164,10 +165,15 @@ def test_check_blob_count_and_unmatched_layers(tmp_path, capsys):
     del w["upscore2"][1]
     save_weights(path, w)
     rc, stdout, err = run(capsys, path, "--prototxt", caffe_fixture("fcn8s.prototxt"))
-    assert rc == 0 and "warning: net layers with parameters not in" in err and "fc7" in err
+    # a net layer the file lacks fails the check, naming it (it would score garbage)
+    assert rc == 1 and "error: net layers with parameters not in" in err and "fc7" in err and "FAILED" in stdout
     assert "warning: layers of" in err and "extra_layer" in err
+    w["fc7"] = load_weights(caffe_fixture("fcn8s.caffemodel"))["fc7"]
+    save_weights(path, w)
+    rc, stdout, err = run(capsys, path, "--prototxt", caffe_fixture("fcn8s.prototxt"))
+    assert rc == 0 and "passed" in stdout and "warning: layers of" in err and "extra_layer" in err
     rc, _, err = run(capsys, path, "--prototxt", caffe_fixture("fcn8s.prototxt"), "--strict")
-    assert rc == 1 and "error: net layers with parameters not in" in err
+    assert rc == 1 and "error: layers of" in err and "extra_layer" in err
 
 
 def test_check_function_legacy_rule():
@@ -198,7 +204,7 @@ def test_bad_input_and_usage_exit_2(tmp_path, capsys):
     assert rc == 2 and "--strict needs --prototxt" in err
     bad_net = tmp_path / "bad.prototxt"
     bad_net.write_text("layer { name: 'a' \n")
-    rc, stdout, err = run(capsys, caffe_fixture("zoo.caffemodel"), "--prototxt", bad_net, "--json")
+    rc, stdout, err = run(capsys, caffe_fixture("zoo.caffemodel"), "--prototxt", bad_net, "--json", "-")
     assert rc == 2 and f"{bad_net}:2:1" in err and json.loads(stdout)["ok"] is False
     assert sorted(os.listdir(tmp_path)) == ["bad.prototxt", "net.caffemodel"]
 
@@ -238,7 +244,7 @@ def test_interrupted_write_leaves_no_partial_output(tmp_path, capsys, monkeypatc
 def test_cli_entry_point_subprocess(tmp_path):
     out = tmp_path / "zoo.h5"
     r = subprocess.run([sys.executable, "-m", "fcn_repro.convert", str(caffe_fixture("zoo.caffemodel")),
-                        "-o", str(out), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                        "-o", str(out), "--json", "-"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["written"] and rep["output_bytes"] == out.stat().st_size

@@ -338,5 +338,5 @@ def test_python_data_layers_map_to_readers(tmp_path):
     with pytest.raises(ValueError, match="unknown data layer"):
         data_layers.layer_tops("NoSuchLayer", {})
     assert isinstance(make_dataset("voc", root, "seg11valid"), VOCSegmentation)
-    with pytest.raises(ValueError, match="unknown dataset kind"):
+    with pytest.raises(ValueError, match="unknown dataset"):
         make_dataset("coco", root, "val")

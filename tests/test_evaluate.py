@@ -1,13 +1,13 @@
 """evaluate end to end on generated VOC/SIFT Flow/NYUDv2-layout data; error paths; zoo and manifest."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fcn_repro import evaluate as ev
-from fcn_repro import zoo
+from fcn_repro import registry, zoo
 from fcn_repro.caffe import fcn_nets, save_weights
 from fcn_repro.data import Sample, resource_path
 from fcn_repro.data.transforms import read_label_png
@@ -115,6 +115,18 @@ def test_cli_limit_json_and_prototxt_path(tmp_path, capsys):
     assert "mean IU" in capsys.readouterr().out
 
 
+def test_cli_limit_on_the_sample_compares_like_with_like(tmp_path, capsys):
+    """--limit N on the bundled sample compares with Caffe's predictions on the same N images."""
+    rc = ev.main(["--net", "sample", "--limit", "3", "--no-progress", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "identical to Caffe's on the same 3 images" in out and "DIFFERENT" not in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["images"] == 3 and rep["caffe"]["subset"] and rep["caffe"]["hist_equal"]
+    assert rep["caffe"]["hist"] == rep["heads"]["score"]["hist"]
+    assert sum(map(sum, rep["caffe"]["hist"])) < sum(map(sum, CAFFE["hist"].tolist()))
+
+
 def test_cli_embedded_default_limited(tmp_path, capsys):
     """`--net fcn8s` with no data and no weights runs the bundled sample and says so."""
     rc = ev.main(["--net", "fcn8s", "--limit", "3", "--no-progress", "--device", "cpu", "--json", str(tmp_path / "s.json")])
@@ -187,7 +199,7 @@ def test_unknown_net_and_missing_prototxt(tmp_path, capsys):
 
 
 def test_weights_of_another_net_are_refused(tmp_path, capsys):
-    """A weights file that lacks the net's layers would score garbage: exit 1 naming them."""
+    """A weights file that lacks the net's layers would score garbage: a user error (exit 2) naming them."""
     data = make_sample_voc(tmp_path / "voc", ids=("s0001",))
     w = tmp_path / "partial.caffemodel"
     from fcn_repro.caffe import load_weights
@@ -196,7 +208,7 @@ def test_weights_of_another_net_are_refused(tmp_path, capsys):
     ws.pop("score_fr")
     save_weights(w, ws)
     rc = ev.main(["--net", "sample", "--weights", str(w), "--data", str(data), "--split", "val", "--no-progress"])
-    assert rc == 1
+    assert rc == 2
     assert "score_fr" in capsys.readouterr().err
 
 
@@ -263,8 +275,7 @@ def _direct_predictions(proto, w, feeds):
     return {b: t[0].argmax(0).numpy() for b, t in out.items()}
 
 
-def test_siftflow_two_heads_and_absent_classes(tmp_path):
-    proto, w = _random_net(tmp_path, "siftflow-fcn8s")
+def _siftflow_layout(tmp_path):
     sub = "spatial_envelope_256x256_static_8outdoorcategories"
     root = tmp_path / "sift"
     rng = np.random.default_rng(3)
@@ -279,6 +290,49 @@ def test_siftflow_two_heads_and_absent_classes(tmp_path):
                 lab[lab == 0] = 1
             scipy.io.savemat(root / d / sub / f"{i}.mat", {"S": lab})
     (root / "test.txt").write_text("\n".join(ids))
+    return root
+
+
+def test_siftflow_validation_in_training_equals_evaluate(tmp_path):
+    """Training validation and evaluate are one loop with the dataset's protocol: the same
+    scores (SIFT Flow: classes absent from the set are not scored) on the same data."""
+    from fcn_repro.data import SIFTFlowSegmentation
+    from fcn_repro.evaluation import Validator
+
+    proto, w = _random_net(tmp_path, "siftflow-fcn8s")
+    root = _siftflow_layout(tmp_path)
+    rep = ev.evaluate(net=str(proto), weights=str(w), data=str(root), dataset_kind="siftflow", split="test",
+                      progress=False, out=io.StringIO(), workers=0)
+    train_net = _net_cls()(str(proto), weights=str(w))
+    val = Validator(proto, SIFTFlowSegmentation(root, "test"), {"data": ("data",)},
+                    registry.net("siftflow-fcn8s").pairing)
+    got = val.run(train_net)
+    for blob in ("score_sem", "score_geo"):
+        for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc"):
+            assert got[blob][k] == rep["heads"][blob][k], (blob, k)
+        assert got[blob]["excluded_classes"] == rep["heads"][blob]["excluded_classes"]
+    assert len(rep["heads"]["score_sem"]["excluded_classes"]) > 0  # the protocol mattered here
+    # the old validation (every class in the mean) gave another number
+    assert scores(rep["heads"]["score_sem"]["hist"])["mean_iu"] != got["score_sem"]["mean_iu"]
+
+
+def test_labels_outside_the_classes_warn_once(tmp_path):
+    data = make_sample_voc(tmp_path / "voc", ids=("s0001", "s0002"))
+    for p in sorted((data / "SegmentationClass").glob("*.png")):
+        im = Image.open(p)
+        a = np.array(im)
+        a[0, :3] = 7  # the sample has 5 classes; 7 is neither a class nor 255
+        out = Image.fromarray(a, mode="P")
+        out.putpalette(im.getpalette())
+        out.save(p)
+    with pytest.warns(UserWarning, match=r"outside the 5 classes") as rec:
+        ev.evaluate(net="sample", data=str(data), split="val", progress=False, out=io.StringIO(), workers=0)
+    assert sum("outside the" in str(r.message) for r in rec) == 1
+
+
+def test_siftflow_two_heads_and_absent_classes(tmp_path):
+    proto, w = _random_net(tmp_path, "siftflow-fcn8s")
+    root = _siftflow_layout(tmp_path)
     rep = ev.evaluate(net=str(proto), weights=str(w), data=str(root), dataset_kind="siftflow", split="test",
                       progress=False, out=io.StringIO(), workers=0)
     assert set(rep["heads"]) == {"score_sem", "score_geo"}
@@ -329,7 +383,7 @@ def test_net_inputs_rules():
     assert ev.net_inputs(["data"], s, hha)["data"] is s.inputs["hha"]
     m = ev.net_inputs(["color", "depth"], s, zoo.get("nyud-fcn32s-color-d"))
     assert set(m) == {"color", "depth"}
-    fused = zoo.ZooNet("x", None, "nyud", "test", {}, inputs={"data": ("color", "depth")})
+    fused = dataclasses.replace(zoo.get("nyud-fcn32s-color"), inputs=(registry.InputSpec("data", 4, ("color", "depth")),))
     assert ev.net_inputs(["data"], s, fused)["data"].shape == (4, 2, 2)
     assert ev.net_inputs(["data"], Sample("i", {"color": x3}), None)["data"] is x3
     with pytest.raises(ValueError, match="no rule"):
@@ -350,49 +404,18 @@ def test_score_heads_rules():
 def test_zoo_is_the_single_source_of_reference_numbers():
     voc = {n: e for n, e in zoo.NETS.items() if e.dataset == "voc"}
     assert {n: e.reference_mean_iu for n, e in voc.items()} == {
-        "fcn32s": 63.63, "fcn16s": 65.01, "fcn8s": 65.51, "fcn8s-atonce": 65.40, "fcn-alexnet": 48.0}
+        "fcn32s": 63.6261, "fcn16s": 65.0050, "fcn8s": 65.5126, "fcn8s-atonce": 65.3998, "fcn-alexnet": 48.0}
     assert zoo.get("fcn8s").url == "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
     assert set(zoo.NETS) == set(fcn_nets.NETS)  # every generated net is known, and only those
-    # the committed manifest is what the registry generates (recorded checksums aside)
+    # the committed manifest (fcn_repro.hub's) names every published file of the cards
     committed = json.loads((REPO / "weights" / "manifest.json").read_text())
-    assert committed == zoo.build_manifest(committed)
     for e in zoo.NETS.values():
         if e.caffemodel:
             m = committed["files"][e.caffemodel]
-            assert m["url"] == e.url and m["expected_mean_iu"] == e.reference_mean_iu and m["net"] == e.name
+            assert m["url"] == e.url and m["net"] == e.name
 
 
-def test_verify_or_record(tmp_path):
-    mpath = tmp_path / "manifest.json"
-    zoo.write_manifest(zoo.build_manifest(), mpath)
-    f = tmp_path / "fcn16s-heavy-pascal.caffemodel"
-    f.write_bytes(b"weights v1")
-    r = zoo.verify_or_record(f, mpath)
-    assert r["status"] == "recorded" and r["bytes"] == 10
-    m = json.loads(mpath.read_text())["files"][f.name]
-    assert m["bytes"] == 10 and len(m["sha256"]) == 64
-    assert zoo.verify_or_record(f, mpath)["status"] == "verified"
-    f.write_bytes(b"weights v2")
-    with pytest.raises(zoo.WeightsMismatchError, match=m["sha256"]):
-        zoo.verify_or_record(f, mpath)
-    other = tmp_path / "mine.caffemodel"
-    other.write_bytes(b"x")
-    assert zoo.verify_or_record(other, mpath)["status"] == "unknown"
-    # regenerating keeps what was recorded
-    assert zoo.build_manifest(json.loads(mpath.read_text()))["files"][f.name]["sha256"] == m["sha256"]
-
-
-def test_verify_or_record_unwritable_manifest(tmp_path):
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("a file where the manifest's directory should be")
-    mpath = blocker / "manifest.json"  # cannot be created, even by root
-    f = tmp_path / "fcn32s-heavy-pascal.caffemodel"
-    f.write_bytes(b"abc")
-    with warnings.catch_warnings(record=True) as wlist:
-        warnings.simplefilter("always")
-        r = zoo.verify_or_record(f, mpath)
-    assert r["status"] == "unrecorded" and r["bytes"] == 3
-    assert any("could not record" in str(x.message) for x in wlist)
+# verify_or_record itself (moved to fcn_repro.hub): tests/test_hub.py
 
 
 def test_evaluate_records_weights_when_first_seen(tmp_path, monkeypatch):
@@ -423,3 +446,19 @@ def test_deploy_prototxt_from_checkout_or_generated(tmp_path, monkeypatch):
     assert zoo.deploy_prototxt("sample") == SAMPLE / "fcn8s-shapes.prototxt"
     with pytest.raises(KeyError, match="known nets"):
         zoo.deploy_prototxt("fcn4s")
+
+
+def test_reference_lines_print_all_four_scores_against_the_card():
+    card = registry.net("fcn8s")
+    ref = card.reference(asserted=True)
+    head = {k: v for k, v in ref.scores().items()}
+    head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
+                         "scores": ref.scores(), "comparable": True}
+    text = "\n".join(ev._reference_lines(card, head, "seg11valid", None))
+    for label, v in (("pixel acc", "91.2212"), ("mean acc", "77.6146"), ("mean IU", "65.5126"), ("f.w. IU", "84.5445")):
+        assert label in text and v in text
+    assert "MATCH" in text
+    head["fwavacc"] += 0.0001  # 0.01 points off in one score
+    assert "DIFFERENT" in "\n".join(ev._reference_lines(card, head, "seg11valid", None))
+    head["reference"]["comparable"] = False
+    assert "not comparable" in "\n".join(ev._reference_lines(card, head, "val", 5))

@@ -277,3 +277,45 @@ def test_count_flops():
     computed = count_flops(net, shape, background=True, windows=True)
     assert all(fast[k] <= computed[k] <= want[k] for k in want)
     assert any(computed[k] > fast[k] for k in want)
+
+
+# ---------------------------------------------------------------- hostile inputs, process state
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_gives_the_plain_scores(bad):
+    """One NaN (or inf) pixel: the plain path spreads it through the padded convolutions; the fast
+    path (whose background is computed from an all-zero image) must not return finite scores instead."""
+    net = _net("fcn8s")
+    fast = optimize(net)
+    x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"]).clone()
+    x[0, 1, x.shape[2] // 2, x.shape[3] // 3] = bad
+    with torch.no_grad():
+        plain, got = net(data=x), fast(data=x)
+    for blob in plain:
+        a, b = got[blob], plain[blob]
+        assert torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.isinf(a), torch.isinf(b))
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    assert not bool(torch.isfinite(plain["score"]).all())   # the case this test is about
+
+
+def test_forward_leaves_the_thread_count_alone(monkeypatch):
+    """No process-global state during a forward (torch.compile guards, other threads)."""
+    net = _net("fcn8s")
+    fast = optimize(net)
+    x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"])
+
+    def refuse(n):
+        raise AssertionError(f"forward called torch.set_num_threads({n})")
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    with torch.no_grad():
+        fast(data=x)
+
+
+def test_positional_input_as_the_net():
+    net = _net("fcn8s")
+    fast = optimize(net)
+    x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"])
+    with torch.no_grad():
+        assert torch.equal(fast(x)["score"], fast(data=x)["score"])
+    with pytest.raises(ValueError, match="in this order"):
+        fast(x, data=x)

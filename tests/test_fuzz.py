@@ -173,17 +173,40 @@ def test_fuzz_solverstate_decoder(data):
 
 
 def test_atheris_short_run(tmp_path):
-    """A brief coverage-guided run of both targets (the long one: benchmarks/fuzz_formats.py)."""
+    """A brief coverage-guided run of every target (the long one: benchmarks/fuzz_formats.py)."""
     pytest.importorskip("atheris")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_formats.py"), "--engine", "atheris",
                         "--runs", "300", "--seconds", "20", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert not list(tmp_path.glob("crash-*"))
-    assert r.stderr.count("atheris: exit 0") == 2
+    assert r.stderr.count("atheris: exit 0") == len(fuzz.TARGETS) == 4
 
 
 def test_random_engine_short_run(tmp_path):
     assert fuzz.run_random("caffemodel", 1.0, 3000, tmp_path, seed=1) == 0
     assert fuzz.run_random("prototxt", 1.0, 3000, tmp_path, seed=1) == 0
+    assert fuzz.run_random("solverstate", 1.0, 1000, tmp_path, seed=1) == 0
+    assert fuzz.run_random("hdf5", 1.0, 300, tmp_path, seed=1) == 0
     assert not list(tmp_path.glob("crash-*"))
+
+
+def test_checks_catch_a_broken_reader(monkeypatch):
+    """The fuzz properties fail when a reader lets a foreign exception out (so the runs above mean something)."""
+    import fcn_repro.caffe.hdf5 as h5mod
+    import fcn_repro.caffe.solverstate as ssmod
+    seed = fuzz._binary_seeds("hdf5", ROOT / "tests" / "fixtures" / "caffe")[0]
+    state = fuzz._binary_seeds("solverstate", ROOT)[1]
+    fuzz.check_hdf5(seed)
+    fuzz.check_solverstate(state)
+
+    def broken(*a, **k):
+        raise KeyError("raw h5py error")
+    monkeypatch.setattr(h5mod.H5Reader, "members", broken)
+    with pytest.raises(KeyError):
+        fuzz.check_hdf5(seed)
+    with pytest.raises(KeyError):
+        fuzz.check_solverstate(state)   # the .h5 layout goes through H5Reader.members too
+    monkeypatch.setattr(ssmod, "decode_solverstate", broken)
+    with pytest.raises(KeyError):
+        fuzz.check_solverstate(fuzz._binary_seeds("solverstate", ROOT)[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,90 @@ def test_summarize():
 
 def test_means_follow_the_dataset():
     from fcn_repro import zoo
+    from fcn_repro.predict import Transforms
 
-    assert inf.MEANS[zoo.get("siftflow-fcn8s").dataset][0] == pytest.approx(114.578)
-    assert inf.MEANS[zoo.get("fcn8s").dataset][2] == pytest.approx(122.67891434)
-    assert inf.MEANS[zoo.get("pascalcontext-fcn8s").dataset].dtype == np.float32
+    assert Transforms.for_net(zoo.get("siftflow-fcn8s")).mean[0] == pytest.approx(114.578)
+    assert Transforms.for_net(zoo.get("fcn8s")).mean[2] == pytest.approx(122.67891434)
+    assert Transforms.for_net(zoo.get("pascalcontext-fcn8s")).mean.dtype == np.float32
+
+
+def _jpeg(path, h=40, w=56, seed=0, exif_orientation=None):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kw = {}
+    if exif_orientation is not None:
+        ex = Image.Exif()
+        ex[0x0112] = exif_orientation
+        kw["exif"] = ex
+    Image.fromarray(a).save(path, quality=95, **kw)
+    return path
+
+
+def test_infer_directories_globs_and_no_overwrites(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _jpeg(a / "x.jpg", seed=1)
+    _jpeg(b / "x.jpg", seed=2)             # same stem from another directory
+    _jpeg(b / "x-2.jpg", seed=3)           # the name the second x would take
+    _jpeg(a / "y_overlay.jpg", seed=4)     # its label file is y's overlay name
+    _jpeg(a / "y.jpg", seed=5)
+    (a / "notes.txt").write_text("not an image")
+    out = tmp_path / "o"
+    rc = inf.main([str(a), str(b / "*.jpg"), "--net", "sample", "-o", str(out), "--device", "cpu",
+                   "--save-scores"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())["images"]
+    assert len(summary) == 5
+    written = [v["outputs"]["score"][k] for v in summary.values() for k in ("labels", "overlay", "scores")]
+    assert len(set(written)) == len(written) == 15            # no two outputs share a file
+    assert sorted(p.name for p in out.iterdir()) == sorted([Path(w).name for w in written] + ["summary.json"])
+    for src, v in summary.items():
+        rec = v["outputs"]["score"]
+        lab = np.array(Image.open(rec["labels"]))
+        sc = np.load(rec["scores"])
+        assert sc.dtype == np.float32 and sc.shape == (5,) + lab.shape
+        assert np.array_equal(sc.argmax(0), lab)
+        # each output belongs to its own image: the label of a fresh run on that image alone
+        assert lab.shape == np.array(Image.open(src)).shape[:2]
+
+
+def test_infer_applies_exif_orientation(tmp_path):
+    p = _jpeg(tmp_path / "r.jpg", h=30, w=50, exif_orientation=6)   # stored 50 wide, shown 30 wide
+    res = inf.infer([str(p)], net="sample", outdir=str(tmp_path / "o"), out=io.StringIO())
+    assert res[str(p)]["size"] == [50, 30]
+    assert np.array(Image.open(tmp_path / "o" / "r.png")).shape == (50, 30)
+    assert Image.open(tmp_path / "o" / "r_overlay.png").size == (30, 50)
+
+
+def test_infer_skips_unreadable_images_with_a_warning(tmp_path, capsys):
+    d = tmp_path / "in"
+    good = _jpeg(d / "good.jpg")
+    (d / "junk.jpg").write_bytes(b"not a jpeg at all" * 10)
+    cut = _jpeg(d / "cut.jpg", h=64, w=64, seed=7)
+    cut.write_bytes(cut.read_bytes()[:300])
+    rc = inf.main([str(d), "--net", "sample", "-o", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "warning: skipped" in err and "junk.jpg" in err and "cut.jpg" in err and "Traceback" not in err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert list(s["images"]) == [str(good)]
+    assert sorted(Path(x["image"]).name for x in s["skipped"]) == ["cut.jpg", "junk.jpg"]
+
+
+def test_infer_cuda_without_cuda_is_a_clean_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    img = _jpeg(tmp_path / "x.jpg")
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o"), "--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("error: --device cuda: CUDA is not available here") and "--device cpu" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_infer_nothing_matching_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert inf.main([str(tmp_path / "empty"), "--net", "sample", "-o", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from fcn_repro.caffe import parse_prototxt
+from fcn_repro.caffe import Message, parse_prototxt
 from fcn_repro.caffe.shapes import (ShapeRuleError, Window, conv_window, layer_included, phase_name, pool_window)
 
 
@@ -29,7 +29,7 @@ def test_layer_included_phase_level_stages():
     with pytest.raises(ShapeRuleError, match="TRAIN or TEST"):
         phase_name("VAL")
     with pytest.raises(KeyError):                                        # the caller's error type
-        layer_included(layer("include { phase: 7 }"), "TEST", error=KeyError)
+        layer_included(Message([("include", Message([("phase", 7)]))]), "TEST", error=KeyError)
 
 
 def param(text, name="convolution_param"):

@@ -24,7 +24,10 @@ from fcn_repro.caffe.layers.pooling import Pooling
 from fcn_repro.caffe.layers.relu import ReLU
 from fcn_repro.caffe.net import Net
 from fcn_repro.solver import CaffeSGD, param_groups, read_solver
-from fcn_repro.train import DatasetSource, draw_order, interp_layers, main, python_data_params, surgery
+from fcn_repro.data.layers import find_data_layer
+from fcn_repro.sources import DatasetSource, draw_order
+from fcn_repro.train import main
+from fcn_repro.trainer import interp_layers, surgery
 
 
 def _rel(a, b):
@@ -648,9 +651,16 @@ def test_train_resume_from_caffes_binary_solverstate(tiny_setup, tmp_path):
 
 def test_python_data_layer_params(tiny_setup):
     from fcn_repro.caffe.prototxt import parse_prototxt
-    p = python_data_params(parse_prototxt(tiny_setup["dir"] / "nets" / "train.prototxt"), ["data", "label"])
-    assert p["layer"] == "SBDDSegDataLayer" and p["split"] == "train" and p["seed"] == 1337
-    assert p["blobs"] == ["data", "label"]
+    p = find_data_layer(parse_prototxt(tiny_setup["dir"] / "nets" / "train.prototxt"), ["data", "label"])
+    assert p.layer == "SBDDSegDataLayer" and p.split == "train" and p.seed == 1337
+    assert p.blobs == ("data", "label") and p.dataset == "sbd"
+    # a param_str that is not a dict literal is an error naming the file, not silently ignored
+    bad = parse_prototxt(str(tiny_setup["dir"] / "nets" / "train.prototxt")).copy()
+    for lp in bad.getall("layer"):
+        if lp.get("type") == "Python":
+            lp.sub("python_param").set("param_str", "{'split': ")
+    with pytest.raises(ValueError, match="train.prototxt.*neither JSON nor a Python literal"):
+        find_data_layer(bad, ["data", "label"], "nets/train.prototxt")
 
 
 def test_iter_size_averages_accumulated_gradients(tiny_setup, tmp_path):
@@ -708,3 +718,20 @@ def test_tiny_training_learns(tiny_setup, tmp_path):  # pragma: no cover - optio
     recs = [json.loads(x) for x in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r["type"] == "train"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_smoke_recipe_on_the_bundled_sample_logs_caffe_lines(tmp_path, capsys):
+    """`python -m fcn_repro.train --net sample --iters N --out DIR`: the documented smoke test.
+    Not on a terminal, the log holds Caffe's display lines, not progress-bar frames."""
+    assert main(["--net", "sample", "--iters", "2", "--out", str(tmp_path / "smoke")]) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines.count("Iteration 1, lr = 1e-10") == 1 and "\r" not in cap.out + cap.err
+    first = next(ln for ln in lines if ln.startswith("Iteration 0 ("))
+    assert first.endswith(f", loss = {json.loads((tmp_path / 'smoke' / 'log.jsonl').read_text().splitlines()[0])['smoothed_loss']:.6g}")
+    assert "    Train net output #0: loss = " in cap.out
+    assert (tmp_path / "smoke" / "train_iter_2.caffemodel").is_file()
+    # display honoured: every 2nd iteration only
+    assert main(["--net", "sample", "--iters", "3", "--display", "2", "--out", str(tmp_path / "d2")]) == 0
+    out = capsys.readouterr().out
+    assert [ln.split(",")[0] for ln in out.splitlines() if ln.endswith("lr = 1e-10")] == ["Iteration 0", "Iteration 2"]

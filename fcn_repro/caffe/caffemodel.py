@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from fcn_repro import limits
 from fcn_repro.caffe import schema
 from fcn_repro.caffe.prototxt import Message
 from fcn_repro.caffe.schema import V1_LAYER_TYPES
@@ -202,8 +203,13 @@ class _Mapped:
                     raise CaffeModelError("empty file", self.filename, offset=0)
                 self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         self.net = _decode_net(Wire(self.buf, self.filename))
+        self.budget = limits.Budget(self.filename, error=CaffeModelError)
 
     def arrays(self, layer: _Layer, keep_dtype: bool, f: Any = None) -> list[np.ndarray]:
+        for i, b in enumerate(layer.blobs):
+            if f is not None or _materialized(b, keep_dtype):   # a new array, not a view of the file
+                self.budget.charge(b.count * (8 if b.dtype == "float64" and keep_dtype else 4),
+                                   f"blob of shape {b.shape}", offset=b.tagpos, layer=layer.name, blob=i)
         if f is not None:
             return [blob_array_read(f, b, keep_dtype, self.filename) for b in layer.blobs]
         return [blob_array(self.buf, b, keep_dtype) for b in layer.blobs]
@@ -229,22 +235,33 @@ def _open(path: str | os.PathLike) -> _Mapped:
     return _Mapped(path)
 
 
+def _materialized(b: BlobRecord, keep_dtype: bool) -> bool:
+    """Whether :func:`blob_array` must copy the blob (not one packed run of the stored type)."""
+    return len(b.segments) != 1 or b.segments[0][0] != "p" or (b.dtype == "float64" and not keep_dtype)
+
+
 def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
+    repeats: list[_Layer] = []
     f = open(m.filename, "rb", buffering=0) if copy else None
     try:
         for layer in m.net.layers:
             if not layer.blobs and not keep_empty:
                 continue
             if layer.name in out:
-                # Caffe's CopyTrainedLayersFrom copies source layers by name in
-                # file order, so of two layers with one name the last one wins
-                warnings.warn(f"{m.filename}: byte {layer.tagpos}: a second layer named {layer.name!r}; "
-                              "its blobs replace the first one's, as in Caffe", stacklevel=3)
+                repeats.append(layer)
             out[layer.name] = m.arrays(layer, keep_dtype, f)
     finally:
         if f is not None:
             f.close()
+    if repeats:
+        # Caffe's CopyTrainedLayersFrom copies source layers by name in file
+        # order, so of two layers with one name the last one wins. One warning
+        # per file, however many repeats (each distinct warning is remembered).
+        first = repeats[0]
+        more = f" and {len(repeats) - 1} more" if len(repeats) > 1 else ""
+        warnings.warn(f"{m.filename}: byte {first.tagpos}: a second layer named {first.name!r}{more}; "
+                      "the later layer's blobs replace the earlier one's, as in Caffe", stacklevel=3)
     if copy:
         m.release()
     return out

@@ -1,7 +1,8 @@
 """The FCN nets, written with :mod:`fcn_repro.caffe.netspec`.
 
-Every net of the FCN paper's model zoo, with the original layer and blob
-names (so the original caffemodels load by name with nothing left over) and
+Every net of the FCN paper's model zoo, layer for layer as the original
+release (names, types and order; tests/test_original_names.py), so the
+original caffemodels load by name with nothing left over, and
 Crop offsets computed from the graph, at any width::
 
     from fcn_repro.caffe import fcn_nets
@@ -36,8 +37,8 @@ Variants (``phase``):
   data and label blobs (this is how the reduced-width Caffe fixtures are
   written; :func:`fixture_net`).
 
-The readers named (``fcn_repro.data.layers.LAYERS`` maps them to our
-dataset readers) keep the original layer names: ``SBDDSegDataLayer`` (VOC
+The data layers keep the original layer names (each dataset's card in
+:mod:`fcn_repro.registry` holds its layer name, splits and reader): ``SBDDSegDataLayer`` (VOC
 training on SBD ``train``), ``VOCSegDataLayer`` (``seg11valid``),
 ``SIFTFlowSegDataLayer``, ``NYUDSegDataLayer``, ``PASCALContextSegDataLayer``.
 
@@ -53,12 +54,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from fcn_repro import registry
 from fcn_repro.caffe.netspec import L, NetSpec, Top
 from fcn_repro.caffe.prototxt import Message, format_text
 
 __all__ = [
     "VGG16_WIDTHS", "VGG16_FIXTURE_WIDTHS", "ALEXNET_WIDTHS", "ALEXNET_FIXTURE_WIDTHS",
-    "LEARNED", "FROZEN", "Dataset", "NetDef", "NETS", "FIXTURE_NETS", "vgg16_trunk",
+    "LEARNED", "FROZEN", "NetDef", "NETS", "FIXTURE_NETS", "vgg16_trunk",
     "alexnet_trunk", "fcn_head", "vgg_fcn", "build_net", "fixture_net", "net_text",
     "solver_message", "solver_text", "generate_files", "DATA_MODULE",
 ]
@@ -186,8 +188,10 @@ def fcn_head(n: NetSpec, tops: dict[str, Top], data: Top, num_classes: int, stri
                 pool, param=FROZEN, filler=dict(type="constant", value=10.0 ** (-2 * (5 - lvl))))
             pool = n[nm(f"scale_pool{lvl}")]
         n[nm(f"score_pool{lvl}")] = score_conv(pool, num_classes)
-        n[nm(f"score_pool{lvl}c")] = L.Crop(n[nm(f"score_pool{lvl}")], up)
-        n[nm(f"fuse_pool{lvl}")] = L.Eltwise(up, n[nm(f"score_pool{lvl}c")], operation="SUM")
+        # the crop is named after what it crops, plus "c": score_pool4c, score_pool4_semc
+        crop = nm(f"score_pool{lvl}") + "c"
+        n[crop] = L.Crop(n[nm(f"score_pool{lvl}")], up)
+        n[nm(f"fuse_pool{lvl}")] = L.Eltwise(up, n[crop], operation="SUM")
         fuse = n[nm(f"fuse_pool{lvl}")]
         if j < len(levels) - 1:
             n[nm(f"upscore_pool{lvl}")] = upsample(fuse, num_classes, 4, 2)
@@ -205,76 +209,79 @@ def vgg_fcn(n: NetSpec, data: Top, num_classes: int = 21, stride: int = 32, *,
     return fcn_head(n, tops, data, num_classes, stride, at_once=at_once)
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- net bodies
 
-@dataclass(frozen=True)
-class Dataset:
-    """What a dataset's reader provides and how the originals trained on it."""
-
-    key: str
-    train_layer: str
-    val_layer: str
-    train_split: str
-    val_split: str
-    image_shape: tuple[int, int]        # deploy placeholder (H, W)
-    test_iter: int                      # images in the val split
-    labels: tuple[str, ...] = ("label",)
-
-
-VOC = Dataset("voc", "SBDDSegDataLayer", "VOCSegDataLayer", "train", "seg11valid", (500, 500), 736)
-SIFTFLOW = Dataset("siftflow", "SIFTFlowSegDataLayer", "SIFTFlowSegDataLayer", "trainval", "test",
-                   (256, 256), 200, labels=("sem", "geo"))
-NYUD = Dataset("nyud", "NYUDSegDataLayer", "NYUDSegDataLayer", "trainval", "test", (425, 560), 654)
-CONTEXT = Dataset("pascalcontext", "PASCALContextSegDataLayer", "PASCALContextSegDataLayer",
-                  "train", "val", (500, 500), 5105)
-
-# body(n, inputs, widths, dropout_ratio) -> [(score top, label blob, loss layer name)]
-Body = Callable[[NetSpec, dict[str, Top], Sequence[int], float], list[tuple[Top, str, str]]]
+# body(n, inputs, widths, dropout_ratio, loss) builds the net after its inputs;
+# loss(score, label blob, loss layer name) adds a head's loss where the
+# original net has it (right after the head; nothing in deploy).
+Loss = Callable[[Top, str, str], None]
+Body = Callable[[NetSpec, dict[str, Top], Sequence[int], float, Loss], None]
 
 
 @dataclass(frozen=True)
 class NetDef:
-    """One net of prototxt/: its dataset, inputs, body and solver settings."""
+    """How one net of prototxt/ is built; its facts (dataset, inputs, heads) are
+    its card in :mod:`fcn_repro.registry`."""
 
     name: str
-    dataset: Dataset
     body: Body
-    inputs: tuple[tuple[str, int], ...] = (("data", 3),)   # (blob, channels), labels excluded
-    reader_tops: tuple[str, ...] | None = None             # NYUDv2: modalities in top order
     full_widths: tuple[int, ...] = VGG16_WIDTHS
     fixture_widths: tuple[int, ...] = VGG16_FIXTURE_WIDTHS
     normalize: bool = False
     solver: dict[str, Any] = field(default_factory=dict)
     solver_notes: tuple[str, ...] = ()
 
+    @property
+    def card(self) -> registry.NetCard:
+        return registry.net(self.name)
+
+    @property
+    def dataset(self) -> registry.DatasetCard:
+        return self.card.data
+
+    @property
+    def train_dataset(self) -> registry.DatasetCard:
+        return registry.dataset(self.card.train_dataset)
+
+    @property
+    def inputs(self) -> tuple[tuple[str, int], ...]:
+        """(blob, channels) of the net's inputs, labels excluded."""
+        return tuple((i.blob, i.channels) for i in self.card.inputs)
+
+    @property
+    def reader_tops(self) -> tuple[str, ...] | None:
+        """What the data layer yields, in top order, where the dataset has several inputs (NYUDv2)."""
+        if len(self.dataset.inputs) < 2:
+            return None
+        return self.card.tops + tuple(self.dataset.labels)
+
 
 def _voc_like(num_classes: int, stride: int, at_once: bool = False) -> Body:
-    def body(n, inputs, widths, dropout_ratio):
+    def body(n, inputs, widths, dropout_ratio, loss):
         score = vgg_fcn(n, inputs["data"], num_classes, stride, widths=widths, at_once=at_once,
                         dropout_ratio=dropout_ratio)
-        return [(score, "label", "loss")]
+        loss(score, "label", "loss")
     return body
 
 
-def _alexnet_body(n, inputs, widths, dropout_ratio):
+def _alexnet_body(n, inputs, widths, dropout_ratio, loss):
     tops = alexnet_trunk(n, inputs["data"], widths, dropout_ratio=dropout_ratio)
     # k63 s32: AlexNet's output stride is 32 but its centre offset differs
     # from VGG's; the crop offset (18) comes out of the graph.
-    score = fcn_head(n, tops, inputs["data"], 21, 32, final_ks=63)
-    return [(score, "label", "loss")]
+    loss(fcn_head(n, tops, inputs["data"], 21, 32, final_ks=63), "label", "loss")
 
 
 def _siftflow_body(stride: int) -> Body:
-    def body(n, inputs, widths, dropout_ratio):
+    def body(n, inputs, widths, dropout_ratio, loss):
         tops = vgg16_trunk(n, inputs["data"], widths, dropout_ratio=dropout_ratio)
-        sem = fcn_head(n, tops, inputs["data"], 33, stride, suffix="_sem")
-        geo = fcn_head(n, tops, inputs["data"], 3, stride, suffix="_geo")
-        return [(sem, "sem", "loss"), (geo, "geo", "loss_geo")]
+        # the original: the semantic head and its loss ("loss"), then the geometric head and "loss_geo"
+        loss(fcn_head(n, tops, inputs["data"], 33, stride, suffix="_sem"), "sem", "loss")
+        loss(fcn_head(n, tops, inputs["data"], 3, stride, suffix="_geo"), "geo", "loss_geo")
     return body
 
 
 def _nyud_single(source: str, conv1_1: str | None = None) -> Body:
-    def body(n, inputs, widths, dropout_ratio):
+    def body(n, inputs, widths, dropout_ratio, loss):
         if source == "color-d":
             # early fusion: 4-channel BGR-D input
             n.data = L.Concat(inputs["color"], inputs["depth"])
@@ -282,21 +289,22 @@ def _nyud_single(source: str, conv1_1: str | None = None) -> Body:
         else:
             data = inputs["data"]
         tops = vgg16_trunk(n, data, widths, dropout_ratio=dropout_ratio, conv1_1=conv1_1)
-        return [(fcn_head(n, tops, data, 40, 32), "label", "loss")]
+        loss(fcn_head(n, tops, data, 40, 32), "label", "loss")
     return body
 
 
-def _nyud_color_hha(n, inputs, widths, dropout_ratio):
+def _nyud_color_hha(n, inputs, widths, dropout_ratio, loss):
     # Late fusion: two VGG trunks (names suffixed "color" / "hha"), each
-    # scored, the scores averaged (Eltwise SUM 0.5/0.5), then upsampled once.
+    # scored right after its trunk, the scores averaged (Eltwise SUM
+    # 0.5/0.5), then upsampled once.
     color = vgg16_trunk(n, inputs["color"], widths, suffix="color", dropout_ratio=dropout_ratio)
-    hha = vgg16_trunk(n, inputs["hha"], widths, suffix="hha", dropout_ratio=dropout_ratio)
     n.score_frcolor = score_conv(color["fc7"], 40)
+    hha = vgg16_trunk(n, inputs["hha"], widths, suffix="hha", dropout_ratio=dropout_ratio)
     n.score_frhha = score_conv(hha["fc7"], 40)
     n.score_fused = L.Eltwise(n.score_frcolor, n.score_frhha, operation="SUM", coeff=[0.5, 0.5])
     n.upscore = upsample(n.score_fused, 40, 64, 32)
     n.score = L.Crop(n.upscore, inputs["color"])
-    return [(n.score, "label", "loss")]
+    loss(n.score, "label", "loss")
 
 
 # The unnormalized-loss recipe of the original VGG nets: SGD, base_lr 1e-10,
@@ -311,41 +319,40 @@ _OURS_NOTE = ("Our choices (not among the documented facts): max_iter 100000, sn
               "the evaluate metrics), snapshot_prefix.")
 
 
-def _def(name, dataset, body, **kw) -> NetDef:
+def _def(name, body, **kw) -> NetDef:
     solver = dict(_HEAVY)
     solver.update(kw.pop("solver", {}))
+    dataset = registry.net(name).data
     default_note = _HEAVY_NOTE if dataset.key == "voc" else (
         _HEAVY_NOTE.replace("From the original recipe", "From the original VOC recipe, applied to "
                             f"{dataset.key} as well (our choice: the documented facts give it for "
                             "the VOC nets)"))
     notes = kw.pop("solver_notes", (default_note,))
-    return NetDef(name, dataset, body, solver=solver, solver_notes=tuple(notes) + (_OURS_NOTE,), **kw)
+    return NetDef(name, body, solver=solver, solver_notes=tuple(notes) + (_OURS_NOTE,), **kw)
 
 
 NETS: dict[str, NetDef] = {d.name: d for d in [
-    _def("fcn32s", VOC, _voc_like(21, 32)),
-    _def("fcn16s", VOC, _voc_like(21, 16)),
-    _def("fcn8s", VOC, _voc_like(21, 8)),
-    _def("fcn8s-atonce", VOC, _voc_like(21, 8, at_once=True)),
-    _def("fcn-alexnet", VOC, _alexnet_body, full_widths=ALEXNET_WIDTHS,
+    _def("fcn32s", _voc_like(21, 32)),
+    _def("fcn16s", _voc_like(21, 16)),
+    _def("fcn8s", _voc_like(21, 8)),
+    _def("fcn8s-atonce", _voc_like(21, 8, at_once=True)),
+    _def("fcn-alexnet", _alexnet_body, full_widths=ALEXNET_WIDTHS,
          fixture_widths=ALEXNET_FIXTURE_WIDTHS, normalize=True,
          solver=dict(base_lr=1e-4, momentum=0.9, iter_size=20),
          solver_notes=("FCN-AlexNet's own recipe: loss normalized over valid pixels, base_lr 1e-4, "
                        "gradients accumulated over iter_size 20 images; weight_decay 5e-4, "
                        "lr_policy fixed. Our choice: momentum 0.9 (the usual value with a "
                        "normalized loss).",)),
-    _def("siftflow-fcn32s", SIFTFLOW, _siftflow_body(32)),
-    _def("siftflow-fcn16s", SIFTFLOW, _siftflow_body(16)),
-    _def("siftflow-fcn8s", SIFTFLOW, _siftflow_body(8)),
-    _def("nyud-fcn32s-color", NYUD, _nyud_single("color"), reader_tops=("color", "label")),
-    _def("nyud-fcn32s-hha", NYUD, _nyud_single("hha"), reader_tops=("hha", "label")),
-    _def("nyud-fcn32s-color-d", NYUD, _nyud_single("color-d", conv1_1="conv1_1_bgrd"),
-         inputs=(("color", 3), ("depth", 1)), reader_tops=("color", "depth", "label")),
-    _def("nyud-fcn32s-color-hha", NYUD, _nyud_color_hha, inputs=(("color", 3), ("hha", 3)),
-         reader_tops=("color", "hha", "label")),
-    _def("pascalcontext-fcn32s", CONTEXT, _voc_like(60, 32)),
-    _def("pascalcontext-fcn16s", CONTEXT, _voc_like(60, 16)),
-    _def("pascalcontext-fcn8s", CONTEXT, _voc_like(60, 8)),
+    _def("siftflow-fcn32s", _siftflow_body(32)),
+    _def("siftflow-fcn16s", _siftflow_body(16)),
+    _def("siftflow-fcn8s", _siftflow_body(8)),
+    _def("nyud-fcn32s-color", _nyud_single("color")),
+    _def("nyud-fcn32s-hha", _nyud_single("hha")),
+    _def("nyud-fcn32s-color-d", _nyud_single("color-d", conv1_1="conv1_1_bgrd")),
+    _def("nyud-fcn32s-color-hha", _nyud_color_hha),
+    _def("pascalcontext-fcn32s", _voc_like(60, 32)),
+    _def("pascalcontext-fcn16s", _voc_like(60, 16)),
+    _def("pascalcontext-fcn8s", _voc_like(60, 8)),
 ]}
 
 #: the nets of which tests/fixtures/caffe holds a reduced-width Caffe copy.
@@ -381,7 +388,7 @@ def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None 
     h, w = input_shape or d.dataset.image_shape
     n = NetSpec()
     inputs: dict[str, Top] = {}
-    labels = d.dataset.labels
+    labels = tuple(d.dataset.labels)
     if phase == "deploy" or not data_layer:
         for blob, ch in d.inputs:
             n[blob] = L.Input(shape=dict(dim=[1, ch, h, w]))
@@ -390,23 +397,25 @@ def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None 
             for lab in labels:
                 n[lab] = L.Input(shape=dict(dim=[1, 1, h, w]))
     else:
+        source = d.train_dataset if phase == "train" else d.dataset
         blobs = [b for b, _ in d.inputs] + list(labels)
-        params: dict[str, Any] = {"split": d.dataset.train_split if phase == "train"
-                                  else d.dataset.val_split, "seed": SEED}
+        params: dict[str, Any] = {"split": source.train_split if phase == "train" else source.val_split,
+                                  "seed": SEED}
         if d.reader_tops:
             params["tops"] = list(d.reader_tops)
-        tops = L.Python(module=DATA_MODULE,
-                        layer=d.dataset.train_layer if phase == "train" else d.dataset.val_layer,
-                        param_str=json.dumps(params, sort_keys=True), ntop=len(blobs))
+        tops = L.Python(module=DATA_MODULE, layer=source.layer, param_str=json.dumps(params, sort_keys=True),
+                        ntop=len(blobs))
         tops = tops if isinstance(tops, tuple) else (tops,)
         for blob, t in zip(blobs, tops):
             n[blob] = t
         inputs = {b: n[b] for b, _ in d.inputs}
-    scores = d.body(n, inputs, widths, dropout_ratio)
-    if phase != "deploy":
-        for score, label, loss in scores:
-            n[loss] = L.SoftmaxWithLoss(score, n[label], loss_param=dict(
-                ignore_label=255, normalize=d.normalize))
+
+    def loss(score: Top, label: str, name: str) -> None:
+        if phase != "deploy":
+            n[name] = L.SoftmaxWithLoss(score, n[label], loss_param=dict(ignore_label=registry.IGNORE_LABEL,
+                                                                         normalize=d.normalize))
+
+    d.body(n, inputs, widths, dropout_ratio, loss)
     return n.to_proto()
 
 
@@ -426,7 +435,7 @@ def net_text(name: str, phase: str = "deploy", **kw: Any) -> str:
     """The text of prototxt/<name>/<phase>.prototxt (with its header comment)."""
     d = _netdef(name)
     what = {"deploy": "deploy net (Input placeholder shape: the net reshapes to the image)",
-            "train": f"training net ({d.dataset.key} {d.dataset.train_split} split)",
+            "train": f"training net ({d.train_dataset.key} {d.train_dataset.train_split} split)",
             "val": f"validation net ({d.dataset.key} {d.dataset.val_split} split)"}[phase]
     head = [f"{name}: {what}.",
             "Generated by `python -m fcn_repro.netspec` from fcn_repro/caffe/fcn_nets.py; "
@@ -439,7 +448,7 @@ def solver_message(name: str) -> Message:
     from fcn_repro.caffe.netspec import to_message
     d = _netdef(name)
     fields: dict[str, Any] = dict(
-        train_net="train.prototxt", test_net="val.prototxt", test_iter=d.dataset.test_iter,
+        train_net="train.prototxt", test_net="val.prototxt", test_iter=d.dataset.val_images,
         test_interval=999999999, test_initialization=False, display=20, average_loss=20,
         max_iter=100000, snapshot=4000, snapshot_prefix="snapshot/train")
     fields.update(d.solver)
@@ -450,7 +459,7 @@ def solver_text(name: str) -> str:
     d = _netdef(name)
     head = [f"{name}: solver. Generated by `python -m fcn_repro.netspec`; do not edit.",
             *d.solver_notes,
-            f"test_iter {d.dataset.test_iter}: the images of the {d.dataset.key} "
+            f"test_iter {d.dataset.val_images}: the images of the {d.dataset.key} "
             f"{d.dataset.val_split} split, one per iteration.",
             "Net paths are relative to this file's directory."]
     return _header(head) + format_text(solver_message(name))

@@ -18,94 +18,175 @@ contiguous dataset is one read). float64 datasets become float32 unless
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from fcn_repro import limits
 from fcn_repro.caffe.weightfile import HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array  # noqa: F401
-from fcn_repro.errors import HDF5WeightsError, WeightsError
-from fcn_repro.utils import atomic_path
+from fcn_repro.errors import HDF5WeightsError, OutputError, WeightsError
+from fcn_repro.outputs import output_path
 
 __all__ = ["HDF5WeightsError", "load_hdf5", "save_hdf5", "hdf5_info"]
 
 
-def _h5py():
+def import_h5py():
     import h5py  # imported lazily: it costs memory and time the binary path does not need
     return h5py
 
 
-def _open(path: str) -> Any:
-    h5py = _h5py()
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise HDF5WeightsError(f"HDF5 library can not open it ({e})", path) from None
+# What h5py raises for a corrupt or hostile file (besides its own subclasses of these).
+_H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+                UnicodeDecodeError, OverflowError)
 
 
-def _layer_groups(f: Any, filename: str) -> list[tuple[str, Any]]:
-    h5py = _h5py()
-    if "data" not in f:
-        raise HDF5WeightsError("no /data group: not Caffe HDF5 weights (Net::ToHDF5 layout)",
-                               filename, h5path="/")
-    data = f["data"]
+class H5Reader:
+    """An HDF5 file opened for reading within the memory budget.
+
+    Every h5py failure inside :meth:`guard` becomes one
+    :class:`HDF5WeightsError` naming the file and the HDF5 object being read
+    (h5py raises ``OSError``, ``RuntimeError``, ``KeyError``, ``TypeError``,
+    ... for corrupt files). :meth:`read` checks a dataset's declared size
+    before reading it: HDF5 lets a dataset declare any shape and returns fill
+    values for storage never written, so the values read from one file must
+    together fit in its size (compressed ones in ``limits.expansion_allowance``
+    of it), within ``limits.read_bytes``; storage outside the file (external
+    or virtual datasets) is refused. The number of objects visited
+    is capped by ``limits.records``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.filename = os.fspath(path)
+        self.at = "/"
+        self.size = os.path.getsize(self.filename)
+        self.budget = limits.Budget(self.filename, error=HDF5WeightsError)
+        self.allowance = limits.expansion_allowance(self.size)
+        self.max_records = limits.current().records
+        self.records = 0
+        self.raw_total = 0        # bytes of uncompressed datasets read so far
+        self.packed_total = 0     # bytes of compressed datasets read so far
+        h5py = import_h5py()
+        try:
+            self.file = h5py.File(self.filename, "r")
+        except _H5PY_ERRORS as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise HDF5WeightsError(f"HDF5 library can not open it ({e})", self.filename) from None
+
+    def __enter__(self) -> "H5Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.file.close()
+        except _H5PY_ERRORS:   # closing a file opened read-only loses nothing
+            pass
+
+    def error(self, reason: str, at: str | None = None, **where: Any) -> HDF5WeightsError:
+        return HDF5WeightsError(reason, self.filename, h5path=at or self.at, **where)
+
+    @contextlib.contextmanager
+    def guard(self, at: str, **where: Any) -> Iterator[None]:
+        """Run h5py calls on object ``at``; their failures become this file's error."""
+        self.at = at
+        try:
+            yield
+        except HDF5WeightsError:
+            raise
+        except _H5PY_ERRORS as e:
+            raise self.error(f"HDF5 library can not read it ({type(e).__name__}: {e})", at, **where) from None
+
+    def count(self, n: int = 1) -> None:
+        """Count ``n`` more objects visited against ``limits.records``."""
+        self.records += n
+        if self.records > self.max_records:
+            raise self.error(limits.refusal("records", self.records, self.max_records,
+                                            "a file of this many HDF5 objects"))
+
+    def members(self, group: Any, at: str) -> list[tuple[str, Any]]:
+        """(name, object) of a group's members, in the group's order; counted."""
+        with self.guard(at):
+            n = len(group)
+            self.count(n)
+            names = list(group.keys())
+            return [(k, group.get(k, getlink=False)) for k in names]
+
+    def check(self, ds: Any, at: str, **where: Any) -> int:
+        """The bytes ``ds`` declares, refused when they can not be in the file or are over the budget."""
+        with self.guard(at, **where):
+            nbytes = int(ds.size) * ds.dtype.itemsize
+            dcpl = ds.id.get_create_plist()
+            h5d = import_h5py().h5d
+            if dcpl.get_layout() not in (h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED) or dcpl.get_external_count():
+                raise self.error("dataset storage outside this file (external or virtual) is not read",
+                                 at, **where)
+            filtered = bool(ds.chunks) and bool(dcpl.get_nfilters())
+        if filtered:
+            self.packed_total += nbytes
+            if self.packed_total > self.allowance:
+                raise self.error(f"compressed datasets up to this one (shape {ds.shape}) unpack to "
+                                 f"{self.packed_total:,} bytes from a {self.size:,}-byte file, over the limit of "
+                                 f"{self.allowance:,} (expansion; raise it with {limits.ENV['expansion']}=N "
+                                 "if you mean it)", at, **where)
+        else:
+            self.raw_total += nbytes
+            if self.raw_total > self.size:
+                raise self.error(f"dataset of shape {ds.shape} needs {nbytes} bytes; with the datasets "
+                                 f"before it {self.raw_total}, more than the file's {self.size}: "
+                                 "corrupt or hostile", at, **where)
+        self.budget.charge(nbytes, f"dataset of shape {ds.shape}", h5path=at, **where)
+        return nbytes
+
+    def read(self, ds: Any, at: str, **where: Any) -> np.ndarray:
+        """A dataset's values (after :meth:`check`)."""
+        self.check(ds, at, **where)
+        with self.guard(at, **where):
+            return np.asarray(ds[()])
+
+
+def _layer_groups(r: H5Reader) -> list[tuple[str, Any]]:
+    h5py = import_h5py()
+    with r.guard("/"):
+        if "data" not in r.file:
+            raise r.error("no /data group: not Caffe HDF5 weights (Net::ToHDF5 layout)", "/")
+        data = r.file["data"]
     if not isinstance(data, h5py.Group):
-        raise HDF5WeightsError("is a dataset, expected a group of layers", filename, h5path="/data")
+        raise r.error("is a dataset, expected a group of layers", "/data")
     out = []
     # keys() follows creation order when the group tracks it, else name order
-    for name in data.keys():
-        g = data.get(name, getlink=False)
+    for name, g in r.members(data, "/data"):
         if not isinstance(g, h5py.Group):
-            raise HDF5WeightsError("expected a group (one per layer)", filename, h5path=f"/data/{name}")
+            raise r.error("expected a group (one per layer)", f"/data/{name}")
         out.append((name, g))
     return out
 
 
-def _blob_datasets(g: Any, name: str, filename: str) -> list[Any]:
-    h5py = _h5py()
-    keys = list(g.keys())
-    for k in keys:
+def _blob_datasets(r: H5Reader, g: Any, name: str) -> list[tuple[str, Any]]:
+    h5py = import_h5py()
+    members = dict(r.members(g, f"/data/{name}"))
+    for k in members:
         if not (k.isdigit() and (k == "0" or not k.startswith("0"))):
-            raise HDF5WeightsError("blob datasets must be named 0, 1, ...", filename,
-                                   h5path=f"/data/{name}/{k}", layer=name)
-    idx = sorted(int(k) for k in keys)
+            raise r.error("blob datasets must be named 0, 1, ...", f"/data/{name}/{k}", layer=name)
+    idx = sorted(int(k) for k in members)
     if idx != list(range(len(idx))):
-        raise HDF5WeightsError(f"blob datasets {idx} are not 0..{len(idx) - 1}", filename,
-                               h5path=f"/data/{name}", layer=name)
+        raise r.error(f"blob datasets {idx} are not 0..{len(idx) - 1}", f"/data/{name}", layer=name)
     out = []
     for i in idx:
-        ds = g[str(i)]
+        at = f"/data/{name}/{i}"
+        ds = members[str(i)]
         if not isinstance(ds, h5py.Dataset):
-            raise HDF5WeightsError("expected a dataset", filename, h5path=f"/data/{name}/{i}",
-                                   layer=name, blob=i)
-        if ds.dtype.kind != "f":
+            raise r.error("expected a dataset", at, layer=name, blob=i)
+        with r.guard(at, layer=name, blob=i):
+            kind, ndim = ds.dtype.kind, ds.ndim
+        if kind != "f":
             # hdf5_load_nd_dataset: "Expected float or double data"
-            raise HDF5WeightsError(f"dataset holds {ds.dtype}, expected float or double data",
-                                   filename, h5path=f"/data/{name}/{i}", layer=name, blob=i)
-        if ds.ndim > 32:
-            raise HDF5WeightsError(f"{ds.ndim} axes, Caffe allows at most 32", filename,
-                                   h5path=f"/data/{name}/{i}", layer=name, blob=i)
-        _check_size(ds, filename, f"/data/{name}/{i}", name, i)
-        out.append(ds)
+            raise r.error(f"dataset holds {ds.dtype}, expected float or double data", at, layer=name, blob=i)
+        if ndim > 32:
+            raise r.error(f"{ndim} axes, Caffe allows at most 32", at, layer=name, blob=i)
+        out.append((at, ds))
     return out
-
-
-def _check_size(ds: Any, filename: str, h5path: str, layer: str, blob: int) -> None:
-    """Refuse a dataset whose values can not be in the file.
-
-    HDF5 lets a dataset declare any shape and return fill values for storage
-    that was never written, so a small hostile file could ask for terabytes.
-    An unfiltered dataset's values must fit in the file; a compressed one may
-    expand, but not beyond a generous 256x (Caffe never compresses).
-    """
-    nbytes = int(ds.size) * ds.dtype.itemsize
-    size = os.path.getsize(filename)
-    filtered = bool(ds.id.get_create_plist().get_nfilters()) if ds.chunks else False
-    limit = size * 256 if filtered else size
-    if nbytes > limit:
-        raise HDF5WeightsError(f"dataset of shape {ds.shape} needs {nbytes} bytes, more than "
-                               f"{'256x ' if filtered else ''}the file's {size}: corrupt or hostile",
-                               filename, h5path=h5path, layer=layer, blob=blob)
 
 
 def load_hdf5(path: str | os.PathLike, *, keep_dtype: bool = False,
@@ -113,20 +194,14 @@ def load_hdf5(path: str | os.PathLike, *, keep_dtype: bool = False,
     """Layer name -> blobs (float32 arrays, dataset shapes) from Caffe HDF5 weights.
 
     ``keep_empty`` also lists layers with no datasets (Caffe writes a group
-    for every layer).
+    for every layer). Sizes are checked before values are read (:class:`H5Reader`).
     """
-    filename = os.fspath(path)
     out: dict[str, list[np.ndarray]] = {}
-    with _open(filename) as f:
-        for name, g in _layer_groups(f, filename):
+    with H5Reader(path) as r:
+        for name, g in _layer_groups(r):
             blobs = []
-            for i, ds in enumerate(_blob_datasets(g, name, filename)):
-                try:
-                    a = ds[()]
-                except (OSError, ValueError, TypeError) as e:
-                    raise HDF5WeightsError(f"can not read values ({e})", filename,
-                                           h5path=f"/data/{name}/{i}", layer=name, blob=i) from None
-                a = np.asarray(a)
+            for i, (at, ds) in enumerate(_blob_datasets(r, g, name)):
+                a = r.read(ds, at, layer=name, blob=i)
                 if a.dtype.byteorder not in "=|":
                     a = a.astype(a.dtype.newbyteorder("="))
                 if a.dtype != np.float32 and not (keep_dtype and a.dtype == np.float64):
@@ -139,20 +214,22 @@ def load_hdf5(path: str | os.PathLike, *, keep_dtype: bool = False,
 
 def hdf5_info(path: str | os.PathLike) -> ModelInfo:
     """Every layer group with its datasets' shapes, dtypes and sizes (values not read)."""
-    filename = os.fspath(path)
     layers = []
-    with _open(filename) as f:
-        for name, g in _layer_groups(f, filename):
+    with H5Reader(path) as r:
+        for name, g in _layer_groups(r):
             blobs = []
-            for i, ds in enumerate(_blob_datasets(g, name, filename)):
+            for i, (at, ds) in enumerate(_blob_datasets(r, g, name)):
+                nbytes = r.check(ds, at, layer=name, blob=i)
                 try:
                     off = ds.id.get_offset()
                 except Exception:  # compact/chunked/virtual datasets have none
                     off = None
-                blobs.append(BlobInfo(i, tuple(int(d) for d in ds.shape), np.dtype(ds.dtype).name,
-                                      int(ds.size) * ds.dtype.itemsize, False, off))
+                with r.guard(at, layer=name, blob=i):
+                    blobs.append(BlobInfo(i, tuple(int(d) for d in ds.shape), np.dtype(ds.dtype).name,
+                                          nbytes, False, off))
             layers.append(LayerInfo(name, "", tuple(blobs)))
-    return ModelInfo(filename, "hdf5", "", tuple(layers), os.path.getsize(filename))
+        size = r.size
+    return ModelInfo(r.filename, "hdf5", "", tuple(layers), size)
 
 
 def save_hdf5(path: str | os.PathLike, weights: dict[str, Any], *,
@@ -163,18 +240,44 @@ def save_hdf5(path: str | os.PathLike, weights: dict[str, Any], *,
     stored as float32. Layer groups track creation order so the file reads
     back in the order given.
     """
-    h5py = _h5py()
+    h5py = import_h5py()
     items = [(str(name), [as_array(b, f"layer {name!r} blob {i}") for i, b in enumerate(blobs)])
              for name, blobs in weights.items()]
     for name, _ in items:
         if not name or "/" in name or name in (".", ".."):
             raise WeightsError(f"layer name {name!r} can not be an HDF5 group name", os.fspath(path))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data", track_order=True)
+    nblobs = sum(len(b) for _, b in items)
+    expected = sum(a.nbytes for _, blobs in items for a in blobs) + H5_OVERHEAD * (len(items) + nblobs + 1)
+    with output_path(path, expected) as tmp:
+        with h5_writing(path):
+            f = h5py.File(tmp, "w")
+        try:
+            with h5_writing(path):
+                data = f.create_group("data", track_order=True)
             for name, blobs in items:
-                g = data.create_group(name)
+                with h5_writing(path):
+                    g = data.create_group(name)
                 for i, a in enumerate(blobs):
-                    g.create_dataset(str(i), data=a if a.flags.c_contiguous else a.copy())
+                    with h5_writing(path):
+                        g.create_dataset(str(i), data=a if a.flags.c_contiguous else a.copy())
                     if progress:
                         progress(a.nbytes)
+        finally:
+            with h5_writing(path):
+                f.close()
+
+
+# Bytes an HDF5 file spends per group or dataset beyond its values (object
+# headers, B-tree and heap entries: ~1-2 KB each; counted generously).
+H5_OVERHEAD = 4096
+
+
+@contextlib.contextmanager
+def h5_writing(path: str | os.PathLike) -> Iterator[None]:
+    """h5py calls writing ``path``: an ``OSError`` of the HDF5 library (a full
+    disk, a quota) becomes an :class:`~fcn_repro.errors.OutputError`."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"HDF5 library could not write it ({e}); nothing was written",
+                          os.fspath(path)) from None

@@ -34,28 +34,26 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from fcn_repro import limits
+
 from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights error (file, layer, blob)
 from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
 from fcn_repro.caffe.weights import load_weights as read_weights
 from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
+from fcn_repro.caffe.plan import Plan, make_plan
 from fcn_repro.caffe.shapes import layer_included, phase_name
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
-from fcn_repro.caffe.layers.base import fmt_shape
-from fcn_repro.caffe.layers.crop import Crop
-from fcn_repro.caffe.layers.deconvolution import Deconvolution
-from fcn_repro.caffe.layers.eltwise import Eltwise
+from fcn_repro.caffe.layers.base import BlobLimitError
+from fcn_repro.caffe.fillers import fill_params
 from fcn_repro.caffe.layers.input import Input
 
-from fcn_repro import ops
-
-__all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "transplant",
+__all__ = ["Net", "NetError", "LayerError", "BlobLimitError", "WeightsError", "WeightsReport", "transplant", "copy_matched",
            "layer_included", "blob_fits"]
 
 log = logging.getLogger("fcn_repro.caffe.net")
@@ -83,44 +81,19 @@ def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
     raise TypeError(f"weights must be a path or a dict layer -> list of arrays, got {type(weights).__name__}")
 
 
-def _as_array(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+def copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
+    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped.
 
-
-def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
-    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped."""
+    ``src``: layer -> blobs (arrays, or tensors on any device: another net's
+    ``params``); ``params``: layer -> parameters (``net.params``).
+    """
     with torch.no_grad():
         for name, i in report.copies:
-            p = params[name][i]
-            a = _as_array(src[name][i])
-            p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
-
-
-# ---------------------------------------------------------------- the plan
-
-@dataclass
-class _Step:
-    """One unit of the forward: a layer, or a fused pair of layers."""
-    kind: str                       # "layer", "deconv_crop", "crop_sum"
-    layers: list                    # the Layer modules involved, in prototxt order
-    bottoms: list                   # blob names read (in run()'s argument order)
-    tops: list                      # blob names written
-    run: Callable = None            # (list of tensors, inplace) -> list of tensors
-    fresh: bool = True              # tops are new tensors
-    inplace_ok: bool = False
-    drop: list = field(default_factory=list)
-    loss: list = field(default_factory=list)   # (top index, loss weight)
-
-    @property
-    def name(self) -> str:
-        return "+".join(m.name for m in self.layers)
-
-
-def _same_version_until(versions, v, step: int) -> bool:
-    """Whether version v of a blob is still the current one when ``step`` reads."""
-    return versions[v]["overwritten_at"] >= step
+            p, a = params[name][i], src[name][i]
+            if isinstance(a, torch.Tensor):
+                p.copy_(a.detach().reshape(p.shape))
+            else:
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
 class Net(nn.Module):
@@ -142,6 +115,11 @@ class Net(nn.Module):
         input_shapes: {blob: shape} for inputs whose shape the prototxt does
             not declare (data layers), used to size parameters.
         strict: with weights, missing or extra layers are errors.
+        max_blob_elements: refuse any parameter or top blob with more elements
+            (default: ``fcn_repro.limits``' ``blob_elements``, 2**31, or the
+            FCN_REPRO_MAX_BLOB_ELEMENTS environment variable); the error
+            (:class:`~fcn_repro.caffe.layers.base.BlobLimitError`, a
+            ``NetError``) names the file, layer, type and shape.
 
     Attributes: ``inputs``, ``outputs`` (blob names), ``layer_names``,
     ``layer_types``, ``params`` (layer -> list of ``nn.Parameter`` in Caffe
@@ -155,7 +133,7 @@ class Net(nn.Module):
     def __init__(self, prototxt: Any, weights: Any = None, phase: str = "TEST", fuse: bool = True,
                  keep_blobs: bool = False, *, stages: Iterable[str] = (), level: int = 0,
                  input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict: bool = False,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, max_blob_elements: Optional[int] = None):
         super().__init__()
         self.netparam, self.filename = self._parse(prototxt)
         self.name = str(self.netparam.get("name", ""))
@@ -164,12 +142,14 @@ class Net(nn.Module):
         self.level = int(level)
         self._fuse = bool(fuse)
         self._keep_blobs = bool(keep_blobs)
-        self._plan: Optional[list[_Step]] = None
+        self._plan: Optional[Plan] = None
         self.blobs: dict[str, torch.Tensor] = {}
         self.layer_tops: dict[str, tuple] = {}
         self.loss: Optional[torch.Tensor] = None
         self.weights_report: Optional[WeightsReport] = None
-        self._build(dict(input_shapes or {}))
+        caps = {} if max_blob_elements is None else {"blob_elements": int(max_blob_elements)}
+        with limits.override(**caps):
+            self._build(dict(input_shapes or {}))
 
         loaded: set[str] = set()
         if weights is not None:
@@ -245,6 +225,8 @@ class Net(nn.Module):
                     if t in self.inputs:
                         raise NetError(f"{self.filename}: input blob {t!r} declared twice")
                     self.inputs.append(t)
+            for t, s in zip(tops, top_shapes):
+                module.check_blob_size(s, f"top blob {t!r}")
             self._register_params(module, lp, shared, lr_uses)
             lw = [float(v) for v in lp.getall("loss_weight")]
             if lw and len(lw) != len(tops):
@@ -313,7 +295,6 @@ class Net(nn.Module):
         """Caffe's fillers for parameters that no weights were loaded into."""
         if not layers:
             return
-        from fcn_repro.caffe.fillers import fill_params
         fill_params(self.params, self._included_netparam(), rng=seed, layers=layers)
 
     def _included_netparam(self) -> Message:
@@ -357,134 +338,35 @@ class Net(nn.Module):
             self.blobs, self.layer_tops = {}, {}
 
     # ------------------------------------------------------------ the plan
-    def _get_plan(self) -> list[_Step]:
+    @property
+    def plan(self) -> Plan:
+        """The execution plan (:mod:`fcn_repro.caffe.plan`) for the current ``fuse``/``keep_blobs``."""
         if self._plan is None:
-            self._plan = self._make_plan()
+            self._plan = make_plan(self._layer_list, self.inputs, self.outputs, self._loss_weights,
+                                   fuse=self._fuse, keep_blobs=self._keep_blobs)
         return self._plan
 
-    def _make_plan(self) -> list[_Step]:
-        raw = [m for m in self._layer_list if not isinstance(m, Input)]
-        # Blob versions: every top (and every input) is a new version of its name.
-        versions: list[dict] = []
-        cur: dict[str, int] = {}
-
-        def new_version(name, producer):
-            versions.append({"name": name, "producer": producer, "consumers": [], "overwritten_at": 1 << 60})
-            if name in cur:
-                versions[cur[name]]["overwritten_at"] = producer
-            cur[name] = len(versions) - 1
-            return cur[name]
-
-        for n in self.inputs:
-            new_version(n, -1)
-        bver, tver = [], []
-        for r, m in enumerate(raw):
-            bv = [cur[b] for b in m.bottom_names]
-            for pos, v in enumerate(bv):
-                versions[v]["consumers"].append((r, pos))
-            bver.append(bv)
-            tver.append([new_version(t, r) for t in m.top_names])
-        def sole_reader(v, r, pos):
-            # read by this layer only (so not a net output either)
-            return versions[v]["consumers"] == [(r, pos)]
-
-        no_loss = lambda m: m.name not in self._loss_weights  # noqa: E731
-        deconv_into_crop: dict[int, int] = {}     # crop raw index -> deconv raw index
-        crop_into_sum: dict[int, tuple] = {}      # eltwise raw index -> (crop raw index, bottom position)
-        absorbed: set[int] = set()
-        if self._fuse and not self._keep_blobs:
-            for c, m in enumerate(raw):
-                if not (isinstance(m, Crop) and _fusable_crop(m)):
-                    continue
-                v = bver[c][0]
-                p = versions[v]["producer"]
-                if (p >= 0 and type(raw[p]) is Deconvolution and len(raw[p].bottom_names) == 1
-                        and sole_reader(v, c, 0) and no_loss(raw[p]) and bver[c][1] != v
-                        and _same_version_until(versions, bver[p][0], c)):
-                    deconv_into_crop[c] = p
-                    absorbed.add(p)
-            for e, m in enumerate(raw):
-                if not (isinstance(m, Eltwise) and m.operation == "SUM" and len(m.bottom_names) == 2):
-                    continue
-                for k in (0, 1):
-                    v = bver[e][k]
-                    p = versions[v]["producer"]
-                    if (p >= 0 and isinstance(raw[p], Crop) and _fusable_crop(raw[p]) and p not in deconv_into_crop
-                            and p not in absorbed and sole_reader(v, e, k) and bver[e][1 - k] != v
-                            and no_loss(raw[p])
-                            and all(_same_version_until(versions, u, e) for u in bver[p])):
-                        crop_into_sum[e] = (p, k)
-                        absorbed.add(p)
-                        break
-
-        steps: list[_Step] = []
-        for r, m in enumerate(raw):
-            if r in absorbed:
-                continue
-            if r in deconv_into_crop:
-                d = raw[deconv_into_crop[r]]
-                steps.append(_Step("deconv_crop", [d, m], [d.bottom_names[0], m.bottom_names[1]],
-                                   list(m.top_names), run=_deconv_crop_runner(d, m)))
-            elif r in crop_into_sum:
-                c, k = crop_into_sum[r]
-                cm = raw[c]
-                other = m.bottom_names[1 - k]
-                steps.append(_Step("crop_sum", [cm, m], [other, cm.bottom_names[0], cm.bottom_names[1]],
-                                   list(m.top_names), run=_crop_sum_runner(cm, m, k)))
-            else:
-                steps.append(_Step("layer", [m], list(m.bottom_names), list(m.top_names),
-                                   run=_layer_runner(m), fresh=m.fresh_output))
-            st = steps[-1]
-            last = st.layers[-1]
-            st.loss = [(i, w) for i, w in enumerate(self._loss_weights.get(last.name, [])) if w != 0]
-        self._liveness(steps)
-        return steps
-
-    def _liveness(self, steps: list[_Step]) -> None:
-        """Drop lists (free each blob after its last reader) and in-place eligibility."""
-        cur: dict[str, int] = {}
-        versions: list[dict] = []
-
-        def new_version(name, producer):
-            versions.append({"name": name, "producer": producer, "readers": []})
-            cur[name] = len(versions) - 1
-
-        for n in self.inputs:
-            new_version(n, -1)
-        reads = []
-        for s, st in enumerate(steps):
-            rv = [cur[b] for b in st.bottoms]
-            for v in rv:
-                versions[v]["readers"].append(s)
-            reads.append(rv)
-            for t in st.tops:
-                new_version(t, s)
-        for v, info in enumerate(versions):
-            if not info["readers"]:
-                continue
-            last = max(info["readers"])
-            if info["name"] not in steps[last].tops:
-                steps[last].drop.append(info["name"])
-        if self._keep_blobs:
-            for st in steps:
-                st.drop = []
-            return
-        for s, st in enumerate(steps):
-            m = st.layers[0]
-            if st.kind != "layer" or not m.inplace_capable or len(st.bottoms) != 1:
-                continue
-            v = reads[s][0]
-            p = versions[v]["producer"]
-            st.inplace_ok = p >= 0 and steps[p].fresh and versions[v]["readers"] == [s]
-
     # ------------------------------------------------------------ forward
-    def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
+    def forward(self, *args: Any, **inputs: Any) -> dict[str, torch.Tensor]:
         """Run the net. Inputs by blob name, (N, C, H, W) tensors of any spatial size.
 
-        Returns {output blob: tensor} for ``net.outputs``. Sets ``net.loss``
-        (sum of loss-weighted tops, or None) and, with ``keep_blobs``,
-        ``net.blobs`` / ``net.layer_tops``.
+        ``net(data=x)``, or positionally in ``net.inputs`` order: ``net(x)``
+        for a single-input net. Returns {output blob: tensor} for
+        ``net.outputs``. Sets ``net.loss`` (sum of loss-weighted tops, or
+        None) and, with ``keep_blobs``, ``net.blobs`` / ``net.layer_tops``.
         """
+        if args:
+            if len(args) > len(self.inputs) or any(n in inputs for n in self.inputs[:len(args)]):
+                raise NetError(f"{self.filename}: forward() takes the inputs {self.inputs} in this order "
+                               f"(or by name); got {len(args)} positional and {sorted(inputs)} by name")
+            inputs = {**dict(zip(self.inputs, args)), **inputs}
+        if torch.jit.is_tracing():
+            # The Crop offsets/sizes and pooled sizes are Python ints computed
+            # from the input size: a trace would bake in the example's size
+            # and silently return that size for every other input.
+            raise NetError(f"{self.filename}: torch.jit.trace cannot record this net (its Crop and Pooling "
+                           "sizes depend on the input size and would be frozen at the example's); use "
+                           "torch.export.export with dynamic shapes, or fcn_repro.export.to_onnx")
         missing = [n for n in self.inputs if n not in inputs]
         unknown = [n for n in inputs if n not in self.inputs]
         if missing or unknown:
@@ -492,7 +374,7 @@ class Net(nn.Module):
                            + (f"missing {missing}" if missing else "")
                            + ("; " if missing and unknown else "")
                            + (f"unknown {unknown}" if unknown else ""))
-        plan = self._get_plan()
+        plan = self.plan
         keep = self._keep_blobs
         env: dict[str, torch.Tensor] = {}
         for n in self.inputs:
@@ -507,24 +389,14 @@ class Net(nn.Module):
         grad_on = torch.is_grad_enabled()
         loss = None
         for st in plan:
-            xs = [env[b] for b in st.bottoms]
-            inplace = st.inplace_ok and not (grad_on and xs[0].requires_grad)
-            try:
-                ys = st.run(xs, inplace)
-            except NetError:
-                raise
-            except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                shapes = ", ".join(f"{b!r} {fmt_shape(tuple(x.shape))}" for b, x in zip(st.bottoms, xs))
-                raise LayerError(f"{self.filename}: layer {st.name!r} ({'+'.join(l.type_name for l in st.layers)}) "
-                                 f"failed on bottoms {shapes}: {e}") from e
-            for t, y in zip(st.tops, ys):
-                env[t] = y
+            inplace = st.inplace_ok and not (grad_on and env[st.bottoms[0].name].requires_grad)
+            ys = st.apply(env, inplace, filename=self.filename)
             for i, w in st.loss:
                 term = ys[i].sum() if w == 1.0 else ys[i].sum() * w
                 loss = term if loss is None else loss + term
             if keep:
                 for t, y in zip(st.tops, ys):
-                    blobs[t] = y
+                    blobs[t.name] = y
                 tops_rec[st.layers[-1].name] = tuple(ys)
             for n in st.drop:
                 del env[n]
@@ -548,7 +420,7 @@ class Net(nn.Module):
         src, desc = _weights_dict(weights)
         report = match_weights(src, self.params, source=desc, target=self.filename, layers=self.layer_names)
         report.check(strict)
-        _copy_matched(report, src, self.params)
+        copy_matched(report, src, self.params)
         _log_report(report)
         return report
 
@@ -563,50 +435,6 @@ def _log_report(report: WeightsReport) -> None:
         log.warning("%s: net layers without weights (left as initialised): %s", report.source, report.missing)
     if report.unused:
         log.info("%s: layers not in the net, ignored: %s", report.source, report.unused)
-
-
-# ---------------------------------------------------------------- runners
-
-def _fusable_crop(m: Crop) -> bool:
-    """A Crop of the two spatial axes of 4-D blobs (what the fused ops implement)."""
-    return m.axis_param in (2, -2) and len(m.offsets_param) in (0, 1, 2)
-
-
-def _layer_runner(m: Layer) -> Callable:
-    def run(xs, inplace):
-        return m(*xs, inplace=inplace)
-    return run
-
-
-def _deconv_crop_runner(d: Deconvolution, c: Crop) -> Callable:
-    def run(xs, inplace):
-        x, ref = xs
-        if x.dim() != 4 or ref.dim() != 4:
-            raise c.error(f"fused Deconvolution+Crop needs 4-D blobs, got {fmt_shape(tuple(x.shape))} and "
-                          f"{fmt_shape(tuple(ref.shape))}")
-        full = (x.shape[0], d.num_output) + d.out_size(x.shape[2], x.shape[3])
-        shape, _, offs = c.out_shape(full, tuple(ref.shape), check=True)
-        return [d.forward_cropped(x, (offs[0], offs[1]), (shape[2], shape[3]))]
-    return run
-
-
-def _crop_sum_runner(c: Crop, e: Eltwise, k: int) -> Callable:
-    """Eltwise SUM whose bottom k is Crop(b, ref): a*coeff[1-k] + crop(b)*coeff[k] in one op."""
-    ca, cb = e.coeffs[1 - k], e.coeffs[k]
-    coeffs = None if ca == 1.0 and cb == 1.0 else (ca, cb)
-
-    def run(xs, inplace):
-        a, b, ref = xs
-        if b.dim() != 4 or ref.dim() != 4:
-            raise c.error(f"fused Crop+Eltwise needs 4-D blobs, got {fmt_shape(tuple(b.shape))} and "
-                          f"{fmt_shape(tuple(ref.shape))}")
-        shape, _, offs = c.out_shape(tuple(b.shape), tuple(ref.shape), check=True)
-        if tuple(a.shape) != tuple(shape):
-            names = [e.bottom_names[1 - k], c.top_names[0]]
-            raise e.error(f"bottoms must have the same shape: {names[0]!r} is {fmt_shape(tuple(a.shape))}, "
-                          f"{names[1]!r} is {fmt_shape(shape)}")
-        return [ops.crop_sum(a, b, (offs[0], offs[1]), coeffs)]
-    return run
 
 
 # ---------------------------------------------------------------- transplant
@@ -626,6 +454,6 @@ def transplant(net: Net, weights: Any) -> WeightsReport:
     src, desc = _weights_dict(weights)
     report = match_weights(src, net.params, source=desc, target=net.filename, surgery=True,
                            layers=net.layer_names)
-    _copy_matched(report, src, net.params)
+    copy_matched(report, src, net.params)
     _log_report(report)
     return report

@@ -26,7 +26,7 @@ from fcn_repro import limits
 from fcn_repro.caffe import schema
 from fcn_repro.caffe.schema import V1_ENUM_NAMES, V1_LAYER_TYPES  # noqa: F401  (importable from here)
 from fcn_repro.errors import PrototxtError
-from fcn_repro.utils import atomic_write
+from fcn_repro.outputs import output_file
 
 __all__ = [
     "Enum", "Message", "PrototxtError", "parse_text", "parse_prototxt",
@@ -525,8 +525,9 @@ def _emit(msg: Message, indent: int, lines: list[str]) -> None:
 
 def write_prototxt(path: str | os.PathLike, msg: Message) -> None:
     """Write ``msg`` to ``path`` atomically (a temp file renamed into place)."""
-    with atomic_write(path, "wb") as f:  # UTF-8 whatever the locale says
-        f.write(format_text(msg).encode("utf-8"))
+    data = format_text(msg).encode("utf-8")   # UTF-8 whatever the locale says
+    with output_file(path, len(data), "wb") as f:
+        f.write(data)
 
 
 # ---------------------------------------------------------- legacy upgrades

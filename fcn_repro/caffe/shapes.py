@@ -45,14 +45,24 @@ def deconv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[
     return s * (size - 1) + d * (k - 1) + 1 - 2 * p
 
 
-def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
-    """Caffe's pooled size along one axis (``any_pad``: the layer pads some axis)."""
+def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool,
+                   min_: Callable = min) -> int:
+    """Caffe's pooled size along one axis (``any_pad``: the layer pads some axis).
+
+    ``min_``: the minimum of two sizes; a tracer passes its symbolic minimum
+    (``torch.sym_min``) so that no branch on the input size is taken.
+    """
     num = size + 2 * p - k
-    out = (-((-num) // s) if ceil else num // s) + 1
-    # Caffe: with padding, the last pooling window must start strictly inside
-    # the image (or the left padding); otherwise it is dropped.
-    if any_pad and (out - 1) * s >= size + p:
-        out -= 1
+    # ceil(num / s) written as a floor of non-negative operands: a traced
+    # graph evaluates // in the runtime, and ONNX's integer Div truncates
+    # toward zero where Python floors (they agree only for non-negative values).
+    out = ((num + s - 1) // s if ceil else num // s) + 1
+    if any_pad:
+        # Caffe: with padding, the last pooling window must start strictly
+        # inside the image (or the left padding), (out-1)*s < size + p; otherwise
+        # it is dropped. As a bound: out <= ceil((size + p) / s), and since
+        # p < k the unclipped out exceeds that bound by at most one window.
+        out = min_(out, (size + p + s - 1) // s)
     return out
 
 

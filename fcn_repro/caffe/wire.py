@@ -24,10 +24,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fcn_repro import limits
 from fcn_repro.caffe import schema
 from fcn_repro.caffe.weightfile import BlobInfo
 from fcn_repro.errors import CaffeModelError
-from fcn_repro.utils import atomic_write
+from fcn_repro.outputs import output_file
 
 __all__ = ["Wire", "WIRE_NAMES", "int32", "int64", "BlobRecord", "decode_blob", "blob_array",
            "blob_array_read", "expect_wire", "varint_bytes", "key", "length_delimited", "encode_str",
@@ -50,12 +51,17 @@ class Wire:
     past it, whatever lengths the data claims.
     """
 
-    __slots__ = ("buf", "filename", "size")
+    __slots__ = ("buf", "filename", "size", "records", "max_records")
 
     def __init__(self, buf: Any, filename: str):
         self.buf = buf          # bytes, or mmap: indexing gives ints, slicing bytes
         self.filename = filename
         self.size = len(buf)
+        # Every field read may become a Python record (a layer, a blob, a
+        # value run, a skipped span: ~0.1-0.5 KB each however few bytes it
+        # takes in the file), so their number is capped: the memory budget.
+        self.records = 0
+        self.max_records = limits.current().records
 
     def err(self, reason: str, offset: int) -> CaffeModelError:
         return CaffeModelError(reason, self.filename, offset=offset)
@@ -76,6 +82,10 @@ class Wire:
                 raise self.err("varint longer than 10 bytes", start)
 
     def tag(self, pos: int, end: int) -> tuple[int, int, int]:
+        self.records += 1
+        if self.records > self.max_records:
+            raise self.err(limits.refusal("records", self.records, self.max_records,
+                                          "a file of this many fields"), pos)
         t, p = self.varint(pos, end)
         field, wire = t >> 3, t & 7
         if field == 0 or field > _MAX_FIELD:
@@ -421,9 +431,10 @@ def pieces_size(pieces: Sequence[Any]) -> int:
 def write_pieces(path: str | os.PathLike, pieces: Sequence[Any],
                  progress: Callable[[int], None] | None = None) -> None:
     """Write encoded pieces (bytes, and memoryviews of blob values, written in
-    16 MB chunks without joining them) to ``path`` atomically."""
+    16 MB chunks without joining them) to ``path`` atomically, after checking
+    the disk has room (:func:`fcn_repro.outputs.output_file`)."""
     chunk = 16 << 20
-    with atomic_write(path, "wb") as f:
+    with output_file(path, pieces_size(pieces), "wb") as f:
         for p in pieces:
             if isinstance(p, memoryview) and p.nbytes > chunk:
                 for o in range(0, p.nbytes, chunk):

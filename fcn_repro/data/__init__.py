@@ -13,6 +13,10 @@ ignore), at the image's own size (batch of 1, no resizing).
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from fcn_repro import registry
+
 from fcn_repro.data.base import (DataMissingError, Sample, SegDataset, class_names, read_id_list,  # noqa: F401
                                  resource_path)
 from fcn_repro.data.context import ContextSegmentation
@@ -22,23 +26,17 @@ from fcn_repro.data.sbd import SBDSegmentation
 from fcn_repro.data.siftflow import SIFTFlowSegmentation
 from fcn_repro.data.voc import VOCSegmentation
 
-#: dataset kind -> reader class (the ``dataset`` of each zoo net)
-READERS = {
-    "voc": VOCSegmentation,
-    "sbd": SBDSegmentation,
-    "siftflow": SIFTFlowSegmentation,
-    "nyud": NYUDSegmentation,
-    "context": ContextSegmentation,
-}
+#: dataset key -> reader class, from the registry's dataset cards
+READERS = {key: registry.reader_class(key) for key in registry.DATASETS}
 
 
-def make_dataset(kind: str, root, split: str, **kwargs) -> SegDataset:
-    """Reader of ``kind`` ('voc', 'sbd', 'siftflow', 'nyud', 'context') on ``root``."""
-    try:
-        cls = READERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose from {sorted(READERS)}") from None
-    return cls(root, split=split, **kwargs)
+def make_dataset(kind: str, root, split: Optional[str] = None, **kwargs) -> SegDataset:
+    """Reader of dataset ``kind`` (a registry key: 'voc', 'sbd', 'siftflow', 'nyud',
+    'context', 'sample') on ``root``; ``split`` defaults to the card's."""
+    card = registry.dataset(kind)
+    if kind == "sample":
+        kwargs.setdefault("classes", registry.class_names(card.labels["label"]))
+    return READERS[kind](root, split=split or card.split, **kwargs)
 
 
 __all__ = ["Sample", "SegDataset", "DataMissingError", "VOCSegmentation", "SBDSegmentation",

@@ -8,7 +8,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list",
+from fcn_repro import registry
+from fcn_repro.registry import DatasetCard, class_names, resource_path
+
+__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_mat",
            "class_names", "resolve_split"]
 
 
@@ -44,12 +47,33 @@ class SegDataset:
 
     Subclasses set ``ids`` (list of str), ``heads`` (label name -> class
     names, or None when unknown) and implement ``load(index) -> Sample``.
-    ``exclude_absent`` tells evaluation to leave classes without ground
-    truth in the whole set out of the mean IU (SIFT Flow's protocol).
+    ``name`` is the dataset's key in the registry, whose card gives the
+    heads' class lists and the protocol (``exclude_absent``: leave classes
+    without ground truth in the whole set out of the mean IU, SIFT Flow's).
     """
 
     name = "dataset"
-    exclude_absent = False
+
+    @property
+    def card(self) -> DatasetCard:
+        """This reader's dataset card (fcn_repro.registry): splits, means, heads, protocol."""
+        return registry.dataset(self.name)
+
+    @property
+    def exclude_absent(self) -> bool:
+        return self.name in registry.DATASETS and self.card.exclude_absent
+
+    def _set_split(self, split: str, found: tuple, keep_image: bool, mean=None) -> None:
+        """The state every reader keeps: the split, its list file and ids, options, heads."""
+        self.split_file, self.ids = found
+        self.split = split
+        self.keep_image = keep_image
+        self.mean = mean
+        self.heads = self.card_heads()
+
+    def card_heads(self) -> Dict[str, Optional[List[str]]]:
+        """Label head -> class names, from the dataset card."""
+        return {lab: class_names(kind) for lab, kind in self.card.labels.items()}
 
     def __init__(self):
         self.ids: List[str] = []
@@ -88,69 +112,22 @@ class SegDataset:
         return f"{type(self).__name__}({len(self)} images)"
 
 
-def resource_path(*parts: str) -> Path:
-    """Path of a file shipped in fcn_repro/resources (package data)."""
-    try:
-        from importlib.resources import files
+def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarray:
+    """Variable ``key`` of a MATLAB file (the FCN layouts' label maps), as an array."""
+    import scipy.io  # optional: only the .mat-based readers need it
 
-        base = Path(str(files("fcn_repro") / "resources"))
-    except Exception:  # pragma: no cover - very old importlib
-        base = Path(__file__).resolve().parent.parent / "resources"
-    return base.joinpath(*parts)
+    try:
+        return np.asarray(scipy.io.loadmat(os.fspath(path))[key])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except KeyError:
+        raise ValueError(f"{path}: no variable {key!r} ({what})") from None
 
 
 def read_id_list(path: str | os.PathLike) -> List[str]:
     """Ids of a split list: one a line, blank lines and surrounding space dropped."""
     with open(path, "r", encoding="utf-8") as f:
         return [ln.strip() for ln in f if ln.strip()]
-
-
-def class_names(kind: str) -> List[str]:
-    """Class names, in model output order, from the packaged lists.
-
-    kind: 'pascal' (21), 'pascalcontext' (60: background + the 59),
-    'siftflow' (33 semantic), 'siftflow-geo' (3), 'nyud' (40), 'sample' (5).
-    """
-    data = resource_path("data")
-    if kind == "pascal":
-        # 21 names, one a line, then a blank line and a note.
-        return _names_until_blank(data / "pascal-classes.txt")[:21]
-    if kind == "nyud":
-        return _names_until_blank(data / "nyud-classes.txt")[:40]
-    if kind == "pascalcontext":
-        out = []
-        for ln in _names_until_blank(data / "pascalcontext-classes-59.txt"):
-            idx, _, name = ln.partition(":")
-            out.append(name.strip())
-        return out
-    if kind in ("siftflow", "siftflow-geo"):
-        text = (data / "siftflow-classes.txt").read_text(encoding="utf-8").splitlines()
-        sem, geo, cur = [], [], None
-        for ln in text:
-            s = ln.strip()
-            if s.startswith("Semantic"):
-                cur = sem
-            elif s.startswith("Geometric"):
-                cur = geo
-            elif s.startswith("N.B."):
-                cur = None
-            elif cur is not None and s[:2].isdigit():
-                cur.append(s.split(None, 1)[1])
-        return sem if kind == "siftflow" else geo
-    if kind == "sample":
-        return ["background", "disc", "square", "triangle", "ring"]
-    raise KeyError(f"no class list named {kind!r}")
-
-
-def _names_until_blank(path: Path) -> List[str]:
-    out = []
-    for ln in path.read_text(encoding="utf-8").splitlines():
-        if not ln.strip():
-            if out:
-                break
-            continue
-        out.append(ln.strip())
-    return out
 
 
 def resolve_split(split: str, candidates: Sequence[Path], packaged: Optional[Path] = None,

@@ -30,7 +30,8 @@ from typing import List, Optional
 import numpy as np
 
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
-from fcn_repro.data.transforms import MEAN_CONTEXT, preprocess, read_rgb
+from fcn_repro.registry import MEAN_CONTEXT
+from fcn_repro.data.transforms import preprocess, read_rgb
 
 __all__ = ["ContextSegmentation", "CONTEXT_LAYOUT", "context_label_map", "map_context_labels"]
 
@@ -120,7 +121,7 @@ class ContextSegmentation(SegDataset):
         self.keep_image = keep_image
         self.mean = mean
         self.lut = context_label_map(self.root / "labels.txt", self.root / "59_labels.txt")
-        self.heads = {"label": class_names("pascalcontext")}
+        self.heads = self.card_heads()
 
     def files(self, index: int) -> List[Path]:
         i = self.ids[index]

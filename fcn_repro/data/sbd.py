@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
-from fcn_repro.data.transforms import MEAN_VOC, preprocess, read_rgb
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split
+from fcn_repro.registry import MEAN_VOC
+from fcn_repro.data.transforms import preprocess, read_rgb
 
 __all__ = ["SBDSegmentation", "SBD_LAYOUT", "read_sbd_label"]
 
@@ -60,12 +61,8 @@ class SBDSegmentation(SegDataset):
             if (self.root / "dataset" / "img").is_dir():
                 hint = f"\n(pass {self.root / 'dataset'})"
             raise DataMissingError(f"{self.root} is not the SBD dataset directory{hint}\n{SBD_LAYOUT}")
-        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"],
-                                                  what="SBD split list", layout=SBD_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
-        self.heads = {"label": class_names("pascal")}
+        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], what="SBD split list",
+                                             layout=SBD_LAYOUT), keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]

@@ -24,67 +24,142 @@ palette index of each pixel through ``np.array``; 255 marks pixels to ignore.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import warnings
+from typing import Any, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from fcn_repro import limits
+from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = [
     "MEAN_VOC", "MEAN_CONTEXT", "MEAN_SIFTFLOW", "MEAN_NYUD_COLOR", "MEAN_NYUD_HHA",
-    "MEAN_NYUD_LOGD", "IGNORE_LABEL", "read_rgb", "read_label_png", "preprocess", "to_batch",
-    "voc_palette", "colorize", "overlay", "save_label_png",
+    "MEAN_NYUD_LOGD", "IGNORE_LABEL", "ImageReadError", "open_checked", "read_rgb", "read_image",
+    "read_label_png", "check_label_size", "preprocess", "log_depth", "to_batch", "voc_palette", "colorize",
+    "overlay", "save_label_png",
 ]
 
-#: VOC and SBD layers: (B, G, R), float64 (a tuple from param_str).
-MEAN_VOC = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float64)
-#: PASCAL-Context layer: (B, G, R) rounded, float32.
-MEAN_CONTEXT = np.array((104.007, 116.669, 122.679), dtype=np.float32)
-#: SIFT Flow layer: (B, G, R) of SIFT Flow, float32.
-MEAN_SIFTFLOW = np.array((114.578, 115.294, 108.353), dtype=np.float32)
-#: NYUDv2 layer: colour (B, G, R), HHA channels, log-depth; float32.
-MEAN_NYUD_COLOR = np.array((116.190, 97.203, 92.318), dtype=np.float32)
-MEAN_NYUD_HHA = np.array((132.431, 94.076, 118.477), dtype=np.float32)
-MEAN_NYUD_LOGD = np.array((7.844,), dtype=np.float32)
-
-IGNORE_LABEL = 255
+# The means (with their dtypes) live in the registry, one card per dataset.
+from fcn_repro.registry import (IGNORE_LABEL, MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA,  # noqa: E402,F401
+                                MEAN_NYUD_LOGD, MEAN_SIFTFLOW, MEAN_VOC)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+class ImageReadError(FcnReproError):
+    """An image or label file that cannot be used: corrupt, truncated, not the format its name says,
+    the wrong kind of label, or the wrong size. The message names the file."""
+
+
+def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open an image with PIL, reading only its header, and check its declared
+    size against the pixel cap (``fcn_repro.limits``: image_pixels) BEFORE any
+    pixel is decoded. The caller closes it (``with``)."""
+    try:
+        with warnings.catch_warnings():   # PIL's own bomb warning: the cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except Image.DecompressionBombError as e:
+        raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
+    except (OSError, SyntaxError, ValueError) as e:   # PIL: unidentified/corrupt headers
+        raise ImageReadError(f"cannot read {what}: {_pil_reason(e)}", path) from None
+    try:
+        w, h = im.size
+        limits.check("image_pixels", w * h, f"{what} of {w}x{h} pixels", path)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _pil_reason(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    return msg.replace(str(getattr(e, "filename", "") or "\0"), "").strip(" :") or msg
+
+
+def _decode(im: Image.Image, path, what: str, mode: Optional[str]) -> np.ndarray:
+    try:
+        if mode is not None and im.mode != mode:
+            im = im.convert(mode)
+        return np.asarray(im).copy()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:   # truncated or corrupt pixel data
+        raise ImageReadError(f"cannot decode {what}: {_pil_reason(e)}", path) from None
+
+
+def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     """Decode an image file with PIL; returns (H, W, 3) uint8 RGB.
 
     PIL (libjpeg) decoding as the original layers did; a different decoder
     (OpenCV, torchvision) can round some JPEG pixels differently. Greyscale,
     palette or CMYK files are converted to RGB (the original layers assumed
-    3-channel files; every VOC JPEG is one).
+    3-channel files; every VOC JPEG is one). ``exif``: turn the image upright
+    by its EXIF orientation (photos from cameras; the datasets' readers do
+    not, as the original layers did not). The declared size is checked
+    against the pixel cap before decoding; a corrupt or truncated file is an
+    :class:`ImageReadError` naming it.
     """
-    try:
-        with Image.open(path) as im:
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
-        raise OSError(f"cannot decode image {path}: {e}") from None
+    with open_checked(path, "image") as im:
+        if exif:
+            try:
+                im = ImageOps.exif_transpose(im)
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise ImageReadError(f"cannot decode image: {_pil_reason(e)}", path) from None
+        return _decode(im, path, "image", "RGB")
+
+
+def read_image(src: Any, kind: str = "color") -> np.ndarray:
+    """An input image for a net, from a path or a PIL image.
+
+    kind 'color'/'data': (H, W, 3) uint8 RGB, EXIF orientation applied;
+    'hha': (H, W, 3) uint8 in file channel order; 'depth': (H, W) as stored
+    (16-bit depth PNGs keep their values).
+    """
+    if isinstance(src, Image.Image):
+        im = src
+        if kind in ("color", "data"):
+            im = ImageOps.exif_transpose(im)
+        mode = "RGB" if kind in ("color", "data", "hha") else None
+        return np.asarray(im.convert(mode) if mode and im.mode != mode else im).copy()
+    if kind in ("color", "data"):
+        return read_rgb(src, exif=True)
+    with open_checked(src, kind) as im:
+        return _decode(im, src, kind, "RGB" if kind == "hha" else None)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a class-index label PNG; returns (H, W) uint8 (255 = ignore).
 
     VOC SegmentationClass PNGs are palette ('P') images: ``np.array`` of the
-    PIL image yields the palette index, which is the class. 'L' images are
-    read the same way. A colour (RGB) PNG holds colours, not classes, and is
-    refused.
+    PIL image yields the palette index, which is the class. 8-bit greyscale
+    ('L') PNGs are read the same way. Refused, as :class:`ImageReadError`
+    naming the file: a colour (RGB) PNG (colours, not classes), a 16-bit or
+    other wider PNG (class indices are 8-bit), data of another format under
+    the name (a JPEG saved as .png: lossy, its indices are not classes), and
+    a corrupt or truncated file. The declared size is checked against the
+    pixel cap before decoding.
     """
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise ValueError(
-                    f"label {path}: expected a palette ('P') or greyscale ('L') PNG of class "
-                    f"indices, got mode {im.mode!r}")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label not found: {path}") from None
+    with open_checked(path, "label") as im:
+        if im.format != "PNG":
+            raise ImageReadError(f"label: expected PNG data, found {im.format or 'unknown'} data (a label must be "
+                                 "a lossless PNG of class indices)", path)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            raise ImageReadError(f"label: a {'16' if im.mode.startswith('I;16') else '32'}-bit PNG (mode "
+                                 f"{im.mode!r}); class labels are 8-bit palette ('P') or greyscale ('L') PNGs", path)
+        if im.mode not in ("P", "L"):
+            raise ImageReadError(
+                f"label: expected a palette ('P') or greyscale ('L') PNG of class indices, got mode {im.mode!r}",
+                path)
+        return _decode(im, path, "label", None).astype(np.uint8, copy=False)
+
+
+def check_label_size(label: np.ndarray, image_shape, label_path, image_path=None) -> np.ndarray:
+    """Refuse a label whose (H, W) differs from its image's, naming both files."""
+    if tuple(label.shape[:2]) != tuple(image_shape[:2]):
+        of = f" of {image_path}" if image_path is not None else ""
+        raise ImageReadError(f"label size {tuple(label.shape[:2])} differs from the image size "
+                             f"{tuple(image_shape[:2])}{of}", label_path)
+    return label
 
 
 def preprocess(image: np.ndarray, mean: np.ndarray = MEAN_VOC, bgr: bool = True) -> np.ndarray:
@@ -134,6 +209,18 @@ def _mean_lut(mean: np.ndarray) -> np.ndarray:
         lut = (v[None, :] - mean.reshape(-1, 1)).astype(np.float32)
         _LUTS[key] = lut
     return lut
+
+
+def log_depth(depth: np.ndarray, mean: np.ndarray = MEAN_NYUD_LOGD) -> np.ndarray:
+    """(H, W) depth -> (1, H, W) float32 log(depth) - mean, as FCN's NYUDv2 layer computed it
+    (float32 throughout; a zero depth gives -inf, as in the original)."""
+    d = np.asarray(depth, dtype=np.float32)
+    if d.ndim != 2:
+        raise ValueError(f"depth: expected a single-channel (H, W) map, got shape {d.shape}")
+    with np.errstate(divide="ignore"):
+        d = np.log(d)
+    d -= np.asarray(mean, dtype=np.float32)
+    return d[np.newaxis]
 
 
 def to_batch(chw: np.ndarray):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split, resource_path
-from fcn_repro.data.transforms import MEAN_VOC, preprocess, read_label_png, read_rgb
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.registry import MEAN_VOC
+from fcn_repro.data.transforms import preprocess, read_label_png, read_rgb
 
 __all__ = ["VOCSegmentation", "VOC_LAYOUT", "VOC_URL"]
 
@@ -73,7 +74,7 @@ class VOCSegmentation(SegDataset):
         self.keep_image = keep_image
         self.mean = mean
         self.with_labels = labels
-        self.heads = {"label": list(classes) if classes is not None else class_names("pascal")} if labels else {}
+        self.heads = ({"label": list(classes)} if classes is not None else self.card_heads()) if labels else {}
 
     def image_path(self, i: int) -> Path:
         return self.image_dir / f"{self.ids[i]}.jpg"

@@ -40,6 +40,16 @@ class Deconvolution(Convolution):
         return [ops.deconv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
 
     def forward_cropped(self, x: torch.Tensor, offsets, out_size) -> torch.Tensor:
-        """deconv(x)[..., oy:oy+H, ox:ox+W], computed directly (Deconvolution -> Crop fusion)."""
+        """deconv(x)[..., oy:oy+H, ox:ox+W], computed directly (Deconvolution -> Crop fusion).
+
+        Under torch.export / torch.compile the window size may be symbolic:
+        the fused op takes it as a plain ``int[2]``, which would specialise the
+        input size to the example's, so a traced graph keeps the size symbolic
+        as the full deconvolution followed by a slice.
+        """
+        if torch.compiler.is_compiling() or any(isinstance(n, torch.SymInt) for n in out_size):
+            y = ops.deconv2d(x, self.blobs[0], self.bias(), self.stride, self.pad, self.dilation, self.group)
+            (oy, ox), (h, w) = offsets, out_size
+            return y[:, :, oy:oy + h, ox:ox + w]
         return ops.deconv2d_crop(x, self.blobs[0], self.bias(), self.stride, self.pad, self.dilation,
                                  self.group, offsets, out_size)

@@ -30,14 +30,15 @@ from ..shapes import caffe_pool_out, pool_window, torch_pool_out  # noqa: F401  
 FLT_MAX = 3.4028234663852886e38
 
 
-def _ave_divisor(size: int, out: int, k: int, s: int, p: int) -> list[int]:
-    """Caffe's AVE pool_size along one axis for each output position."""
-    div = []
-    for o in range(out):
-        start = o * s - p
-        end = min(start + k, size + p)
-        div.append(end - start)
-    return div
+def _ave_divisor(size, out, k: int, s: int, p: int, like: torch.Tensor) -> torch.Tensor:
+    """Caffe's AVE pool_size along one axis for each output position, (out,) in like's dtype.
+
+    Computed by tensor ops (not a Python loop over positions) so that a traced
+    graph keeps ``size`` and ``out`` symbolic.
+    """
+    start = torch.arange(out, device=like.device, dtype=like.dtype) * s - p
+    end = torch.clamp(start + k, max=size + p)
+    return end - start
 
 
 @register("Pooling")
@@ -69,12 +70,12 @@ class Pooling(Layer):
                 and self.round_mode == "CEIL" and len(self.top_names) == 1 and not self.force_explicit
                 and self.kernel[0] >= self.stride[0] and self.kernel[1] >= self.stride[1])
 
-    def out_size(self, h, w):
+    def out_size(self, h, w, min_=min):
         k = self.kernel if not self.global_pooling else (h, w)
         ceil = self.round_mode == "CEIL"
         any_pad = self.pad[0] > 0 or self.pad[1] > 0
         return tuple(None if n is None or kk is None else
-                     caffe_pool_out(n, kk, s, p, ceil, any_pad)
+                     caffe_pool_out(n, kk, s, p, ceil, any_pad, min_)
                      for n, kk, s, p in zip((h, w), k, self.stride, self.pad))
 
     def setup(self, bottom_shapes):
@@ -90,13 +91,20 @@ class Pooling(Layer):
         H, W = x.shape[2], x.shape[3]
         k = (H, W) if self.global_pooling else self.kernel
         s, p = self.stride, self.pad
-        oh, ow = self.out_size(H, W)
-        if oh < 1 or ow < 1:
-            raise self.error(f"bottom {self.bottom_names[0]!r} of shape {fmt_shape(tuple(x.shape))} gives an "
-                             f"empty {oh}x{ow} output for kernel {k}, stride {s}, pad {p}")
+        # Traced with symbolic sizes (torch.export, torch.compile(dynamic=True)):
+        # Caffe's size is computed without a branch on the input size, and the
+        # explicit path below pools exactly Caffe's windows in any runtime
+        # (the stock kernels' and ONNX's ceil rules differ from Caffe's).
+        symbolic = isinstance(H, torch.SymInt) or isinstance(W, torch.SymInt)
+        oh, ow = self.out_size(H, W, torch.sym_min if symbolic else min)
+        if symbolic:
+            torch._check(oh >= 1, lambda: self._empty_msg(x, k, "oh"))
+            torch._check(ow >= 1, lambda: self._empty_msg(x, k, "ow"))
+        elif oh < 1 or ow < 1:
+            raise self.error(self._empty_msg(x, k, f"{oh}x{ow}"))
         want_mask = len(self.top_names) == 2
         ceil = self.round_mode == "CEIL"
-        native = (not self.force_explicit and p[0] <= k[0] // 2 and p[1] <= k[1] // 2
+        native = (not symbolic and not self.force_explicit and p[0] <= k[0] // 2 and p[1] <= k[1] // 2
                   and torch_pool_out(H, k[0], s[0], p[0], ceil) == oh
                   and torch_pool_out(W, k[1], s[1], p[1], ceil) == ow)
         if native:
@@ -107,6 +115,10 @@ class Pooling(Layer):
                 return [F.max_pool2d(x, k, s, p, ceil_mode=ceil)]
             return [F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True)]
         return self._explicit(x, k, s, p, oh, ow, want_mask)
+
+    def _empty_msg(self, x, k, out):
+        return (f"bottom {self.bottom_names[0]!r} of shape {fmt_shape(tuple(x.shape))} gives an "
+                f"empty {out} output for kernel {k}, stride {self.stride}, pad {self.pad}")
 
     def _explicit(self, x, k, s, p, oh, ow, want_mask):
         """Caffe's windows written out: pad (or trim) to exactly (out-1)*s + k."""
@@ -126,7 +138,13 @@ class Pooling(Layer):
             # kernel) yields -FLT_MAX in Caffe, whose running max starts there.
             return [F.max_pool2d(xp, k, s).clamp_min(-FLT_MAX)]
         xp = F.pad(x, (p[1], pr, p[0], pb), value=0.0)
-        sums = F.avg_pool2d(xp, k, s, divisor_override=1)
-        dh = torch.tensor(_ave_divisor(H, oh, k[0], s[0], p[0]), dtype=x.dtype, device=x.device)
-        dw = torch.tensor(_ave_divisor(W, ow, k[1], s[1], p[1]), dtype=x.dtype, device=x.device)
+        if isinstance(H, torch.SymInt) or isinstance(W, torch.SymInt):
+            # Traced for export: torch.onnx (2.13) drops avg_pool2d's
+            # divisor_override (AveragePool has none), so the window sums are
+            # written as mean * area there (float rounding apart, the same sums).
+            sums = F.avg_pool2d(xp, k, s) * float(k[0] * k[1])
+        else:
+            sums = F.avg_pool2d(xp, k, s, divisor_override=1)
+        dh = _ave_divisor(H, oh, k[0], s[0], p[0], x)
+        dw = _ave_divisor(W, ow, k[1], s[1], p[1], x)
         return [sums / (dh[:, None] * dw[None, :])]

@@ -1,0 +1,94 @@
+"""Fast inference for a built :class:`fcn_repro.caffe.Net`: ``optimize(net)``.
+
+The package: :mod:`.geometry` (data boxes and compressed backgrounds, no
+values), :mod:`.sblob` (structured blobs), :mod:`.kernels` (convolution
+kernels, Winograd), :mod:`.structured` (convolution, pooling, ReLU on
+structured blobs), :mod:`.schedule` (what runs at each plan step, the one
+geometry walk, the windows), :mod:`.executor` (:class:`FastNet`).
+
+What it does, and why it is exact
+---------------------------------
+Every FCN starts with ``conv1_1`` padded by 100 pixels (so that any input
+size gives a score map at least as big as the image). At 500x500 that makes
+``conv1_1`` 698x698, and far from the image the maps hold nothing that
+depends on the image: there the net only sees its own zero padding. Caffe
+computes those pixels anyway; FCN-8s spends about a third of its 363 GFLOP on
+them. We do not.
+
+For each blob the fast path keeps
+
+* the *data box*: the rectangle of pixels whose receptive field touches the
+  input image (rows ``[lo, hi)``, columns likewise). Its values are computed
+  by the layer's own kernels, on a *window* that contains the box (a few
+  pixels more where that lets the next layer read a view instead of a copy);
+* the *background*: what the net computes on an all-zero image. Outside the
+  box the blob equals the background exactly, since those pixels' receptive
+  fields see only zeros, as they would for a zero image. The background is
+  itself simple: a *plateau* value in the middle, and bands near the map's
+  edges where the layers' zero padding reaches in (one more pixel per
+  padded 3x3 convolution). Rows (and columns) of the plateau are identical,
+  so the background is stored *compressed*: the top band, one plateau row,
+  the bottom band (same for columns). A convolution or pooling of the
+  background runs on that small map, with just enough plateau rows replicated
+  to reproduce every window type, and with the stride alignment of the true
+  map kept (the number of removed rows is a multiple of the stride, so
+  windows at the bottom edge line up as they do on the true map). When the
+  box covers the whole map, there is no background at all.
+
+A box pixel and a background pixel are computed by the same arithmetic as in
+the plain path (the same convolution, on the same numbers), so the results
+agree to the rounding of the convolution kernels (about 1e-6 relative on
+the fixtures in float32; to float64 rounding in float64). No
+approximation is made: this is *less work*, not a different algorithm.
+Pooling (MAX, no padding), ReLU, Dropout (TEST) and Convolution keep the
+structure; any other layer receives the blob materialized (window pasted
+into the expanded background) and runs unchanged, through the net's own
+plan (so the builder's fused Deconvolution->Crop and Crop->Eltwise ops are
+used as they are). The fast path reads the builder's public plan
+(:mod:`fcn_repro.caffe.plan`) and the layers' own windows (``layer.window``),
+and a non-finite input (NaN, inf) runs the plain path, so both paths give the
+same scores for it.
+
+Kernels: convolutions run through oneDNN on channels-last tensors with the
+following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``
+(``conv="torch"``). 1x1 convolutions and big-kernel ones (``fc6``: 7x7 over
+512 channels on a 22x22 map) run as one GEMM against a view of the weight
+(``gemm=True``): no copy of the 411 MB fc6 weight, no per-call reorder.
+
+Winograd: 3x3 convolutions with 512 input or output channels
+(``winograd_min_channels``; VGG-16's conv4_1 .. conv5_3, where it pays)
+run as Winograd F(2x2, 3x3) (``winograd="f2"``, the default): 2.25x
+fewer multiplications, transforms that only add and subtract, and a
+float32 error *below* the direct convolution's (~4e-7 vs ~2e-6 relative
+per layer: each output sums fewer rounded terms). Forced onto every 3x3
+layer of the eight Caffe fixture nets it keeps every argmax and every
+score within 2e-6 relative. ``winograd="f4"`` (F(4x4, 3x3), 4x fewer
+multiplications) is faster still but rounds more (~2.5e-6 per layer even
+with the low-error points below): forced onto every layer it flips one
+near-tie pixel of 12,000 on the fcn8s fixture, so it is opt-in only.
+``winograd=False``: direct convolutions everywhere.
+
+Switching it off: ``optimize(net, enabled=False)`` (or ``fast.enabled =
+False``) runs the plain ``net.forward``. The fast path only runs when no
+gradient is needed (under ``torch.no_grad()`` / ``torch.inference_mode()``,
+or with parameters that do not require grad): with autograd recording, the
+plain path runs so that gradients are Caffe's. ``keep_blobs`` nets also run
+the plain path (every blob must exist).
+
+Usage::
+
+    net = Net("deploy.prototxt", "fcn8s.caffemodel")
+    fast = optimize(net)            # shares the net's parameters
+    with torch.no_grad():
+        score = fast(data=x)["score"]
+"""
+from .executor import FAST_DEFAULTS, FastNet, count_flops, optimize
+from .geometry import Axis, Geo, conv_geo, input_geo, pool_geo
+from .kernels import ConvKernel, Winograd23, Winograd43, winograd_matrices
+from .sblob import SBlob, materialize, region, structured_from_tensor
+from .schedule import FastStep, fast_steps, schedule, walk
+from .structured import sconv, spool_max, srelu
+
+__all__ = ["optimize", "FastNet", "SBlob", "Axis", "Geo", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
+           "region", "sconv", "spool_max", "srelu", "ConvKernel", "Winograd23", "Winograd43", "winograd_matrices",
+           "count_flops", "FastStep", "fast_steps", "walk", "schedule", "conv_geo", "input_geo", "pool_geo"]

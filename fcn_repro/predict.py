@@ -1,0 +1,408 @@
+"""Image in, labels out: pretrained nets in one call, and the predictor behind ``infer``.
+
+::
+
+    import fcn_repro
+
+    model = fcn_repro.load("fcn8s", download=True)   # net + original weights (verified)
+    pred = model.predict("street.jpg")                # a Prediction
+    pred.label                                        # (H, W) uint8 class indices
+    model.meta["categories"][pred.label[100, 200]]    # 'person'
+
+    preds = model.predict("photos/", scores=True)     # a directory, a glob or a list: a list
+    preds[0].scores["score"]                          # (21, H, W) float32 class scores
+
+    x = model.transforms()(rgb)                       # {'data': (3, H, W) float32}: BGR minus the mean
+    model.net(**{k: torch.from_numpy(v)[None] for k, v in x.items()})
+
+:func:`load` returns a :class:`Pretrained`: the net (``.net``, a
+:class:`fcn_repro.caffe.Net` in eval mode), its preprocessing
+(``.transforms()``: the BGR mean of its dataset; colour, HHA and log-depth
+inputs for NYUDv2) and its metadata (``.meta``: ``categories``, the class
+names of its first score head; ``heads``, every head's names; ``inputs``,
+``mean``, ``dataset``, ``weights``), in the manner of torchvision's weights
+API. Weights are found where :mod:`fcn_repro.hub` keeps them and downloaded
+when asked (``download=True``); their size/checksum is verified, and recorded
+the first time only after they loaded as this net's.
+
+:class:`Predictor` runs any net on images of any size: each image at its
+own size (FCN needs no resizing), consecutive images of equal size batched
+together (``batch_size``), and returns label maps, and if asked the scores
+or the softmax probabilities. Paths are read with PIL, turned upright by
+their EXIF orientation; arrays are taken as (H, W, 3) uint8 RGB.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fcn_repro import hub, zoo
+from fcn_repro.caffe import Net
+from fcn_repro.data.transforms import (MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD,
+                                       MEAN_SIFTFLOW, MEAN_VOC, log_depth, preprocess, read_image)
+from fcn_repro.errors import FcnReproError
+
+__all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
+           "IMAGE_SUFFIXES", "MissingWeightsError"]
+
+#: file name endings taken as images when a directory is given
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+class MissingWeightsError(FcnReproError):
+    """The net's weights are not on this machine (and were not to be downloaded)."""
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """'cpu', 'cuda', 'cuda:N' (None: cuda when available); a project error when CUDA is asked for but absent."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FcnReproError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
+                            "use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise FcnReproError(f"--device {device}: expected cpu, cuda or cuda:N")
+    return device
+
+
+# ------------------------------------------------------------------ preprocessing
+
+#: dataset -> {dataset input: mean}; the means themselves are the data modules' facts
+_DATASET_MEANS = {
+    "voc": {"data": MEAN_VOC}, "sbd": {"data": MEAN_VOC}, "sample": {"data": MEAN_VOC},
+    "siftflow": {"data": MEAN_SIFTFLOW}, "context": {"data": MEAN_CONTEXT},
+    "nyud": {"color": MEAN_NYUD_COLOR, "hha": MEAN_NYUD_HHA, "depth": MEAN_NYUD_LOGD},
+}
+
+
+def _input_reads(entry) -> List[Tuple[str, Tuple[str, ...]]]:
+    """[(net input blob, dataset inputs concatenated into it)] of a zoo net."""
+    ins = entry.inputs
+    if isinstance(ins, dict):
+        return list(ins.items())
+    return [(i.blob, tuple(i.reads)) for i in ins]   # registry cards
+
+
+def _mean_of(entry, read: str) -> np.ndarray:
+    data = getattr(entry, "data", None)   # registry card: its dataset card holds the means
+    if data is not None and hasattr(data, "means"):
+        return data.means[read]
+    return _DATASET_MEANS[entry.dataset][read]
+
+
+class Transforms:
+    """A net's preprocessing: image(s) -> {net input blob: (C, H, W) float32}.
+
+    Exactly what the original FCN data layers fed Caffe: colour images
+    RGB -> BGR minus the dataset's (B, G, R) mean; HHA images minus the HHA
+    mean in file channel order; depth as log(depth) minus the log-depth mean.
+    A net with one colour input takes the image itself; NYUDv2 nets take
+    their inputs by name (``color=``, ``hha=``, ``depth=``).
+    """
+
+    def __init__(self, inputs: Sequence[Tuple[str, Sequence[Tuple[str, np.ndarray]]]]):
+        self.inputs = [(blob, [(r, np.asarray(m)) for r, m in reads]) for blob, reads in inputs]
+
+    @classmethod
+    def for_net(cls, entry) -> "Transforms":
+        """The preprocessing of a zoo net (None: a VOC-style colour net)."""
+        if entry is None:
+            return cls([("data", [("data", MEAN_VOC)])])
+        return cls([(blob, [(r, _mean_of(entry, r)) for r in reads]) for blob, reads in _input_reads(entry)])
+
+    @property
+    def reads(self) -> List[str]:
+        out: List[str] = []
+        for _, reads in self.inputs:
+            out += [r for r, _ in reads if r not in out]
+        return out
+
+    @property
+    def single_image(self) -> bool:
+        """Whether the net takes one colour image (so a bare image can be passed)."""
+        return self.reads in (["data"], ["color"])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The mean of the first input (BGR for colour)."""
+        return self.inputs[0][1][0][1]
+
+    def _one(self, read: str, value: Any, mean: np.ndarray) -> np.ndarray:
+        if read == "depth":
+            return log_depth(read_image(value, "depth") if _is_path(value) else np.asarray(value), mean)
+        img = read_image(value, read) if _is_path(value) or isinstance(value, Image.Image) else np.asarray(value)
+        return preprocess(img, mean, bgr=(read != "hha"))
+
+    def __call__(self, image: Optional[ImageLike] = None, **named: Any) -> Dict[str, np.ndarray]:
+        if image is not None:
+            if isinstance(image, dict):
+                named = {**image, **named}
+            elif self.single_image:
+                named[self.reads[0]] = image
+            else:
+                raise FcnReproError(f"this net takes {', '.join(self.reads)}: pass them by name "
+                                    f"(e.g. transforms({'=..., '.join(self.reads)}=...))")
+        missing = [r for r in self.reads if r not in named]
+        if missing:
+            raise FcnReproError(f"this net needs the input(s) {', '.join(missing)}")
+        out = {}
+        for blob, reads in self.inputs:
+            parts = [self._one(r, named[r], m) for r, m in reads]
+            if len({p.shape[1:] for p in parts}) > 1:
+                raise FcnReproError(f"input {blob}: {', '.join(r for r, _ in reads)} differ in size "
+                                    f"({', '.join(str(p.shape[1:]) for p in parts)})")
+            out[blob] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        sizes = {a.shape[1:] for a in out.values()}
+        if len(sizes) > 1:
+            raise FcnReproError(f"the inputs differ in size: {sorted(sizes)}")
+        return out
+
+    def __repr__(self) -> str:
+        parts = [f"{blob}<-{'+'.join(r for r, _ in reads)}" for blob, reads in self.inputs]
+        return f"Transforms({', '.join(parts)})"
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+# ------------------------------------------------------------------ images
+
+def expand_images(items: Union[ImageLike, Iterable[ImageLike]]) -> List[Any]:
+    """Paths, directories (their image files, sorted), globs, arrays -> a flat list.
+
+    A path that does not exist and is not a glob is kept (reading it fails
+    later, per image).
+    """
+    if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image, dict)):
+        items = [items]
+    out: List[Any] = []
+    for it in items:
+        if not _is_path(it):
+            out.append(it)
+            continue
+        p = Path(it)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+        elif not p.exists() and glob.has_magic(str(it)):
+            out += sorted(Path(q) for q in glob.glob(str(it), recursive=True) if Path(q).is_file())
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``labels``: {score blob: (H, W) uint8 class indices};
+    ``scores`` / ``probabilities``: {score blob: (C, H, W) float32} when asked."""
+
+    source: Any
+    labels: Dict[str, np.ndarray]
+    scores: Optional[Dict[str, np.ndarray]] = None
+    probabilities: Optional[Dict[str, np.ndarray]] = None
+    image: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def label(self) -> np.ndarray:
+        """The labels of the first score blob."""
+        return next(iter(self.labels.values()))
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return tuple(self.label.shape)
+
+
+class Predictor:
+    """Label maps from a net, for an image, a list of them or a directory.
+
+    net: a :class:`fcn_repro.caffe.Net` (or its fast wrapper) in eval mode.
+    transforms: its :class:`Transforms`. heads: score blobs to return
+    (default: every output). batch_size: at most this many consecutive
+    images of equal size go through the net together. keep_images: keep
+    the decoded colour image on each Prediction (``infer`` draws overlays).
+    """
+
+    def __init__(self, net, transforms: Transforms, heads: Optional[Sequence[str]] = None,
+                 device: Optional[str] = None, batch_size: int = 2, keep_images: bool = False):
+        if batch_size < 1:
+            raise FcnReproError(f"batch_size must be at least 1, got {batch_size}")
+        self.net, self.transforms = net, transforms
+        self.heads = list(heads) if heads else None
+        self.device = torch.device(resolve_device(device) if device is not None else _net_device(net))
+        self.batch_size = batch_size
+        self.keep_images = keep_images
+
+    def __call__(self, images, **kw):
+        return self.predict(images, **kw)
+
+    def predict(self, images, *, scores: bool = False, probabilities: bool = False
+                ) -> Union[Prediction, List[Prediction]]:
+        """One image -> a Prediction; a list, directory or glob -> a list (in order).
+
+        An image that cannot be read raises (see :meth:`iter` to skip them).
+        """
+        single = isinstance(images, (np.ndarray, Image.Image, dict)) or (
+            _is_path(images) and not Path(images).is_dir() and not
+            (not Path(images).exists() and glob.has_magic(str(images))))
+        out = list(self.iter(images, scores=scores, probabilities=probabilities))
+        return out[0] if single else out
+
+    def iter(self, images, *, scores: bool = False, probabilities: bool = False,
+             on_error: Optional[Callable[[Any, Exception], None]] = None) -> Iterator[Prediction]:
+        """Predictions one by one, in input order, batching consecutive equal sizes.
+
+        on_error(source, error): called for an image that cannot be read (a
+        missing, corrupt or over-large file), which is then skipped; without
+        it the error is raised.
+        """
+        batch: List[Tuple[Any, Dict[str, np.ndarray], Optional[np.ndarray]]] = []
+        for src in expand_images(images):
+            try:
+                img = self._decode(src)
+                x = self.transforms(img)
+            except (ValueError, OSError) as e:
+                if on_error is None:
+                    raise
+                on_error(src, e)
+                continue
+            shape = next(iter(x.values())).shape[1:]
+            if batch and (len(batch) >= self.batch_size or next(iter(batch[0][1].values())).shape[1:] != shape):
+                yield from self._run(batch, scores, probabilities)
+                batch = []
+            colour = img if self.keep_images and isinstance(img, np.ndarray) else (
+                img.get("color") if self.keep_images and isinstance(img, dict) else None)
+            batch.append((src, x, colour))
+        if batch:
+            yield from self._run(batch, scores, probabilities)
+
+    def _decode(self, src):
+        if _is_path(src) or isinstance(src, Image.Image):
+            if not self.transforms.single_image:
+                raise FcnReproError(f"{src}: this net takes {', '.join(self.transforms.reads)}; pass a dict "
+                                    "of them per image")
+            return read_image(src, "color")
+        if isinstance(src, dict):
+            return {k: (read_image(v, k) if _is_path(v) or isinstance(v, Image.Image) else v) for k, v in src.items()}
+        return np.asarray(src)
+
+    def _run(self, batch, scores: bool, probabilities: bool) -> Iterator[Prediction]:
+        blobs = list(batch[0][1])
+        feed = {b: torch.from_numpy(np.stack([x[b] for _, x, _ in batch])).to(self.device) for b in blobs}
+        with torch.inference_mode():
+            out = self.net(**feed)
+        heads = [h for h in (self.heads or out) if h in out] or list(out)
+        labels = {h: out[h].argmax(1).to(torch.uint8).cpu().numpy() for h in heads}
+        sc = {h: out[h].float().cpu().numpy() for h in heads} if scores else None
+        pr = {h: torch.softmax(out[h].float(), 1).cpu().numpy() for h in heads} if probabilities else None
+        for i, (src, _, img) in enumerate(batch):
+            yield Prediction(src, {h: labels[h][i] for h in heads},
+                             {h: sc[h][i] for h in heads} if sc is not None else None,
+                             {h: pr[h][i] for h in heads} if pr is not None else None, img)
+
+
+def _net_device(net) -> torch.device:
+    for p in net.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ pretrained nets
+
+@dataclass
+class Pretrained:
+    """A zoo net with its weights, preprocessing and metadata (see :func:`load`)."""
+
+    name: str
+    net: Any
+    weights: Path
+    meta: Dict[str, Any]
+    _transforms: Transforms = field(repr=False)
+
+    def transforms(self) -> Transforms:
+        """The preprocessing its weights were trained with (the dataset's mean, BGR)."""
+        return self._transforms
+
+    def predictor(self, batch_size: int = 2, device: Optional[str] = None, **kw) -> Predictor:
+        return Predictor(self.net, self._transforms, self.meta["head_blobs"], device=device,
+                         batch_size=batch_size, **kw)
+
+    def predict(self, images, *, scores: bool = False, probabilities: bool = False, batch_size: int = 2):
+        """Labels for an image (a Prediction) or for a list, directory or glob (a list)."""
+        return self.predictor(batch_size).predict(images, scores=scores, probabilities=probabilities)
+
+
+def _weights_for(entry, name: str, weights, download: bool, progress: bool) -> Tuple[Path, bool]:
+    """(path, whether it is a known original to verify)."""
+    if weights is not None:
+        p = Path(weights)
+        if not p.is_file():
+            raise MissingWeightsError(f"weights file not found: {p}", p)
+        return p, True
+    if name == "sample":
+        from fcn_repro.data.base import resource_path
+
+        return resource_path("sample", "fcn8s-shapes.caffemodel"), False
+    if entry.caffemodel is None:
+        raise MissingWeightsError(f"no original weights were published for {name}; train them "
+                                  "(python -m fcn_repro.train) and pass weights=FILE")
+    p = hub.find_weights(entry.caffemodel)
+    if p is None:
+        if not download:
+            raise MissingWeightsError(
+                f"the weights of {name} ({entry.caffemodel}) are not in {hub.weights_dir()} or "
+                f"{hub.download_dir()}: fcn_repro.load({name!r}, download=True) or "
+                f"python -m fcn_repro.zoo download {name} fetches them")
+        p = hub.download([name], progress=progress)[0]
+    return p, True
+
+
+def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = False,
+         device: Optional[str] = "cpu", fast: bool = False, verify: bool = True, progress: bool = True) -> Pretrained:
+    """A pretrained zoo net in one call (``fcn_repro.load``).
+
+    name: a zoo net (``python -m fcn_repro.zoo`` lists them) or 'sample' (the
+    bundled model). weights: a file instead of the original. download: fetch
+    the original when it is not here (see :mod:`fcn_repro.hub`). verify: check
+    the file against its published facts / the manifest's record (recorded
+    the first time, once it loaded as this net's). fast: the fast forward
+    (:mod:`fcn_repro.fast`; equal to the plain one to float rounding).
+    """
+    try:
+        entry = zoo.get(name)
+    except KeyError as e:
+        raise FcnReproError(str(e.args[0]) if e.args else str(e)) from None
+    device = resolve_device(device)
+    path, known = _weights_for(entry, name, weights, download, progress)
+    check = hub.check_file(path, progress=progress) if verify and known else None
+    net = Net(str(zoo.deploy_prototxt(name)), weights=str(path), phase="TEST")
+    rep = net.weights_report
+    if rep is not None and (rep.missing or rep.unused):
+        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: net layers without weights "
+                                       f"{rep.missing}, weights without layers {rep.unused}")
+    if check is not None and check.status == "pending":
+        hub.record(check)   # it parsed completely and fit every layer of the net
+    net.eval()
+    net = net.to(torch.device(device))
+    if fast:
+        from fcn_repro.fast import optimize
+
+        net = optimize(net)
+    transforms = Transforms.for_net(entry)
+    head_blobs = list(entry.classes)
+    heads = {h: entry.class_names(h) for h in head_blobs}
+    meta = {
+        "name": name, "title": entry.title, "dataset": entry.dataset, "categories": heads[head_blobs[0]],
+        "heads": heads, "head_blobs": head_blobs, "inputs": {b: list(r) for b, r in _input_reads(entry)},
+        "mean": {r: np.asarray(m).tolist() for _, reads in transforms.inputs for r, m in reads},
+        "weights": str(path), "weights_check": None if check is None else check.status,
+    }
+    return Pretrained(name, net, path, meta, transforms)
