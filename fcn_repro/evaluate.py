@@ -85,7 +85,8 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
         wdir = zoo.weights_dir()
         raise MissingError(
             f"weights for {entry.name} not found: looked for {p}\n"
-            f"  download the original: wget -P {wdir} {entry.url}\n"
+            f"  download the original (from {entry.url} or its mirrors, verified): "
+            f"python -m fcn_repro.zoo download {entry.name} --dir {wdir}\n"
             f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
             f"{entry.caffemodel})")
     return p
@@ -354,7 +355,7 @@ compared with the predictions and scores Caffe itself computed on them."""
 
 _REAL_HOWTO = """\
 To run the real reproduction (FCN-8s on PASCAL VOC 2011 seg11valid; reference {ref}):
-  1. weights: wget -P {wdir} {url}
+  1. weights: python -m fcn_repro.zoo download fcn8s   (from {url} or a mirror, verified)
   2. data: PASCAL VOC 2011 from http://host.robots.ox.ac.uk/pascal/VOC/ (VOCdevkit/VOC2011 with
      JPEGImages/, SegmentationClass/; the seg11valid list ships with fcn_repro)
   3. python -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011

@@ -367,3 +367,15 @@ def test_registry_pins_refuse_a_file_that_is_not_the_original(server, tmp_path, 
     assert "refused" in str(ei.value) and ("sha1" if src.sha1 else "size") in str(ei.value)
     d = tmp_path / "home" / "weights"
     assert not (d / src.file).exists() and not (d / (src.file + ".part")).exists()
+
+
+def test_evaluate_finds_a_download_in_the_cache(server, env, good, monkeypatch):
+    from fcn_repro import registry, zoo
+
+    monkeypatch.setattr(hub, "repo_root", lambda: None)   # no checkout weights/: ./weights, then the cache
+    monkeypatch.chdir(env)
+    card = registry.net("fcn8s")
+    assert zoo.weights_path(card) == env / "weights" / FILE            # not there yet: where to put it
+    server.routes["/ok/" + FILE] = {"data": good}
+    p = hub.download([FILE], base_url=f"{server.url}/ok", progress=False, notify=lambda m: None)[0]
+    assert p == env / "home" / "weights" / FILE and zoo.weights_path(card) == p
