@@ -1,7 +1,7 @@
 """FCN-8s forward, side by side: fcn_repro (fast / fused / unfused) vs plain PyTorch vs OpenCV dnn.
 
     python benchmarks/bench_forward.py [--quick] [--repeats N] [--size 500] [--device cpu|cuda]
-                                       [--peers fast,fused,unfused,torch,opencv] [--json FILE]
+                                       [--peers fast,fused,unfused,torch,opencv,onnxruntime] [--json FILE]
 
 All peers run the same FCN-8s (full width: 64..512 channels, fc 4096, 21
 classes) from the same deploy prototxt and the same generated .caffemodel
@@ -15,6 +15,8 @@ classes) from the same deploy prototxt and the same generated .caffemodel
                ceil_mode, conv_transpose2d, slicing, add): "Caffe-class" work
 * ``opencv``   cv2.dnn.readNetFromCaffe(prototxt, caffemodel) (OpenCV 4.x;
                OpenCV 5 dropped the Caffe importer)
+* ``onnxruntime`` the net exported by fcn_repro.export.to_onnx (any input
+               size), run by onnxruntime's CPU provider (CPU only)
 
 Timings: one process, peers interleaved round-robin (so that load from
 other processes hits all of them alike), a warm-up forward each first, then
@@ -45,13 +47,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PEERS = ("fast", "fused", "unfused", "torch", "opencv")
+PEERS = ("fast", "fused", "unfused", "torch", "opencv", "onnxruntime")
 LABELS = {
     "fast": "fcn_repro fast (optimize)",
     "fused": "fcn_repro plain, fused",
     "unfused": "fcn_repro plain, fuse=False",
     "torch": "plain PyTorch eager FCN-8s",
     "opencv": "OpenCV dnn (readNetFromCaffe)",
+    "onnxruntime": "onnxruntime CPU (fcn_repro.export.to_onnx file)",
     "fast_tf32": "fcn_repro fast, TF32",
 }
 
@@ -147,8 +150,33 @@ def plain_fcn8s(weights: dict, device: str = "cpu", mkldnn_trunk: bool = False):
 
 # ---------------------------------------------------------------- building peers
 
+def onnxruntime_peer(proto: Path, model: Path, device: str):
+    """(run, note): the net exported by fcn_repro.export.to_onnx (the any-size file) in onnxruntime's CPU provider."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+    from fcn_repro.caffe.net import Net
+    from fcn_repro.export import to_onnx
+    if device.startswith("cuda"):
+        raise RuntimeError("the onnxruntime row is a CPU row (CPUExecutionProvider)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fcn8s.onnx"
+        to_onnx(Net(str(proto), str(model)), path)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    gc.collect()
+
+    def run(x):
+        return sess.run(None, {"data": x})[0]
+    return run, f"onnxruntime {ort.__version__}, CPUExecutionProvider, {opts.intra_op_num_threads} threads"
+
+
 def build_peer(name: str, proto: Path, model: Path, device: str, shared: dict):
     """A callable x(np.ndarray (1,3,H,W)) -> np.ndarray (1,21,H,W) for ``name``, plus a note."""
+    if name == "onnxruntime":
+        return onnxruntime_peer(proto, model, device)
     if name == "opencv":
         import cv2
         import torch

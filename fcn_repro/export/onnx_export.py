@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fcn_repro import ops
+from fcn_repro.errors import OutputError
 from fcn_repro.utils import atomic_path
 
 from .program import (ExportError, check_exportable, example_inputs, export_program, input_channels,
@@ -190,15 +191,19 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
                                              custom_translation_table=translation_table(), verbose=False)
     except Exception as e:  # the exporter's own errors name its op, not our layer
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ExportError(f"{net.filename}: torch.onnx could not translate the net: {type(e).__name__}: "
-                          f"{first}") from e
+        raise ExportError(f"torch.onnx could not translate the net: {type(e).__name__}: {first}",
+                          net.filename) from e
     import onnx
 
     onnx.save_model(onnx_program.model_proto, buf)
     path = os.fspath(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+    except OSError as e:
+        raise OutputError(f"cannot write the ONNX file ({type(e).__name__}: {e.strerror or e}); nothing was "
+                          "written", path) from e
     result = OnnxExport(path=path, inputs=list(net.inputs), outputs=list(net.outputs), opset=int(opset),
                         dynamic=static is None, static=static, depthwise=depthwise)
     if check:

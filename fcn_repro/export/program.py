@@ -22,6 +22,7 @@ import torch
 from torch.export import Dim
 
 from fcn_repro.caffe.layers.input import Input
+from fcn_repro.errors import FcnReproError
 from fcn_repro.caffe.layers.pooling import Pooling
 
 __all__ = ["ExportError", "export_program", "example_inputs", "check_exportable", "DEFAULT_EXAMPLE_SIZE"]
@@ -51,41 +52,40 @@ NO_EXPORT = {
 }
 
 
-class ExportError(ValueError):
-    """A net that cannot be exported: the message names the net, the layer, its type and what to do."""
+class ExportError(FcnReproError):
+    """A net that cannot be exported: the message names the net file, the layer, its type and what to do."""
 
 
 def check_exportable(net, dynamic: bool = True) -> None:
     """Raise :class:`ExportError` for a TRAIN-phase net or a layer with no translation."""
     where = net.filename
     if net.phase != "TEST":
-        raise ExportError(f"{where}: the net was built in the {net.phase} phase; export runs the TEST phase "
+        raise ExportError(f"the net was built in the {net.phase} phase; export runs the TEST phase "
                           "(a TRAIN net draws random Dropout masks and computes losses from labels). Build it "
-                          "with Net(prototxt, weights, phase='TEST')")
+                          "with Net(prototxt, weights, phase='TEST')", where)
     for name, ltype in zip(net.layer_names, net.layer_types):
         m = net.layer(name)
         if ltype in NO_EXPORT:
-            raise ExportError(f"{where}: layer {name!r} (type {ltype}) has no export: {NO_EXPORT[ltype]}. "
-                              "Export the deploy net (the net without its loss and accuracy layers, e.g. "
-                              "prototxt/<net>/deploy.prototxt)")
+            raise ExportError(f"type {ltype} has no export: {NO_EXPORT[ltype]}. Export the deploy net (the "
+                              "net without its loss and accuracy layers, e.g. prototxt/<net>/deploy.prototxt)",
+                              where, layer=name)
         if ltype in STATIC_ONLY or (isinstance(m, Pooling) and m.global_pooling):
             if dynamic:
                 why = STATIC_ONLY.get(ltype, "global pooling's kernel is the input size")
-                raise ExportError(f"{where}: layer {name!r} (type {ltype}) cannot be exported with a dynamic "
-                                  f"input size: {why}. Export at one size (--static HxW, or "
-                                  "to_onnx(..., static=(H, W)))")
+                raise ExportError(f"type {ltype} cannot be exported with a dynamic input size: {why}. Export "
+                                  "at one size (--static HxW, or to_onnx(..., static=(H, W)))", where, layer=name)
             continue
         if ltype not in TRACEABLE and not isinstance(m, Input):
-            raise ExportError(f"{where}: layer {name!r} (type {ltype}) has no export translation. Remove it "
-                              "from the deploy net, or add its translation to fcn_repro.export "
-                              "(fcn_repro/export/program.py lists the exportable types)")
+            raise ExportError(f"type {ltype} has no export translation. Remove the layer from the deploy "
+                              "net, or add its translation to fcn_repro.export (fcn_repro/export/program.py "
+                              "lists the exportable types)", where, layer=name)
 
 
 def input_channels(net, blob: str) -> int:
     shape = net.blob_shapes.get(blob)
     if not shape or len(shape) != 4 or shape[1] is None:
-        raise ExportError(f"{net.filename}: input {blob!r} has no declared channel count (shape {shape}); "
-                          "build the net with input_shapes={blob: (N, C, H, W)}")
+        raise ExportError(f"input {blob!r} has no declared channel count (shape {shape}); build the net with "
+                          "input_shapes={blob: (N, C, H, W)}", net.filename)
     return int(shape[1])
 
 
@@ -93,7 +93,7 @@ def example_inputs(net, size: Optional[Sequence[int]] = None, batch: int = EXAMP
                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """Random example inputs (N, C, H, W), one per ``net.inputs`` entry, in that order."""
     if not net.inputs:
-        raise ExportError(f"{net.filename}: the net has no inputs to export")
+        raise ExportError("the net has no inputs to export", net.filename)
     h, w = (int(size[0]), int(size[1])) if size is not None else DEFAULT_EXAMPLE_SIZE
     g = torch.Generator().manual_seed(0)
     return tuple(torch.randn(batch, input_channels(net, b), h, w, generator=g, dtype=dtype)
@@ -141,7 +141,7 @@ def export_program(net, example: Optional[Sequence[torch.Tensor]] = None, *, sta
         example = example_inputs(net, static)
     example = tuple(example)
     if len(example) != len(net.inputs):
-        raise ExportError(f"{net.filename}: {len(example)} example inputs for the net's inputs {net.inputs}")
+        raise ExportError(f"{len(example)} example inputs for the net's inputs {net.inputs}", net.filename)
     spec = {}
     if dynamic_batch:
         spec[0] = Dim.DYNAMIC

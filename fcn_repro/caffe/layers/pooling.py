@@ -138,7 +138,13 @@ class Pooling(Layer):
             # kernel) yields -FLT_MAX in Caffe, whose running max starts there.
             return [F.max_pool2d(xp, k, s).clamp_min(-FLT_MAX)]
         xp = F.pad(x, (p[1], pr, p[0], pb), value=0.0)
-        sums = F.avg_pool2d(xp, k, s, divisor_override=1)
+        if isinstance(H, torch.SymInt) or isinstance(W, torch.SymInt):
+            # Traced for export: torch.onnx (2.13) drops avg_pool2d's
+            # divisor_override (AveragePool has none), so the window sums are
+            # written as mean * area there (float rounding apart, the same sums).
+            sums = F.avg_pool2d(xp, k, s) * float(k[0] * k[1])
+        else:
+            sums = F.avg_pool2d(xp, k, s, divisor_override=1)
         dh = _ave_divisor(H, oh, k[0], s[0], p[0], x)
         dw = _ave_divisor(W, ow, k[1], s[1], p[1], x)
         return [sums / (dh[:, None] * dw[None, :])]
