@@ -338,8 +338,9 @@ def _net_prototxt(net: str):
 
 def check_parses(path: os.PathLike, net: Optional[str]) -> None:
     """The file parses completely as a caffemodel, and as one of ``net``: every
-    layer with parameters present with the shapes of the net's prototxt, and no
-    layer with blobs the net does not have. Raises a project error otherwise."""
+    layer with parameters present, with the blob count and shapes of the net's
+    prototxt (layers the net does not have are ignored, as Caffe's
+    CopyTrainedLayersFrom ignores them). Raises a project error otherwise."""
     info = weights_info(path)   # the whole structure: a cut or foreign file is an error here
     if net is None:
         if not any(layer.blobs for layer in info.layers):
@@ -359,9 +360,6 @@ def check_parses(path: os.PathLike, net: Optional[str]) -> None:
             if not blob_fits(b.shape, tuple(p.shape)):
                 raise WeightsMismatchError(f"{path}: not the weights of {net}: layer {lname!r} blob {b.index} has "
                                            f"shape {tuple(b.shape)}, the net {tuple(p.shape)}")
-    if have:
-        raise WeightsMismatchError(f"{path}: not the weights of {net}: layers the net does not have: "
-                                   f"{', '.join(sorted(have))}")
 
 
 def record(check: Check, notify: Notify = _stderr) -> Check:

@@ -359,9 +359,9 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
     check = hub.check_file(path, progress=progress) if verify and known else None
     net = Net(str(zoo.deploy_prototxt(name)), weights=str(path), phase="TEST")
     rep = net.weights_report
-    if rep is not None and (rep.missing or rep.unused):
-        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: net layers without weights "
-                                       f"{rep.missing}, weights without layers {rep.unused}")
+    if rep is not None and rep.missing:   # layers left at their fillers would score garbage
+        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: no weights for the net's layers "
+                                       f"{rep.missing}")
     if check is not None and check.status == "pending":
         hub.record(check)   # it parsed completely and fit every layer of the net
     net.eval()

@@ -379,3 +379,10 @@ def test_evaluate_finds_a_download_in_the_cache(server, env, good, monkeypatch):
     server.routes["/ok/" + FILE] = {"data": good}
     p = hub.download([FILE], base_url=f"{server.url}/ok", progress=False, notify=lambda m: None)[0]
     assert p == env / "home" / "weights" / FILE and zoo.weights_path(card) == p
+
+
+def test_check_parses_names_a_wrong_shape(env):
+    # FCN-8s (21 classes) weights against the 60-class PASCAL-Context FCN-8s: same layers, other shapes
+    with pytest.raises(hub.WeightsMismatchError, match="not the weights of pascalcontext-fcn8s: layer 'score_fr'"):
+        hub.check_parses(caffe_fixture("fcn8s.caffemodel"), "pascalcontext-fcn8s")
+    hub.check_parses(caffe_fixture("pascalcontext-fcn8s.caffemodel"), "pascalcontext-fcn8s")
