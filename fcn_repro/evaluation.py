@@ -289,7 +289,7 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
     if not p.is_file():
         raise MissingError(
             f"weights for {entry.name} not found: looked for {p}\n"
-            f"  download the original: python -m fcn_repro.zoo download {entry.name} (from {entry.url})\n"
+            f"  download the original (from {entry.url} or its mirrors, verified): python -m fcn_repro.zoo download {entry.name}\n"
             f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
             f"{entry.caffemodel})")
     return p
