@@ -17,6 +17,16 @@
 #   MAX_JOBS             parallel compile jobs (ninja), default 2
 #   CUDA_BUILD_TESTS     1 (default): also run tests/test_ops*.py on the built module
 #                        (CPU kernels under the venv's torch; CUDA tests skip without a GPU)
+#   CUDA_GATES           1 (default): the static gates of step 5 (every .cu compiled on its own
+#                        with ptxas statistics and the PTX kept)
+# Static gates (step 5), each a failure when broken:
+#   - every __global__ kernel declares __launch_bounds__ (grep);
+#   - nvcc --Werror all-warnings: no nvcc/cudafe/ptxas warning in our code;
+#   - ptxas -v,-warn-spills,-warn-lmem-usage: 0 bytes spill stores/loads and 0 bytes
+#     stack frame (no local memory) for every kernel;
+#   - no fma. instruction in the PTX: the CPU kernels round a*b+c as two operations
+#     (-ffp-contract=off) and the bit-exactness of the two backends depends on
+#     nvcc --fmad=false.
 # Steps: --venv-only creates/reuses the venv and stops.
 # Exit status: non-zero on any failure (venv, build, missing .so, no CUDA kernels in
 # it, import or registration failure, failing op tests).
@@ -113,6 +123,43 @@ done
 grep -q "TORCH_LIBRARY_IMPL_static_init_fcn_repro_CUDA" "$BUILD/syms.txt" \
     || fail "no TORCH_LIBRARY_IMPL(fcn_repro, CUDA) registration in $SO"
 
+# ---- 3b. static gates on the CUDA sources ----
+if [ "${CUDA_GATES:-1}" = 1 ]; then
+    t3=$SECONDS
+    kernels=$(cat "$SRC"/csrc/cuda/*.cu | grep -c '__global__' || true)
+    bounded=$(cat "$SRC"/csrc/cuda/*.cu | grep -c '__global__ void __launch_bounds__(' || true)
+    [ "$kernels" -gt 0 ] && [ "$kernels" = "$bounded" ] \
+        || fail "__launch_bounds__ missing: $bounded of $kernels __global__ kernels in csrc/cuda declare it"
+    TORCH_INC="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')"
+    PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    mkdir -p "$BUILD/gates"
+    for cu in "$SRC"/csrc/cuda/*.cu; do
+        base=$(basename "$cu" .cu)
+        keep="$BUILD/gates/$base"
+        mkdir -p "$keep"
+        # the flags of setup.py's nvcc step (-O3 --fmad=false), plus the gates'
+        "$CUDA_HOME/bin/nvcc" -c "$cu" -o "$keep/$base.o" -std=c++17 -O3 --fmad=false \
+            -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC --expt-relaxed-constexpr \
+            -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+            -D__CUDA_NO_HALF2_OPERATORS__ -DFCN_REPRO_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+            -I"$SRC/csrc" -I"$SRC/csrc/include" -isystem "$TORCH_INC" \
+            -isystem "$TORCH_INC/torch/csrc/api/include" -isystem "$PY_INC" -isystem "$CU13_INC" \
+            -Xptxas -v,-warn-spills,-warn-lmem-usage --Werror all-warnings --keep --keep-dir "$keep" \
+            > "$keep/nvcc.log" 2>&1 || { tail -n 40 "$keep/nvcc.log"; fail "nvcc gate build of $cu (warnings are errors)"; }
+        entries=$(grep -c "Compiling entry function" "$keep/nvcc.log" || true)
+        [ "$entries" -gt 0 ] || fail "$base: no ptxas statistics in $keep/nvcc.log"
+        bad=$(grep -E "bytes stack frame|spill stores|spill loads" "$keep/nvcc.log" \
+              | grep -E "[1-9][0-9]* bytes (stack frame|spill stores|spill loads)" || true)
+        [ -z "$bad" ] || { echo "$bad"; fail "$base: spills or local memory (stack frame) in a kernel"; }
+        ptx=$(ls "$keep"/*.ptx 2>/dev/null | head -n1 || true)
+        [ -n "$ptx" ] && [ -s "$ptx" ] || fail "$base: no PTX kept in $keep"
+        fmas=$(grep -cE '^[[:space:]]*fma\.' "$ptx" || true)
+        [ "$fmas" = 0 ] || fail "$base: $fmas fma. instructions in $ptx (bit-exactness needs --fmad=false)"
+        log "gate $base: $entries kernels, 0 spills, 0 bytes stack frame, no fma. in $(wc -l < "$ptx") PTX lines"
+    done
+    log "static gates passed in $((SECONDS - t3))s ($kernels kernels with __launch_bounds__)"
+fi
+
 # ---- 4. the built module loads under the CUDA torch (no GPU needed) and has
 #      CPU and CUDA kernels for every op; then the CPU op tests run on it ----
 ( cd "$BUILD/lib" && "$PY" - <<'PY' ) || fail "importing the CUDA build failed"
@@ -130,8 +177,10 @@ if [ "${CUDA_BUILD_TESTS:-1}" = 1 ]; then
     cp "$SO" "$BUILD/src/fcn_repro/"
     mkdir -p "$BUILD/src/tests"
     cp "$SRC/pytest.ini" "$BUILD/src/"
-    cp "$SRC/tests/conftest.py" "$SRC/tests/test_ops.py" "$SRC/tests/test_ops_cuda.py" "$BUILD/src/tests/"
-    ( cd "$BUILD/src" && "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_ops_cuda.py ) \
+    cp "$SRC/tests/conftest.py" "$SRC/tests/test_ops.py" "$SRC/tests/test_ops_cuda.py" \
+        "$SRC/tests/test_hostile_ops.py" "$BUILD/src/tests/"
+    ( cd "$BUILD/src" && "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_ops_cuda.py \
+        tests/test_hostile_ops.py ) \
         > "$BUILD/tests.log" 2>&1 || { tail -n 40 "$BUILD/tests.log"; fail "op tests on the CUDA build"; }
     log "op tests on the CUDA build (CPU kernels, torch of the venv): $(tail -n 1 "$BUILD/tests.log") in $((SECONDS - t2))s"
 fi

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fcn_repro import cli
+from fcn_repro.caffe import Net
 
 __all__ = ["BlobReport", "CompareResult", "compare", "main", "split_blob_source", "pick_prefix"]
 
@@ -130,8 +131,6 @@ def compare(prototxt: Any, weights: Any, reference: Any, prefix: Optional[str] =
 
     ``reference``: a path to an .npz or a mapping name -> array.
     """
-    from fcn_repro.caffe import Net
-
     ref = np.load(reference) if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__") else reference
     keys = list(ref.keys()) if hasattr(ref, "keys") else list(ref.files)
     net = Net(prototxt, weights, phase=phase, fuse=False, keep_blobs=True).to(dtype)

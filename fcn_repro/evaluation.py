@@ -1,5 +1,9 @@
 """The evaluation loop: one for ``evaluate``, training validation and the benchmarks.
 
+:func:`evaluate_set` is the library form of ``python -m fcn_repro.evaluate``:
+a registry net (or a deploy prototxt) and its weights on a dataset, giving
+the report the CLI prints (:mod:`fcn_repro.evaluate`).
+
 :func:`run` forwards every image of a dataset (or of this process's shard),
 accumulates one confusion matrix per score blob (:mod:`fcn_repro.metrics`),
 and :func:`merge` sums them over processes. :func:`head_scores` applies the
@@ -22,13 +26,23 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-from fcn_repro import registry
-from fcn_repro.data import SampleLoader, SegDataset, shard_indices
-from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist
+from fcn_repro import cli, registry, zoo
+from fcn_repro.caffe import Net
+from fcn_repro.caffe.match import match_weights
+from fcn_repro.caffe.prototxt import parse_prototxt
+from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
+from fcn_repro.data.transforms import save_label_png
+from fcn_repro.fast import optimize
+from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
+from fcn_repro.registry import resource_path
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS"]
+           "LabelRangeWarning", "SCORE_KEYS", "MissingError", "WeightsIncompleteError", "resolve_net",
+           "resolve_weights", "load_net", "open_dataset", "evaluate_set"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -107,11 +121,6 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     (when keep_predictions)}. Predictions are the argmax over channels (the
     first maximum wins, as numpy's argmax in FCN's score.py).
     """
-    import torch
-
-    from fcn_repro.data.transforms import save_label_png
-    from fcn_repro.metrics import fast_hist_torch
-
     dev = torch.device(device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
     hists: Dict[str, Any] = {}
@@ -123,8 +132,6 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     warned = False
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
     try:
@@ -200,9 +207,6 @@ def merge(hists: Dict[str, np.ndarray], blobs: Sequence[str], world: int) -> Dic
     class counts are agreed first (MAX), then the matrices summed."""
     if world <= 1:
         return hists
-    import torch
-    import torch.distributed as dist
-
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     sizes = torch.tensor([hists[b].shape[0] if b in hists else 0 for b in blobs], dtype=torch.int64, device=dev)
     dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
@@ -217,9 +221,6 @@ def sum_scalar(v: float, world: int, op: str = "sum") -> float:
     """``v`` summed (or its MAX) over processes."""
     if world <= 1:
         return v
-    import torch
-    import torch.distributed as dist
-
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([v], dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
@@ -243,6 +244,267 @@ def head_scores(hist: np.ndarray, dataset: SegDataset) -> dict:
     return sc
 
 
+# ---------------------------------------------------------------- a net on a dataset
+
+class MissingError(FileNotFoundError):
+    """Weights, data or a net file is missing; the CLIs exit with status 2."""
+
+
+# ---------------------------------------------------------------- resolving
+
+def resolve_net(net: str):
+    """``--net`` -> (ZooNet or None, deploy prototxt Path)."""
+    p = Path(net)
+    if net.endswith(".prototxt") or p.is_file() or os.sep in net:
+        if not p.is_file():
+            raise MissingError(f"deploy prototxt not found: {p}\n"
+                               f"--net takes a known net ({', '.join(zoo.names())}, sample) or a prototxt path.")
+        return None, p
+    try:
+        entry = zoo.get(net)
+    except KeyError as e:
+        raise MissingError(str(e.args[0])) from None
+    try:
+        return entry, zoo.deploy_prototxt(net)
+    except FileNotFoundError as e:
+        raise MissingError(str(e)) from None
+
+
+def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
+    """``--weights`` or the original file under weights/ -> Path (must exist)."""
+    if weights:
+        p = Path(weights)
+        if not p.is_file():
+            raise MissingError(f"weights file not found: {p}")
+        return p
+    if entry is None:
+        raise MissingError(f"--net {net_arg} is a prototxt path: pass its weights with --weights FILE "
+                           "(.caffemodel, .caffemodel.h5 or .h5)")
+    if entry.name == "sample":
+        return zoo.weights_path(entry)
+    if entry.caffemodel is None:
+        raise MissingError(f"no original weights were published for {entry.name}; train them "
+                           "(python -m fcn_repro.train) and pass --weights FILE")
+    p = zoo.weights_path(entry)
+    if not p.is_file():
+        wdir = zoo.weights_dir()
+        raise MissingError(
+            f"weights for {entry.name} not found: looked for {p}\n"
+            f"  download the original: wget -P {wdir} {entry.url}\n"
+            f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
+            f"{entry.caffemodel})")
+    return p
+
+
+def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False):
+    """Build the net from the prototxt, load the caffemodel directly, move to ``device``.
+
+    fast: wrap it in :func:`fcn_repro.fast.optimize` (the same arithmetic on
+    less work: the input-independent padding region is computed once;
+    scores agree with the plain forward to float rounding).
+    """
+    net = Net(str(prototxt), weights=str(weights), phase="TEST")
+    rep = getattr(net, "weights_report", None)
+    if rep is not None and rep.missing:
+        # Layers left at their fillers would score garbage: refuse, naming them.
+        raise WeightsIncompleteError(
+            f"{weights} has no weights for the layer(s) {rep.missing} of {prototxt}: "
+            "these are not this net's weights")
+    net.eval()
+    net = net.to(torch.device(device))
+    if fast:
+        net = optimize(net)
+    return net
+
+
+class WeightsIncompleteError(ValueError):
+    """The weights file lacks layers of the net (exit status 1)."""
+
+
+def prototxt_inputs(prototxt: os.PathLike) -> List[str]:
+    """Input blob names of a deploy prototxt (Input layers, legacy inputs), without building it."""
+    netp = parse_prototxt(str(prototxt))
+    out: List[str] = []
+    for lp in netp.getall("layer"):
+        if str(lp.get("type", "")) == "Input":
+            out += [str(t) for t in lp.getall("top")]
+    return out
+
+
+_DATA_HELP = {
+    "voc": "a PASCAL VOC year directory, e.g. --data /path/to/VOCdevkit/VOC2011",
+    "siftflow": "the SIFT Flow directory, e.g. --data /path/to/SiftFlow",
+    "nyud": "the NYUDv2 directory in the FCN layout, e.g. --data /path/to/nyud",
+    "context": "the PASCAL-Context directory (with VOC2010 inside or --voc-dir), e.g. --data /path/to/pascal-context",
+    "sbd": "the SBD dataset directory, e.g. --data /path/to/benchmark_RELEASE/dataset",
+}
+
+
+def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str] = (), voc_dir=None,
+                 keep_image: bool = False) -> SegDataset:
+    """The reader of ``kind`` on ``data``; MissingError when absent or malformed."""
+    if kind == "sample":
+        root = Path(data) if data else resource_path("sample", "sample")
+    else:
+        root = data
+    if root is None:
+        layout = getattr(READERS.get(kind), "layout", "")
+        raise MissingError(f"no data given: pass {_DATA_HELP.get(kind, '--data DIR')}\n{layout}")
+    kw = {"keep_image": keep_image}
+    if kind == "nyud":
+        kw["tops"] = tuple(tops) or ("color",)
+    if kind == "context" and voc_dir:
+        kw["voc_dir"] = voc_dir
+    try:
+        return make_dataset(kind, root, split, **kw)
+    except DataMissingError as e:
+        raise MissingError(str(e)) from None
+
+
+def _head_classes(entry, blob: str, n: int, dataset: SegDataset, label: str) -> List[str]:
+    names = None
+    if entry is not None and blob in entry.classes:
+        names = entry.class_names(blob)
+    elif dataset.heads.get(label) is not None:
+        names = dataset.heads[label]
+    if names is None or len(names) != n:
+        names = [f"class {i}" for i in range(n)]
+    return list(names)
+
+
+def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
+                 split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
+                 limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
+                 voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
+                 fast: bool = False) -> dict:
+    """Evaluate ``net`` (a registry name or a deploy prototxt) on a dataset.
+
+    Returns the report on every process (scores per score blob, per-class
+    IU, the card's reference, timing; ``rank`` says which process this is).
+    Under torchrun each process takes every WORLD_SIZE-th image and the
+    matrices are summed. Raises MissingError naming every missing piece
+    (weights and data) at once.
+    """
+    entry, prototxt = resolve_net(net)
+    kind = dataset_kind or (entry.dataset if entry is not None else "voc")
+    split = split or registry.dataset(kind).split
+    # Report every missing piece at once (weights and data), not one per run.
+    problems = []
+    wpath = dataset = None
+    try:
+        wpath = resolve_weights(entry, weights, net)
+    except MissingError as e:
+        problems.append(str(e))
+    if entry is not None and kind == entry.dataset:
+        tops = entry.tops
+    else:
+        tops = tuple(t for t in prototxt_inputs(prototxt) if t in ("color", "hha", "depth"))
+    try:
+        dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir)
+        dataset.check_files(limit)
+    except (MissingError, DataMissingError) as e:
+        problems.append(str(e))
+    if problems:
+        raise MissingError("\n\n".join(problems))
+    rank, world, device = cli.dist_setup(device)
+    indices = shard_indices(len(dataset), rank, world, limit)
+    check = None
+    if verify and rank == 0:
+        check = zoo.verify_or_record(wpath, progress=progress)
+    netm = load_net(prototxt, wpath, device, fast=fast)
+    heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
+    # the bundled images come with Caffe's own predictions to compare against
+    compare_caffe = kind == "sample" and data is None
+    res = run(netm, dataset, heads, card=entry, device=device, indices=indices, workers=workers,
+              save_predictions=save_predictions, keep_predictions=compare_caffe,
+              progress=progress and rank == 0, desc=f"{Path(str(net)).name} {split}")
+    hists = merge(res["hists"], list(heads), world)
+    images = int(sum_scalar(res["images"], world))
+    seconds = sum_scalar(res["seconds"], world, op="max")
+    report = {
+        "net": net, "prototxt": str(prototxt), "weights": str(wpath), "weights_check": check,
+        "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
+        "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
+        "device": device, "world_size": world, "fast": fast, "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
+    }
+    for blob, lab in heads.items():
+        if blob not in hists:
+            continue
+        h = hists[blob]
+        sc = head_scores(h, dataset)
+        exclude = sc["excluded_classes"]
+        names = _head_classes(entry, blob, h.shape[0], dataset, lab)
+        head = {"label": lab, "classes": names, "hist": h, "excluded_classes": exclude,
+                **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
+        ref = entry.reference(blob, asserted=True) if entry is not None else None
+        if ref is not None:
+            head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
+                                 "scores": ref.scores(), "comparable": split == ref.split and limit is None}
+            head["reference_mean_iu"] = ref.mean_iu
+            head["difference"] = 100 * sc["mean_iu"] - ref.mean_iu
+            head["comparable"] = head["reference"]["comparable"]
+        if entry is not None:
+            # published elsewhere (the paper's own models): printed beside ours as context, never asserted
+            head["context"] = [{"source": r.source, "split": r.split, "scores": r.scores(), "text": r.text()}
+                               for r in entry.references if r.head == blob and not r.asserted]
+        report["heads"][blob] = head
+    if compare_caffe:
+        report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit)
+    report["rank"] = rank
+    return report
+
+
+def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDataset, world: int,
+                        limit: Optional[int]) -> dict:
+    """Our sample predictions against Caffe's (sample.caffe.npz), pixel by pixel.
+
+    Like with like: on the whole set, Caffe's own confusion matrix and scores;
+    with ``--limit``, the matrix and scores of Caffe's predictions on the
+    same images (their ground truth read again here), never a subset against
+    the full set.
+    """
+    z = np.load(resource_path("sample", "sample.caffe.npz"))
+    counts = np.zeros(4, dtype=np.float64)  # pixels, equal, differ, differ where margin < 1e-3
+    n = hists["score"].shape[0] if "score" in hists else 0
+    subset = np.zeros((n, n), dtype=np.int64)
+    ids = set(res["predictions"] or {})
+    for k in range(len(dataset)):
+        i = dataset.ids[k]
+        if i not in ids or f"pred/{i}" not in z:
+            continue
+        ours, theirs, margin = res["predictions"][i]["score"], z[f"pred/{i}"], z[f"margin/{i}"]
+        diff = ours != theirs
+        counts += [ours.size, (~diff).sum(), diff.sum(), (diff & (margin < 1e-3)).sum()]
+        if limit is not None:
+            subset += fast_hist(dataset.load(k).labels["label"], theirs, n)
+    if world > 1:
+        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(counts, dtype=torch.float64, device=dev)
+        dist.all_reduce(t)
+        counts = t.cpu().numpy()
+        subset = merge({"score": subset}, ["score"], world)["score"]
+    if limit is None:
+        caffe_hist = z["hist"]
+        caffe = {k: float(z[f"metric/{k}"]) for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc")}
+        caffe["iu"] = z["metric/iu"]
+    else:
+        caffe_hist = subset
+        sc = scores(subset)
+        caffe = {k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu")}
+    ours = scores(hists["score"]) if "score" in hists else None
+    return {
+        "metrics": caffe, "hist": caffe_hist, "subset": limit is not None,
+        "hist_equal": bool(ours is not None and np.array_equal(hists["score"], caffe_hist)),
+        "pixels": int(counts[0]), "agree": int(counts[1]), "differ": int(counts[2]),
+        "differ_margin_lt_1e-3": int(counts[3]),
+        "agreement": counts[1] / counts[0] if counts[0] else float("nan"),
+        "low_margin_pixels": int(sum((z[k] < 1e-3).sum() for k in z.files if k.startswith("margin/"))),
+        "max_abs_score_diff": max(abs(ours[k] - caffe[k]) for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc"))
+        if ours is not None else None,
+    }
+
+
 # ---------------------------------------------------------------- training validation
 
 class Validator:
@@ -257,8 +519,6 @@ class Validator:
     def __init__(self, prototxt: str | os.PathLike, dataset: SegDataset, input_map: Dict[str, Sequence[str]],
                  heads: Dict[str, str], *, limit: Optional[int] = None, device: Any = "cpu",
                  rank: int = 0, world: int = 1, workers: int = 0):
-        from fcn_repro.caffe import Net
-
         self.prototxt = os.fspath(prototxt)
         self.net = Net(self.prototxt, phase="TEST").to(device)
         self.net.eval()
@@ -271,10 +531,6 @@ class Validator:
 
     def share(self, train_net: Any) -> None:
         """Copy the training net's parameters into the validation net (by layer name, exact shapes)."""
-        import torch
-
-        from fcn_repro.caffe.match import match_weights
-
         src = {name: list(blobs) for name, blobs in train_net.params.items()}
         # the one matcher (exact shapes: both nets come from the same definitions)
         rep = match_weights(src, self.net.params, source="the training net", target=self.prototxt,

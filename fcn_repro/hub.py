@@ -40,6 +40,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
@@ -174,6 +175,12 @@ def manifest_for(path: os.PathLike) -> Path:
 
 # ------------------------------------------------------------------ manifest
 
+def _round_half_up(v: float, decimals: int) -> float:
+    """Rounding as published tables round (65.0050 -> 65.01), not binary float rounding."""
+    q = Decimal(1).scaleb(-decimals)
+    return float(Decimal(repr(v)).quantize(q, rounding=ROUND_HALF_UP))
+
+
 def build_manifest(previous: Optional[dict] = None) -> dict:
     """The manifest content from the registry, keeping what was recorded."""
     prev = (previous or {}).get("files", {})
@@ -187,7 +194,8 @@ def build_manifest(previous: Optional[dict] = None) -> dict:
             net = registry.net(s.net)
             ref = net.reference(asserted=True)
             d.update({"net": s.net, "dataset": net.dataset, "split": net.split,
-                      "expected_mean_iu": net.reference_mean_iu,
+                      # the two-decimal figure of the release table, and the four-decimal one where published
+                      "expected_mean_iu": None if ref is None else _round_half_up(ref.mean_iu, min(ref.decimals, 2)),
                       "expected_mean_iu_precise": ref.mean_iu if ref is not None and ref.decimals > 2 else None})
         else:
             d.update({"net": None, "note": "ILSVRC VGG-16 (V1 format), the start of FCN training"})

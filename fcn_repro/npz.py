@@ -9,8 +9,8 @@ and refuses, naming the file and member, before anything is allocated:
   are never loaded);
 * a member whose declared array needs more bytes than the archive says the
   member holds (truncated or lying header);
-* a compressed member that expands to more than ``limits.expansion`` times
-  its compressed size;
+* compressed members that together expand to more than
+  ``limits.expansion_allowance`` of the archive's size;
 * archives with more than ``limits.records`` members, or whose arrays
   together exceed ``limits.read_bytes``.
 
@@ -57,7 +57,6 @@ def npz_members(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.
 
 
 def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.ZipInfo]]:
-    cap = limits.current()
     out: dict[str, tuple[tuple[int, ...], np.dtype, zipfile.ZipInfo]] = {}
     try:
         zf = zipfile.ZipFile(filename)
@@ -69,7 +68,8 @@ def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.Z
     with zf:
         infos = zf.infolist()
         limits.check("records", len(infos), "an archive of this many members", filename, error=NpzError)
-        total = 0
+        total = packed = 0
+        allowance = limits.expansion_allowance(size)
         for info in infos:
             name = info.filename
             key = name[:-4] if name.endswith(".npy") else name
@@ -96,13 +96,12 @@ def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.Z
                 raise NpzError(f"member {name!r} declares shape {shape} {dtype} ({nbytes} bytes) but holds "
                                f"only {info.file_size} bytes: truncated or corrupt", filename)
             if info.compress_type != zipfile.ZIP_STORED:
-                ratio_cap = cap.expansion * max(info.compress_size, 1)
-                if nbytes > ratio_cap:
-                    raise NpzError(limits.refusal("expansion", nbytes // max(info.compress_size, 1),
-                                                  cap.expansion,
-                                                  f"member {name!r} (shape {shape} {dtype}, {nbytes} bytes "
-                                                  f"from {info.compress_size} compressed) expanding"),
-                                   filename)
+                packed += nbytes
+                if packed > allowance:
+                    raise NpzError(f"compressed members up to {name!r} (shape {shape} {dtype}) unpack to "
+                                   f"{packed:,} bytes from a {size:,}-byte archive, over the limit of "
+                                   f"{allowance:,} (expansion; raise it with {limits.ENV['expansion']}=N "
+                                   "if you mean it)", filename)
             total += nbytes
             limits.check("read_bytes", total, f"the arrays up to member {name!r}", filename, error=NpzError)
             if key in out:

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 from fcn_repro import cli, hub, registry
 
@@ -110,7 +110,10 @@ def listing(wdir: Path) -> dict:
                             "decimals": r.decimals, "scores": r.scores(), "extra": dict(r.extra),
                             "text": r.text()} for r in net.references],
         }
+    context = [{"dataset": d.key, "net": title, "split": r.split, "source": r.source, "scores": r.scores(),
+                "text": r.text()} for d in registry.DATASETS.values() for title, r in d.context]
     return {"weights_dir": str(wdir), "nets": [one(n) for n in NETS.values()], "sample": one(SAMPLE),
+            "other_published": context,
             "init_weights": {k: {"file": w.file, "sources": list(w.urls), "bytes": w.bytes}
                              for k, w in registry.INIT_WEIGHTS.items()}}
 
@@ -129,6 +132,8 @@ def _print_listing(info: dict) -> None:
             print(f"  {kind} ({r['split']}, {r['head']}): {r['text']}; {r['source']}")
         if e["net"] == "sample":
             print("  run it: python -m fcn_repro.evaluate --net sample")
+    for c in info["other_published"]:
+        print(f"\n(no net here) {c['net']} on {c['dataset']} {c['split']}, context: {c['text']}; {c['source']}")
 
 
 def main(argv=None) -> int:
@@ -145,8 +150,6 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from fcn_repro import cli
-
     cli.check_writable(args.json, "--json")
     wdir = Path(args.weights_dir) if args.weights_dir else weights_dir()
     if args.write_manifest:

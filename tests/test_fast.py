@@ -309,3 +309,13 @@ def test_forward_leaves_the_thread_count_alone(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", refuse)
     with torch.no_grad():
         fast(data=x)
+
+
+def test_positional_input_as_the_net():
+    net = _net("fcn8s")
+    fast = optimize(net)
+    x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"])
+    with torch.no_grad():
+        assert torch.equal(fast(x)["score"], fast(data=x)["score"])
+    with pytest.raises(ValueError, match="in this order"):
+        fast(x, data=x)

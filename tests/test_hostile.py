@@ -495,3 +495,16 @@ def test_interrupted_writes_leave_nothing(tmp_path):
     with pytest.raises(Boom):
         save_hdf5(tmp_path / "x.h5", WEIGHTS, progress=lambda n: (_ for _ in ()).throw(Boom()))
     assert os.listdir(tmp_path) == []
+
+
+def test_real_archives_and_weights_pass_the_budgets():
+    """The budgets refuse nothing real: every Caffe fixture .npz and .h5 reads with the defaults."""
+    from conftest import CAFFE_FIXTURES
+    from fcn_repro.npz import read_npz
+    npz = sorted(CAFFE_FIXTURES.glob("*.npz"))
+    h5 = sorted(CAFFE_FIXTURES.glob("*.h5"))
+    assert npz and h5
+    for p in npz:
+        assert read_npz(p)
+    for p in h5:
+        assert load_hdf5(p)

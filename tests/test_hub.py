@@ -319,3 +319,24 @@ def test_regenerating_the_manifest_keeps_records(env, good, tmp_path):
     again = hub.build_manifest(m)
     assert again["files"][FILE]["sha256"] == hashlib.sha256(good).hexdigest() == m["files"][FILE]["sha256"]
     assert again == m
+
+
+def test_no_network_is_one_clear_line(env, monkeypatch):
+    def no_dns(*a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(hub.DownloadError) as ei:
+        hub.fetch(_src(["http://weights.example/" + FILE]), env / "w", progress=False, notify=lambda m: None)
+    msg = str(ei.value)
+    assert "\n" not in msg and "host not found (no network" in msg and "http://weights.example/" + FILE in msg
+
+
+def test_zoo_download_subcommand(server, env, good, capsys):
+    from fcn_repro import zoo
+
+    server.routes["/ok/" + FILE] = {"data": good}
+    d = env / "w"
+    assert zoo.main(["download", FILE, "--dir", str(d), "--base-url", f"{server.url}/ok", "--no-progress"]) == 0
+    assert (d / FILE).read_bytes() == good
+    assert "recorded, not verified" in capsys.readouterr().err

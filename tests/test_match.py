@@ -85,3 +85,16 @@ def test_torch_free():
 def test_report_type_is_the_builders():
     from fcn_repro.caffe.net import WeightsReport
     assert WeightsReport is MatchReport
+
+
+def test_copy_between_nets_by_the_one_rule():
+    """What training validation does: share a net's parameters with another by layer name (exact shapes)."""
+    import torch
+    from fcn_repro.caffe import Net
+    from fcn_repro.caffe.net import copy_matched
+    from test_net import CHAIN
+    a, b = Net(CHAIN, seed=1), Net(CHAIN, seed=2)
+    rep = match_weights(a.params, b.params, source="a", target="b", legacy=False, layers=b.layer_names)
+    assert rep.complete and rep.matched == ["conv1", "conv2", "conv3"]
+    copy_matched(rep.check(), a.params, b.params)
+    assert all(torch.equal(p, q) for n in a.params for p, q in zip(a.params[n], b.params[n]))

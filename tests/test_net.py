@@ -399,3 +399,30 @@ def test_state_dict_and_dtype():
         torch.testing.assert_close(net(data=x)["conv3"], net2(data=x)["conv3"])
         y64 = net.double()(data=x.double())["conv3"]
     assert y64.dtype == torch.float64 and net.params["conv1"][0].dtype == torch.float64
+
+
+# ------------------------------------------------------------------ memory limit
+
+def test_blob_over_the_limit_is_refused_before_allocation(monkeypatch):
+    """A 200-byte prototxt must not ask the allocator for terabytes: the error names layer, type, shape."""
+    from fcn_repro.caffe.net import BlobLimitError
+    from fcn_repro.errors import LimitError
+    huge = inp("data", 1, 3, 6000000, 6000000) + conv("conv1", "data", "conv1", 4)
+    with pytest.raises(BlobLimitError) as ei:
+        Net(huge)
+    msg = str(ei.value)
+    assert "'data'" in msg and "Input" in msg and "(1, 3, 6000000, 6000000)" in msg and "blob_elements" in msg
+    assert isinstance(ei.value, NetError) and isinstance(ei.value, LimitError)
+    # a parameter blob: num_output 10**7 over 512 channels of 7x7 (2.5e11 weights)
+    big_param = inp("data", 1, 512, 7, 7) + conv("fc6", "data", "fc6", 10 ** 7, k=7, pad=0)
+    with pytest.raises(BlobLimitError, match=r"'fc6'.*Convolution parameter blob 0.*\(10000000, 512, 7, 7\)"):
+        Net(big_param)
+    # configurable: a keyword, or the environment
+    small = inp("data", 1, 3, 40, 40) + conv("conv1", "data", "conv1", 4)
+    Net(small)
+    with pytest.raises(BlobLimitError, match="'conv1'.*top blob 'conv1'.*\\(1, 4, 40, 40\\)"):
+        Net(small, max_blob_elements=6000)
+    assert Net(small, max_blob_elements=6400).outputs == ["conv1"]
+    monkeypatch.setenv("FCN_REPRO_MAX_BLOB_ELEMENTS", "5000")
+    with pytest.raises(BlobLimitError, match="'conv1'.*6,400"):
+        Net(small)

@@ -150,3 +150,18 @@ def test_weights_found_in_the_download_cache(tmp_path, monkeypatch):
     f = tmp_path / "home" / "weights" / "fcn16s-heavy-pascal.caffemodel"
     f.write_bytes(b"x")
     assert hub.find_weights(f.name) == f
+
+
+def test_predictor_feeds_a_two_input_nyud_net():
+    from conftest import caffe_fixture
+    from fcn_repro.caffe import Net
+
+    net = Net(str(caffe_fixture("nyud-fcn32s-color-hha.prototxt")),
+              weights=str(caffe_fixture("nyud-fcn32s-color-hha.caffemodel"))).eval()
+    t = Transforms.for_net(zoo.get("nyud-fcn32s-color-hha"))
+    rgb, hha = _img(21, 26, 4), _img(21, 26, 5)
+    got = Predictor(net, t).predict({"color": rgb, "hha": hha}, scores=True)
+    x = t(color=rgb, hha=hha)
+    with torch.no_grad():
+        ref = net(**{k: torch.from_numpy(v)[None] for k, v in x.items()})["score"][0].numpy()
+    assert np.array_equal(got.scores["score"], ref) and np.array_equal(got.label, ref.argmax(0))

@@ -25,7 +25,9 @@ from fcn_repro.caffe.layers.relu import ReLU
 from fcn_repro.caffe.net import Net
 from fcn_repro.solver import CaffeSGD, param_groups, read_solver
 from fcn_repro.data.layers import find_data_layer
-from fcn_repro.train import DatasetSource, draw_order, interp_layers, main, surgery
+from fcn_repro.sources import DatasetSource, draw_order
+from fcn_repro.train import main
+from fcn_repro.trainer import interp_layers, surgery
 
 
 def _rel(a, b):

@@ -25,7 +25,7 @@ def test_two_processes_equal_iter_size_two(tmp_path):
         pytest.skip("torch.distributed with gloo is not available")
     from fcn_repro.caffe import save_weights
     from fcn_repro.caffe.net import Net
-    from fcn_repro.train import surgery
+    from fcn_repro.trainer import surgery
 
     voc = make_tiny_voc(tmp_path / "VOC", n_train=5, n_val=3)
     # Dropout stays on (ratio 0.5): its masks are seeded by the global pass

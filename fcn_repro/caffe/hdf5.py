@@ -51,9 +51,9 @@ class H5Reader:
     ... for corrupt files). :meth:`read` checks a dataset's declared size
     before reading it: HDF5 lets a dataset declare any shape and returns fill
     values for storage never written, so the values read from one file must
-    together fit in its size (``limits.expansion`` times it where a dataset
-    is compressed), within ``limits.read_bytes``; storage outside the file
-    (external or virtual datasets) is refused. The number of objects visited
+    together fit in its size (compressed ones in ``limits.expansion_allowance``
+    of it), within ``limits.read_bytes``; storage outside the file (external
+    or virtual datasets) is refused. The number of objects visited
     is capped by ``limits.records``.
     """
 
@@ -62,8 +62,8 @@ class H5Reader:
         self.at = "/"
         self.size = os.path.getsize(self.filename)
         self.budget = limits.Budget(self.filename, error=HDF5WeightsError)
-        cap = limits.current()
-        self.expansion, self.max_records = cap.expansion, cap.records
+        self.allowance = limits.expansion_allowance(self.size)
+        self.max_records = limits.current().records
         self.records = 0
         self.raw_total = 0        # bytes of uncompressed datasets read so far
         self.packed_total = 0     # bytes of compressed datasets read so far
@@ -125,11 +125,11 @@ class H5Reader:
             filtered = bool(ds.chunks) and bool(dcpl.get_nfilters())
         if filtered:
             self.packed_total += nbytes
-            if self.packed_total > self.expansion * self.size:
-                raise self.error(limits.refusal("expansion", self.packed_total // max(self.size, 1),
-                                                self.expansion, f"compressed datasets of shape {ds.shape} "
-                                                f"and before ({self.packed_total} bytes from a {self.size}-byte "
-                                                "file) expanding"), at, **where)
+            if self.packed_total > self.allowance:
+                raise self.error(f"compressed datasets up to this one (shape {ds.shape}) unpack to "
+                                 f"{self.packed_total:,} bytes from a {self.size:,}-byte file, over the limit of "
+                                 f"{self.allowance:,} (expansion; raise it with {limits.ENV['expansion']}=N "
+                                 "if you mean it)", at, **where)
         else:
             self.raw_total += nbytes
             if self.raw_total > self.size:

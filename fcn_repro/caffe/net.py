@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcn_repro import limits
+
 from fcn_repro.caffe.caffemodel import WeightsError  # the package's one weights error (file, layer, blob)
 from fcn_repro.caffe.match import MatchReport, blob_fits, match_weights
 from fcn_repro.caffe.weights import load_weights as read_weights
@@ -47,10 +49,11 @@ from fcn_repro.caffe.prototxt import Message, parse_prototxt, upgrade_net
 from fcn_repro.caffe.plan import Plan, make_plan
 from fcn_repro.caffe.shapes import layer_included, phase_name
 from fcn_repro.caffe.layers import LAYER_TYPES, Layer, LayerError, NetError
+from fcn_repro.caffe.layers.base import BlobLimitError
 from fcn_repro.caffe.fillers import fill_params
 from fcn_repro.caffe.layers.input import Input
 
-__all__ = ["Net", "NetError", "LayerError", "WeightsError", "WeightsReport", "transplant",
+__all__ = ["Net", "NetError", "LayerError", "BlobLimitError", "WeightsError", "WeightsReport", "transplant", "copy_matched",
            "layer_included", "blob_fits"]
 
 log = logging.getLogger("fcn_repro.caffe.net")
@@ -78,19 +81,19 @@ def _weights_dict(weights: Any) -> tuple[dict[str, list], str]:
     raise TypeError(f"weights must be a path or a dict layer -> list of arrays, got {type(weights).__name__}")
 
 
-def _as_array(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+def copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
+    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped.
 
-
-def _copy_matched(report: MatchReport, src: Mapping[str, list], params: Mapping[str, list]) -> None:
-    """Copy the blobs the matcher accepted (``report.copies``) into the parameters, reshaped."""
+    ``src``: layer -> blobs (arrays, or tensors on any device: another net's
+    ``params``); ``params``: layer -> parameters (``net.params``).
+    """
     with torch.no_grad():
         for name, i in report.copies:
-            p = params[name][i]
-            a = _as_array(src[name][i])
-            p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
+            p, a = params[name][i], src[name][i]
+            if isinstance(a, torch.Tensor):
+                p.copy_(a.detach().reshape(p.shape))
+            else:
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
 class Net(nn.Module):
@@ -112,6 +115,11 @@ class Net(nn.Module):
         input_shapes: {blob: shape} for inputs whose shape the prototxt does
             not declare (data layers), used to size parameters.
         strict: with weights, missing or extra layers are errors.
+        max_blob_elements: refuse any parameter or top blob with more elements
+            (default: ``fcn_repro.limits``' ``blob_elements``, 2**31, or the
+            FCN_REPRO_MAX_BLOB_ELEMENTS environment variable); the error
+            (:class:`~fcn_repro.caffe.layers.base.BlobLimitError`, a
+            ``NetError``) names the file, layer, type and shape.
 
     Attributes: ``inputs``, ``outputs`` (blob names), ``layer_names``,
     ``layer_types``, ``params`` (layer -> list of ``nn.Parameter`` in Caffe
@@ -125,7 +133,7 @@ class Net(nn.Module):
     def __init__(self, prototxt: Any, weights: Any = None, phase: str = "TEST", fuse: bool = True,
                  keep_blobs: bool = False, *, stages: Iterable[str] = (), level: int = 0,
                  input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict: bool = False,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, max_blob_elements: Optional[int] = None):
         super().__init__()
         self.netparam, self.filename = self._parse(prototxt)
         self.name = str(self.netparam.get("name", ""))
@@ -139,7 +147,9 @@ class Net(nn.Module):
         self.layer_tops: dict[str, tuple] = {}
         self.loss: Optional[torch.Tensor] = None
         self.weights_report: Optional[WeightsReport] = None
-        self._build(dict(input_shapes or {}))
+        caps = {} if max_blob_elements is None else {"blob_elements": int(max_blob_elements)}
+        with limits.override(**caps):
+            self._build(dict(input_shapes or {}))
 
         loaded: set[str] = set()
         if weights is not None:
@@ -215,6 +225,8 @@ class Net(nn.Module):
                     if t in self.inputs:
                         raise NetError(f"{self.filename}: input blob {t!r} declared twice")
                     self.inputs.append(t)
+            for t, s in zip(tops, top_shapes):
+                module.check_blob_size(s, f"top blob {t!r}")
             self._register_params(module, lp, shared, lr_uses)
             lw = [float(v) for v in lp.getall("loss_weight")]
             if lw and len(lw) != len(tops):
@@ -408,7 +420,7 @@ class Net(nn.Module):
         src, desc = _weights_dict(weights)
         report = match_weights(src, self.params, source=desc, target=self.filename, layers=self.layer_names)
         report.check(strict)
-        _copy_matched(report, src, self.params)
+        copy_matched(report, src, self.params)
         _log_report(report)
         return report
 
@@ -442,6 +454,6 @@ def transplant(net: Net, weights: Any) -> WeightsReport:
     src, desc = _weights_dict(weights)
     report = match_weights(src, net.params, source=desc, target=net.filename, surgery=True,
                            layers=net.layer_names)
-    _copy_matched(report, src, net.params)
+    copy_matched(report, src, net.params)
     _log_report(report)
     return report

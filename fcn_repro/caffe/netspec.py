@@ -74,11 +74,12 @@ from typing import Any, Iterable, Mapping, Sequence
 from fcn_repro.caffe.prototxt import (
     Enum, Message, format_text, is_v1_net, upgrade_net, write_prototxt,
 )
+from fcn_repro.caffe.shapes import conv_window, layer_included, pool_window
 
 __all__ = [
     "NetSpec", "L", "P", "Top", "Layer", "NetSpecError", "CoordMapError", "AxisMap",
     "SCHEMA", "to_message", "compute_crop_offsets", "check_crop_offsets",
-    "blob_coord_maps", "layer_included",
+    "blob_coord_maps",
 ]
 
 
@@ -687,66 +688,27 @@ _IDENTITY = {
 _FIRST_BOTTOM_ONLY = {"Scale", "Bias"}  # a second bottom supplies the factor, not the image
 
 
-def layer_included(layer: Message, phase: str | None) -> bool:
-    """Caffe's include/exclude rule check for ``phase`` (level 0, no stages)."""
-    if phase is None:
-        return True
-
-    def meets(rule: Message) -> bool:
-        if rule.has("phase") and str(rule.get("phase")) != phase:
-            return False
-        if rule.has("min_level") and rule.get("min_level") > 0:
-            return False
-        if rule.has("max_level") and rule.get("max_level") < 0:
-            return False
-        if rule.getall("stage"):
-            return False
-        return True
-
-    inc, exc = layer.getall("include"), layer.getall("exclude")
-    if inc:
-        return any(meets(r) for r in inc)
-    return not any(meets(r) for r in exc)
-
-
-def _pair(msg: Message, single: str, h: str, w: str, default: int, where: str) -> tuple[int, int] | None:
-    if msg.has(h) or msg.has(w):
-        return int(msg.get(h, default)), int(msg.get(w, default))
-    vals = msg.getall(single)
-    if not vals:
-        return (default, default)
-    if len(vals) == 1:
-        return int(vals[0]), int(vals[0])
-    if len(vals) == 2:
-        return int(vals[0]), int(vals[1])
-    return None  # N-D: no 2-D coordinate map
-
-
 def _spatial_geometry(layer: Message, ltype: str, where: str):
-    """((k, s, p, d) per spatial axis) or a reason string when unmappable."""
+    """((k, s, p, d) per spatial axis) or a reason string when unmappable.
+
+    The window comes from :mod:`fcn_repro.caffe.shapes` (the one parser of
+    kernel/stride/pad/dilation, both spellings)."""
+    def err(msg: str) -> CoordMapError:
+        return CoordMapError(f"{where}: {msg}")
+
     if ltype == "Pooling":
         pp = layer.sub("pooling_param")
         if pp.get("global_pooling", False):
             return "global pooling collapses the spatial axes"
-        k = _pair(pp, "kernel_size", "kernel_h", "kernel_w", 0, where)
-        s = _pair(pp, "stride", "stride_h", "stride_w", 1, where)
-        p = _pair(pp, "pad", "pad_h", "pad_w", 0, where)
-        d = (1, 1)
+        win = pool_window(pp, err)
     else:
         cp = layer.sub("convolution_param")
         if int(cp.get("axis", 1)) != 1:
             return "convolution over a non-default axis"
-        k = _pair(cp, "kernel_size", "kernel_h", "kernel_w", 0, where)
-        s = _pair(cp, "stride", "stride_h", "stride_w", 1, where)
-        p = _pair(cp, "pad", "pad_h", "pad_w", 0, where)
-        dil = cp.getall("dilation")
-        d = (1, 1) if not dil else (int(dil[0]), int(dil[0])) if len(dil) == 1 else \
-            (int(dil[0]), int(dil[1])) if len(dil) == 2 else None
-    if k is None or s is None or p is None or d is None:
-        return "not a 2-D spatial layer"
-    if 0 in k:
-        raise CoordMapError(f"{where}: no kernel size given")
-    return tuple(zip(k, s, p, d))
+        if max(len(cp.getall(f)) for f in ("kernel_size", "stride", "pad", "dilation")) > 2:
+            return "not a 2-D spatial layer"
+        win = conv_window(cp, err)
+    return tuple(zip(win.kernel, win.stride, win.pad, win.dilation))
 
 
 def _explicit_offsets(layer: Message) -> tuple[int, tuple[int, int]]:
@@ -777,7 +739,7 @@ class _Analysis:
         self.offsets: dict[str, tuple[int, ...]] = {}
         self.maps: dict[str, dict[_Root, Any]] = {}
         for layer in net.getall("layer"):
-            if layer_included(layer, phase):
+            if phase is None or layer_included(layer, phase, error=lambda m: CoordMapError(f"{filename}: {m}")):
                 self.step(layer)
         if self.only is not None:
             missing = self.only - set(self.offsets)

@@ -11,7 +11,7 @@ import numpy as np
 from fcn_repro import registry
 from fcn_repro.registry import DatasetCard, class_names, resource_path
 
-__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list",
+__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_mat",
            "class_names", "resolve_split"]
 
 
@@ -63,6 +63,14 @@ class SegDataset:
     def exclude_absent(self) -> bool:
         return self.name in registry.DATASETS and self.card.exclude_absent
 
+    def _set_split(self, split: str, found: tuple, keep_image: bool, mean=None) -> None:
+        """The state every reader keeps: the split, its list file and ids, options, heads."""
+        self.split_file, self.ids = found
+        self.split = split
+        self.keep_image = keep_image
+        self.mean = mean
+        self.heads = self.card_heads()
+
     def card_heads(self) -> Dict[str, Optional[List[str]]]:
         """Label head -> class names, from the dataset card."""
         return {lab: class_names(kind) for lab, kind in self.card.labels.items()}
@@ -102,6 +110,18 @@ class SegDataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images)"
+
+
+def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarray:
+    """Variable ``key`` of a MATLAB file (the FCN layouts' label maps), as an array."""
+    import scipy.io  # optional: only the .mat-based readers need it
+
+    try:
+        return np.asarray(scipy.io.loadmat(os.fspath(path))[key])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except KeyError:
+        raise ValueError(f"{path}: no variable {key!r} ({what})") from None
 
 
 def read_id_list(path: str | os.PathLike) -> List[str]:

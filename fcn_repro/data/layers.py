@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from fcn_repro import registry
+from fcn_repro.data import make_dataset
 from fcn_repro.data.base import Sample, SegDataset
 
 __all__ = ["DataLayer", "parse_param_str", "layer_tops", "find_data_layer", "reader_from_layer",
@@ -102,8 +103,6 @@ def find_data_layer(netparam: Any, inputs: Sequence[str], where: str = "net") ->
 
 def reader_from_layer(layer: str, param_str: str | Dict[str, Any], root: str | os.PathLike, **kwargs) -> SegDataset:
     """The reader a data layer stands for, on the dataset directory ``root``."""
-    from fcn_repro.data import make_dataset
-
     params = parse_param_str(param_str) if isinstance(param_str, str) else dict(param_str)
     card = registry.dataset_for_layer(layer)
     if "split" not in params:

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
 from fcn_repro.data.transforms import preprocess, read_rgb
 from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD
 
@@ -51,14 +51,7 @@ TOPS = ("color", "hha", "depth")
 
 def read_nyud_label(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8: classes 0..39, void 255."""
-    import scipy.io
-
-    try:
-        seg = np.asarray(scipy.io.loadmat(os.fspath(path))["segmentation"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label not found: {path}") from None
-    except KeyError:
-        raise ValueError(f"{path}: no variable 'segmentation'") from None
+    seg = read_mat(path, "segmentation", "NYUDv2 label")
     return seg.astype(np.uint8) - np.uint8(1)
 
 

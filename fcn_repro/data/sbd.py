@@ -61,12 +61,8 @@ class SBDSegmentation(SegDataset):
             if (self.root / "dataset" / "img").is_dir():
                 hint = f"\n(pass {self.root / 'dataset'})"
             raise DataMissingError(f"{self.root} is not the SBD dataset directory{hint}\n{SBD_LAYOUT}")
-        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"],
-                                                  what="SBD split list", layout=SBD_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
-        self.heads = self.card_heads()
+        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], what="SBD split list",
+                                             layout=SBD_LAYOUT), keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]

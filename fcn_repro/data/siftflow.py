@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
 from fcn_repro.registry import MEAN_SIFTFLOW
 from fcn_repro.data.transforms import preprocess, read_rgb
 
@@ -48,14 +48,7 @@ SIFT Flow: SiftFlowDataset.zip (Liu, Yuen, Torralba; used by Tighe and Lazebnik,
 
 def read_siftflow_label(path: str | os.PathLike, kind: str) -> np.ndarray:
     """(H, W) uint8 labels from a SIFT Flow .mat; kind 'semantic' or 'geometric'."""
-    import scipy.io
-
-    try:
-        s = np.asarray(scipy.io.loadmat(os.fspath(path))["S"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label not found: {path}") from None
-    except KeyError:
-        raise ValueError(f"{path}: no variable 'S' (SIFT Flow label map)") from None
+    s = read_mat(path, "S", "SIFT Flow label map")
     if kind == "geometric":
         s = s.copy()
         s[s == -1] = 0  # the layer maps void (-1) to 0 first, so the shift below makes it 255
@@ -79,12 +72,8 @@ class SIFTFlowSegmentation(SegDataset):
             raise DataMissingError(f"{self.root} is not the SIFT Flow directory (no Images/{_SUB})\n"
                                    + SIFTFLOW_LAYOUT)
         packaged = resource_path("data", f"siftflow-{split}.txt")
-        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"], packaged,
-                                                  what="SIFT Flow split list", layout=SIFTFLOW_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
-        self.heads = self.card_heads()
+        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], packaged,
+                                             what="SIFT Flow split list", layout=SIFTFLOW_LAYOUT), keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]

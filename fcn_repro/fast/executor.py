@@ -102,8 +102,13 @@ class FastNet(nn.Module):
             return True
         return any(p.requires_grad for p in self.net.parameters())
 
-    def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
+    def forward(self, *args: Any, **inputs: Any) -> dict[str, torch.Tensor]:
+        """``fast(data=x)`` or positionally in ``net.inputs`` order, as the net; {output blob: tensor}."""
         net = self.net
+        if args:
+            if len(args) > len(net.inputs) or any(n in inputs for n in net.inputs[:len(args)]):
+                return net(*args, **inputs)  # the plain path raises the builder's error
+            inputs = {**dict(zip(net.inputs, args)), **inputs}
         if not self.enabled or net.keep_blobs or self._needs_grad(inputs):
             return net(**inputs)
         if sorted(inputs) != sorted(net.inputs):

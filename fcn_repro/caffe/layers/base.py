@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from fcn_repro import limits
 from fcn_repro.caffe.prototxt import Message
+from fcn_repro.errors import LimitError
 
 Shape = tuple  # tuple[Optional[int], ...]
 
@@ -48,6 +50,10 @@ class NetError(ValueError):
 
 class LayerError(NetError):
     """An error inside one layer (bad parameters, bad bottom shapes)."""
+
+
+class BlobLimitError(LimitError, NetError):
+    """A blob (parameter or top) over the ``blob_elements`` limit of :mod:`fcn_repro.limits`."""
 
 
 class Layer(nn.Module):
@@ -118,9 +124,22 @@ class Layer(nn.Module):
                 f"{_fmt_shape(shape)} depends on an unknown dimension of bottom(s) {self.bottom_names}, "
                 "whose producer (a Python/Data layer) declares no shapes: pass "
                 "Net(..., input_shapes={blob: (N, C, H, W)})")
+        self.check_blob_size(shape, f"parameter blob {len(self.blobs)} ({what or 'weights'})")
         p = nn.Parameter(torch.empty(tuple(int(s) for s in shape), dtype=torch.float32))
         self.blobs.append(p)
         return p
+
+    def check_blob_size(self, shape: Sequence[Optional[int]], what: str) -> None:
+        """Refuse a blob whose known element count is over the ``blob_elements`` limit
+        (:mod:`fcn_repro.limits`: FCN_REPRO_MAX_BLOB_ELEMENTS, ``Net(max_blob_elements=N)``), before
+        anything is allocated; the error names the file, the layer, its type and the shape."""
+        if any(s is None for s in shape):
+            return
+        n = 1
+        for s in shape:
+            n *= max(int(s), 0)
+        limits.check("blob_elements", n, f"{self.type_name} {what} of shape {_fmt_shape(shape)}", self.filename,
+                     error=BlobLimitError, layer=self.name)
 
     # --------------------------------------------------------------- protocol
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
@@ -166,6 +185,3 @@ def enum_value(v: Any, names: Sequence[str], field: str, layer: Layer) -> str:
         raise layer.error(f"{field}: expected one of {list(names)}, got {v!r}")
     return s
 
-
-def tensor_shape_str(t: torch.Tensor) -> str:
-    return _fmt_shape(tuple(t.shape))

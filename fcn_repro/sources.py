@@ -1,0 +1,162 @@
+"""What a training net is fed: fixed blobs (replaying a Caffe run) or a dataset drawn as FCN drew it.
+
+* :class:`FeedSource`: fixed input blobs from an ``.npz`` (keys ``input/<blob>``).
+* :class:`DatasetSource`: images of a ``fcn_repro.data`` reader drawn as FCN's
+  Python data layer drew them (:func:`draw_order`: uniformly with
+  replacement, Python's ``random`` seeded with 1337, or in order), shared by
+  the processes of a distributed run, decoded ahead in a thread.
+"""
+from __future__ import annotations
+
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from fcn_repro.trainer import TrainError
+
+__all__ = ["FeedSource", "DatasetSource", "draw_order", "sample_arrays"]
+
+
+class FeedSource:
+    """Fixed input blobs from an ``.npz`` (keys ``input/<blob>``), the same every pass.
+
+    ``blobs`` are the net's input blob names; each must be in the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, blobs: Sequence[str], device: Any = "cpu"):
+        self.path = os.fspath(path)
+        with np.load(self.path, allow_pickle=False) as z:
+            have = {k[len("input/"):]: z[k] for k in z.files if k.startswith("input/")}
+        missing = [b for b in blobs if b not in have]
+        if missing:
+            raise TrainError(f"{self.path}: no 'input/<blob>' array for the net input(s) {missing}; "
+                             f"the file has inputs {sorted(have)}")
+        self.inputs = {b: torch.from_numpy(np.ascontiguousarray(have[b], dtype=np.float32)).to(device)
+                       for b in blobs}
+        self.images_per_pass = int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 1
+        self.position = 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        self.position += 1
+        return self.inputs
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+
+def draw_order(n: int, seed: int = 1337, order: str = "random") -> Iterator[int]:
+    """The endless sequence of dataset indices the training data layer reads.
+
+    ``random``: FCN's Python data layers seeded Python's ``random`` with 1337
+    and drew ``randint(0, n - 1)`` before each image (uniform, with
+    replacement); this is that sequence. ``sequential``: 0, 1, ..., n-1, 0, ...
+    """
+    if n <= 0:
+        raise TrainError("the training set is empty")
+    if order == "sequential":
+        i = 0
+        while True:
+            yield i % n
+            i += 1
+    elif order == "random":
+        rng = random.Random(seed)
+        while True:
+            yield rng.randint(0, n - 1)
+    else:
+        raise TrainError(f"unknown data order {order!r} (expected random or sequential)")
+
+
+def sample_arrays(sample: Any, input_map: dict[str, Sequence[str]], where: str = "dataset"
+                  ) -> dict[str, np.ndarray]:
+    """Net input blobs (1, C, H, W) float32 from a ``fcn_repro.data`` Sample.
+
+    ``input_map``: net input blob -> sample key(s); a key is looked up in
+    ``sample.inputs`` then ``sample.labels``; several keys are concatenated
+    along channels (early fusion). Labels become float (1, 1, H, W) blobs, as
+    Caffe's label blobs are.
+    """
+    out = {}
+    for blob, keys in input_map.items():
+        parts = []
+        for k in keys:
+            if k in sample.inputs:
+                a = np.asarray(sample.inputs[k], np.float32)
+            elif k in sample.labels:
+                a = np.asarray(sample.labels[k]).astype(np.float32)
+            else:
+                raise TrainError(f"{where} item {sample.id!r} has no input or label {k!r} for net input "
+                                 f"blob {blob!r} (it has inputs {sorted(sample.inputs)}, labels "
+                                 f"{sorted(sample.labels)})")
+            parts.append(a.reshape((-1,) + a.shape[-2:]))
+        out[blob] = np.ascontiguousarray(np.concatenate(parts, 0)[None])
+    return out
+
+
+class DatasetSource:
+    """Training inputs from a ``fcn_repro.data`` reader, one image per pass.
+
+    The global draw sequence (:func:`draw_order`) is shared by all processes:
+    pass ``k`` of process ``rank`` (of ``world``) reads draw ``k * world + rank``,
+    so at iteration t with iter_size s the N processes together read draws
+    ``t*s*N ... (t+1)*s*N - 1``, exactly the draws one process with
+    iter_size s*N reads. ``position`` counts this process's passes (saved in
+    the solver state, so a resumed run continues the same order). The next
+    image is decoded in a background thread while the net runs.
+    ``input_map``: see :func:`sample_arrays`.
+    """
+
+    def __init__(self, dataset: Any, input_map: dict[str, Sequence[str]], *, seed: int = 1337,
+                 order: str = "random", rank: int = 0, world: int = 1, device: Any = "cpu",
+                 prefetch: bool = True):
+        self.dataset = dataset
+        self.input_map = {k: tuple(v) for k, v in input_map.items()}
+        self.seed, self.order, self.rank, self.world = seed, order, rank, world
+        self.device = device
+        self.images_per_pass = 1
+        self.last_id = None
+        self._pool = None
+        if prefetch:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcn-train-data")
+        self._pending: Any = None
+        self.seek(0)
+
+    def _next_index(self) -> int:
+        # This process's draw; the other processes' draws are skipped.
+        idx = -1
+        for r in range(self.world):
+            d = next(self._draws)
+            if r == self.rank:
+                idx = d
+        return idx
+
+    def seek(self, position: int) -> None:
+        """Continue as if ``position`` passes had been read (replays the draw sequence)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self._draws = draw_order(len(self.dataset), self.seed, self.order)
+        for _ in range(position):
+            self._next_index()
+        self.position = position
+
+    def _load(self, idx: int) -> tuple[str, dict[str, np.ndarray]]:
+        s = self.dataset.load(idx)
+        return s.id, sample_arrays(s, self.input_map, type(self.dataset).__name__)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self._pending is not None:
+            sid, arrays = self._pending.result()
+        else:
+            sid, arrays = self._load(self._next_index())
+        self.position += 1
+        self._pending = self._pool.submit(self._load, self._next_index()) if self._pool else None
+        self.last_id = sid
+        return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
