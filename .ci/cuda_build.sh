@@ -175,8 +175,9 @@ PY
 if [ "${CUDA_BUILD_TESTS:-1}" = 1 ]; then
     t2=$SECONDS
     cp "$SO" "$BUILD/src/fcn_repro/"
-    mkdir -p "$BUILD/src/tests"
+    mkdir -p "$BUILD/src/tests/fixtures/caffe"
     cp "$SRC/pytest.ini" "$BUILD/src/"
+    cp "$SRC/tests/fixtures/caffe/make_fixtures.py" "$BUILD/src/tests/fixtures/caffe/"  # conftest.py loads it
     cp "$SRC/tests/conftest.py" "$SRC/tests/test_ops.py" "$SRC/tests/test_ops_cuda.py" \
         "$SRC/tests/test_hostile_ops.py" "$BUILD/src/tests/"
     ( cd "$BUILD/src" && "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_ops_cuda.py \
