@@ -138,7 +138,7 @@ if [ "${CUDA_GATES:-1}" = 1 ]; then
         keep="$BUILD/gates/$base"
         mkdir -p "$keep"
         # the flags of setup.py's nvcc step (-O3 --fmad=false), plus the gates'
-        "$CUDA_HOME/bin/nvcc" -c "$cu" -o "$keep/$base.o" -std=c++17 -O3 --fmad=false \
+        "$CUDA_HOME/bin/nvcc" -c "$cu" -o "$keep/$base.o" -std=c++20 -O3 --fmad=false \
             -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC --expt-relaxed-constexpr \
             -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
             -D__CUDA_NO_HALF2_OPERATORS__ -DFCN_REPRO_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \

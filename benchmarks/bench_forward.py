@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path

@@ -17,7 +17,9 @@ namespace fcn_repro {
 // to the weight's storage (so its address is not reused while the entry
 // lives), the view (offset, sizes, strides, dtype, device) and the version
 // counter value it was checked at: any in-place change through torch bumps
-// the version and the weight is checked again. (A change that bypasses the
+// the version and the weight is checked again. Entries are per stream too:
+// the flag is written by a kernel on the stream that checked, so another
+// stream checks for itself rather than read it unsynchronised. (A change that bypasses the
 // version counter, e.g. through `.data` or a NumPy view, is not seen: call
 // fcn_repro.ops.clear_diagonal_cache(), the op _clear_diagonal_cache.)
 // Used by the CUDA launchers, where the check is a kernel launch per call;
@@ -25,14 +27,14 @@ namespace fcn_repro {
 class DiagCache {
  public:
   // The cached flag of weight w, or an undefined tensor.
-  at::Tensor find(const at::Tensor& w) {
+  at::Tensor find(const at::Tensor& w, int64_t stream) {
     if (!cacheable(w)) return at::Tensor();
     std::lock_guard<std::mutex> lock(mu_);
     for (Entry& e : entries_)
-      if (matches(e, w)) return e.flag;
+      if (e.stream == stream && matches(e, w)) return e.flag;
     return at::Tensor();
   }
-  void insert(const at::Tensor& w, const at::Tensor& flag) {
+  void insert(const at::Tensor& w, int64_t stream, const at::Tensor& flag) {
     if (!cacheable(w)) return;
     std::lock_guard<std::mutex> lock(mu_);
     entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
@@ -42,7 +44,7 @@ class DiagCache {
     entries_.push_back(Entry{c10::weak_intrusive_ptr<c10::StorageImpl>(
                                  w.storage().getWeakStorageImpl()),
                              w.storage_offset(), w.sizes().vec(), w.strides().vec(),
-                             w.scalar_type(), w.device(), version(w), flag});
+                             w.scalar_type(), w.device(), version(w), stream, flag});
   }
   void clear() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -58,6 +60,7 @@ class DiagCache {
     at::ScalarType dtype;
     at::Device device;
     uint32_t version;
+    int64_t stream;
     at::Tensor flag;
   };
   static bool cacheable(const at::Tensor& w) {

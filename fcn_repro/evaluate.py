@@ -101,7 +101,7 @@ compared with the predictions and scores Caffe itself computed on them."""
 
 _REAL_HOWTO = """\
 To run the real reproduction (FCN-8s on PASCAL VOC 2011 seg11valid; reference {ref}):
-  1. weights: wget -P {wdir} {url}
+  1. weights: python -m fcn_repro.zoo download fcn8s   (from {url} or a mirror, verified)
   2. data: PASCAL VOC 2011 from http://host.robots.ox.ac.uk/pascal/VOC/ (VOCdevkit/VOC2011 with
      JPEGImages/, SegmentationClass/; the seg11valid list ships with fcn_repro)
   3. python -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011

@@ -287,10 +287,9 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
                            "(python -m fcn_repro.train) and pass --weights FILE")
     p = zoo.weights_path(entry)
     if not p.is_file():
-        wdir = zoo.weights_dir()
         raise MissingError(
             f"weights for {entry.name} not found: looked for {p}\n"
-            f"  download the original: wget -P {wdir} {entry.url}\n"
+            f"  download the original (from {entry.url} or its mirrors, verified): python -m fcn_repro.zoo download {entry.name}\n"
             f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
             f"{entry.caffemodel})")
     return p

@@ -49,8 +49,8 @@ from tqdm import tqdm
 
 from fcn_repro.caffe import Net, weights_info
 from fcn_repro.caffe.fcn_nets import net_text
+from fcn_repro import cli, registry
 from fcn_repro.caffe.match import blob_fits
-from fcn_repro import registry
 from fcn_repro.errors import FcnReproError
 
 __all__ = [
@@ -205,7 +205,7 @@ def build_manifest(previous: Optional[dict] = None) -> dict:
                   "recorded (fcn_repro.hub) only after the file has parsed completely as the net's caffemodel, "
                   "and verified after. Published sizes and sha1s are checked from the registry, not from here. "
                   "Generated from the registry (python -m fcn_repro.zoo --write-manifest)."),
-        "base_url": "http://dl.caffe.berkeleyvision.org/",
+        "base_url": registry.BASE_URL,
         "files": files,
     }
 
@@ -338,8 +338,9 @@ def _net_prototxt(net: str):
 
 def check_parses(path: os.PathLike, net: Optional[str]) -> None:
     """The file parses completely as a caffemodel, and as one of ``net``: every
-    layer with parameters present with the shapes of the net's prototxt, and no
-    layer with blobs the net does not have. Raises a project error otherwise."""
+    layer with parameters present, with the blob count and shapes of the net's
+    prototxt (layers the net does not have are ignored, as Caffe's
+    CopyTrainedLayersFrom ignores them). Raises a project error otherwise."""
     info = weights_info(path)   # the whole structure: a cut or foreign file is an error here
     if net is None:
         if not any(layer.blobs for layer in info.layers):
@@ -359,9 +360,6 @@ def check_parses(path: os.PathLike, net: Optional[str]) -> None:
             if not blob_fits(b.shape, tuple(p.shape)):
                 raise WeightsMismatchError(f"{path}: not the weights of {net}: layer {lname!r} blob {b.index} has "
                                            f"shape {tuple(b.shape)}, the net {tuple(p.shape)}")
-    if have:
-        raise WeightsMismatchError(f"{path}: not the weights of {net}: layers the net does not have: "
-                                   f"{', '.join(sorted(have))}")
 
 
 def record(check: Check, notify: Notify = _stderr) -> Check:
@@ -544,7 +542,7 @@ def fetch(src: Source, directory: Optional[os.PathLike] = None, *, progress: boo
         return dest
     kept = part.stat().st_size if part.exists() else 0
     todo = (f"{kept:,} bytes are kept in {part}: run the same command again to resume" if kept else
-            "check the network and run it again, give another source with --base-url URL, or put the file "
+            "Check the network and run it again, give another source with --base-url URL, or put the file "
             "there by hand")
     raise DownloadError(f"could not download {src.file} into {directory}: tried {'; '.join(tried)}. {todo}")
 
@@ -571,6 +569,7 @@ def main_download(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo download",
                                  description="Download the original FCN weights from their sources (the original "
                                              "host, then mirrors), resuming and verifying them.")
+    cli.add_common(ap, json_help=None)
     ap.add_argument("nets", nargs="*", help="nets (python -m fcn_repro.zoo lists them), file names, or vgg16")
     ap.add_argument("--all", action="store_true", help="every net with published weights")
     ap.add_argument("--dir", default=None, help="where to put them (default: $FCN_REPRO_WEIGHTS_DIR, else "
@@ -578,17 +577,15 @@ def main_download(argv=None) -> int:
     ap.add_argument("--base-url", action="append", default=None, metavar="URL",
                     help="fetch URL/<file> instead of the registry's sources (repeat for fallbacks)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
+    return cli.run(_main_download, ap, argv)
+
+
+def _main_download(args) -> int:
     if not args.nets and not args.all:
-        ap.print_usage(sys.stderr)
-        print("error: name the nets to download, or pass --all", file=sys.stderr)
-        return 2
+        raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
     try:
         download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
                  progress=not args.no_progress)
-    except ValueError as e:   # the project's errors (the format's, when a file does not parse)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

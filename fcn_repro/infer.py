@@ -37,9 +37,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro import hub
+from fcn_repro import cli, hub
 from fcn_repro.data.transforms import overlay, save_label_png
-from fcn_repro.evaluate import EXIT_MISSING, MissingError, load_net, resolve_net, resolve_weights
+from fcn_repro.evaluation import MissingError, load_net, resolve_net, resolve_weights
 from fcn_repro.predict import Predictor, Transforms, expand_images, resolve_device
 from fcn_repro.utils import atomic_write
 
@@ -180,6 +180,7 @@ def _num_classes(blob: str, entry, lab: np.ndarray) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.infer",
                                  description="Segment images with an FCN; write label PNGs, overlays, a summary.")
+    cli.add_common(ap, json_help=None)
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model) or a deploy prototxt path")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
@@ -191,25 +192,26 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
-    args = ap.parse_args(argv)
-    skipped: list = []
+    return cli.run(_main, ap, argv)
+
+
+def _main(args) -> int:
+    """Exit 0; 1 when an image was skipped; user errors go to cli.run (one error line, exit 2)."""
+    cli.check_writable(args.outdir, "-o", directory=True)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=args.device,
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-            skipped += [w] if str(w.message).startswith("skipped ") else []
     except MissingError as e:
-        msg = str(e)
         if args.net == "fcn8s" and args.weights is None:
-            msg += "\n  (to try the bundled model instead: --net sample; it knows synthetic shapes, not PASCAL)"
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_MISSING
-    except ValueError as e:   # the project's errors: device, weights mismatch, unreadable net or weights
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise MissingError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
+                               "shapes, not PASCAL)") from None
+        raise
+    skipped = 0
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+        skipped += str(w.message).startswith("skipped ")
     return 1 if skipped else 0
 
 

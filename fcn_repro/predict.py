@@ -43,10 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fcn_repro import hub, zoo
+from fcn_repro import hub, registry, zoo
 from fcn_repro.caffe import Net
-from fcn_repro.data.transforms import (MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD,
-                                       MEAN_SIFTFLOW, MEAN_VOC, log_depth, preprocess, read_image)
+from fcn_repro.data.transforms import log_depth, preprocess, read_image
 from fcn_repro.errors import FcnReproError
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
@@ -76,29 +75,6 @@ def resolve_device(device: Optional[str]) -> str:
 
 # ------------------------------------------------------------------ preprocessing
 
-#: dataset -> {dataset input: mean}; the means themselves are the data modules' facts
-_DATASET_MEANS = {
-    "voc": {"data": MEAN_VOC}, "sbd": {"data": MEAN_VOC}, "sample": {"data": MEAN_VOC},
-    "siftflow": {"data": MEAN_SIFTFLOW}, "context": {"data": MEAN_CONTEXT},
-    "nyud": {"color": MEAN_NYUD_COLOR, "hha": MEAN_NYUD_HHA, "depth": MEAN_NYUD_LOGD},
-}
-
-
-def _input_reads(entry) -> List[Tuple[str, Tuple[str, ...]]]:
-    """[(net input blob, dataset inputs concatenated into it)] of a zoo net."""
-    ins = entry.inputs
-    if isinstance(ins, dict):
-        return list(ins.items())
-    return [(i.blob, tuple(i.reads)) for i in ins]   # registry cards
-
-
-def _mean_of(entry, read: str) -> np.ndarray:
-    data = getattr(entry, "data", None)   # registry card: its dataset card holds the means
-    if data is not None and hasattr(data, "means"):
-        return data.means[read]
-    return _DATASET_MEANS[entry.dataset][read]
-
-
 class Transforms:
     """A net's preprocessing: image(s) -> {net input blob: (C, H, W) float32}.
 
@@ -113,11 +89,11 @@ class Transforms:
         self.inputs = [(blob, [(r, np.asarray(m)) for r, m in reads]) for blob, reads in inputs]
 
     @classmethod
-    def for_net(cls, entry) -> "Transforms":
-        """The preprocessing of a zoo net (None: a VOC-style colour net)."""
-        if entry is None:
-            return cls([("data", [("data", MEAN_VOC)])])
-        return cls([(blob, [(r, _mean_of(entry, r)) for r in reads]) for blob, reads in _input_reads(entry)])
+    def for_net(cls, card: Optional[registry.NetCard]) -> "Transforms":
+        """The preprocessing of a net, from its registry card (None: a VOC-style colour net)."""
+        if card is None:
+            return cls([("data", [("data", registry.dataset("voc").means["data"])])])
+        return cls([(i.blob, [(r, card.data.means[r]) for r in i.reads]) for i in card.inputs])
 
     @property
     def reads(self) -> List[str]:
@@ -348,9 +324,7 @@ def _weights_for(entry, name: str, weights, download: bool, progress: bool) -> T
             raise MissingWeightsError(f"weights file not found: {p}", p)
         return p, True
     if name == "sample":
-        from fcn_repro.data.base import resource_path
-
-        return resource_path("sample", "fcn8s-shapes.caffemodel"), False
+        return zoo.weights_path(entry), False   # ships with the package
     if entry.caffemodel is None:
         raise MissingWeightsError(f"no original weights were published for {name}; train them "
                                   "(python -m fcn_repro.train) and pass weights=FILE")
@@ -385,9 +359,9 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
     check = hub.check_file(path, progress=progress) if verify and known else None
     net = Net(str(zoo.deploy_prototxt(name)), weights=str(path), phase="TEST")
     rep = net.weights_report
-    if rep is not None and (rep.missing or rep.unused):
-        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: net layers without weights "
-                                       f"{rep.missing}, weights without layers {rep.unused}")
+    if rep is not None and rep.missing:   # layers left at their fillers would score garbage
+        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: no weights for the net's layers "
+                                       f"{rep.missing}")
     if check is not None and check.status == "pending":
         hub.record(check)   # it parsed completely and fit every layer of the net
     net.eval()
@@ -401,7 +375,7 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
     heads = {h: entry.class_names(h) for h in head_blobs}
     meta = {
         "name": name, "title": entry.title, "dataset": entry.dataset, "categories": heads[head_blobs[0]],
-        "heads": heads, "head_blobs": head_blobs, "inputs": {b: list(r) for b, r in _input_reads(entry)},
+        "heads": heads, "head_blobs": head_blobs, "inputs": {i.blob: list(i.reads) for i in entry.inputs},
         "mean": {r: np.asarray(m).tolist() for _, reads in transforms.inputs for r, m in reads},
         "weights": str(path), "weights_check": None if check is None else check.status,
     }

@@ -353,12 +353,21 @@ class Trainer:
         if self.validator is None:
             return None
         t0 = time.time()
-        res = self.validator.run(self.net, progress=self.progress)
+        res = self.validator.run(self.net, progress=self.progress and self.interactive)
         rec = {"type": "test", "iter": self.iter, "scores": res, "seconds": time.time() - t0}
         self._log(rec)
-        if self.progress:
+        if self.progress and self.interactive:
             msg = ", ".join(f"{b} mean IU {100 * v['mean_iu']:.2f}" for b, v in res.items())
             status(f"iter {self.iter}: test {msg}")
+        elif self.log_file is not None:
+            # Caffe's test lines (Solver::Test), with the evaluation loop's scores
+            print(f"Iteration {self.iter}, Testing net (#0)", file=self.log_file)
+            k = 0
+            for blob, v in res.items():
+                for key in ("overall_acc", "mean_acc", "mean_iu", "fwavacc"):
+                    print(f"    Test net output #{k}: {blob} {key} = {v[key]:.6g}", file=self.log_file)
+                    k += 1
+            self.log_file.flush()
         self.draw()
         return rec
 

@@ -52,7 +52,9 @@ def weights_path(net: ZooNet, directory: Optional[os.PathLike] = None) -> Option
         return registry.resource_path("sample", net.weights.file)
     if not net.caffemodel:
         return None
-    return Path(directory or weights_dir()) / net.caffemodel
+    if directory is None:   # weights/ or $FCN_REPRO_WEIGHTS_DIR, else the download cache (fcn_repro.hub)
+        return hub.find_weights(net.caffemodel) or weights_dir() / net.caffemodel
+    return Path(directory) / net.caffemodel
 
 
 # ------------------------------------------------------------------ locations

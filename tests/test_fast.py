@@ -319,3 +319,24 @@ def test_positional_input_as_the_net():
         assert torch.equal(fast(x)["score"], fast(data=x)["score"])
     with pytest.raises(ValueError, match="in this order"):
         fast(x, data=x)
+
+
+def test_backgrounds_are_computed_once_per_size(monkeypatch):
+    """The background (the net on an all-zero image) is remembered per input size and parameter version."""
+    import fcn_repro.fast.structured as structured
+    calls = []
+    orig = structured._bg_window_op
+    monkeypatch.setattr(structured, "_bg_window_op", lambda *a: calls.append(1) or orig(*a))
+    net = _net("fcn8s")
+    fast = optimize(net)
+    io = np.load(caffe_fixture("fcn8s.io.npz"))
+    x0, x1 = torch.from_numpy(io["s0/data"]), torch.from_numpy(io["s1/data"])
+    with torch.no_grad():
+        fast(data=x0)
+        first = len(calls)
+        assert first > 0
+        a = fast(data=x0 * 0.5)["score"]
+        assert len(calls) == first                       # same size: nothing recomputed
+        fast(data=x1)
+        assert len(calls) > first                        # another size: its own backgrounds
+        assert rel(a, net(data=x0 * 0.5)["score"]) <= REL_TOL

@@ -340,3 +340,49 @@ def test_zoo_download_subcommand(server, env, good, capsys):
     assert zoo.main(["download", FILE, "--dir", str(d), "--base-url", f"{server.url}/ok", "--no-progress"]) == 0
     assert (d / FILE).read_bytes() == good
     assert "recorded, not verified" in capsys.readouterr().err
+
+
+def test_sources_and_pins_come_from_the_registry():
+    from fcn_repro import registry
+
+    for name in ("fcn8s", "fcn32s", "siftflow-fcn16s"):
+        w = registry.net(name).weights
+        s = hub.source(name)
+        assert (s.file, s.urls, s.bytes, s.sha1, s.net) == (w.file, tuple(w.urls), w.bytes, w.sha1, name)
+        assert s.urls[0] == registry.BASE_URL + s.file          # the original host first
+    assert hub.source("vgg16").file == registry.INIT_WEIGHTS["vgg16"].file
+    assert {s.net for s in hub.known_files() if s.net} == {n for n, c in registry.NETS.items() if c.weights}
+
+
+@pytest.mark.parametrize("net", ["fcn8s", "fcn32s"])
+def test_registry_pins_refuse_a_file_that_is_not_the_original(server, tmp_path, monkeypatch, good, net):
+    """fcn8s has a published sha1, fcn32s a published size: the fixture served under their names is refused."""
+    monkeypatch.setenv("FCN_REPRO_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub, "_net_prototxt", lambda n: str(caffe_fixture(f"{n}.prototxt")))
+    src = hub.source(net)
+    assert src.pinned
+    server.routes[f"/m/{src.file}"] = {"data": caffe_fixture(f"{net}.caffemodel").read_bytes()}
+    with pytest.raises(hub.DownloadError) as ei:
+        hub.download([net], base_url=f"{server.url}/m", progress=False, notify=lambda m: None)
+    assert "refused" in str(ei.value) and ("sha1" if src.sha1 else "size") in str(ei.value)
+    d = tmp_path / "home" / "weights"
+    assert not (d / src.file).exists() and not (d / (src.file + ".part")).exists()
+
+
+def test_evaluate_finds_a_download_in_the_cache(server, env, good, monkeypatch):
+    from fcn_repro import registry, zoo
+
+    monkeypatch.setattr(hub, "repo_root", lambda: None)   # no checkout weights/: ./weights, then the cache
+    monkeypatch.chdir(env)
+    card = registry.net("fcn8s")
+    assert zoo.weights_path(card) == env / "weights" / FILE            # not there yet: where to put it
+    server.routes["/ok/" + FILE] = {"data": good}
+    p = hub.download([FILE], base_url=f"{server.url}/ok", progress=False, notify=lambda m: None)[0]
+    assert p == env / "home" / "weights" / FILE and zoo.weights_path(card) == p
+
+
+def test_check_parses_names_a_wrong_shape(env):
+    # FCN-8s (21 classes) weights against the 60-class PASCAL-Context FCN-8s: same layers, other shapes
+    with pytest.raises(hub.WeightsMismatchError, match="not the weights of pascalcontext-fcn8s: layer 'score_fr'"):
+        hub.check_parses(caffe_fixture("fcn8s.caffemodel"), "pascalcontext-fcn8s")
+    hub.check_parses(caffe_fixture("pascalcontext-fcn8s.caffemodel"), "pascalcontext-fcn8s")

@@ -99,3 +99,32 @@ def test_opcheck_cuda():
                                             [2, 1], 0.5, 2.0))]:
         result = torch.library.opcheck(op, args)
         assert all(v == "SUCCESS" for v in result.values()), f"{op}: {result}"
+
+
+def test_diagonal_check_remembered_per_weight_version():
+    """The CUDA launchers remember the diagonal check per weight version: an in-place
+    change (version counter) is seen; a change behind it (.data) after clear_diagonal_cache()."""
+    c, k, s = 4, 4, 2
+    x = torch.randn(1, c, 5, 5)
+    w = bilinear_diag(c, k, torch.float32)
+    wg = w.cuda()
+    ops.deconv2d(x.cuda(), wg, None, s)  # checked: diagonal
+    wg[0, 1, 0, 0] = 0.5
+    w[0, 1, 0, 0] = 0.5
+    assert_same(ops.deconv2d(x, w, None, s), ops.deconv2d(x.cuda(), wg, None, s).cpu(), "after an in-place change")
+    w2 = bilinear_diag(c, k, torch.float32)
+    w2g = w2.cuda()
+    ops.deconv2d(x.cuda(), w2g, None, s)
+    w2g.data[0, 1, 0, 0] = 0.5
+    w2[0, 1, 0, 0] = 0.5
+    ops.clear_diagonal_cache()
+    assert_same(ops.deconv2d(x, w2, None, s), ops.deconv2d(x.cuda(), w2g, None, s).cpu(), "after clearing")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_gradient_reduction_cuda_equals_cpu(dtype):
+    """FCN-size bias gradient (21 channels x 500x500, batch 2): the block reduction's fixed
+    lane + tree order equals the CPU's, bit for bit."""
+    gy = torch.randn(2, 21, 500, 500, dtype=dtype)
+    assert_same(torch.ops.fcn_repro._deconv2d_grad_bias(gy),
+                torch.ops.fcn_repro._deconv2d_grad_bias(gy.cuda()).cpu(), "bias gradient")

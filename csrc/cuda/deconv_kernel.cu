@@ -6,8 +6,8 @@
 // The diagonal fast path is chosen on the device: a one-block kernel checks
 // that the weight is zero off the channel diagonal and writes a flag that the
 // main kernel reads (no host synchronisation). The flag is remembered per
-// weight (its storage, view and version counter: see DiagCache), so a
-// weight that does not change is checked once, not on every call.
+// weight and stream (its storage, view and version counter: see DiagCache),
+// so a weight that does not change is checked once, not on every call.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -73,19 +73,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block of kBiasLanes threads per channel: thread t sums lane t, then the
-// tree of deconv.h in shared memory (the CPU computes the same tree).
+// One block per channel: its kReduceThreads threads sum the kBiasLanes lanes
+// (thread t: lanes t, t + kReduceThreads, ...), then the tree of deconv.h in
+// shared memory; each lane and tree node adds its terms in deconv.h's order,
+// so the CPU's sequential evaluation of the same tree gives the same bits.
 template <typename T>
 __global__ void __launch_bounds__(kReduceThreads)
     deconv2d_grad_bias_kernel(const T* gy, T* gb, DeconvGeom g) {
-  static_assert(kBiasLanes == kReduceThreads, "one thread per lane");
+  static_assert(kBiasLanes % kReduceThreads == 0, "whole lanes per thread");
   __shared__ T lanes[kBiasLanes];
   const int64_t co = blockIdx.x;
   const int t = threadIdx.x;
-  lanes[t] = deconv_grad_bias_lane(gy, g, co, t);
+  for (int l = t; l < kBiasLanes; l += kReduceThreads) lanes[l] = deconv_grad_bias_lane(gy, g, co, l);
   __syncthreads();
   for (int h = kBiasLanes / 2; h > 0; h /= 2) {
-    if (t < h) deconv_grad_bias_tree_step(lanes, t, h);
+    for (int l = t; l < h; l += kReduceThreads) deconv_grad_bias_tree_step(lanes, l, h);
     __syncthreads();
   }
   if (t == 0) gb[co] = lanes[0];
@@ -99,16 +101,16 @@ at::Tensor diag_flag(const at::Tensor& weight, const at::Tensor& wc, const Decon
   if (path == kPathGeneral) return at::Tensor();
   if (path == kPathDiagonal) return at::ones({1}, wc.options().dtype(at::kInt));
   if (!deconv_diag_possible(g)) return at::Tensor();
-  at::Tensor flag = diag_cache().find(weight);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor flag = diag_cache().find(weight, stream.id());
   if (flag.defined()) return flag;
   flag = at::empty({1}, wc.options().dtype(at::kInt));
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "fcn_repro_diag_check_cuda", [&] {
     FCN_LAUNCH(deconv2d_diag_check_kernel<kernel_t<scalar_t>>, 1, kReduceThreads, 0, stream,
                in_ptr<scalar_t>(wc), wc.numel(), g.cout_g, g.kh * g.kw, flag.data_ptr<int>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  diag_cache().insert(weight, flag);
+  diag_cache().insert(weight, stream.id(), flag);
   return flag;
 }
 

@@ -52,7 +52,8 @@ using kernel_t = T;
 #endif
 
 constexpr int kThreads = 256;  // every grid-stride kernel: __launch_bounds__(kThreads)
-constexpr int kReduceThreads = 1024;  // the one-block reductions: __launch_bounds__(kReduceThreads)
+constexpr int kReduceThreads = 512;  // the one-block reductions: __launch_bounds__(kReduceThreads)
+// (512, not 1024: at 1024 threads ptxas spilled the float64 bias reduction to local memory)
 
 // Grid for n grid-stride work items: enough blocks to cover n, at most 32 per SM.
 inline int blocks_for(int64_t n) {

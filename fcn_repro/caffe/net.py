@@ -17,7 +17,11 @@ blob by blob, by Caffe blob name:
   autograd then gives Caffe's gradients. Parameters whose ``lr_mult`` is 0
   get ``requires_grad = False``: Caffe computes no gradient for them.
 
-Speed and memory (the forward path is what the benchmarks time):
+The forward runs the net's execution plan, ``net.plan`` (typed steps with
+blob versions, made by :func:`fcn_repro.caffe.plan.make_plan`; the fast path
+and the exporters run the same plan). Weights are matched to layers by
+:mod:`fcn_repro.caffe.match` (Caffe's shape rule). Speed and memory (the
+forward path is what the benchmarks time):
 
 * A blob is dropped as soon as its last consumer has run, unless it is an
   output or ``keep_blobs`` is set.

@@ -47,7 +47,10 @@ plan (so the builder's fused Deconvolution->Crop and Crop->Eltwise ops are
 used as they are). The fast path reads the builder's public plan
 (:mod:`fcn_repro.caffe.plan`) and the layers' own windows (``layer.window``),
 and a non-finite input (NaN, inf) runs the plain path, so both paths give the
-same scores for it.
+same scores for it. Backgrounds do not depend on the image, so they are
+computed once per input size and parameter version and remembered (the
+last few sizes); the fast path changes no process-wide setting (thread
+counts) while it runs.
 
 Kernels: convolutions run through oneDNN on channels-last tensors with the
 following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``

@@ -1,6 +1,7 @@
 """The fast forward of a built net: :class:`FastNet` and :func:`optimize`."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 import torch
@@ -17,6 +18,8 @@ __all__ = ["FAST_DEFAULTS", "FastNet", "optimize", "count_flops"]
 # benchmarks/RESULTS.md).
 FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True, views=True,
                      winograd="f2", winograd_min_channels=512)
+
+_BACKGROUNDS_KEPT = 4   # input sizes whose backgrounds are remembered (a few MB each for FCN-8s)
 
 
 class FastNet(nn.Module):
@@ -55,6 +58,7 @@ class FastNet(nn.Module):
         self._plan = None
         self._steps: Optional[list] = None
         self._schedules: dict = {}
+        self._backgrounds: OrderedDict = OrderedDict()   # see _background_cache
 
     @property
     def inputs(self):
@@ -84,6 +88,7 @@ class FastNet(nn.Module):
         plan = self.net.plan
         if self._steps is None or self._plan is not plan:
             self._steps, self._plan, self._schedules = fast_steps(plan), plan, {}
+            self._backgrounds.clear()   # keyed by step index
         return self._steps
 
     def schedule(self, shapes: dict) -> dict:
@@ -124,7 +129,24 @@ class FastNet(nn.Module):
         with torch.no_grad():
             return self._forward(env)
 
-    def _run_step(self, i: int, s: FastStep, env: dict, want: dict) -> None:
+    def _background_cache(self, env: dict) -> dict:
+        """The backgrounds computed for these input shapes, dtype, device and parameter versions.
+
+        A background is what the net computes on an all-zero image: it depends
+        on nothing else, so it is computed once per key (the last few kept).
+        """
+        params = tuple((p.data_ptr(), p._version, p.dtype) for p in self.net.parameters())
+        key = (tuple((n, tuple(env[n].shape), env[n].dtype, str(env[n].device)) for n in self.net.inputs), params)
+        store = self._backgrounds.get(key)
+        if store is None:
+            store = self._backgrounds[key] = {}
+            while len(self._backgrounds) > _BACKGROUNDS_KEPT:
+                self._backgrounds.popitem(last=False)
+        else:
+            self._backgrounds.move_to_end(key)
+        return store
+
+    def _run_step(self, i: int, s: FastStep, env: dict, want: dict, bgs: Optional[dict] = None) -> None:
         opts = self.options
         cl = opts["channels_last"]
         st, kind, m = s.step, s.kind, s.layer
@@ -141,14 +163,15 @@ class FastNet(nn.Module):
             if opts["background"]:
                 if not isinstance(x, SBlob):
                     x = structured_from_tensor(x, cl)
-                y = sconv(x, kern, m.window.kernel, m.window.pad, relu=s.relu is not None, want=want.get(i))
+                y = sconv(x, kern, m.window.kernel, m.window.pad, relu=s.relu is not None, want=want.get(i),
+                          cache=bgs, key=i)
             else:
                 if cl and x.dtype == torch.float32:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = kern(x, s.relu is not None, pad=m.window.pad)
             env[st.top_names[0]] = y
         elif kind == "pool" and isinstance(x, SBlob):
-            env[st.top_names[0]] = spool_max(x, m.window.kernel, m.window.stride, want=want.get(i))
+            env[st.top_names[0]] = spool_max(x, m.window.kernel, m.window.stride, want=want.get(i), cache=bgs, key=i)
         elif kind == "relu" and isinstance(x, SBlob):
             env[st.top_names[0]] = srelu(x, m.negative_slope, inplace=st.inplace_ok)
         elif kind == "identity":
@@ -166,10 +189,11 @@ class FastNet(nn.Module):
     def _forward(self, env: dict) -> dict[str, torch.Tensor]:
         steps = self.steps()
         want = self.schedule({n: tuple(env[n].shape) for n in self.net.inputs}) if self.options["background"] else {}
+        bgs = self._background_cache(env) if self.options["background"] else None
         for i, s in enumerate(steps):
             # Named ranges: torch.profiler shows the time of every layer.
             with torch.profiler.record_function(s.step.name):
-                self._run_step(i, s, env, want)
+                self._run_step(i, s, env, want, bgs)
         return {n: materialize(env[n]) for n in self.net.outputs}
 
 

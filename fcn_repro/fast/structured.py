@@ -1,7 +1,7 @@
 """Layers on structured blobs: convolution, MAX pooling, ReLU (window and background alike)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,22 @@ def _bg_window_op(sb: SBlob, w: Window, fn, g_out: Geo) -> torch.Tensor:
     return recompress(y, 3, g_out.ax.top, g_out.ax.bot, g_out.ax.size)
 
 
+def _background(sb: SBlob, w: Window, fn, g_out: Geo, cache: Optional[dict], key) -> torch.Tensor:
+    """:func:`_bg_window_op`, remembered in ``cache[key]`` when a cache is given.
+
+    A background depends only on the input size and the parameters (it is
+    what the net computes on an all-zero image), so the executor keeps it per
+    input size and parameter version: a repeated size then runs none of the
+    many small background operations again.
+    """
+    if cache is not None and key in cache:
+        return cache[key]
+    bg = _bg_window_op(sb, w, fn, g_out)
+    if cache is not None:
+        cache[key] = bg
+    return bg
+
+
 def _read(sb: SBlob, want: tuple, hw: tuple) -> tuple:
     """(tensor, symmetric pad) holding the input window ``want`` (unclipped).
 
@@ -42,13 +58,14 @@ def _read(sb: SBlob, want: tuple, hw: tuple) -> tuple:
 
 
 def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = False,
-          want: Optional[tuple] = None) -> SBlob:
+          want: Optional[tuple] = None, cache: Optional[dict] = None, key: Any = None) -> SBlob:
     """Convolution (Caffe geometry: kernel k, pad, the kernel's stride/dilation) of a structured blob.
 
     ``want``: the output window to compute (default: the output's data
     box; it must contain the box). The box is computed on its window (halo
     from the background, zeros beyond the map); the background on its
-    compressed form.
+    compressed form. ``cache``/``key``: where the computed background is
+    remembered (see :func:`_background`).
     """
     w = Window(tuple(k), kernel.stride, tuple(pad), kernel.dilation)
     g_in = sb.geo
@@ -62,7 +79,7 @@ def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = Fals
     elif how == "compute":
         def fn(x, p):
             return kernel(x, relu, pad=p)
-        bg = _bg_window_op(sb, w, fn, g)
+        bg = _background(sb, w, fn, g, cache, key)
     else:
         bg = None
     win = g.box if want is None else tuple(want)
@@ -74,7 +91,8 @@ def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = Fals
     return SBlob(box, bg, g.ay, g.ax, False, sb.n, cout, win)
 
 
-def spool_max(sb: SBlob, k: tuple, s: tuple, want: Optional[tuple] = None) -> SBlob:
+def spool_max(sb: SBlob, k: tuple, s: tuple, want: Optional[tuple] = None, cache: Optional[dict] = None,
+              key: Any = None) -> SBlob:
     """Caffe MAX pooling with no padding (CEIL rounding: the last window is clipped to the map)."""
     w = Window(tuple(k), tuple(s), (0, 0))
     g_in = sb.geo
@@ -82,7 +100,7 @@ def spool_max(sb: SBlob, k: tuple, s: tuple, want: Optional[tuple] = None) -> SB
     if how == "compute":
         def fn(x, p):
             return F.max_pool2d(x, k, s, 0, ceil_mode=True)
-        bg = _bg_window_op(sb, w, fn, g)
+        bg = _background(sb, w, fn, g, cache, key)
     else:
         bg = None
     win = g.box if want is None else tuple(want)

@@ -17,18 +17,12 @@ from ..shapes import deconv_out
 
 @register("Deconvolution")
 class Deconvolution(Convolution):
+    """Setup as Convolution's, with the transposed weight shape and Caffe's deconvolution size."""
 
     def weight_shape(self, channels):
         # Caffe keeps the weight of a deconvolution in the shape of the
         # convolution it is the transpose of: (Cin, Cout/group, kh, kw).
         return (channels, self.num_output // self.group) + tuple(self.kernel)
-
-    def setup(self, bottom_shapes):
-        s = self._check_bottoms(bottom_shapes)
-        self.add_blob(self.weight_shape(s[1]), "weights")
-        if self.bias_term:
-            self.add_blob((self.num_output,), "bias")
-        return [(s[0], self.num_output) + self.out_size(s[2], s[3])] * len(self.top_names)
 
     def out_size(self, h, w) -> tuple:
         """(out_h, out_w) for an (h, w) bottom (None in, None out): Caffe's deconvolution size."""

@@ -2,6 +2,8 @@
 // the device properties (SM count settable by the tests) and the stream.
 #pragma once
 
+#include <cstdint>
+
 #include "fcn_emu/runtime.h"
 
 namespace at {
@@ -16,7 +18,9 @@ inline EmuDeviceProp* getCurrentDeviceProperties() {
   return &prop;
 }
 
-struct CUDAStream {};
+struct CUDAStream {
+  int64_t id() const { return 0; }
+};
 inline CUDAStream getCurrentCUDAStream() { return CUDAStream{}; }
 
 }  // namespace cuda
