@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from fcn_repro.caffe.prototxt import Message
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "FillerError", "fill", "bilinear_kernel", "bilinear_weight", "layer_fillers",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class FillerError(ValueError):
+class FillerError(FcnReproError):
     """A filler that cannot be applied (unknown type, wrong blob shape)."""
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
+from fcn_repro.errors import FcnReproError
+
 __all__ = ["ShapeRuleError", "Window", "conv_out", "deconv_out", "caffe_pool_out", "torch_pool_out",
            "conv_window", "pool_window", "PHASES", "phase_name", "rule_met", "layer_included"]
 
 
-class ShapeRuleError(ValueError):
+class ShapeRuleError(FcnReproError):
     """A layer or rule that breaks one of Caffe's shape or state rules."""
 
 

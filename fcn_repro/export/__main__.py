@@ -14,16 +14,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fcn_repro import hub, registry, zoo
+from fcn_repro import cli, hub, registry, zoo
+from fcn_repro.cli import UsageError
 from fcn_repro.caffe.net import Net
 
 from .onnx_export import DEFAULT_OPSET, to_onnx
 
 CHECK_TOLERANCE = 1e-4
-
-
-class UsageError(ValueError):
-    pass
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -79,24 +76,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="run the file in onnxruntime against our forward: max relative difference, argmax "
                          "agreement")
-    a = ap.parse_args(argv)
-    try:
-        prototxt, weights = resolve(a.net, a.weights)
-        net = Net(prototxt, weights)
-        result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
-    except (ValueError, OSError) as e:  # the project's errors (FcnReproError, NetError) are ValueErrors
-        msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    print(result)
+    cli.add_common(ap)
+    return cli.run(_main, ap, argv)
+
+
+def _main(a) -> int:
+    cli.check_writable(a.output, "the ONNX file")
+    cli.check_writable(a.json, "--json")
+    prototxt, weights = resolve(a.net, a.weights)
+    net = Net(prototxt, weights)
+    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
+    print(result, file=sys.stderr if a.json == "-" else sys.stdout)
+    if a.json:
+        cli.write_json(a.json, result)
     bad = [c for c in result.checks if not c["max_rel"] <= CHECK_TOLERANCE]
     if bad:
         where = ", ".join(f"{c['size'][0]}x{c['size'][1]} {c['output']}" for c in bad)
         print(f"error: onnxruntime differs from our forward by more than {CHECK_TOLERANCE:g} (relative) "
               f"at {where}", file=sys.stderr)
-        return 1
-    return 0
-
+        return cli.EXIT_FAILED
+    return cli.EXIT_OK
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,7 @@ from torch import nn
 
 from fcn_repro import limits
 from fcn_repro.caffe.prototxt import Message
-from fcn_repro.errors import LimitError
+from fcn_repro.errors import FcnReproError, LimitError
 
 Shape = tuple  # tuple[Optional[int], ...]
 
@@ -44,7 +44,7 @@ def register(*type_names: str) -> Callable[[type["Layer"]], type["Layer"]]:
     return deco
 
 
-class NetError(ValueError):
+class NetError(FcnReproError):
     """A net that cannot be built or run: the message names file, layer and blob."""
 
 
