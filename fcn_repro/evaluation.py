@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import cli, registry, zoo
+from fcn_repro import cli, hub, registry, zoo
 from fcn_repro.caffe import Net
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
@@ -42,7 +42,7 @@ from fcn_repro.registry import resource_path
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
            "LabelRangeWarning", "SCORE_KEYS", "MissingError", "WeightsIncompleteError", "resolve_net",
-           "resolve_weights", "load_net", "open_dataset", "evaluate_set"]
+           "resolve_weights", "load_net", "load_checked", "open_dataset", "evaluate_set"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -316,6 +316,23 @@ def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", f
     return net
 
 
+def load_checked(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False,
+                 verify: bool = True, progress: bool = True):
+    """(net, weights check) with the weights file read once.
+
+    verify: the file is checked against its published facts and the
+    manifest's record first (:func:`fcn_repro.hub.check_file`: a mismatch is
+    an error before any parsing), then :func:`load_net` parses it completely
+    into the net, and only then is a first-seen file's sha256 recorded
+    (:func:`fcn_repro.hub.record`). The check is None without ``verify``.
+    """
+    check = hub.check_file(weights, progress=progress) if verify else None
+    net = load_net(prototxt, weights, device, fast=fast)
+    if check is not None and check.status == "pending":
+        hub.record(check)   # it parsed completely and fit every layer of the net
+    return net, None if check is None else check.as_dict()
+
+
 class WeightsIncompleteError(ValueError):
     """The weights file lacks layers of the net (exit status 1)."""
 
@@ -407,10 +424,7 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
         raise MissingError("\n\n".join(problems))
     rank, world, device = cli.dist_setup(device)
     indices = shard_indices(len(dataset), rank, world, limit)
-    check = None
-    if verify and rank == 0:
-        check = zoo.verify_or_record(wpath, progress=progress)
-    netm = load_net(prototxt, wpath, device, fast=fast)
+    netm, check = load_checked(prototxt, wpath, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
     # the bundled images come with Caffe's own predictions to compare against
     compare_caffe = kind == "sample" and data is None

@@ -1,7 +1,7 @@
 """Segment images with an FCN: ``python -m fcn_repro.infer``.
 
     python -m fcn_repro.infer IMAGE|DIR|GLOB... --net fcn8s [--weights W] -o OUTDIR
-        [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast]
+        [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast] [--json FILE]
 
 Images are files, directories (their image files) or globs (quote them:
 ``'photos/**/*.jpg'``). Each is read with PIL and turned upright by its EXIF
@@ -16,7 +16,9 @@ two images would write the same file (``a/x.jpg`` and ``b/x.jpg``) the later
 one gets ``<stem>-2`` (``-3``, ...): no output overwrites another. Nets with
 two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The per-image
 class summary (class name, fraction of pixels) is printed and written to
-``OUTDIR/summary.json`` with the output names.
+``OUTDIR/summary.json`` with the output names (``--json FILE`` writes the
+same report to FILE as well; ``--json -``: to stdout, and the per-image lines
+go to stderr).
 
 An image that cannot be read (corrupt, truncated, over the pixel cap) is
 skipped with a warning naming it; the others go on (exit status 1 if any
@@ -24,6 +26,10 @@ was skipped). The preprocessing is the net's training data's (the dataset's
 BGR mean). ``--net sample`` runs the bundled model (synthetic shapes; not
 PASCAL). When the original weights of a named net are missing, the message
 says where they were looked for and how to get them, and the exit status is 2.
+
+The CLI follows :mod:`fcn_repro.cli`: CPU unless ``--device cuda`` (a clean
+error where CUDA is absent), outputs (``-o``, ``--json``) checked writable
+before any work, one ``error:`` line and exit status 2 on a user error.
 """
 from __future__ import annotations
 
@@ -37,11 +43,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro import cli, hub
+from fcn_repro import cli
 from fcn_repro.data.transforms import overlay, save_label_png
-from fcn_repro.evaluation import MissingError, load_net, resolve_net, resolve_weights
-from fcn_repro.predict import Predictor, Transforms, expand_images, resolve_device
-from fcn_repro.utils import atomic_write
+from fcn_repro.evaluation import MissingError, load_checked, resolve_net, resolve_weights
+from fcn_repro.outputs import output_file
+from fcn_repro.predict import Predictor, Transforms, expand_images
 
 __all__ = ["summarize", "infer", "main", "output_names"]
 
@@ -95,16 +101,17 @@ def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
 
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
-          save_scores: bool = False, batch_size: int = 2) -> dict:
+          save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
     images read; unreadable ones are skipped with a warning and listed under
-    the key 'skipped' of summary.json. Raises MissingError when the net, its
-    weights or a named image file is missing, or nothing matches.
+    the key 'skipped' of summary.json (and of ``json_path``: the same report;
+    '-': stdout). Raises MissingError when the net, its weights or a named
+    image file is missing, or nothing matches.
     """
     out = out or sys.stdout
-    device = resolve_device(device)
+    device = cli.check_device(device)
     entry, prototxt = resolve_net(net)
     wpath = resolve_weights(entry, weights, net)
     missing = [p for p in images if not Path(p).exists() and not _is_glob(p)]
@@ -113,9 +120,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     paths = expand_images(list(images))
     if not paths:
         raise MissingError("no image files in " + ", ".join(images))
-    if verify:
-        hub.verify_or_record(wpath)
-    netm = load_net(prototxt, wpath, device, fast=fast)
+    netm, _ = load_checked(prototxt, wpath, device, fast=fast, verify=verify)
     heads = list(entry.classes) if entry is not None else None
     predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
                           keep_images=True)
@@ -141,12 +146,13 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             lab_path = outdir_p / f"{base}{suffix}.png"
             ov_path = outdir_p / f"{base}{suffix}_overlay.png"
             save_label_png(lab_path, lab)
-            with atomic_write(ov_path, "wb") as f:
-                Image.fromarray(overlay(rgb, lab, alpha=alpha)).save(f, format="PNG")
+            ov = overlay(rgb, lab, alpha=alpha)
+            with output_file(ov_path, ov.nbytes, "wb") as f:   # PNG: at most about the raw size
+                Image.fromarray(ov).save(f, format="PNG")
             rec = {"labels": str(lab_path), "overlay": str(ov_path)}
             if save_scores:
                 sc_path = outdir_p / f"{base}{suffix}.npy"
-                with atomic_write(sc_path, "wb") as f:
+                with output_file(sc_path, pred.scores[blob].nbytes + 4096, "wb") as f:
                     np.save(f, pred.scores[blob])
                 rec["scores"] = str(sc_path)
             nclass = n if n is not None else _num_classes(blob, entry, lab)
@@ -156,9 +162,12 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
-    with atomic_write(outdir_p / "summary.json", "w") as f:
-        json.dump({"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}, f, indent=2)
-        f.write("\n")
+    report = {"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}
+    text = json.dumps(cli.jsonable(report), indent=2, allow_nan=False) + "\n"
+    with output_file(outdir_p / "summary.json", len(text.encode()), "w") as f:
+        f.write(text)
+    if json_path:
+        cli.write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
@@ -180,12 +189,13 @@ def _num_classes(blob: str, entry, lab: np.ndarray) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.infer",
                                  description="Segment images with an FCN; write label PNGs, overlays, a summary.")
-    cli.add_common(ap, json_help=None)
+    cli.add_common(ap, "also write the report (summary.json's content) as JSON to FILE ('-': stdout; "
+                   "the per-image lines then go to stderr)")
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model) or a deploy prototxt path")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ap.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours (default: %(default)s)")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write each image's class scores, (C, H, W) float32, as <name>.npy")
@@ -197,12 +207,20 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     """Exit 0; 1 when an image was skipped; user errors go to cli.run (one error line, exit 2)."""
+    if args.batch_size < 1:
+        raise cli.UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise cli.UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
+    device = cli.check_device(args.device)
+    # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
+    cli.check_writable(args.json, "--json")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=args.device,
-                  alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size)
+            infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device,
+                  alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
+                  json_path=args.json, out=sys.stderr if args.json == "-" else None)
     except MissingError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise MissingError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

@@ -186,3 +186,37 @@ def test_infer_nothing_matching_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert inf.main([str(tmp_path / "empty"), "--net", "sample", "-o", str(tmp_path / "o")]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_infer_json_report_and_outputs_checked_first(tmp_path, capsys):
+    img = _jpeg(tmp_path / "in" / "x.jpg")
+    # --json into a directory that is a file: refused before any work, nothing written
+    (tmp_path / "file").write_text("")
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o"), "--json", str(tmp_path / "file" / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --json")
+    assert not (tmp_path / "o").exists()
+    # --json -: the report on stdout (valid JSON), the per-image lines on stderr
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o"), "--json", "-"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    report = json.loads(cap.out)
+    assert report == json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert list(report["images"]) == [str(img)] and report["net"] == "sample"
+    assert f"{img} (56x40):" in cap.err
+    # --json FILE: the same report in FILE
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o2"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert json.loads((tmp_path / "r.json").read_text())["images"][str(img)]["size"] == [40, 56]
+
+
+def test_infer_version_and_bad_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        inf.main(["--version"])
+    assert e.value.code == 0 and "fcn_repro" in capsys.readouterr().out
+    img = _jpeg(tmp_path / "x.jpg")
+    for opt in (["--batch-size", "0"], ["--alpha", "2"], ["--device", "tpu"]):
+        rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o")] + opt)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {opt[0]}")
+    assert not (tmp_path / "o").exists()
