@@ -37,13 +37,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from fcn_repro.errors import FcnReproError
+
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "run", "check_writable",
            "jsonable", "write_json", "check_device", "dist_setup", "dist_teardown", "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(ValueError):
+class UsageError(FcnReproError):
     """A bad argument or option combination (exit status 2)."""
 
 
@@ -77,8 +79,9 @@ def error_line(e: BaseException) -> str:
 
 
 def _user_error(e: BaseException) -> bool:
-    # Our errors are ValueError subclasses (formats, registry, data, solver,
-    # usage); missing files are FileNotFoundError (DataMissingError too);
+    # Our errors are FcnReproError (a ValueError: formats, registry, data,
+    # solver, usage; evaluation.MissingError is also a FileNotFoundError);
+    # other missing files are FileNotFoundError (DataMissingError too);
     # an unwritable path is PermissionError / IsADirectoryError / NotADirectoryError.
     return isinstance(e, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
                           NotADirectoryError))

@@ -66,6 +66,9 @@ class FcnReproError(ValueError):
         parts.append(self.reason)
         return ": ".join(parts)
 
+    def __str__(self) -> str:   # the message (not OSError's "[Errno ...]" form in a subclass that is also one)
+        return str(self.args[0]) if self.args else self.reason
+
     def _fields(self) -> dict[str, Any]:
         return {"offset": self.offset, "layer": self.layer, "blob": self.blob,
                 "line": self.line, "col": self.col, "field": self.field}
@@ -75,9 +78,11 @@ class FcnReproError(ValueError):
 
 
 def _rebuild(cls, reason, filename, state):
-    err = cls.__new__(cls)
+    # a subclass that is also an OSError (a missing file) is made by OSError's __new__
+    err = (OSError if issubclass(cls, OSError) else ValueError).__new__(cls)
     ValueError.__init__(err, "")
     err.__dict__.update(state)
+    err.reason, err.filename = reason, filename   # OSError keeps filename outside __dict__
     err.args = (err._render(),)
     return err
 

@@ -36,6 +36,7 @@ from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
 from fcn_repro.data.transforms import save_label_png
+from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.registry import resource_path
@@ -246,8 +247,8 @@ def head_scores(hist: np.ndarray, dataset: SegDataset) -> dict:
 
 # ---------------------------------------------------------------- a net on a dataset
 
-class MissingError(FileNotFoundError):
-    """Weights, data or a net file is missing; the CLIs exit with status 2."""
+class MissingError(FcnReproError, FileNotFoundError):
+    """Weights, data or a net file is missing (a project error and a FileNotFoundError); the CLIs exit with status 2."""
 
 
 # ---------------------------------------------------------------- resolving
@@ -333,7 +334,7 @@ def load_checked(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu
     return net, None if check is None else check.as_dict()
 
 
-class WeightsIncompleteError(ValueError):
+class WeightsIncompleteError(FcnReproError):
     """The weights file lacks layers of the net (exit status 1)."""
 
 

@@ -42,6 +42,7 @@ from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.net import transplant
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import Message
+from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, sync_gradients
 from fcn_repro.utils import atomic_write
@@ -50,7 +51,7 @@ __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", 
            "draw_curve", "Trainer", "status"]
 
 
-class TrainError(ValueError):
+class TrainError(FcnReproError):
     """A training setup that cannot run; the message names the file and blob."""
 
 

@@ -70,3 +70,26 @@ def test_budget_accumulates():
         with pytest.raises(CaffeModelError, match="m.caffemodel: byte 7: .*120 bytes"):
             b.charge(60, "layer records", offset=7)
         assert b.used == 60
+
+
+def test_tools_errors_join_the_family():
+    from fcn_repro.caffe.coord_map import CoordMapError
+    from fcn_repro.caffe.netspec import NetSpecError
+    from fcn_repro.cli import UsageError, error_line
+    from fcn_repro.data.layers import ParamStrError
+    from fcn_repro.evaluation import MissingError, WeightsIncompleteError
+    from fcn_repro.trainer import TrainError
+
+    for cls in (UsageError, MissingError, WeightsIncompleteError, CoordMapError, NetSpecError, TrainError,
+                ParamStrError):
+        assert issubclass(cls, FcnReproError) and issubclass(cls, ValueError)
+        e = cls("what went wrong", "f.txt", layer="l")   # the family's constructor
+        assert str(e) == "f.txt: layer 'l': what went wrong" and e.reason == "what went wrong"
+        assert str(cls("plain")) == "plain"
+    # a missing file is both: `except FileNotFoundError` and `except ValueError` both catch it
+    m = MissingError("weights not found", "w.caffemodel")
+    assert isinstance(m, FileNotFoundError) and isinstance(m, FcnReproError)
+    assert str(m) == "w.caffemodel: weights not found" and m.filename == "w.caffemodel"
+    assert error_line(m) == "error: w.caffemodel: weights not found"
+    back = pickle.loads(pickle.dumps(m))
+    assert type(back) is MissingError and str(back) == str(m) and back.filename == "w.caffemodel"

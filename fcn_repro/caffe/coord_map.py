@@ -32,11 +32,12 @@ from typing import Any, Iterable
 
 from fcn_repro.caffe.prototxt import Message, is_v1_net, parse_prototxt, upgrade_net
 from fcn_repro.caffe.shapes import conv_window, layer_included, pool_window
+from fcn_repro.errors import FcnReproError
 
 __all__ = ["CoordMapError", "AxisMap", "compute_crop_offsets", "check_crop_offsets", "blob_coord_maps"]
 
 
-class CoordMapError(ValueError):
+class CoordMapError(FcnReproError):
     """Crop offsets cannot be derived from the graph (names file, layer, blobs)."""
 
 

@@ -56,6 +56,7 @@ from fcn_repro.caffe.prototxt import (
 )
 from fcn_repro.caffe.coord_map import (AxisMap, CoordMapError, blob_coord_maps, check_crop_offsets,  # noqa: F401
                                        compute_crop_offsets)
+from fcn_repro.errors import FcnReproError
 
 __all__ = [
     "NetSpec", "L", "P", "Top", "Layer", "NetSpecError", "CoordMapError", "AxisMap",
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 
-class NetSpecError(ValueError):
+class NetSpecError(FcnReproError):
     """A net declared with netspec cannot be written as a valid Caffe net."""
 
 

@@ -25,12 +25,13 @@ import numpy as np
 from fcn_repro import registry
 from fcn_repro.data import make_dataset
 from fcn_repro.data.base import Sample, SegDataset
+from fcn_repro.errors import FcnReproError
 
 __all__ = ["DataLayer", "parse_param_str", "layer_tops", "find_data_layer", "reader_from_layer",
            "sample_to_tops", "ParamStrError"]
 
 
-class ParamStrError(ValueError):
+class ParamStrError(FcnReproError):
     """A data layer's param_str that is not a dict literal (JSON or Python)."""
 
 
