@@ -33,6 +33,7 @@ import torch
 
 from fcn_repro import cli
 from fcn_repro.caffe import Net
+from fcn_repro.npz import npz_members, read_npz
 
 __all__ = ["BlobReport", "CompareResult", "compare", "main", "split_blob_source", "pick_prefix"]
 
@@ -131,10 +132,12 @@ def compare(prototxt: Any, weights: Any, reference: Any, prefix: Optional[str] =
 
     ``reference``: a path to an .npz or a mapping name -> array.
     """
-    ref = np.load(reference) if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__") else reference
-    keys = list(ref.keys()) if hasattr(ref, "keys") else list(ref.files)
+    from_file = isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__")
+    # a file: every member's header checked before anything is read (fcn_repro.npz)
+    keys = list(npz_members(reference)) if from_file else list(reference.keys())
     net = Net(prototxt, weights, phase=phase, fuse=False, keep_blobs=True).to(dtype)
     pre = pick_prefix(keys, net.inputs, prefix)
+    ref = read_npz(reference, [k for k in keys if k.startswith(pre)]) if from_file else reference
     res = CompareResult(net=str(prototxt), weights=str(weights), reference=str(reference), prefix=pre, tol=tol,
                         fuse=fuse, dtype=str(dtype).replace("torch.", ""))
     inputs = {n: torch.from_numpy(np.asarray(ref[pre + n])).to(dtype) for n in net.inputs}

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from fcn_repro.npz import npz_members, read_npz
 from fcn_repro.trainer import TrainError
 
 __all__ = ["FeedSource", "DatasetSource", "draw_order", "sample_arrays"]
@@ -29,8 +30,9 @@ class FeedSource:
 
     def __init__(self, path: str | os.PathLike, blobs: Sequence[str], device: Any = "cpu"):
         self.path = os.fspath(path)
-        with np.load(self.path, allow_pickle=False) as z:
-            have = {k[len("input/"):]: z[k] for k in z.files if k.startswith("input/")}
+        # headers checked before anything is read (fcn_repro.npz): a hostile file is refused, naming it
+        keys = [k for k in npz_members(self.path) if k.startswith("input/")]
+        have = {k[len("input/"):]: a for k, a in read_npz(self.path, keys).items()}
         missing = [b for b in blobs if b not in have]
         if missing:
             raise TrainError(f"{self.path}: no 'input/<blob>' array for the net input(s) {missing}; "

@@ -78,6 +78,17 @@ def test_failures_exit_1_and_name_the_blob(fcn8s, tmp_path, capsys):
 def test_usage_errors_exit_2(fcn8s, capsys):
     assert main([*fcn8s, "--prefix", "s7/"]) == 2
     assert "prefixes present: ['s0/', 's1/']" in capsys.readouterr().err
+
+
+def test_reference_read_through_npz_checks(fcn8s, tmp_path, capsys):
+    io = np.load(fcn8s[2])
+    ref = {k: io[k] for k in io.files if k.startswith("s0/")}
+    ref["s0/fc7"] = np.array([object()], dtype=object)   # a pickle in the reference: refused, not loaded
+    p = tmp_path / "evil.npz"
+    np.savez(p, **ref)
+    assert main([fcn8s[0], fcn8s[1], str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(p) in err[0] and "'s0/fc7.npy'" in err[0] and "pickles are never loaded" in err[0]
     assert main([fcn8s[0], str(caffe_fixture("vgg-v1.caffemodel")), fcn8s[2]]) == 2
     err = capsys.readouterr().err
     assert "vgg-v1.caffemodel" in err and "conv1_1" in err and "shape mismatch" in err

@@ -399,6 +399,13 @@ def test_feed_cli_errors(tmp_path, capsys):
     assert "label" in capsys.readouterr().err
     assert main(["--solver", str(solver), "--iters", "1", "--no-progress"]) == 2
     assert "--data" in capsys.readouterr().err
+    # the feed is read through fcn_repro.npz: a member holding Python objects is refused, never unpickled
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, **{"input/data": np.array([{"a": 1}], dtype=object),
+                      "input/label": np.zeros((1, 1, 8, 8), np.float32)})
+    assert main(["--solver", str(solver), "--feed", str(evil), "--iters", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(evil) in err[0] and "pickles are never loaded" in err[0]
 
 
 # ------------------------------------------------------------------ surgery
