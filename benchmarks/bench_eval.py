@@ -44,7 +44,7 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
     """A VOC year directory with ``n`` generated images; reused when already complete."""
     from PIL import Image
     from fcn_repro.data.transforms import save_label_png
-    from fcn_repro.utils import atomic_write
+    from fcn_repro.outputs import output_file
     ids = [f"bench_{i:04d}" for i in range(n)]
     split = root / "ImageSets" / "Segmentation" / f"bench{n}.txt"
     if split.is_file() and all((root / "JPEGImages" / f"{i}.jpg").is_file() for i in ids):
@@ -57,7 +57,7 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
         h, w = VOC_SIZES[k % len(VOC_SIZES)]
         x = common.bench_input((h, w), seed=seed + k)[0]          # BGR minus mean, (3, H, W)
         rgb = (x.transpose(1, 2, 0)[:, :, ::-1] + common.MEAN_BGR[::-1]).clip(0, 255).astype(np.uint8)
-        with atomic_write(root / "JPEGImages" / f"{i}.jpg", "wb") as f:
+        with output_file(root / "JPEGImages" / f"{i}.jpg", 0, "wb") as f:
             Image.fromarray(rgb).save(f, format="JPEG", quality=90)
         # Blocky objects of random classes on background, 255 on their borders (as VOC).
         lab = np.zeros((h, w), np.uint8)
@@ -67,7 +67,7 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
             lab[y0:y1, x0:x1] = 255
             lab[y0 + 3:y1 - 3, x0 + 3:x1 - 3] = rng.integers(1, 21)
         save_label_png(root / "SegmentationClass" / f"{i}.png", lab)
-    with atomic_write(split, "w") as f:
+    with output_file(split, 0, "w") as f:
         f.write("\n".join(ids) + "\n")
     return root
 
@@ -171,8 +171,8 @@ def main(argv=None) -> dict:
     res = {"machine": common.machine_info(), "device": args.device, "images": n, "modes": results}
     report(res)
     if args.json:
-        from fcn_repro.utils import atomic_write
-        with atomic_write(args.json, "w") as f:
+        from fcn_repro.outputs import output_file
+        with output_file(args.json, 0, "w") as f:
             json.dump(res, f, indent=1, default=str)
     return res
 

@@ -122,8 +122,8 @@ def main(argv=None) -> int:
 
     summary(results)
     if args.json:
-        from fcn_repro.utils import atomic_write
-        with atomic_write(args.json, "w") as f:
+        from fcn_repro.outputs import output_file
+        with output_file(args.json, 0, "w") as f:
             json.dump(results, f, indent=1, default=str)
     return 0
 

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from fcn_repro.errors import FcnReproError
+from fcn_repro.outputs import output_file
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "run", "check_writable",
            "jsonable", "write_json", "check_device", "dist_setup", "dist_teardown", "version", "error_line", "say"]
@@ -178,14 +179,12 @@ def jsonable(x: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """``obj`` as JSON (through :func:`jsonable`) to ``path``, atomically; ``-``: stdout."""
-    from fcn_repro.utils import atomic_write
-
     text = json.dumps(jsonable(obj), indent=indent, allow_nan=False) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    with atomic_write(path, "w") as f:
+    with output_file(path, len(text.encode()), "w") as f:
         f.write(text)
 
 

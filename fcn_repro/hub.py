@@ -51,7 +51,8 @@ from fcn_repro.caffe import Net, weights_info
 from fcn_repro.caffe.fcn_nets import net_text
 from fcn_repro import cli, registry
 from fcn_repro.caffe.match import blob_fits
-from fcn_repro.errors import FcnReproError
+from fcn_repro.errors import FcnReproError, OutputError
+from fcn_repro.outputs import output_file
 
 __all__ = [
     "Source", "HubError", "DownloadError", "WeightsMismatchError", "Check", "source", "known_files",
@@ -227,12 +228,10 @@ def load_manifest(path: Optional[os.PathLike] = None) -> dict:
 
 
 def write_manifest(manifest: dict, path: Optional[os.PathLike] = None) -> Path:
-    from fcn_repro.utils import atomic_write
-
     p = Path(path) if path else manifest_path()
-    with atomic_write(p, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    text = json.dumps(manifest, indent=2) + "\n"
+    with output_file(p, len(text.encode()), "w") as f:
+        f.write(text)
     return p
 
 
@@ -380,7 +379,7 @@ def record(check: Check, notify: Notify = _stderr) -> Check:
     entry.update(bytes=check.bytes, sha256=check.sha256, recorded=f"first seen {when}, not verified")
     try:
         write_manifest(m, mpath)
-    except OSError as e:
+    except (OSError, OutputError) as e:
         warnings.warn(f"{check.name}: could not record its sha256 in {mpath} ({e}); it was not verified")
         check.status = "unrecorded"
         return check

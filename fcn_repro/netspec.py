@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fcn_repro import cli
 from fcn_repro.caffe import fcn_nets
-from fcn_repro.utils import atomic_write
+from fcn_repro.outputs import output_file
 
 
 def default_out() -> Path:
@@ -92,7 +92,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{len(files)} files in {out} are up to date", file=say)
         return 0
     for rel, text in sorted(files.items()):
-        with atomic_write(out / rel, "w") as f:
+        with output_file(out / rel, len(text.encode()), "w") as f:
             f.write(text)
     if args.json:
         cli.write_json(args.json, {"out": str(out), "files": sorted(files), "written": True})

@@ -1,6 +1,7 @@
 """Writing output files so that nothing is ever left half-written.
 
-Every weights, solver-state and snapshot writer goes through
+Every writer of the project (weights, solver states, snapshots, reports,
+prototxts, manifests, images, exports) goes through
 :func:`output_path` (writers that want a file name: h5py) or
 :func:`output_file` (writers that want a file object):
 
@@ -128,8 +129,11 @@ def as_output_error(e: OSError, path: str | os.PathLike) -> OutputError:
 
 
 @contextlib.contextmanager
-def output_path(path: str | os.PathLike, expected_bytes: int) -> Iterator[str]:
+def output_path(path: str | os.PathLike, expected_bytes: int = 0) -> Iterator[str]:
     """A temporary name to write ``path``'s content to; renamed into place on success.
+
+    ``expected_bytes``: the size about to be written (0 where a writer can not
+    tell: then only the margin of free space is checked).
 
     See the module docstring for the checks and the clean-up.
     """
@@ -166,7 +170,7 @@ def output_path(path: str | os.PathLike, expected_bytes: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def output_file(path: str | os.PathLike, expected_bytes: int, mode: str = "wb") -> Iterator[IO]:
+def output_file(path: str | os.PathLike, expected_bytes: int = 0, mode: str = "wb") -> Iterator[IO]:
     """Like :func:`output_path`, giving an open file; flushed and synced before the rename."""
     with output_path(path, expected_bytes) as tmp:
         with open(tmp, mode) as f:

@@ -45,7 +45,7 @@ from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, sync_gradients
-from fcn_repro.utils import atomic_write
+from fcn_repro.outputs import output_file
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
            "draw_curve", "Trainer", "status"]
@@ -221,7 +221,7 @@ def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = ""
         for xx, yy in (line if len(line) <= 50 else line[-1:]):
             d.ellipse((xx - 3, yy - 3, xx + 3, yy + 3), fill=color)
     d.text((W // 2 - 20, H - 18), "iteration", fill="black")
-    with atomic_write(path, "wb") as f:
+    with output_file(path, W * H * 3, "wb") as f:   # a PNG: at most about the raw size
         img.save(f, format="PNG")
 
 
@@ -493,8 +493,9 @@ class Trainer:
         self.last_snapshot_iter = self.iter
         if self.writer and self.log_path is not None:
             self.records = self._read_log(self.log_path, self.iter)
-            with atomic_write(self.log_path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            text = "".join(json.dumps(r) + "\n" for r in self.records)
+            with output_file(self.log_path, len(text.encode()), "w") as f:
+                f.write(text)
 
     def draw(self) -> None:
         if self.writer:

@@ -1,46 +1,26 @@
-"""Small shared helpers: atomic file writing."""
+"""Deprecated: the project's one atomic writer is :mod:`fcn_repro.outputs`.
+
+These two names remain only for callers not yet switched (see
+``grep -rn fcn_repro.utils``); new code uses :func:`fcn_repro.outputs.output_file`
+and :func:`fcn_repro.outputs.output_path`, which also check the free space
+and clean up the temporary files of killed runs. Delete this module once no
+caller is left.
+"""
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from typing import IO, Iterator
+from typing import IO, ContextManager
+
+from fcn_repro.outputs import output_file, output_path
+
+__all__ = ["atomic_path", "atomic_write"]
 
 
-def _umask_mode() -> int:
-    """The mode a plain open() would give a new file (mkstemp's is 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def atomic_path(path: str | os.PathLike) -> ContextManager[str]:
+    """:func:`fcn_repro.outputs.output_path` (size not known beforehand)."""
+    return output_path(path, 0)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Like :func:`atomic_write` for writers that want a file name (h5py)."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=d)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; rename it over ``path`` on success.
-
-    On any exception the temporary file is removed and ``path`` is left as it
-    was, so a failed run never leaves a half-written output.
-    """
-    with atomic_path(path) as tmp:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> ContextManager[IO]:
+    """:func:`fcn_repro.outputs.output_file` (size not known beforehand)."""
+    return output_file(path, 0, mode)

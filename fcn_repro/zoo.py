@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from fcn_repro import cli, hub, registry
+from fcn_repro.outputs import output_file
 
 # the weights' places, manifest and verification live in fcn_repro.hub
 from fcn_repro.hub import (  # noqa: F401
@@ -88,12 +89,10 @@ def _generate_deploy(name: str, path: Path) -> None:
         raise FileNotFoundError(
             f"no deploy prototxt for {name!r}: prototxt/{name}/deploy.prototxt is not in a checkout here "
             f"and the net generator fcn_repro.caffe.fcn_nets cannot be imported ({e})") from None
-    from fcn_repro.utils import atomic_write
-
     text = fcn_nets.net_text(name, "deploy")
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    with atomic_write(path, "w") as f:
+    with output_file(path, len(text.encode()), "w") as f:
         f.write(text)
 
 

@@ -230,7 +230,7 @@ def test_unwritable_output_leaves_nothing(tmp_path):
     net = Net(caffe_fixture("fcn16s.prototxt"), caffe_fixture("fcn16s.caffemodel"))
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the output directory should be")
-    with pytest.raises(OutputError, match=r"not-a-dir/out\.onnx: cannot write the ONNX file"):
+    with pytest.raises(OutputError, match=r"not-a-dir/out\.onnx: can not create its directory"):
         to_onnx(net, blocker / "out.onnx", static=(40, 40))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dir"]
 
@@ -258,7 +258,7 @@ def test_failed_write_leaves_no_half_file(tmp_path, monkeypatch):
 
     def fake_open(file, mode="r", *a, **kw):
         f = real_open(file, mode, *a, **kw)
-        return Full(f) if "w" in mode and str(file).endswith(".part") else f
+        return Full(f) if "w" in mode and str(file).endswith(".fcnpart") else f
 
     monkeypatch.setattr(onnx_export, "open", fake_open, raising=False)
     with pytest.raises(OutputError, match="No space left on device"):

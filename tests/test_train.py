@@ -579,7 +579,7 @@ def test_train_cli_end_to_end_snapshot_resume(tiny_setup, tmp_path):
     for it in (2, 4):
         for suffix in (".caffemodel", ".caffemodel.h5", ".solverstate.h5"):
             assert (out / f"train_iter_{it}{suffix}").is_file(), (it, suffix)
-    assert not list(out.glob("*.part")) and not list(out.glob(".*.part"))
+    assert not list(out.glob("*.part")) and not list(out.glob(".*.part")) and not list(out.glob(".*.fcnpart"))
     recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["type"] == "train"]
     tests = [r for r in recs if r["type"] == "test"]

@@ -3,7 +3,16 @@ import stat
 
 import pytest
 
-from fcn_repro.utils import atomic_path, atomic_write
+from fcn_repro import utils
+from fcn_repro.outputs import output_file, output_path
+
+
+def atomic_write(path, mode="wb"):
+    return output_file(path, 0, mode)
+
+
+def atomic_path(path):
+    return output_path(path)
 
 
 def test_atomic_write_replaces_on_success(tmp_path):
@@ -42,6 +51,20 @@ def test_atomic_outputs_get_umask_permissions(tmp_path):
         os.umask(old)
     for name in "ab":
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644
+
+
+def test_utils_is_only_an_alias_of_outputs(tmp_path):
+    # one implementation: the deprecated names write through fcn_repro.outputs (its temp-file naming)
+    seen = []
+    with utils.atomic_path(tmp_path / "x") as tmp:
+        seen.append(tmp)
+        open(tmp, "wb").write(b"1")
+    with utils.atomic_write(tmp_path / "y", "w") as f:
+        seen.append(f.name)
+        f.write("2")
+    assert all(s.endswith(".fcnpart") for s in seen)
+    assert (tmp_path / "x").read_bytes() == b"1" and (tmp_path / "y").read_text() == "2"
+    assert sorted(os.listdir(tmp_path)) == ["x", "y"]
 
 
 def test_formats_import_without_torch():

@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from fcn_repro import ops
-from fcn_repro.errors import OutputError
-from fcn_repro.utils import atomic_path
+from fcn_repro.outputs import output_path
 
 from .program import (ExportError, check_exportable, example_inputs, export_program, input_channels,
                       quiet_shape_solver)
@@ -197,13 +196,9 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
 
     onnx.save_model(onnx_program.model_proto, buf)
     path = os.fspath(path)
-    try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-    except OSError as e:
-        raise OutputError(f"cannot write the ONNX file ({type(e).__name__}: {e.strerror or e}); nothing was "
-                          "written", path) from e
+    with output_path(path, buf.getbuffer().nbytes) as tmp:   # room checked first; OSError -> OutputError
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
     result = OnnxExport(path=path, inputs=list(net.inputs), outputs=list(net.outputs), opset=int(opset),
                         dynamic=static is None, static=static, depthwise=depthwise)
     if check:
