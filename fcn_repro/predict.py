@@ -114,7 +114,9 @@ class Transforms:
 
     def _one(self, read: str, value: Any, mean: np.ndarray) -> np.ndarray:
         if read == "depth":
-            return log_depth(read_image(value, "depth") if _is_path(value) else np.asarray(value), mean)
+            if _is_path(value):
+                return log_depth(read_image(value, "depth"), mean, value)
+            return log_depth(np.asarray(value), mean)
         img = read_image(value, read) if _is_path(value) or isinstance(value, Image.Image) else np.asarray(value)
         return preprocess(img, mean, bgr=(read != "hha"))
 

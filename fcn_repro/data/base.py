@@ -9,18 +9,34 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from fcn_repro import registry
+from fcn_repro.errors import FcnReproError
 from fcn_repro.registry import DatasetCard, class_names, resource_path
 
 __all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_mat",
            "class_names", "resolve_split"]
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(FcnReproError, FileNotFoundError):
     """A dataset directory, split list or file is missing.
 
     The message says what is missing, where it was looked for and what the
-    expected layout is; the CLIs print it and exit with status 2.
+    expected layout is; the CLIs print it and exit with status 2. A project
+    error (``except FcnReproError``/``ValueError``) and a missing file
+    (``except FileNotFoundError``) both catch it.
     """
+
+    # OSError's own str() and pickling would read its errno/strerror slots
+    # (unset here): the message and the pickle are the project error's.
+    __str__ = BaseException.__str__
+
+    def __reduce__(self):
+        return (_rebuild_missing, (type(self), self.reason, self.filename, self.__dict__.copy()))
+
+
+def _rebuild_missing(cls, reason, filename, state):
+    err = cls(reason, filename)
+    err.__dict__.update(state)
+    return err
 
 
 @dataclass

@@ -31,7 +31,7 @@ import numpy as np
 
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
 from fcn_repro.registry import MEAN_CONTEXT
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 
 __all__ = ["ContextSegmentation", "CONTEXT_LAYOUT", "context_label_map", "map_context_labels"]
 
@@ -136,8 +136,6 @@ class ContextSegmentation(SegDataset):
             full = scipy.io.loadmat(os.fspath(mat))["LabelMap"]
         except FileNotFoundError:
             raise FileNotFoundError(f"label not found: {mat}") from None
-        label = map_context_labels(full, self.lut)
-        if label.shape != rgb.shape[:2]:
-            raise ValueError(f"{mat}: label size {label.shape} differs from image size {rgb.shape[:2]}")
+        label = check_label_size(map_context_labels(full, self.lut), rgb.shape, mat, img)
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, {"label": label},
                       rgb if self.keep_image else None)

@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, log_depth, preprocess, read_image, read_rgb
 from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD
 
-__all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label", "read_log_depth"]
+__all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label"]
 
 NYUD_LAYOUT = """\
 expected the NYUDv2 directory in the FCN layout (nyud.tar.gz) holding:
@@ -53,21 +52,6 @@ def read_nyud_label(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8: classes 0..39, void 255."""
     seg = read_mat(path, "segmentation", "NYUDv2 label")
     return seg.astype(np.uint8) - np.uint8(1)
-
-
-def read_log_depth(path: str | os.PathLike, mean=MEAN_NYUD_LOGD) -> np.ndarray:
-    """(1, H, W) float32: log(depth) - mean, as the NYUDv2 layer computed it."""
-    try:
-        with Image.open(path) as im:
-            d = np.array(im, dtype=np.float32)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"depth not found: {path}") from None
-    if d.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel depth PNG, got shape {d.shape}")
-    with np.errstate(divide="ignore"):
-        d = np.log(d)
-    d -= np.asarray(mean, dtype=np.float32)
-    return d[np.newaxis]
 
 
 class NYUDSegmentation(SegDataset):
@@ -114,11 +98,11 @@ class NYUDSegmentation(SegDataset):
                 hha = read_rgb(self._path("hha", i))
                 inputs["hha"] = preprocess(hha, MEAN_NYUD_HHA, bgr=False)
             else:
-                inputs["depth"] = read_log_depth(self._path("depth", i))
+                depth = self._path("depth", i)
+                inputs["depth"] = log_depth(read_image(depth, "depth"), MEAN_NYUD_LOGD, depth)
         label = read_nyud_label(self._path("label", i))
         for k, v in inputs.items():
-            if v.shape[1:] != label.shape:
-                raise ValueError(f"NYUDv2 {i}: {k} size {v.shape[1:]} differs from label {label.shape}")
+            check_label_size(label, v.shape[1:], self._path("label", i), self._path(k, i))
         if self.keep_image and rgb is None:
             rgb = read_rgb(self._path("color", i))
         return Sample(i, inputs, {"label": label}, rgb if self.keep_image else None)

@@ -19,7 +19,7 @@ import numpy as np
 
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split
 from fcn_repro.registry import MEAN_VOC
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 
 __all__ = ["SBDSegmentation", "SBD_LAYOUT", "read_sbd_label"]
 
@@ -71,8 +71,6 @@ class SBDSegmentation(SegDataset):
     def load(self, index: int) -> Sample:
         img_path, lab_path = self.files(index)
         rgb = read_rgb(img_path)
-        lab = read_sbd_label(lab_path)
-        if lab.shape != rgb.shape[:2]:
-            raise ValueError(f"{lab_path}: label size {lab.shape} differs from image size {rgb.shape[:2]}")
+        lab = check_label_size(read_sbd_label(lab_path), rgb.shape, lab_path, img_path)
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, {"label": lab},
                       rgb if self.keep_image else None)

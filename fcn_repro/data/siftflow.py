@@ -31,7 +31,7 @@ import numpy as np
 
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
 from fcn_repro.registry import MEAN_SIFTFLOW
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 
 __all__ = ["SIFTFlowSegmentation", "SIFTFLOW_LAYOUT", "read_siftflow_label"]
 
@@ -85,10 +85,7 @@ class SIFTFlowSegmentation(SegDataset):
         """inputs {'data': (3, H, W)}; labels {'sem': (H, W), 'geo': (H, W)} uint8."""
         img, sem, geo = self.files(index)
         rgb = read_rgb(img)
-        labels = {"sem": read_siftflow_label(sem, "semantic"),
-                  "geo": read_siftflow_label(geo, "geometric")}
-        for k, v in labels.items():
-            if v.shape != rgb.shape[:2]:
-                raise ValueError(f"{k} label of {self.ids[index]}: size {v.shape} differs from image {rgb.shape[:2]}")
+        labels = {"sem": check_label_size(read_siftflow_label(sem, "semantic"), rgb.shape, sem, img),
+                  "geo": check_label_size(read_siftflow_label(geo, "geometric"), rgb.shape, geo, img)}
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, labels,
                       rgb if self.keep_image else None)

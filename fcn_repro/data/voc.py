@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
 from fcn_repro.registry import MEAN_VOC
-from fcn_repro.data.transforms import preprocess, read_label_png, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_label_png, read_rgb
 
 __all__ = ["VOCSegmentation", "VOC_LAYOUT", "VOC_URL"]
 
@@ -90,10 +90,7 @@ class VOCSegmentation(SegDataset):
         rgb = read_rgb(self.image_path(index))
         labels = {}
         if self.with_labels:
-            lab = read_label_png(self.label_path(index))
-            if lab.shape != rgb.shape[:2]:
-                raise ValueError(f"{self.label_path(index)}: label size {lab.shape} differs from "
-                                 f"image size {rgb.shape[:2]} of {self.image_path(index)}")
-            labels["label"] = lab
+            labels["label"] = check_label_size(read_label_png(self.label_path(index)), rgb.shape,
+                                               self.label_path(index), self.image_path(index))
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, labels,
                       rgb if self.keep_image else None)
