@@ -201,6 +201,12 @@ def test_sbd_reader(tmp_path):
     assert np.array_equal(s.inputs["data"], _original_recipe(root / "img" / "x1.jpg", MEAN_VOC))
     with pytest.raises(DataMissingError, match="SBD"):
         SBDSegmentation(tmp_path, "train")
+    with pytest.raises(DataMissingError, match="SBD split list 'val' not found"):
+        SBDSegmentation(root, "val")
+    scipy.io.savemat(root / "cls" / "x1.mat", {"other": seg})
+    with pytest.raises(FcnReproError, match="GTcls") as e:
+        ds[0]
+    assert e.value.filename == str(root / "cls" / "x1.mat")
     scipy.io.savemat(root / "cls" / "x1.mat", {"GTcls": {"Segmentation": seg[:-1], "Boundaries": np.zeros(1)}})
     with pytest.raises(ImageReadError, match="differs") as e:
         ds[0]

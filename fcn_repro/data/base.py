@@ -69,6 +69,8 @@ class SegDataset:
     """
 
     name = "dataset"
+    #: the dataset's name in messages
+    title = "dataset"
 
     @property
     def card(self) -> DatasetCard:
@@ -79,9 +81,12 @@ class SegDataset:
     def exclude_absent(self) -> bool:
         return self.name in registry.DATASETS and self.card.exclude_absent
 
-    def _set_split(self, split: str, found: tuple, keep_image: bool, mean=None) -> None:
-        """The state every reader keeps: the split, its list file and ids, options, heads."""
-        self.split_file, self.ids = found
+    def _open_split(self, split: str, candidate: Path, packaged: Optional[Path] = None,
+                    keep_image: bool = False, mean=None) -> None:
+        """The state every reader keeps: the split, its list file (``split`` itself when it
+        names a .txt file, else ``candidate``, else the ``packaged`` copy) and ids, options, heads."""
+        self.split_file, self.ids = resolve_split(split, [candidate], packaged, what=f"{self.title} split list",
+                                                  layout=self.layout)
         self.split = split
         self.keep_image = keep_image
         self.mean = mean
@@ -137,7 +142,7 @@ def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarr
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except KeyError:
-        raise ValueError(f"{path}: no variable {key!r} ({what})") from None
+        raise FcnReproError(f"no variable {key!r} ({what})", path) from None
 
 
 def read_id_list(path: str | os.PathLike) -> List[str]:

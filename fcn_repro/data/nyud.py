@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resource_path
 from fcn_repro.data.transforms import check_label_size, log_depth, preprocess, read_image, read_rgb
 from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD
 
@@ -58,6 +58,7 @@ class NYUDSegmentation(SegDataset):
     """NYUDv2 (40 classes). tops: which inputs to load, from 'color', 'hha', 'depth'."""
 
     name = "nyud"
+    title = "NYUDv2"
     layout = NYUD_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "test", tops: Sequence[str] = ("color",),
@@ -69,13 +70,8 @@ class NYUDSegmentation(SegDataset):
             raise ValueError(f"unknown NYUDv2 input(s) {bad}; choose from {TOPS}")
         if not (self.root / "data").is_dir() or not (self.root / "segmentation").is_dir():
             raise DataMissingError(f"{self.root} is not the NYUDv2 FCN-layout directory\n{NYUD_LAYOUT}")
-        packaged = resource_path("data", f"nyud-{split}.txt")
-        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"], packaged,
-                                                  what="NYUDv2 split list", layout=NYUD_LAYOUT)
-        self.split = split
         self.tops = tuple(tops)
-        self.keep_image = keep_image
-        self.heads = self.card_heads()
+        self._open_split(split, self.root / f"{split}.txt", resource_path("data", f"nyud-{split}.txt"), keep_image)
 
     def _path(self, kind: str, i: str) -> Path:
         if kind == "label":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resource_path
 from fcn_repro.registry import MEAN_SIFTFLOW
 from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 
@@ -62,6 +62,7 @@ class SIFTFlowSegmentation(SegDataset):
     """SIFT Flow images with two label heads: 'sem' (33) and 'geo' (3)."""
 
     name = "siftflow"
+    title = "SIFT Flow"
     layout = SIFTFLOW_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "test", keep_image: bool = False,
@@ -71,9 +72,8 @@ class SIFTFlowSegmentation(SegDataset):
         if not (self.root / "Images" / _SUB).is_dir():
             raise DataMissingError(f"{self.root} is not the SIFT Flow directory (no Images/{_SUB})\n"
                                    + SIFTFLOW_LAYOUT)
-        packaged = resource_path("data", f"siftflow-{split}.txt")
-        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], packaged,
-                                             what="SIFT Flow split list", layout=SIFTFLOW_LAYOUT), keep_image, mean)
+        self._open_split(split, self.root / f"{split}.txt", resource_path("data", f"siftflow-{split}.txt"),
+                         keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]

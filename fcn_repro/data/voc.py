@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resource_path
 from fcn_repro.registry import MEAN_VOC
 from fcn_repro.data.transforms import check_label_size, preprocess, read_label_png, read_rgb
 
@@ -46,6 +46,7 @@ class VOCSegmentation(SegDataset):
     """
 
     name = "voc"
+    title = "VOC"
     layout = VOC_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "seg11valid", keep_image: bool = False,
@@ -67,12 +68,7 @@ class VOCSegmentation(SegDataset):
                 f"{self.root} is not a VOC year directory: missing "
                 + ", ".join(str(m) for m in missing) + hint + "\n" + VOC_LAYOUT)
         packaged = resource_path("data", "pascal-seg11valid.txt") if split == "seg11valid" else None
-        self.split_file, self.ids = resolve_split(
-            split, [self.root / "ImageSets" / "Segmentation" / f"{split}.txt"], packaged,
-            what="VOC split list", layout=VOC_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
+        self._open_split(split, self.root / "ImageSets" / "Segmentation" / f"{split}.txt", packaged, keep_image, mean)
         self.with_labels = labels
         self.heads = ({"label": list(classes)} if classes is not None else self.card_heads()) if labels else {}
 
