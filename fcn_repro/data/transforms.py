@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.utils import atomic_write
 
 __all__ = [
     "ImageReadError", "open_checked", "read_rgb", "read_image",
@@ -276,8 +277,6 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write (H, W) class indices as a palette PNG (VOC palette), atomically."""
-    from fcn_repro.utils import atomic_write
-
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")
