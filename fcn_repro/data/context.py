@@ -13,7 +13,8 @@ Two directories:
 Conventions of FCN's PASCAL-Context layer (checked against its source text;
 not run here on the real files, which are not reachable from this machine):
 
-- input mean (B, G, R) = (104.007, 116.669, 122.679), float32;
+- input: RGB -> BGR minus ``registry.MEAN_CONTEXT`` (VOC's (B, G, R) mean
+  rounded, float32);
 - names compared with spaces removed; three task names are renamed to the
   full list's names first: diningtable -> table, bedcloth -> bedclothes,
   clothes -> cloth;

@@ -11,10 +11,11 @@ Layout of ``root``::
 Conventions of FCN's NYUDv2 layer (checked against its source text; not run
 here on the real files, which are not reachable from this machine):
 
-- 'color': RGB -> BGR, minus (116.190, 97.203, 92.318) (float32), (3, H, W);
+- 'color': RGB -> BGR, minus ``registry.MEAN_NYUD_COLOR`` (float32), (3, H, W);
 - 'hha': the PNG's three channels in file order (no reversal), minus
-  (132.431, 94.076, 118.477) (float32), (3, H, W);
-- 'depth': log of the PNG's values as float32, minus 7.844, (1, H, W). A
+  ``registry.MEAN_NYUD_HHA`` (float32), (3, H, W);
+- 'depth': log of the PNG's values as float32, minus
+  ``registry.MEAN_NYUD_LOGD``, (1, H, W). A
   zero depth gives -inf, as in the original (the FCN layout's depth maps are
   filled, so this does not arise on its files);
 - label: 'segmentation' cast to uint8, minus 1 in uint8 arithmetic: classes

@@ -10,8 +10,8 @@ Layout of ``root`` (SiftFlowDataset.zip unpacked)::
 Conventions of FCN's SIFT Flow layer (checked against its source text; not
 run here on the real files, which are not reachable from this machine):
 
-- input mean (B, G, R) = (114.578, 115.294, 108.353), float32 (SIFT Flow's
-  own mean, not VOC's);
+- input: RGB -> BGR minus SIFT Flow's own (B, G, R) mean, not VOC's
+  (``registry.MEAN_SIFTFLOW``, float32);
 - semantic 'S': 0 = void, 1..33 = classes; cast to uint8 and shifted by -1
   in uint8 arithmetic, so classes become 0..32 and void wraps to 255 (ignored);
 - geometric 'S': -1 = void, 1..3 = classes (sky, horizontal, vertical); -1 is

@@ -11,8 +11,8 @@ VOC2011 seg val minus SBD train) uses ``ImageSets/Segmentation/seg11valid.txt``
 when present, else the list packaged with fcn_repro. ``split`` may also be a
 path to any .txt list.
 
-Input (FACTS.md): RGB -> float32 -> BGR -> minus (104.00698793, 116.66876762,
-122.67891434) -> (3, H, W); label: (H, W) uint8 palette indices.
+Input (FACTS.md): RGB -> float32 -> BGR -> minus ``registry.MEAN_VOC`` (float64)
+-> (3, H, W); label: (H, W) uint8 palette indices.
 """
 from __future__ import annotations
 
