@@ -38,7 +38,7 @@ from fcn_repro.utils import atomic_write
 
 __all__ = [
     "ImageReadError", "open_checked", "read_rgb", "read_image",
-    "read_label_png", "check_label_size", "preprocess", "log_depth", "to_batch", "voc_palette", "colorize",
+    "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
     "overlay", "save_label_png",
 ]
 
@@ -220,13 +220,6 @@ def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | Non
         d = np.log(d)
     d -= np.asarray(mean, dtype=np.float32)
     return d[np.newaxis]
-
-
-def to_batch(chw: np.ndarray):
-    """(C, H, W) numpy -> (1, C, H, W) torch tensor (shares memory)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(chw)).unsqueeze(0)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
