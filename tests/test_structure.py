@@ -174,6 +174,8 @@ def test_export_lists_name_real_things(package):
 
 
 def test_exports_include_the_readme_api_and_the_error_family():
+    import importlib.util
+
     import fcn_repro
     import fcn_repro.caffe
     from fcn_repro.caffe.layers.base import BlobLimitError
@@ -184,6 +186,13 @@ def test_exports_include_the_readme_api_and_the_error_family():
     for names in re.findall(r"^from fcn_repro\.caffe import ([\w, ]+)$", readme, re.M):
         shown |= {n.strip() for n in names.split(",")}
     assert {"Net", "load_weights", "save_weights", "parse_prototxt"} <= shown
+    for module, names in re.findall(r"^from (fcn_repro[\w.]*) import ([\w, ]+)$", readme, re.M):
+        mod = importlib.import_module(module)
+        for n in names.split(","):
+            n = n.strip()
+            assert hasattr(mod, n) or importlib.util.find_spec(f"{module}.{n}"), f"README: from {module} import {n}"
+    for n in re.findall(r"\bfcn_repro\.(\w+)\(", readme):
+        assert n in fcn_repro.__all__, f"README calls fcn_repro.{n}"
     for pkg in (fcn_repro, fcn_repro.caffe):
         assert shown | {"BlobLimitError"} <= set(pkg.__all__), pkg.__name__
         assert pkg.BlobLimitError is BlobLimitError
