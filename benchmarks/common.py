@@ -42,13 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from fcn_repro import registry  # noqa: E402  (this checkout's package, after the path above)
+
 CACHE = Path(os.environ.get("FCN_REPRO_BENCH_CACHE", Path.home() / ".cache" / "fcn_repro" / "bench"))
 
 # FCN-8s widths: the fixture nets are the real architecture at reduced width
 # (tests/fixtures/caffe/README.md); these map their widths to the real ones.
 FIXTURE_TO_REAL_WIDTH = {4: 64, 6: 128, 8: 256, 10: 512, 12: 512, 16: 4096, 21: 21}
-# VOC preprocessing (FACTS.md): BGR mean.
-MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float64)
+MEAN_BGR = registry.MEAN_VOC   # the VOC nets' (B, G, R) mean: one home, the registry
 
 
 # ---------------------------------------------------------------- machine

@@ -47,6 +47,7 @@ from fcn_repro import hub, registry, zoo
 from fcn_repro.caffe import Net
 from fcn_repro.data.transforms import log_depth, preprocess, read_image
 from fcn_repro.errors import FcnReproError
+from fcn_repro.fast import optimize
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
            "IMAGE_SUFFIXES", "MissingWeightsError"]
@@ -114,7 +115,9 @@ class Transforms:
 
     def _one(self, read: str, value: Any, mean: np.ndarray) -> np.ndarray:
         if read == "depth":
-            return log_depth(read_image(value, "depth") if _is_path(value) else np.asarray(value), mean)
+            if _is_path(value):
+                return log_depth(read_image(value, "depth"), mean, value)
+            return log_depth(np.asarray(value), mean)
         img = read_image(value, read) if _is_path(value) or isinstance(value, Image.Image) else np.asarray(value)
         return preprocess(img, mean, bgr=(read != "hha"))
 
@@ -367,8 +370,6 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
     net.eval()
     net = net.to(torch.device(device))
     if fast:
-        from fcn_repro.fast import optimize
-
         net = optimize(net)
     transforms = Transforms.for_net(entry)
     head_blobs = list(entry.classes)

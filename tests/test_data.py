@@ -1,6 +1,7 @@
 """Dataset readers on generated files: preprocessing and label conventions of FCN's data layers."""
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -13,8 +14,10 @@ from fcn_repro.data import (ContextSegmentation, DataMissingError, NYUDSegmentat
                             SIFTFlowSegmentation, VOCSegmentation, class_names, make_dataset, resource_path,
                             shard_indices)
 from fcn_repro.data import layers as data_layers
-from fcn_repro.data.transforms import (MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_SIFTFLOW, MEAN_VOC,
-                                       colorize, overlay, preprocess, read_label_png, save_label_png, voc_palette)
+from fcn_repro.data.transforms import (ImageReadError, colorize, overlay, preprocess, read_label_png, save_label_png,
+                                       voc_palette)
+from fcn_repro.errors import FcnReproError
+from fcn_repro.registry import MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_SIFTFLOW, MEAN_VOC
 
 RNG = np.random.default_rng(1234)
 
@@ -167,8 +170,20 @@ def test_voc_missing_layout_messages(tmp_path):
 def test_voc_label_size_mismatch(tmp_path):
     root = make_voc(tmp_path / "V", ids=("a",), sizes=((10, 10),))
     _write_label(root / "SegmentationClass" / "a.png", np.zeros((9, 10)))
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ImageReadError, match="differs") as e:
         VOCSegmentation(root, split="val")[0]
+    assert e.value.filename == str(root / "SegmentationClass" / "a.png")
+    assert str(root / "JPEGImages" / "a.jpg") in str(e.value)
+
+
+def test_data_missing_error_is_a_project_error_and_a_missing_file(tmp_path):
+    with pytest.raises(DataMissingError) as e:
+        VOCSegmentation(tmp_path / "nope")
+    err = e.value
+    assert isinstance(err, FcnReproError) and isinstance(err, ValueError) and isinstance(err, FileNotFoundError)
+    assert str(err).startswith("VOC directory not found") and "[Errno" not in str(err)
+    back = pickle.loads(pickle.dumps(err))   # worker processes re-raise it in the parent
+    assert type(back) is DataMissingError and str(back) == str(err)
 
 
 # ---------------------------------------------------------------- SBD
@@ -186,6 +201,16 @@ def test_sbd_reader(tmp_path):
     assert np.array_equal(s.inputs["data"], _original_recipe(root / "img" / "x1.jpg", MEAN_VOC))
     with pytest.raises(DataMissingError, match="SBD"):
         SBDSegmentation(tmp_path, "train")
+    with pytest.raises(DataMissingError, match="SBD split list 'val' not found"):
+        SBDSegmentation(root, "val")
+    scipy.io.savemat(root / "cls" / "x1.mat", {"other": seg})
+    with pytest.raises(FcnReproError, match="GTcls") as e:
+        ds[0]
+    assert e.value.filename == str(root / "cls" / "x1.mat")
+    scipy.io.savemat(root / "cls" / "x1.mat", {"GTcls": {"Segmentation": seg[:-1], "Boundaries": np.zeros(1)}})
+    with pytest.raises(ImageReadError, match="differs") as e:
+        ds[0]
+    assert e.value.filename == str(root / "cls" / "x1.mat")
 
 
 # ---------------------------------------------------------------- SIFT Flow
@@ -247,6 +272,17 @@ def test_nyud_reader(tmp_path):
     assert np.array_equal(s.inputs["depth"][0], d)
     lab = s.labels["label"]
     assert lab[0, 0] == 255 and lab[0, 1] == 39
+    # one size check for every reader: a project error naming the label and the input
+    depth_path = tmp_path / "data" / "depth" / "img_5001.png"
+    Image.fromarray(depth[:, :-1]).save(depth_path)
+    with pytest.raises(ImageReadError, match="differs") as e:
+        ds[0]
+    assert e.value.filename == str(tmp_path / "segmentation" / "img_5001.mat") and str(depth_path) in str(e.value)
+    Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(depth_path)   # not a depth map
+    with pytest.raises(ImageReadError, match="single-channel") as e:
+        ds[0]
+    assert e.value.filename == str(depth_path)
+    Image.fromarray(depth).save(depth_path)
     assert np.array_equal(lab[seg > 0], seg[seg > 0] - 1)
     # packaged split list when the directory has none
     (tmp_path / "test.txt").unlink()

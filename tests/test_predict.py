@@ -9,7 +9,8 @@ from PIL import Image
 import fcn_repro
 from fcn_repro import hub, zoo
 from fcn_repro.data import resource_path
-from fcn_repro.data.transforms import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD, MEAN_VOC, preprocess
+from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD, MEAN_VOC
+from fcn_repro.data.transforms import preprocess
 from fcn_repro.predict import MissingWeightsError, Prediction, Predictor, Transforms, expand_images
 
 SAMPLE = resource_path("sample")

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fcn_repro import registry
-from fcn_repro.caffe.netspec import L, NetSpec, Top
+from fcn_repro.caffe.netspec import L, NetSpec, Top, to_message
 from fcn_repro.caffe.prototxt import Message, format_text
 
 __all__ = [
@@ -445,7 +445,6 @@ def net_text(name: str, phase: str = "deploy", **kw: Any) -> str:
 
 def solver_message(name: str) -> Message:
     """The SolverParameter of prototxt/<name>/solver.prototxt."""
-    from fcn_repro.caffe.netspec import to_message
     d = _netdef(name)
     fields: dict[str, Any] = dict(
         train_net="train.prototxt", test_net="val.prototxt", test_iter=d.dataset.val_images,

@@ -9,18 +9,34 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from fcn_repro import registry
+from fcn_repro.errors import FcnReproError
 from fcn_repro.registry import DatasetCard, class_names, resource_path
 
 __all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_mat",
            "class_names", "resolve_split"]
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(FcnReproError, FileNotFoundError):
     """A dataset directory, split list or file is missing.
 
     The message says what is missing, where it was looked for and what the
-    expected layout is; the CLIs print it and exit with status 2.
+    expected layout is; the CLIs print it and exit with status 2. A project
+    error (``except FcnReproError``/``ValueError``) and a missing file
+    (``except FileNotFoundError``) both catch it.
     """
+
+    # OSError's own str() and pickling would read its errno/strerror slots
+    # (unset here): the message and the pickle are the project error's.
+    __str__ = BaseException.__str__
+
+    def __reduce__(self):
+        return (_rebuild_missing, (type(self), self.reason, self.filename, self.__dict__.copy()))
+
+
+def _rebuild_missing(cls, reason, filename, state):
+    err = cls(reason, filename)
+    err.__dict__.update(state)
+    return err
 
 
 @dataclass
@@ -53,6 +69,8 @@ class SegDataset:
     """
 
     name = "dataset"
+    #: the dataset's name in messages
+    title = "dataset"
 
     @property
     def card(self) -> DatasetCard:
@@ -63,9 +81,12 @@ class SegDataset:
     def exclude_absent(self) -> bool:
         return self.name in registry.DATASETS and self.card.exclude_absent
 
-    def _set_split(self, split: str, found: tuple, keep_image: bool, mean=None) -> None:
-        """The state every reader keeps: the split, its list file and ids, options, heads."""
-        self.split_file, self.ids = found
+    def _open_split(self, split: str, candidate: Path, packaged: Optional[Path] = None,
+                    keep_image: bool = False, mean=None) -> None:
+        """The state every reader keeps: the split, its list file (``split`` itself when it
+        names a .txt file, else ``candidate``, else the ``packaged`` copy) and ids, options, heads."""
+        self.split_file, self.ids = resolve_split(split, [candidate], packaged, what=f"{self.title} split list",
+                                                  layout=self.layout)
         self.split = split
         self.keep_image = keep_image
         self.mean = mean
@@ -121,7 +142,7 @@ def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarr
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except KeyError:
-        raise ValueError(f"{path}: no variable {key!r} ({what})") from None
+        raise FcnReproError(f"no variable {key!r} ({what})", path) from None
 
 
 def read_id_list(path: str | os.PathLike) -> List[str]:

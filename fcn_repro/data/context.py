@@ -13,7 +13,8 @@ Two directories:
 Conventions of FCN's PASCAL-Context layer (checked against its source text;
 not run here on the real files, which are not reachable from this machine):
 
-- input mean (B, G, R) = (104.007, 116.669, 122.679), float32;
+- input: RGB -> BGR minus ``registry.MEAN_CONTEXT`` (VOC's (B, G, R) mean
+  rounded, float32);
 - names compared with spaces removed; three task names are renamed to the
   full list's names first: diningtable -> table, bedcloth -> bedclothes,
   clothes -> cloth;
@@ -29,9 +30,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, resolve_split
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, read_mat
 from fcn_repro.registry import MEAN_CONTEXT
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
+from fcn_repro.errors import FcnReproError
 
 __all__ = ["ContextSegmentation", "CONTEXT_LAYOUT", "context_label_map", "map_context_labels"]
 
@@ -54,7 +56,7 @@ def _read_numbered(path: Path) -> dict:
             continue
         n, sep, name = ln.partition(":")
         if not sep:
-            raise ValueError(f"{path}: expected lines '<n>: <name>', got {ln!r}")
+            raise FcnReproError(f"expected lines '<n>: <name>', got {ln!r}", path)
         out[int(n)] = name.strip()
     return out
 
@@ -96,6 +98,7 @@ class ContextSegmentation(SegDataset):
     """PASCAL-Context 59-class task: inputs {'data'}, labels {'label'} (0..59)."""
 
     name = "context"
+    title = "PASCAL-Context"
     layout = CONTEXT_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "val", voc_dir: str | os.PathLike | None = None,
@@ -114,30 +117,17 @@ class ContextSegmentation(SegDataset):
             raise DataMissingError(f"VOC2010 images not found (looked at {voc_dir or self.root / 'VOC2010'})\n"
                                    + CONTEXT_LAYOUT)
         self.voc_dir = Path(voc_dir)
-        self.split_file, self.ids = resolve_split(
-            split, [self.voc_dir / "ImageSets" / "Main" / f"{split}.txt"],
-            what="PASCAL-Context split list", layout=CONTEXT_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
+        self._open_split(split, self.voc_dir / "ImageSets" / "Main" / f"{split}.txt", None, keep_image, mean)
         self.lut = context_label_map(self.root / "labels.txt", self.root / "59_labels.txt")
-        self.heads = self.card_heads()
 
     def files(self, index: int) -> List[Path]:
         i = self.ids[index]
         return [self.voc_dir / "JPEGImages" / f"{i}.jpg", self.root / "trainval" / f"{i}.mat"]
 
     def load(self, index: int) -> Sample:
-        import scipy.io
-
         img, mat = self.files(index)
         rgb = read_rgb(img)
-        try:
-            full = scipy.io.loadmat(os.fspath(mat))["LabelMap"]
-        except FileNotFoundError:
-            raise FileNotFoundError(f"label not found: {mat}") from None
-        label = map_context_labels(full, self.lut)
-        if label.shape != rgb.shape[:2]:
-            raise ValueError(f"{mat}: label size {label.shape} differs from image size {rgb.shape[:2]}")
+        full = read_mat(mat, "LabelMap", "PASCAL-Context label")
+        label = check_label_size(map_context_labels(full, self.lut), rgb.shape, mat, img)
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, {"label": label},
                       rgb if self.keep_image else None)

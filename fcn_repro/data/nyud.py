@@ -11,10 +11,11 @@ Layout of ``root``::
 Conventions of FCN's NYUDv2 layer (checked against its source text; not run
 here on the real files, which are not reachable from this machine):
 
-- 'color': RGB -> BGR, minus (116.190, 97.203, 92.318) (float32), (3, H, W);
+- 'color': RGB -> BGR, minus ``registry.MEAN_NYUD_COLOR`` (float32), (3, H, W);
 - 'hha': the PNG's three channels in file order (no reversal), minus
-  (132.431, 94.076, 118.477) (float32), (3, H, W);
-- 'depth': log of the PNG's values as float32, minus 7.844, (1, H, W). A
+  ``registry.MEAN_NYUD_HHA`` (float32), (3, H, W);
+- 'depth': log of the PNG's values as float32, minus
+  ``registry.MEAN_NYUD_LOGD``, (1, H, W). A
   zero depth gives -inf, as in the original (the FCN layout's depth maps are
   filled, so this does not arise on its files);
 - label: 'segmentation' cast to uint8, minus 1 in uint8 arithmetic: classes
@@ -31,13 +32,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resource_path
+from fcn_repro.data.transforms import check_label_size, log_depth, preprocess, read_image, read_rgb
 from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD
 
-__all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label", "read_log_depth"]
+__all__ = ["NYUDSegmentation", "NYUD_LAYOUT", "read_nyud_label"]
 
 NYUD_LAYOUT = """\
 expected the NYUDv2 directory in the FCN layout (nyud.tar.gz) holding:
@@ -55,25 +55,11 @@ def read_nyud_label(path: str | os.PathLike) -> np.ndarray:
     return seg.astype(np.uint8) - np.uint8(1)
 
 
-def read_log_depth(path: str | os.PathLike, mean=MEAN_NYUD_LOGD) -> np.ndarray:
-    """(1, H, W) float32: log(depth) - mean, as the NYUDv2 layer computed it."""
-    try:
-        with Image.open(path) as im:
-            d = np.array(im, dtype=np.float32)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"depth not found: {path}") from None
-    if d.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel depth PNG, got shape {d.shape}")
-    with np.errstate(divide="ignore"):
-        d = np.log(d)
-    d -= np.asarray(mean, dtype=np.float32)
-    return d[np.newaxis]
-
-
 class NYUDSegmentation(SegDataset):
     """NYUDv2 (40 classes). tops: which inputs to load, from 'color', 'hha', 'depth'."""
 
     name = "nyud"
+    title = "NYUDv2"
     layout = NYUD_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "test", tops: Sequence[str] = ("color",),
@@ -85,13 +71,8 @@ class NYUDSegmentation(SegDataset):
             raise ValueError(f"unknown NYUDv2 input(s) {bad}; choose from {TOPS}")
         if not (self.root / "data").is_dir() or not (self.root / "segmentation").is_dir():
             raise DataMissingError(f"{self.root} is not the NYUDv2 FCN-layout directory\n{NYUD_LAYOUT}")
-        packaged = resource_path("data", f"nyud-{split}.txt")
-        self.split_file, self.ids = resolve_split(split, [self.root / f"{split}.txt"], packaged,
-                                                  what="NYUDv2 split list", layout=NYUD_LAYOUT)
-        self.split = split
         self.tops = tuple(tops)
-        self.keep_image = keep_image
-        self.heads = self.card_heads()
+        self._open_split(split, self.root / f"{split}.txt", resource_path("data", f"nyud-{split}.txt"), keep_image)
 
     def _path(self, kind: str, i: str) -> Path:
         if kind == "label":
@@ -114,11 +95,11 @@ class NYUDSegmentation(SegDataset):
                 hha = read_rgb(self._path("hha", i))
                 inputs["hha"] = preprocess(hha, MEAN_NYUD_HHA, bgr=False)
             else:
-                inputs["depth"] = read_log_depth(self._path("depth", i))
+                depth = self._path("depth", i)
+                inputs["depth"] = log_depth(read_image(depth, "depth"), MEAN_NYUD_LOGD, depth)
         label = read_nyud_label(self._path("label", i))
         for k, v in inputs.items():
-            if v.shape[1:] != label.shape:
-                raise ValueError(f"NYUDv2 {i}: {k} size {v.shape[1:]} differs from label {label.shape}")
+            check_label_size(label, v.shape[1:], self._path("label", i), self._path(k, i))
         if self.keep_image and rgb is None:
             rgb = read_rgb(self._path("color", i))
         return Sample(i, inputs, {"label": label}, rgb if self.keep_image else None)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat
 from fcn_repro.registry import MEAN_VOC
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
+from fcn_repro.errors import FcnReproError
 
 __all__ = ["SBDSegmentation", "SBD_LAYOUT", "read_sbd_label"]
 
@@ -33,16 +34,11 @@ SBD: the Semantic Boundaries Dataset, http://home.bharathh.info/pubs/codes/SBD/d
 
 def read_sbd_label(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8 class indices from an SBD cls/<id>.mat file."""
-    import scipy.io
-
+    gt = read_mat(path, "GTcls", "SBD label")
     try:
-        mat = scipy.io.loadmat(os.fspath(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label not found: {path}") from None
-    try:
-        seg = mat["GTcls"][0]["Segmentation"][0]
+        seg = gt[0]["Segmentation"][0]
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{path}: expected a struct GTcls with field Segmentation ({e})") from None
+        raise FcnReproError(f"expected a struct GTcls with field Segmentation ({e})", path) from None
     return np.asarray(seg).astype(np.uint8)
 
 
@@ -50,6 +46,7 @@ class SBDSegmentation(SegDataset):
     """SBD images and class labels; inputs {'data'}, labels {'label'}."""
 
     name = "sbd"
+    title = "SBD"
     layout = SBD_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "train", keep_image: bool = False,
@@ -61,8 +58,7 @@ class SBDSegmentation(SegDataset):
             if (self.root / "dataset" / "img").is_dir():
                 hint = f"\n(pass {self.root / 'dataset'})"
             raise DataMissingError(f"{self.root} is not the SBD dataset directory{hint}\n{SBD_LAYOUT}")
-        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], what="SBD split list",
-                                             layout=SBD_LAYOUT), keep_image, mean)
+        self._open_split(split, self.root / f"{split}.txt", None, keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]
@@ -71,8 +67,6 @@ class SBDSegmentation(SegDataset):
     def load(self, index: int) -> Sample:
         img_path, lab_path = self.files(index)
         rgb = read_rgb(img_path)
-        lab = read_sbd_label(lab_path)
-        if lab.shape != rgb.shape[:2]:
-            raise ValueError(f"{lab_path}: label size {lab.shape} differs from image size {rgb.shape[:2]}")
+        lab = check_label_size(read_sbd_label(lab_path), rgb.shape, lab_path, img_path)
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, {"label": lab},
                       rgb if self.keep_image else None)

@@ -10,8 +10,8 @@ Layout of ``root`` (SiftFlowDataset.zip unpacked)::
 Conventions of FCN's SIFT Flow layer (checked against its source text; not
 run here on the real files, which are not reachable from this machine):
 
-- input mean (B, G, R) = (114.578, 115.294, 108.353), float32 (SIFT Flow's
-  own mean, not VOC's);
+- input: RGB -> BGR minus SIFT Flow's own (B, G, R) mean, not VOC's
+  (``registry.MEAN_SIFTFLOW``, float32);
 - semantic 'S': 0 = void, 1..33 = classes; cast to uint8 and shifted by -1
   in uint8 arithmetic, so classes become 0..32 and void wraps to 255 (ignored);
 - geometric 'S': -1 = void, 1..3 = classes (sky, horizontal, vertical); -1 is
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_mat, resource_path
 from fcn_repro.registry import MEAN_SIFTFLOW
-from fcn_repro.data.transforms import preprocess, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 
 __all__ = ["SIFTFlowSegmentation", "SIFTFLOW_LAYOUT", "read_siftflow_label"]
 
@@ -62,6 +62,7 @@ class SIFTFlowSegmentation(SegDataset):
     """SIFT Flow images with two label heads: 'sem' (33) and 'geo' (3)."""
 
     name = "siftflow"
+    title = "SIFT Flow"
     layout = SIFTFLOW_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "test", keep_image: bool = False,
@@ -71,9 +72,8 @@ class SIFTFlowSegmentation(SegDataset):
         if not (self.root / "Images" / _SUB).is_dir():
             raise DataMissingError(f"{self.root} is not the SIFT Flow directory (no Images/{_SUB})\n"
                                    + SIFTFLOW_LAYOUT)
-        packaged = resource_path("data", f"siftflow-{split}.txt")
-        self._set_split(split, resolve_split(split, [self.root / f"{split}.txt"], packaged,
-                                             what="SIFT Flow split list", layout=SIFTFLOW_LAYOUT), keep_image, mean)
+        self._open_split(split, self.root / f"{split}.txt", resource_path("data", f"siftflow-{split}.txt"),
+                         keep_image, mean)
 
     def files(self, index: int):
         i = self.ids[index]
@@ -85,10 +85,7 @@ class SIFTFlowSegmentation(SegDataset):
         """inputs {'data': (3, H, W)}; labels {'sem': (H, W), 'geo': (H, W)} uint8."""
         img, sem, geo = self.files(index)
         rgb = read_rgb(img)
-        labels = {"sem": read_siftflow_label(sem, "semantic"),
-                  "geo": read_siftflow_label(geo, "geometric")}
-        for k, v in labels.items():
-            if v.shape != rgb.shape[:2]:
-                raise ValueError(f"{k} label of {self.ids[index]}: size {v.shape} differs from image {rgb.shape[:2]}")
+        labels = {"sem": check_label_size(read_siftflow_label(sem, "semantic"), rgb.shape, sem, img),
+                  "geo": check_label_size(read_siftflow_label(geo, "geometric"), rgb.shape, geo, img)}
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, labels,
                       rgb if self.keep_image else None)

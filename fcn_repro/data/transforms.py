@@ -14,9 +14,10 @@ One detail matters for bit-exactness: the dtype of ``mean``. The VOC and SBD
 layers take the mean from the prototxt's param_str, a Python tuple, so it is
 a float64 array; NumPy's in-place ``float32 -= float64`` then subtracts in
 float64 and rounds the result once to float32. The SIFT Flow, NYUDv2 and
-PASCAL-Context layers hold float32 means and subtract in float32. The
-``MEAN_*`` constants below carry the dtype of the layer they mirror, and
-:func:`preprocess` subtracts in the promoted dtype, as NumPy did.
+PASCAL-Context layers hold float32 means and subtract in float32. The means
+live in the registry (``registry.dataset(name).means``, ``registry.MEAN_*``)
+with the dtype of the layer they mirror, and :func:`preprocess` subtracts in
+the promoted dtype, as NumPy did.
 
 Labels are class indices: a palette PNG read by PIL in mode 'P' gives the
 palette index of each pixel through ``np.array``; 255 marks pixels to ignore.
@@ -32,17 +33,14 @@ from PIL import Image, ImageOps
 
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
+from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.utils import atomic_write
 
 __all__ = [
-    "MEAN_VOC", "MEAN_CONTEXT", "MEAN_SIFTFLOW", "MEAN_NYUD_COLOR", "MEAN_NYUD_HHA",
-    "MEAN_NYUD_LOGD", "IGNORE_LABEL", "ImageReadError", "open_checked", "read_rgb", "read_image",
-    "read_label_png", "check_label_size", "preprocess", "log_depth", "to_batch", "voc_palette", "colorize",
+    "ImageReadError", "open_checked", "read_rgb", "read_image",
+    "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
     "overlay", "save_label_png",
 ]
-
-# The means (with their dtypes) live in the registry, one card per dataset.
-from fcn_repro.registry import (IGNORE_LABEL, MEAN_CONTEXT, MEAN_NYUD_COLOR, MEAN_NYUD_HHA,  # noqa: E402,F401
-                                MEAN_NYUD_LOGD, MEAN_SIFTFLOW, MEAN_VOC)
 
 
 class ImageReadError(FcnReproError):
@@ -162,11 +160,11 @@ def check_label_size(label: np.ndarray, image_shape, label_path, image_path=None
     return label
 
 
-def preprocess(image: np.ndarray, mean: np.ndarray = MEAN_VOC, bgr: bool = True) -> np.ndarray:
+def preprocess(image: np.ndarray, mean: np.ndarray, bgr: bool = True) -> np.ndarray:
     """(H, W, C) image -> (C, H, W) float32 net input, as the FCN layers did.
 
     image: (H, W, C) array (uint8 RGB for colour images; HHA is also fed
-        through here with ``mean=MEAN_NYUD_HHA, bgr=False``).
+        through here with ``mean=registry.MEAN_NYUD_HHA, bgr=False``).
     mean: per-channel mean in the channel order of the *output*; its dtype
         sets the precision of the subtraction (see the module docstring).
     bgr: reverse the channel order (RGB -> BGR) before subtracting.
@@ -211,23 +209,17 @@ def _mean_lut(mean: np.ndarray) -> np.ndarray:
     return lut
 
 
-def log_depth(depth: np.ndarray, mean: np.ndarray = MEAN_NYUD_LOGD) -> np.ndarray:
+def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
     """(H, W) depth -> (1, H, W) float32 log(depth) - mean, as FCN's NYUDv2 layer computed it
-    (float32 throughout; a zero depth gives -inf, as in the original)."""
+    (float32 throughout; a zero depth gives -inf, as in the original). ``path``:
+    the file the depth came from, named by the error for a map that is not (H, W)."""
     d = np.asarray(depth, dtype=np.float32)
     if d.ndim != 2:
-        raise ValueError(f"depth: expected a single-channel (H, W) map, got shape {d.shape}")
+        raise ImageReadError(f"depth: expected a single-channel (H, W) map, got shape {d.shape}", path)
     with np.errstate(divide="ignore"):
         d = np.log(d)
     d -= np.asarray(mean, dtype=np.float32)
     return d[np.newaxis]
-
-
-def to_batch(chw: np.ndarray):
-    """(C, H, W) numpy -> (1, C, H, W) torch tensor (shares memory)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(chw)).unsqueeze(0)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -278,8 +270,6 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write (H, W) class indices as a palette PNG (VOC palette), atomically."""
-    from fcn_repro.utils import atomic_write
-
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")

@@ -11,16 +11,16 @@ VOC2011 seg val minus SBD train) uses ``ImageSets/Segmentation/seg11valid.txt``
 when present, else the list packaged with fcn_repro. ``split`` may also be a
 path to any .txt list.
 
-Input (FACTS.md): RGB -> float32 -> BGR -> minus (104.00698793, 116.66876762,
-122.67891434) -> (3, H, W); label: (H, W) uint8 palette indices.
+Input (FACTS.md): RGB -> float32 -> BGR -> minus ``registry.MEAN_VOC`` (float64)
+-> (3, H, W); label: (H, W) uint8 palette indices.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resolve_split, resource_path
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, resource_path
 from fcn_repro.registry import MEAN_VOC
-from fcn_repro.data.transforms import preprocess, read_label_png, read_rgb
+from fcn_repro.data.transforms import check_label_size, preprocess, read_label_png, read_rgb
 
 __all__ = ["VOCSegmentation", "VOC_LAYOUT", "VOC_URL"]
 
@@ -46,6 +46,7 @@ class VOCSegmentation(SegDataset):
     """
 
     name = "voc"
+    title = "VOC"
     layout = VOC_LAYOUT
 
     def __init__(self, root: str | os.PathLike, split: str = "seg11valid", keep_image: bool = False,
@@ -67,12 +68,7 @@ class VOCSegmentation(SegDataset):
                 f"{self.root} is not a VOC year directory: missing "
                 + ", ".join(str(m) for m in missing) + hint + "\n" + VOC_LAYOUT)
         packaged = resource_path("data", "pascal-seg11valid.txt") if split == "seg11valid" else None
-        self.split_file, self.ids = resolve_split(
-            split, [self.root / "ImageSets" / "Segmentation" / f"{split}.txt"], packaged,
-            what="VOC split list", layout=VOC_LAYOUT)
-        self.split = split
-        self.keep_image = keep_image
-        self.mean = mean
+        self._open_split(split, self.root / "ImageSets" / "Segmentation" / f"{split}.txt", packaged, keep_image, mean)
         self.with_labels = labels
         self.heads = ({"label": list(classes)} if classes is not None else self.card_heads()) if labels else {}
 
@@ -90,10 +86,7 @@ class VOCSegmentation(SegDataset):
         rgb = read_rgb(self.image_path(index))
         labels = {}
         if self.with_labels:
-            lab = read_label_png(self.label_path(index))
-            if lab.shape != rgb.shape[:2]:
-                raise ValueError(f"{self.label_path(index)}: label size {lab.shape} differs from "
-                                 f"image size {rgb.shape[:2]} of {self.image_path(index)}")
-            labels["label"] = lab
+            labels["label"] = check_label_size(read_label_png(self.label_path(index)), rgb.shape,
+                                               self.label_path(index), self.image_path(index))
         return Sample(self.ids[index], {"data": preprocess(rgb, self.mean)}, labels,
                       rgb if self.keep_image else None)

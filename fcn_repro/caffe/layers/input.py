@@ -5,17 +5,15 @@ one per top); legacy ``input``/``input_dim`` nets are upgraded to it by the
 parser. Data-producing layers of train/val prototxts (``Python`` layers with
 no bottoms, ``Data``, ``ImageData``, ``HDF5Data``, ...) cannot run here:
 their tops become inputs too, fed by the caller. Their shapes are unknown to
-the prototxt; the FCN data layers' tops are known by name (``data``, ``color``
-and ``hha`` are 3-channel images, ``depth``, ``label``, ``sem``, ``geo`` are
-1-channel) and anything else can be given with ``Net(..., input_shapes=)``.
+the prototxt; the FCN data layers' tops are known by name (their channel
+counts: ``registry.DATA_TOP_CHANNELS``) and anything else can be given with
+``Net(..., input_shapes=)``.
 """
 from __future__ import annotations
 
-from .base import Layer, register
+from fcn_repro.registry import DATA_TOP_CHANNELS
 
-# Channel counts of the tops of FCN's Python data layers (voc_layers,
-# siftflow_layers, nyud_layers, pascalcontext_layers), by top name.
-FCN_DATA_TOP_CHANNELS = {"data": 3, "color": 3, "hha": 3, "depth": 1, "label": 1, "sem": 1, "geo": 1}
+from .base import Layer, register
 
 DATA_LAYER_TYPES = ("Python", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData")
 
@@ -56,5 +54,5 @@ class DataInput(Input):
                              f"Python layers (no bottoms) are supported, as net inputs")
 
     def declared_shapes(self):
-        return [(None, FCN_DATA_TOP_CHANNELS[t], None, None) if t in FCN_DATA_TOP_CHANNELS else None
+        return [(None, DATA_TOP_CHANNELS[t], None, None) if t in DATA_TOP_CHANNELS else None
                 for t in self.top_names]
