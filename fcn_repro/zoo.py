@@ -66,7 +66,8 @@ def deploy_prototxt(name: str) -> Path:
     In a checkout: prototxt/<name>/deploy.prototxt. Where prototxt/ is not
     available (a non-editable install), the net is generated with the
     project's net specifications (fcn_repro.caffe.fcn_nets) into a cache
-    directory ($FCN_REPRO_CACHE or ~/.cache/fcn_repro).
+    directory under the project's one cache root (:func:`fcn_repro.hub.home`:
+    $FCN_REPRO_HOME or ~/.cache/fcn_repro).
     """
     if name == "sample":
         return registry.resource_path("sample", "fcn8s-shapes.prototxt")
@@ -76,8 +77,7 @@ def deploy_prototxt(name: str) -> Path:
         p = root / "prototxt" / name / "deploy.prototxt"
         if p.is_file():
             return p
-    cache = Path(os.environ.get("FCN_REPRO_CACHE") or Path.home() / ".cache" / "fcn_repro")
-    p = cache / "prototxt" / name / "deploy.prototxt"
+    p = hub.home() / "prototxt" / name / "deploy.prototxt"
     _generate_deploy(name, p)  # cheap; rewritten when this version's net differs from the cached one
     return p
 

@@ -38,7 +38,7 @@ def _net_cls():
 def _isolated(tmp_path, monkeypatch):
     """No test reads or writes the user's weights/ or cache."""
     monkeypatch.setenv("FCN_REPRO_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("FCN_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FCN_REPRO_HOME", str(tmp_path / "cache"))
 
 
 def make_sample_voc(dst: Path, ids=("s0000", "s0003", "s0007", "s0012", "s0020"), split="val") -> Path:
@@ -429,8 +429,32 @@ def test_evaluate_records_weights_when_first_seen(tmp_path, monkeypatch):
     data = make_sample_voc(tmp_path / "voc", ids=("s0001",))
     kw = dict(net="sample", weights=str(wdir / "fcn8s-shapes.caffemodel"), data=str(data), split="val",
               progress=False, out=io.StringIO())
+    # the file is parsed once, by the net that loads it: no separate parse before the record
+    from fcn_repro import hub
+
+    def no_second_parse(*a, **k):
+        raise AssertionError("the weights were parsed before the net loaded them")
+
+    monkeypatch.setattr(hub, "check_parses", no_second_parse)
+    monkeypatch.setattr(hub, "weights_info", no_second_parse)
     assert ev.evaluate(**kw)["weights_check"]["status"] == "recorded"
     assert ev.evaluate(**kw)["weights_check"]["status"] == "verified"
+
+
+def test_evaluate_records_no_hash_for_a_file_that_does_not_parse(tmp_path):
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    good = (SAMPLE / "fcn8s-shapes.caffemodel").read_bytes()
+    (wdir / "fcn8s-shapes.caffemodel").write_bytes(good[: len(good) // 2])   # cut short
+    m = zoo.build_manifest()
+    m["files"]["fcn8s-shapes.caffemodel"] = {"url": None, "bytes": None, "sha256": None}
+    zoo.write_manifest(m, wdir / "manifest.json")
+    data = make_sample_voc(tmp_path / "voc", ids=("s0001",))
+    with pytest.raises(ValueError):
+        ev.evaluate(net="sample", weights=str(wdir / "fcn8s-shapes.caffemodel"), data=str(data), split="val",
+                    progress=False, out=io.StringIO())
+    rec = json.loads((wdir / "manifest.json").read_text())["files"]["fcn8s-shapes.caffemodel"]
+    assert rec.get("sha256") is None   # recorded only after a complete parse
 
 
 def test_deploy_prototxt_from_checkout_or_generated(tmp_path, monkeypatch):

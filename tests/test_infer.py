@@ -21,7 +21,7 @@ CAFFE = np.load(SAMPLE / "sample.caffe.npz")
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FCN_REPRO_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("FCN_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FCN_REPRO_HOME", str(tmp_path / "cache"))
 
 
 def test_infer_sample_model_writes_labels_overlays_summary(tmp_path, capsys):
