@@ -23,10 +23,10 @@ _spec = importlib.util.spec_from_file_location("make_corpus", Path(__file__).par
 pb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pb)
 
-V2_FIXTURES = ["fcn8s.caffemodel", "fcn16s.caffemodel", "fcn8s-atonce.caffemodel", "zoo.caffemodel"]
-# in the full fixture set only ($FCN_REPRO_CAFFE_FIXTURES); skipped without it
-V2_FIXTURES_FULL = ["fcn32s.caffemodel", "fcn-alexnet.caffemodel", "siftflow-fcn8s.caffemodel",
-                    "nyud-fcn32s-color-hha.caffemodel", "pascalcontext-fcn8s.caffemodel"]
+# every one in tests/fixtures/caffe (packed ones rebuilt by conftest.caffe_fixture)
+V2_FIXTURES = ["fcn8s.caffemodel", "fcn16s.caffemodel", "fcn8s-atonce.caffemodel", "zoo.caffemodel",
+               "fcn32s.caffemodel", "fcn-alexnet.caffemodel", "siftflow-fcn8s.caffemodel",
+               "nyud-fcn32s-color-hha.caffemodel", "pascalcontext-fcn8s.caffemodel"]
 
 
 def npz_params(npz: Path) -> dict[str, dict[int, np.ndarray]]:
@@ -81,7 +81,7 @@ def test_vgg_v1_values_and_legacy_shapes():
     assert {layer.type for layer in info.layers} >= {"Convolution", "ReLU", "Pooling", "InnerProduct", "Softmax"}
 
 
-@pytest.mark.parametrize("name", V2_FIXTURES + V2_FIXTURES_FULL)
+@pytest.mark.parametrize("name", V2_FIXTURES)
 def test_v2_order_types_and_shapes_match_prototxt(name):
     path = caffe_fixture(name)
     info = weights_info(path)
@@ -295,7 +295,7 @@ def test_truncation_anywhere_is_a_clear_error():
 
 # ------------------------------------------------------------------ writing
 
-@pytest.mark.parametrize("name", V2_FIXTURES + V2_FIXTURES_FULL)
+@pytest.mark.parametrize("name", V2_FIXTURES)
 def test_rewrite_of_caffe_file_is_byte_identical(name, tmp_path):
     src = caffe_fixture(name)
     c = caffemodel_layers(src)

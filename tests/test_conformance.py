@@ -5,8 +5,8 @@ gradients must be within 1e-5 (we reach ~1e-6 in float32: Caffe's im2col+GEMM
 and PyTorch's convolutions sum in different orders), and the argmax over
 classes of every score blob must be identical.
 
-Nets not in tests/fixtures/caffe (fcn32s, fcn-alexnet, siftflow, nyud,
-pascalcontext) are looked up in $FCN_REPRO_CAFFE_FIXTURES and skipped without it.
+Every net's fixtures are in tests/fixtures/caffe (the large ones packed:
+conftest.caffe_fixture rebuilds them on first use).
 """
 from __future__ import annotations
 

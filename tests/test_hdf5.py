@@ -13,7 +13,7 @@ from fcn_repro.caffe import WeightsError, load_weights, save_weights, weights_in
 from fcn_repro.caffe.hdf5 import HDF5WeightsError, load_hdf5, save_hdf5
 
 
-@pytest.mark.parametrize("net", ["fcn8s", "fcn-alexnet"])   # fcn-alexnet: full fixture set only
+@pytest.mark.parametrize("net", ["fcn8s", "fcn-alexnet"])   # both in tests/fixtures/caffe
 def test_caffe_h5_equals_caffe_caffemodel(net):
     a = load_weights(caffe_fixture(f"{net}.caffemodel"), keep_empty=True)
     b = load_weights(caffe_fixture(f"{net}.caffemodel.h5"), keep_empty=True)
