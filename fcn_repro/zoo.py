@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from fcn_repro import cli, hub, registry
+from fcn_repro.caffe import fcn_nets
 from fcn_repro.outputs import output_file
 
 # the weights' places, manifest and verification live in fcn_repro.hub
@@ -83,12 +84,6 @@ def deploy_prototxt(name: str) -> Path:
 
 
 def _generate_deploy(name: str, path: Path) -> None:
-    try:
-        from fcn_repro.caffe import fcn_nets
-    except ImportError as e:
-        raise FileNotFoundError(
-            f"no deploy prototxt for {name!r}: prototxt/{name}/deploy.prototxt is not in a checkout here "
-            f"and the net generator fcn_repro.caffe.fcn_nets cannot be imported ({e})") from None
     text = fcn_nets.net_text(name, "deploy")
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return

@@ -23,8 +23,8 @@ LAZY_IMPORTS = {
                                       "free of torch and h5py",
     ("fcn_repro.caffe", "fcn_repro.caffe.net"): "the builder's names on first use: the formats (and the tools "
                                                 "that only read or convert weights) stay free of torch",
-    ("fcn_repro.convert", "fcn_repro.caffe"): "Net, only for `convert --prototxt`: converting weights stays "
-                                              "free of torch",
+    ("fcn_repro.conversion", "fcn_repro.caffe"): "Net, only for `convert --prototxt`: converting weights "
+                                                 "stays free of torch",
 }
 
 
