@@ -27,8 +27,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,16 +40,17 @@ from tqdm import tqdm
 from fcn_repro import cli, registry
 from fcn_repro.caffe import load_weights, save_weights
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
-from fcn_repro.caffe.net import transplant
+from fcn_repro.caffe.net import Net, transplant
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
-from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, sync_gradients
+from fcn_repro.hub import repo_root
 from fcn_repro.outputs import output_file
+from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
-           "draw_curve", "Trainer", "status"]
+           "draw_curve", "Trainer", "status", "default_solver", "solver_with", "training_net", "summary"]
 
 
 class TrainError(FcnReproError):
@@ -505,3 +507,67 @@ class Trainer:
 def status(msg: str) -> None:
     """A status line on stderr that does not break a progress bar."""
     tqdm.write(msg, file=sys.stderr)
+
+
+# ------------------------------------------------------------------ setting up a run
+
+def default_solver(net: str) -> Path:
+    """prototxt/<net>/solver.prototxt of the checkout (or of the working directory)."""
+    root = repo_root()
+    cands = []
+    if root is not None:
+        cands.append(root / "prototxt" / net / "solver.prototxt")
+    cands.append(Path.cwd() / "prototxt" / net / "solver.prototxt")
+    for c in cands:
+        if c.is_file():
+            return c
+    raise TrainError(f"no solver for net {net!r}: looked for " + ", ".join(str(c) for c in cands)
+                     + " (generate the nets with `python -m fcn_repro.netspec`, or pass --solver)")
+
+
+def solver_with(solver_path: str | os.PathLike, overrides: dict[str, Any], train_net: Optional[str] = None
+                ) -> SolverParameter:
+    """The solver file's parameters with ``overrides`` (SolverParameter fields) and, where given,
+    another training net; checked: iter_size >= 1 and the training net exists."""
+    sp = read_solver(solver_path)
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if train_net:
+        over.update(train_net=os.path.abspath(train_net), net="")
+    sp = replace(sp, **over)
+    if sp.iter_size < 1:
+        raise TrainError(f"iter_size must be >= 1, got {sp.iter_size}")
+    if not sp.train_net_path or not os.path.isfile(sp.train_net_path):
+        raise TrainError(f"{solver_path}: training net {sp.train_net_path!r} not found")
+    return sp
+
+
+def training_net(train_path: str, seed: int, *, init: Optional[str] = None, weights: Optional[str] = None,
+                 device: Any = "cpu", world: int = 1, say: Optional[Callable[[str], None]] = None) -> Net:
+    """The TRAIN-phase net, its fillers seeded with ``seed``: then FCN surgery from ``init``,
+    or ``weights`` copied by layer name (Caffe's --weights), or fillers only; on ``device``;
+    under several processes every process starts from rank 0's parameters."""
+    if init is not None and weights is not None:
+        raise TrainError("give at most one of --init and --weights")
+    torch.manual_seed(seed)
+    net = Net(train_path, phase="TRAIN", seed=seed)
+    if init:
+        rep = surgery(net, net.netparam, init, fill=False)
+        if say:
+            t = rep["transplant"]
+            say(f"surgery from {init}: copied {len(t.copied)} layers, coerced {[c[0] for c in t.coerced]}, "
+                f"left to fillers {t.missing}, bilinear {rep['interp']}")
+    elif weights:
+        net.load_weights(weights, strict=False)
+    net.to(device)
+    if world > 1:
+        with torch.no_grad():
+            for g in param_groups(net):
+                dist.broadcast(g["params"][0].data, 0)
+    return net
+
+
+def summary(trainer: "Trainer", out_dir: Optional[str], save: Optional[str]) -> dict:
+    """The end-of-run report: iteration, last train and test records, snapshot files."""
+    last = {t: next((r for r in reversed(trainer.records) if r.get("type") == t), None) for t in ("train", "test")}
+    return {"iter": trainer.iter, "out": out_dir, "save": save, **last,
+            "snapshots": [r["files"] for r in trainer.records if r.get("type") == "snapshot"]}
