@@ -271,8 +271,8 @@ def bench_prototxt() -> Path:
     if src.is_file():
         text = src.read_text()
         if not dst.is_file() or dst.read_text() != text:
-            from fcn_repro.utils import atomic_write
-            with atomic_write(dst, "w") as f:
+            from fcn_repro.outputs import output_file
+            with output_file(dst, 0, "w") as f:
                 f.write(text)
         return dst
     return _scaled_fixture_prototxt(CACHE / "fcn8s-deploy-scaled.prototxt")
@@ -355,8 +355,8 @@ def bench_model(seed: int = 0, progress: bool = True) -> tuple:
     weights, types = generate_weights(proto, seed)
     save_weights(model, weights, types=types, net_name="FCN-8s (benchmark, random weights)")
     del weights
-    from fcn_repro.utils import atomic_write
-    with atomic_write(stamp, "w") as f:
+    from fcn_repro.outputs import output_file
+    with output_file(stamp, 0, "w") as f:
         json.dump(dict(want, bytes=model.stat().st_size, seconds=round(time.perf_counter() - t, 1)), f)
     if progress:
         print(f"[bench] wrote {model.stat().st_size:,} bytes in {time.perf_counter() - t:.1f} s",

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
-from fcn_repro.utils import atomic_write
+from fcn_repro.outputs import output_file
 
 __all__ = [
     "ImageReadError", "open_checked", "read_rgb", "read_image",
@@ -275,5 +275,5 @@ def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")
     im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)))
     im.putpalette(_PALETTE.reshape(-1).tolist())  # 'L' -> 'P' with the VOC colours
-    with atomic_write(path, "wb") as f:
+    with output_file(path, 0, "wb") as f:
         im.save(f, format="PNG")
