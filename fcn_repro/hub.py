@@ -56,7 +56,8 @@ from fcn_repro.outputs import output_file
 
 __all__ = [
     "Source", "HubError", "DownloadError", "WeightsMismatchError", "Check", "source", "known_files",
-    "repo_root", "home", "weights_dir", "download_dir", "find_weights", "manifest_path", "manifest_for",
+    "repo_root", "home", "weights_dir", "download_dir", "find_weights", "weights_path", "deploy_prototxt",
+    "listing", "manifest_path", "manifest_for",
     "build_manifest", "load_manifest", "write_manifest", "hash_file", "sha256_file", "check_file",
     "check_parses", "record", "verify_or_record", "download", "fetch", "main_download",
 ]
@@ -158,6 +159,63 @@ def find_weights(file: str) -> Optional[Path]:
         if (d / file).is_file():
             return d / file
     return None
+
+
+def weights_path(card: registry.NetCard, directory: Optional[os.PathLike] = None) -> Optional[Path]:
+    """Where a net's original weights file is looked for (None: none published)."""
+    if card.name == "sample":
+        return registry.resource_path("sample", card.weights.file)
+    if not card.caffemodel:
+        return None
+    if directory is None:   # $FCN_REPRO_WEIGHTS_DIR or weights/, else the download cache
+        return find_weights(card.caffemodel) or weights_dir() / card.caffemodel
+    return Path(directory) / card.caffemodel
+
+
+def deploy_prototxt(name: str) -> Path:
+    """Path of the deploy prototxt of net ``name``.
+
+    In a checkout: prototxt/<name>/deploy.prototxt. Where prototxt/ is not
+    available (a non-editable install), the net is generated with the
+    project's net specifications (fcn_repro.caffe.fcn_nets) under the one
+    cache root (:func:`home`: $FCN_REPRO_HOME or ~/.cache/fcn_repro).
+    """
+    if name == "sample":
+        return registry.resource_path("sample", "fcn8s-shapes.prototxt")
+    registry.net(name)  # raises for an unknown name
+    root = repo_root()
+    if root is not None:
+        p = root / "prototxt" / name / "deploy.prototxt"
+        if p.is_file():
+            return p
+    p = home() / "prototxt" / name / "deploy.prototxt"
+    text = net_text(name, "deploy")   # cheap; rewritten when this version's net differs from the cached one
+    if not (p.is_file() and p.read_text(encoding="utf-8") == text):
+        with output_file(p, len(text.encode()), "w") as f:
+            f.write(text)
+    return p
+
+
+def listing(wdir: Path) -> dict:
+    """Every net with its weights (present in ``wdir`` or not), references and sources; the sample;
+    the published results of nets the project does not have; the initialisation weights."""
+    def one(net: registry.NetCard) -> dict:
+        wp = weights_path(net, wdir)
+        w = net.weights
+        return {
+            "net": net.name, "title": net.title, "dataset": net.dataset, "split": net.split,
+            "weights": None if w is None else {"file": w.file, "sources": list(w.urls), "bytes": w.bytes,
+                                               "sha1": w.sha1, "path": str(wp), "present": wp.is_file()},
+            "references": [{"source": r.source, "split": r.split, "head": r.head, "asserted": r.asserted,
+                            "decimals": r.decimals, "scores": r.scores(), "extra": dict(r.extra),
+                            "text": r.text()} for r in net.references],
+        }
+    context = [{"dataset": d.key, "net": title, "split": r.split, "source": r.source, "scores": r.scores(),
+                "text": r.text()} for d in registry.DATASETS.values() for title, r in d.context]
+    return {"weights_dir": str(wdir), "nets": [one(n) for n in registry.NETS.values()],
+            "sample": one(registry.SAMPLE), "other_published": context,
+            "init_weights": {k: {"file": w.file, "sources": list(w.urls), "bytes": w.bytes}
+                             for k, w in registry.INIT_WEIGHTS.items()}}
 
 
 def manifest_path(directory: Optional[os.PathLike] = None) -> Path:

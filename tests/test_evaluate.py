@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fcn_repro import evaluate as ev
-from fcn_repro import registry, zoo
+from fcn_repro import hub, registry, zoo
 from fcn_repro.caffe import fcn_nets, save_weights
 from fcn_repro.data import Sample, resource_path
 from fcn_repro.data.transforms import read_label_png
@@ -430,8 +430,6 @@ def test_evaluate_records_weights_when_first_seen(tmp_path, monkeypatch):
     kw = dict(net="sample", weights=str(wdir / "fcn8s-shapes.caffemodel"), data=str(data), split="val",
               progress=False, out=io.StringIO())
     # the file is parsed once, by the net that loads it: no separate parse before the record
-    from fcn_repro import hub
-
     def no_second_parse(*a, **k):
         raise AssertionError("the weights were parsed before the net loaded them")
 
@@ -463,7 +461,7 @@ def test_deploy_prototxt_from_checkout_or_generated(tmp_path, monkeypatch):
     if (REPO / "prototxt" / "fcn16s" / "deploy.prototxt").is_file():
         assert p == REPO / "prototxt" / "fcn16s" / "deploy.prototxt"
     # a non-editable install has no prototxt/: the net is generated into the cache
-    monkeypatch.setattr(zoo, "repo_root", lambda: None)
+    monkeypatch.setattr(hub, "repo_root", lambda: None)
     g = zoo.deploy_prototxt("siftflow-fcn32s")
     assert g == tmp_path / "cache" / "prototxt" / "siftflow-fcn32s" / "deploy.prototxt"
     assert g.read_text() == fcn_nets.net_text("siftflow-fcn32s", "deploy")
