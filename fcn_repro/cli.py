@@ -10,12 +10,13 @@
   ``{"ok": false, "error": ...}``). A tool's own failed check exits 1.
 - Output paths (``--json``, ``-o``, ``--save-predictions``, ``--out``) are
   checked writable before the work starts (:func:`check_writable`), and
-  written atomically, so a refused or failed run leaves nothing half-written.
+  written atomically (:mod:`fcn_repro.outputs`), so a refused or failed run
+  leaves nothing half-written.
 - A closed stdout (``| head``) ends the tool quietly.
-- Devices: :func:`check_device` (CPU unless ``--device cuda``, a clean
+- Devices: :func:`check_device` (CPU unless ``--device cuda``; a clean
   error where CUDA is absent). Processes: :func:`dist_setup` (the same
-  device rule; under
-  ``torchrun`` gloo on CPU, NCCL on CUDA, one GPU per local rank).
+  device rule; under ``torchrun`` gloo on CPU, NCCL on CUDA, one GPU per
+  local rank).
 
 Usage in a tool::
 
