@@ -39,6 +39,7 @@ from fcn_repro.data.transforms import save_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
+from fcn_repro.npz import read_npz
 from fcn_repro.registry import resource_path
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
@@ -478,7 +479,7 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
     same images (their ground truth read again here), never a subset against
     the full set.
     """
-    z = np.load(resource_path("sample", "sample.caffe.npz"))
+    z = read_npz(resource_path("sample", "sample.caffe.npz"))
     counts = np.zeros(4, dtype=np.float64)  # pixels, equal, differ, differ where margin < 1e-3
     n = hists["score"].shape[0] if "score" in hists else 0
     subset = np.zeros((n, n), dtype=np.int64)
@@ -513,7 +514,7 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
         "pixels": int(counts[0]), "agree": int(counts[1]), "differ": int(counts[2]),
         "differ_margin_lt_1e-3": int(counts[3]),
         "agreement": counts[1] / counts[0] if counts[0] else float("nan"),
-        "low_margin_pixels": int(sum((z[k] < 1e-3).sum() for k in z.files if k.startswith("margin/"))),
+        "low_margin_pixels": int(sum((z[k] < 1e-3).sum() for k in z if k.startswith("margin/"))),
         "max_abs_score_diff": max(abs(ours[k] - caffe[k]) for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc"))
         if ours is not None else None,
     }
