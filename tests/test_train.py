@@ -742,3 +742,27 @@ def test_smoke_recipe_on_the_bundled_sample_logs_caffe_lines(tmp_path, capsys):
     assert main(["--net", "sample", "--iters", "3", "--display", "2", "--out", str(tmp_path / "d2")]) == 0
     out = capsys.readouterr().out
     assert [ln.split(",")[0] for ln in out.splitlines() if ln.endswith("lr = 1e-10")] == ["Iteration 0", "Iteration 2"]
+
+
+def test_run_setup_library(tmp_path):
+    """What the train CLI calls: the solver with overrides, the data source, the input mapping."""
+    from fcn_repro import registry
+    from fcn_repro.sources import input_map, training_source
+    from fcn_repro.trainer import TrainError, solver_with
+
+    solver = caffe_fixture("fcn8s.solver.prototxt")
+    caffe_fixture("fcn8s.train.prototxt")
+    base = read_solver(solver)
+    sp = solver_with(solver, {"max_iter": base.max_iter + 7, "base_lr": None})
+    assert sp.max_iter == base.max_iter + 7 and sp.base_lr == base.base_lr   # None: not overridden
+    with pytest.raises(TrainError, match="iter_size must be >= 1"):
+        solver_with(solver, {"iter_size": 0})
+    with pytest.raises(TrainError, match="training net .*none.prototxt.* not found"):
+        solver_with(solver, {}, str(tmp_path / "none.prototxt"))
+    assert input_map(["data", "label"], None) == {"data": ("data",), "label": ("label",)}
+    card = registry.net("nyud-fcn32s-color-hha")
+    assert input_map(["color", "hha", "label"], card) == {"color": ("color",), "hha": ("hha",),
+                                                          "label": ("label",)}
+    net = Net(sp.train_net_path, phase="TRAIN")
+    with pytest.raises(TrainError, match="--data DIR"):
+        training_source(net, sp.train_net_path)
