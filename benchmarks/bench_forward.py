@@ -413,8 +413,8 @@ def variants(args) -> dict:
                                               ("winograd='f4'", {"winograd": "f4"})])
     report_variants(res)
     if args.json:
-        from fcn_repro.utils import atomic_write
-        with atomic_write(args.json, "w") as f:
+        from fcn_repro.outputs import output_file
+        with output_file(args.json, 0, "w") as f:
             json.dump(res, f, indent=1, default=str)
     return res
 
@@ -628,8 +628,8 @@ def main(argv=None) -> dict:
         res["peers"][p] = d
     report(res)
     if args.json:
-        from fcn_repro.utils import atomic_write
-        with atomic_write(args.json, "w") as f:
+        from fcn_repro.outputs import output_file
+        with output_file(args.json, 0, "w") as f:
             json.dump(res, f, indent=1, default=str)
     return res
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fcn_repro import hub, registry, zoo
+from fcn_repro import cli, hub, registry, zoo
 from fcn_repro.caffe import Net
 from fcn_repro.data.transforms import log_depth, preprocess, read_image
 from fcn_repro.errors import FcnReproError
@@ -66,12 +66,7 @@ def resolve_device(device: Optional[str]) -> str:
     """'cpu', 'cuda', 'cuda:N' (None: cuda when available); a project error when CUDA is asked for but absent."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FcnReproError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
-                            "use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise FcnReproError(f"--device {device}: expected cpu, cuda or cuda:N")
-    return device
+    return cli.check_device(device)
 
 
 # ------------------------------------------------------------------ preprocessing
