@@ -52,7 +52,8 @@ def caffe_fixture(name: str) -> Path:
     extra = os.environ.get("FCN_REPRO_CAFFE_FIXTURES")
     if extra and (Path(extra) / name).exists():
         return Path(extra) / name
-    pytest.skip(f"fixture {name} not in tests/fixtures/caffe; set FCN_REPRO_CAFFE_FIXTURES to the full set")
+    pytest.skip(f"fixture {name} is neither in tests/fixtures/caffe (plain or packed) nor in "
+                f"$FCN_REPRO_CAFFE_FIXTURES")
 
 
 def pytest_configure(config):
