@@ -84,25 +84,16 @@ class WeightsMismatchError(HubError):
 # ------------------------------------------------------------------ facts
 
 @dataclass(frozen=True)
-class Source:
-    """A weights file: name, sources in order, published size/sha1, and the net it must fit."""
+class Source(registry.Weights):
+    """A weights file of the registry (:class:`registry.Weights`) and the net it must fit."""
 
-    file: str
-    urls: Tuple[str, ...]
-    bytes: Optional[int] = None
-    sha1: Optional[str] = None
     net: Optional[str] = None
-
-    @property
-    def pinned(self) -> bool:
-        return self.bytes is not None or self.sha1 is not None
 
 
 def _facts() -> List[Source]:
     """Every weights file the project knows, from the registry's cards."""
-    out = [Source(c.weights.file, tuple(c.weights.urls), c.weights.bytes, c.weights.sha1, c.name)
-           for c in registry.NETS.values() if c.weights is not None]
-    return out + [Source(w.file, tuple(w.urls), w.bytes, w.sha1) for w in registry.INIT_WEIGHTS.values()]
+    out = [Source(**vars(c.weights), net=c.name) for c in registry.NETS.values() if c.weights is not None]
+    return out + [Source(**vars(w)) for w in registry.INIT_WEIGHTS.values()]
 
 
 def known_files() -> List[Source]:

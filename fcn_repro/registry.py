@@ -131,6 +131,11 @@ class Weights:
     def url(self) -> str:
         return self.urls[0]
 
+    @property
+    def pinned(self) -> bool:
+        """Whether a size or checksum is published for the file."""
+        return self.bytes is not None or self.sha1 is not None
+
 
 @dataclass(frozen=True)
 class InputSpec:
