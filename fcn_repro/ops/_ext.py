@@ -13,7 +13,8 @@ import warnings
 
 import torch
 
-from .checks import check, check_bias, check_int_pair, check_shape, check_tensors, crop_geometry, deconv_geometry
+from .checks import (_KERNEL_DTYPES, check, check_bias, check_int, check_int_pair, check_shape, check_tensors,
+                     crop_geometry, deconv_geometry)
 
 __all__ = ["AVAILABLE", "LOAD_ERROR", "BACKENDS", "FallbackWarning", "has_kernel", "use_extension"]
 
@@ -45,7 +46,6 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fcn_repro::{op}", dispatch_key)
 
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 # Backends with a kernel for every op, computed once at import: plain Python
 # values, so that torch.compile (dynamo) can trace the dispatch decision.
 BACKENDS = {dev: AVAILABLE and all(has_kernel(op, dev.upper()) for op in _OPS) for dev in ("cpu", "cuda")}
@@ -128,7 +128,7 @@ def _register() -> None:
         check_shape(grad.shape, "top grad", op)
         check_shape(x.shape, "bottom", op)
         check_int_pair(kernel, 1, "kernel", op)
-        check(groups >= 1, op, lambda: f"groups must be in [1, 2147483647] (Caffe stores it in an int), got {groups}")
+        check_int(groups, 1, "groups", op)
         check(grad.shape[1] % groups == 0, op,
               lambda: f"top grad has {grad.shape[1]} channels, not divisible by groups {groups}")
         wshape = (x.shape[1], grad.shape[1] // groups, kernel[0], kernel[1])

@@ -20,8 +20,6 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from fcn_repro.caffe.shapes import deconv_out
-
 IntPair = Union[int, Sequence[int]]
 
 MAX_CAFFE_INT = 2 ** 31 - 1
@@ -139,8 +137,7 @@ def deconv_geometry(op: str, x_shape, w_shape, stride, pad, dilation, groups: in
         span = _mul(stride[a], x_shape[2 + a] - 1, "stride * (bottom size - 1)", op)
         extent = _add(_mul(dilation[a], w_shape[2 + a] - 1, "dilation * (kernel - 1)", op), 1, "kernel extent", op)
         twice_pad = _mul(2, pad[a], "2 * pad", op)
-        _add(_add(span, extent, "Deconvolution top size", op), -twice_pad, "Deconvolution top size", op)
-        full.append(deconv_out(x_shape[2 + a], w_shape[2 + a], stride[a], pad[a], dilation[a]))
+        full.append(_add(_add(span, extent, "Deconvolution top size", op), -twice_pad, "Deconvolution top size", op))
     check(full[0] >= 1, op, lambda: f"Caffe top size {full[0]}x{full[1]} is empty for bottom {list(x_shape)}, "
           f"weight {list(w_shape)}, stride {list(stride)}, pad {list(pad)}, dilation {list(dilation)}")
     check(full[1] >= 1, op, lambda: f"Caffe top size {full[0]}x{full[1]} is empty for bottom {list(x_shape)}, "

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from . import _ext
-from .checks import IntPair, as_int, check, pair
+from .checks import IntPair, as_int, check, check_int, pair
 from .reference import deconv2d_crop_ref, deconv2d_ref
 
 
@@ -62,8 +62,7 @@ def weight_is_diagonal(weight: torch.Tensor, groups: int = 1) -> bool:
     if _ext.AVAILABLE and _ext.BACKENDS.get(weight.device.type, False):
         return bool(torch.ops.fcn_repro._deconv2d_is_diagonal(weight, groups))
     check(weight.dim() == 4, "_deconv2d_is_diagonal", lambda: f"weight must be 4-D, got {list(weight.shape)}")
-    check(groups >= 1, "_deconv2d_is_diagonal",
-          lambda: f"groups must be in [1, 2147483647] (Caffe stores it in an int), got {groups}")
+    check_int(groups, 1, "groups", "_deconv2d_is_diagonal")
     if groups != 1 or weight.shape[0] != weight.shape[1]:
         return False
     off = ~torch.eye(weight.shape[0], dtype=torch.bool, device=weight.device)
