@@ -44,10 +44,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-import torch
 from tqdm import tqdm
 
-from fcn_repro.caffe import Net, weights_info
+from fcn_repro.caffe import weights_info
 from fcn_repro.caffe.fcn_nets import net_text
 from fcn_repro import cli, registry
 from fcn_repro.caffe.match import blob_fits
@@ -394,6 +393,11 @@ def check_parses(path: os.PathLike, net: Optional[str]) -> None:
         if not any(layer.blobs for layer in info.layers):
             raise WeightsMismatchError(f"{path}: parses but holds no parameter blobs")
         return
+    # torch only here: listing, downloading and hashing stay free of it
+    import torch
+
+    from fcn_repro.caffe.net import Net
+
     with torch.device("meta"):   # shapes only: no memory for the parameters
         model = Net(_net_prototxt(net))
     have = {layer.name: layer for layer in info.layers if layer.blobs}

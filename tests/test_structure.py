@@ -23,6 +23,8 @@ LAZY_IMPORTS = {
                                       "free of torch and h5py",
     ("fcn_repro.caffe", "fcn_repro.caffe.net"): "the builder's names on first use: the formats (and the tools "
                                                 "that only read or convert weights) stay free of torch",
+    ("fcn_repro.hub", "fcn_repro.caffe.net"): "check_parses builds the net (on the meta device): listing, "
+                                             "downloading and hashing weights stay free of torch",
     ("fcn_repro.conversion", "fcn_repro.caffe"): "Net, only for `convert --prototxt`: converting weights "
                                                  "stays free of torch",
 }
@@ -204,7 +206,8 @@ def test_exports_include_the_readme_api_and_the_error_family():
 
 
 def test_importing_the_package_and_the_formats_does_not_import_torch():
-    code = ("import sys, fcn_repro, fcn_repro.caffe; fcn_repro.caffe.parse_prototxt; fcn_repro.load_weights; "
+    code = ("import sys, fcn_repro, fcn_repro.caffe, fcn_repro.zoo, fcn_repro.hub; fcn_repro.caffe.parse_prototxt; "
+            "fcn_repro.load_weights; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
