@@ -68,7 +68,8 @@ def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.Z
     with zf:
         infos = zf.infolist()
         limits.check("records", len(infos), "an archive of this many members", filename, error=NpzError)
-        total = packed = 0
+        packed = 0
+        budget = limits.Budget(filename, error=NpzError)
         allowance = limits.expansion_allowance(size)
         for info in infos:
             name = info.filename
@@ -102,8 +103,7 @@ def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.Z
                                    f"{packed:,} bytes from a {size:,}-byte archive, over the limit of "
                                    f"{allowance:,} (expansion; raise it with {limits.ENV['expansion']}=N "
                                    "if you mean it)", filename)
-            total += nbytes
-            limits.check("read_bytes", total, f"the arrays up to member {name!r}", filename, error=NpzError)
+            budget.charge(nbytes, f"the arrays up to member {name!r}")
             if key in out:
                 raise NpzError(f"member {key!r} appears twice", filename)
             out[key] = (tuple(int(d) for d in shape), dtype, info)

@@ -31,7 +31,7 @@ from fcn_repro.caffe.wire import (
     pieces_size, varint_bytes, write_pieces,
 )
 from fcn_repro.errors import CaffeModelError, HDF5WeightsError
-from fcn_repro.npz import NpzError, npz_members, read_npz
+from fcn_repro.npz import NpzError, read_npz
 from fcn_repro.outputs import output_file, output_path
 
 _SS = schema.numbers("SolverState")
@@ -222,17 +222,16 @@ def _history(arrays: dict[int, np.ndarray], fail: Callable[..., Exception]) -> l
 def _read_npz_state(path: str) -> StateFile:
     def fail(reason: str, **where: Any) -> NpzError:
         return NpzError(reason, path, **where)
-    members = npz_members(path)
+    z = read_npz(path)   # every member's header checked, then read within the budget
     hist_keys = {}
-    for k in members:
+    for k in z:
         if k.startswith("history/"):
             i = k[len("history/"):]
             if not (i.isdigit() and (i == "0" or not i.startswith("0"))):
                 raise fail(f"member {k!r}: history blobs are named history/0, history/1, ...")
             hist_keys[int(i)] = k
-    if "iter" not in members:
+    if "iter" not in z:
         raise fail("no 'iter' member: not a solver state")
-    z = read_npz(path)
     it = _first_int(z["iter"], "iter", fail)
     cs = _first_int(z["current_step"], "current_step", fail) if "current_step" in z else 0
     learned = _text(z["learned_net"], "learned_net", fail) if "learned_net" in z else ""
