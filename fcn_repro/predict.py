@@ -44,10 +44,9 @@ import torch
 from PIL import Image
 
 from fcn_repro import cli, hub, registry, zoo
-from fcn_repro.caffe import Net
 from fcn_repro.data.transforms import log_depth, preprocess, read_image
 from fcn_repro.errors import FcnReproError
-from fcn_repro.fast import optimize
+from fcn_repro.evaluation import load_checked
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
            "IMAGE_SUFFIXES", "MissingWeightsError"]
@@ -354,18 +353,9 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
         raise FcnReproError(str(e.args[0]) if e.args else str(e)) from None
     device = resolve_device(device)
     path, known = _weights_for(entry, name, weights, download, progress)
-    check = hub.check_file(path, progress=progress) if verify and known else None
-    net = Net(str(zoo.deploy_prototxt(name)), weights=str(path), phase="TEST")
-    rep = net.weights_report
-    if rep is not None and rep.missing:   # layers left at their fillers would score garbage
-        raise hub.WeightsMismatchError(f"{path}: not the weights of {name}: no weights for the net's layers "
-                                       f"{rep.missing}")
-    if check is not None and check.status == "pending":
-        hub.record(check)   # it parsed completely and fit every layer of the net
-    net.eval()
-    net = net.to(torch.device(device))
-    if fast:
-        net = optimize(net)
+    # one read of the file: checked against its facts, parsed into the net, then recorded
+    net, check = load_checked(zoo.deploy_prototxt(name), path, device, fast=fast, verify=verify and known,
+                              progress=progress)
     transforms = Transforms.for_net(entry)
     head_blobs = list(entry.classes)
     heads = {h: entry.class_names(h) for h in head_blobs}
@@ -373,6 +363,6 @@ def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = F
         "name": name, "title": entry.title, "dataset": entry.dataset, "categories": heads[head_blobs[0]],
         "heads": heads, "head_blobs": head_blobs, "inputs": {i.blob: list(i.reads) for i in entry.inputs},
         "mean": {r: np.asarray(m).tolist() for _, reads in transforms.inputs for r, m in reads},
-        "weights": str(path), "weights_check": None if check is None else check.status,
+        "weights": str(path), "weights_check": None if check is None else check["status"],
     }
     return Pretrained(name, net, path, meta, transforms)
