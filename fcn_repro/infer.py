@@ -34,7 +34,7 @@ before any work, one ``error:`` line and exit status 2 on a user error.
 from __future__ import annotations
 
 import argparse
-import json
+import glob
 import sys
 import warnings
 from pathlib import Path
@@ -65,11 +65,9 @@ def summarize(label: np.ndarray, names: Optional[Sequence[str]] = None) -> List[
     return out
 
 
-def _class_names(entry, blob: str, n: int) -> List[str]:
-    if entry is not None and blob in entry.classes:
-        names = entry.class_names(blob)
-        if len(names) == n:
-            return names
+def _class_names(known: Optional[List[str]], n: int) -> List[str]:
+    if known is not None and len(known) == n:
+        return known
     return [f"class {i}" for i in range(n)]
 
 
@@ -114,7 +112,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     device = cli.check_device(device)
     entry, prototxt = resolve_net(net)
     wpath = resolve_weights(entry, weights, net)
-    missing = [p for p in images if not Path(p).exists() and not _is_glob(p)]
+    missing = [p for p in images if not Path(p).exists() and not glob.has_magic(str(p))]
     if missing:
         raise MissingError("image(s) not found: " + ", ".join(missing))
     paths = expand_images(list(images))
@@ -122,6 +120,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         raise MissingError("no image files in " + ", ".join(images))
     netm, _ = load_checked(prototxt, wpath, device, fast=fast, verify=verify)
     heads = list(entry.classes) if entry is not None else None
+    class_lists = {h: entry.class_names(h) for h in heads} if heads else {}   # read once, not per image
     predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
                           keep_images=True)
     outdir_p = Path(outdir)
@@ -155,35 +154,22 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                 with output_file(sc_path, pred.scores[blob].nbytes + 4096, "wb") as f:
                     np.save(f, pred.scores[blob])
                 rec["scores"] = str(sc_path)
-            nclass = n if n is not None else _num_classes(blob, entry, lab)
-            classes = summarize(lab, _class_names(entry, blob, nclass))
+            known = class_lists.get(blob)
+            nclass = n if n is not None else (len(known) if known is not None else int(lab.max()) + 1)
+            classes = summarize(lab, _class_names(known, nclass))
             rec["classes"] = classes
             per[blob] = rec
             head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
     report = {"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}
-    text = json.dumps(cli.jsonable(report), indent=2, allow_nan=False) + "\n"
-    with output_file(outdir_p / "summary.json", len(text.encode()), "w") as f:
-        f.write(text)
+    cli.write_json(outdir_p / "summary.json", report)
     if json_path:
         cli.write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
     return summary
-
-
-def _is_glob(p: str) -> bool:
-    import glob
-
-    return glob.has_magic(str(p))
-
-
-def _num_classes(blob: str, entry, lab: np.ndarray) -> int:
-    if entry is not None and blob in entry.classes:
-        return len(entry.class_names(blob))
-    return int(lab.max()) + 1
 
 
 def main(argv=None) -> int:
