@@ -282,8 +282,6 @@ def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
     if entry is None:
         raise MissingError(f"--net {net_arg} is a prototxt path: pass its weights with --weights FILE "
                            "(.caffemodel, .caffemodel.h5 or .h5)")
-    if entry.name == "sample":
-        return zoo.weights_path(entry)
     if entry.caffemodel is None:
         raise MissingError(f"no original weights were published for {entry.name}; train them "
                            "(python -m fcn_repro.train) and pass --weights FILE")

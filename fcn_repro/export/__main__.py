@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from fcn_repro import cli, hub, registry, zoo
@@ -48,8 +47,8 @@ def resolve(net: str, weights: Optional[str]) -> tuple[str, str]:
     if weights is None:
         if card.weights is None:
             raise UsageError(f"net {net!r} has no published weights; give --weights")
-        found = zoo.weights_path(card) if net == "sample" else hub.find_weights(card.weights.file)
-        if found is None or not Path(found).is_file():
+        found = zoo.weights_path(card)   # the bundled sample, or the original where it is
+        if not found.is_file():
             raise UsageError(f"net {net!r}: {card.weights.file} not found in {hub.weights_dir()} or "
                              f"{hub.download_dir()}; run `python -m fcn_repro.zoo download {net}` or give "
                              "--weights")
