@@ -453,11 +453,17 @@ def verify_or_record(path: os.PathLike, manifest: Optional[os.PathLike] = None, 
     :class:`WeightsMismatchError` when the file is not the one it is named
     after, and the format's error when it does not parse.
     """
-    chk = check_file(path, manifest=manifest, progress=progress)
+    return _check_and_record(path, manifest, progress, notify).as_dict()
+
+
+def _check_and_record(path: os.PathLike, manifest: Optional[os.PathLike], progress: bool, notify: Notify,
+                      src: Optional[Source] = None) -> Check:
+    """check_file, then (first seen) a full parse as its net's caffemodel and the record."""
+    chk = check_file(path, manifest=manifest, progress=progress, src=src)
     if chk.status == "pending":
         check_parses(path, chk.source.net if chk.source else None)
         record(chk, notify)
-    return chk.as_dict()
+    return chk
 
 
 # ------------------------------------------------------------------ downloading
@@ -553,10 +559,7 @@ def fetch(src: Source, directory: Optional[os.PathLike] = None, *, progress: boo
     dest = directory / src.file
     mpath = manifest_path(directory)   # the directory's own record of what it holds
     if dest.is_file():
-        chk = check_file(dest, manifest=mpath, progress=progress, src=src)
-        if chk.status == "pending":
-            check_parses(dest, src.net)
-            record(chk, notify)
+        chk = _check_and_record(dest, mpath, progress, notify, src)
         notify(f"{src.file}: already in {directory} ({chk.status}{' against ' + chk.against if chk.against else ''})")
         return dest
     try:
