@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from fcn_repro import limits
-from fcn_repro.caffe.weightfile import HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array  # noqa: F401
+from fcn_repro.caffe.weightfile import (  # noqa: F401  (HDF5_MAGIC re-exported)
+    HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array, is_blob_number)
 from fcn_repro.errors import HDF5WeightsError, OutputError, WeightsError
 from fcn_repro.outputs import output_path
 
@@ -167,7 +168,7 @@ def _blob_datasets(r: H5Reader, g: Any, name: str) -> list[tuple[str, Any]]:
     h5py = import_h5py()
     members = dict(r.members(g, f"/data/{name}"))
     for k in members:
-        if not (k.isdigit() and (k == "0" or not k.startswith("0"))):
+        if not is_blob_number(k):
             raise r.error("blob datasets must be named 0, 1, ...", f"/data/{name}/{k}", layer=name)
     idx = sorted(int(k) for k in members)
     if idx != list(range(len(idx))):

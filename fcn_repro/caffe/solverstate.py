@@ -25,7 +25,7 @@ import numpy as np
 from fcn_repro import limits
 from fcn_repro.caffe import schema
 from fcn_repro.caffe.hdf5 import H5_OVERHEAD, H5Reader, import_h5py, h5_writing
-from fcn_repro.caffe.weightfile import HDF5_MAGIC, as_array
+from fcn_repro.caffe.weightfile import HDF5_MAGIC, as_array, is_blob_number
 from fcn_repro.caffe.wire import (
     BlobPlan, Wire, blob_array, decode_blob, encode_str, expect_wire, int32, key, length_delimited,
     pieces_size, varint_bytes, write_pieces,
@@ -227,7 +227,7 @@ def _read_npz_state(path: str) -> StateFile:
     for k in z:
         if k.startswith("history/"):
             i = k[len("history/"):]
-            if not (i.isdigit() and (i == "0" or not i.startswith("0"))):
+            if not is_blob_number(i):
                 raise fail(f"member {k!r}: history blobs are named history/0, history/1, ...")
             hist_keys[int(i)] = k
     if "iter" not in z:
@@ -267,7 +267,7 @@ def _read_h5_state(path: str) -> StateFile:
         arrays: dict[int, np.ndarray] = {}
         for k, ds in r.members(hg, "/history"):
             at = f"/history/{k}"
-            if not (k.isdigit() and (k == "0" or not k.startswith("0"))) or not isinstance(ds, h5py.Dataset):
+            if not is_blob_number(k) or not isinstance(ds, h5py.Dataset):
                 raise r.error("history blobs are datasets named 0, 1, ...", at)
             arrays[int(k)] = r.read(ds, at, blob=int(k))
         hist = _history(arrays, fail)

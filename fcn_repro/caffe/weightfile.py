@@ -190,3 +190,8 @@ def check_kind(path: str | os.PathLike, expect: str) -> None:
     if kind != expect:
         names = {"hdf5": "an HDF5 file (.caffemodel.h5)", "caffemodel": "a binary .caffemodel"}
         raise WeightsError(f"is {names[kind]}, not {names[expect]}", os.fspath(path), offset=0)
+
+
+def is_blob_number(key: str) -> bool:
+    """Whether ``key`` names a blob as Caffe's HDF5 writers number them: 0, 1, ... (no sign, no leading zero)."""
+    return key.isdigit() and (key == "0" or not key.startswith("0"))
