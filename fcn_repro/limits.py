@@ -67,12 +67,13 @@ import contextvars
 import dataclasses
 import os
 import re
+import stat
 from typing import Iterator
 
 from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
-           "expansion_allowance"]
+           "expansion_allowance", "read_capped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,3 +220,28 @@ class Budget:
                                       f"{what} (reading this file so far)"),
                              self.filename, **where)
         self.used = total
+
+
+def read_capped(path: str | os.PathLike, what: str = "text", *, cap: str = "text_bytes",
+                error: type[FcnReproError] = FcnReproError, **where) -> bytes:
+    """The bytes of the file ``path``, refused (``error``) past the cap ``cap``.
+
+    A regular file's size is checked before reading; anything else (a pipe,
+    ``<(cmd)``, /dev/zero, a character device: ``fstat`` says 0 for them) is
+    read only up to the cap and one byte more, whatever it claims. A FIFO
+    with no writer reads as empty instead of blocking the open.
+    """
+    limit = getattr(current(), cap)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            check(cap, st.st_size, f"{what} of this size", path, error=error, **where)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{what} longer than the limit of {_size(limit)} (not a regular file: read up to the limit; "
+                    f"{cap}: raise it with {ENV[cap]}=N or fcn_repro.limits.override({cap}=N) if you mean it)",
+                    path, **where)
+    return data

@@ -52,7 +52,7 @@ import filelock
 from fcn_repro.errors import OutputError
 
 __all__ = ["output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX",
-           "side_name", "locked", "protect_inputs", "check_not_input"]
+           "side_name", "locked", "protect_inputs", "check_not_input", "child"]
 
 TEMP_SUFFIX = ".fcnpart"
 # Room kept free beyond the expected size: file-system metadata, estimates.
@@ -250,6 +250,16 @@ def check_not_input(path: str | os.PathLike, inputs: Optional[Iterable[str | os.
     if hit is not None:
         same = "" if os.path.abspath(hit) == os.path.abspath(os.fspath(path)) else f" ({hit})"
         raise OutputError(f"is one of the inputs{same}: it is not replaced; write the outputs somewhere else", path)
+
+
+def child(directory: str | os.PathLike, name: str) -> str:
+    """``directory/name``, refused (:class:`OutputError`) unless ``name`` is a plain file name:
+    a name from a list or manifest (an id) never writes outside its directory."""
+    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")) or (
+            os.sep in name or (os.altsep and os.altsep in name)):
+        raise OutputError(f"the output name {name!r} is not a plain file name: outputs stay inside the directory",
+                          directory)
+    return os.path.join(os.fspath(directory), name)
 
 
 # ------------------------------------------------------------------ locks
