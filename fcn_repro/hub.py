@@ -516,35 +516,49 @@ def _fetch_locked(src: Source, dest: Path, mpath: Path, progress: bool, notify: 
     part = dest.with_name(dest.name + ".part")
     tried = []
     for url in src.urls:
-        have = part_size(part)   # a part that is not a regular file of ours is refused here
-        notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
-        try:
-            transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=src.bytes)
-        except SourceFailed as e:
-            tried.append(f"{url} ({e})")
-            continue
-        except OSError as e:   # writing the part
-            raise DownloadError(f"{src.file}: cannot write {part} ({reason(e)}); free space or pass --dir DIR") \
-                from None
-        try:
-            chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
-            if chk.status == "pending":
-                check_parses(part, src.net)
-        except ValueError as e:   # a mismatch, or the format's error (it does not parse)
-            part.unlink(missing_ok=True)
-            tried.append(f"{url} (refused: {e})")
-            continue
-        chk.file = str(dest)
-        os.replace(part, dest)
-        record(chk, notify)
-        notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
-               f"{' against ' + chk.against if chk.against else ''})")
-        return dest
+        for again in (False, True):
+            if _from(url, src, part, dest, mpath, progress, notify, bounds, tried):
+                return dest
+            if not tried[-1][0] or again:   # it failed from the start: the next source
+                break
+            # the bytes it resumed may be another source's or another file's: once more from the start
+            notify(f"{src.file}: the resumed download did not verify; downloading it again from the start ({url})")
     kept = part_size(part)
     todo = (f"{kept:,} bytes are kept in {part}: run the same command again to resume" if kept else
             "Check the network and run it again, give another source with --base-url URL, or put the file "
             "there by hand")
-    raise DownloadError(f"could not download {src.file} into {dest.parent}: tried {'; '.join(tried)}. {todo}")
+    said = "; ".join(dict.fromkeys(t[1] for t in tried))
+    raise DownloadError(f"could not download {src.file} into {dest.parent}: tried {said}. {todo}")
+
+
+def _from(url: str, src: Source, part: Path, dest: Path, mpath: Path, progress: bool, notify: Notify,
+          bounds: Bounds, tried: list) -> bool:
+    """One try of one source: True when ``dest`` is in place and verified; else appends
+    (whether the try had resumed a part, what went wrong) to ``tried``."""
+    have = part_size(part)   # a part that is not a regular file of ours is refused here
+    notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
+    try:
+        transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=src.bytes)
+    except SourceFailed as e:
+        tried.append((False, f"{url} ({e})"))
+        return False
+    except OSError as e:   # writing the part
+        raise DownloadError(f"{src.file}: cannot write {part} ({reason(e)}); free space or pass --dir DIR") \
+            from None
+    try:
+        chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
+        if chk.status == "pending":
+            check_parses(part, src.net)
+    except ValueError as e:   # a mismatch, or the format's error (it does not parse)
+        part.unlink(missing_ok=True)
+        tried.append((bool(have), f"{url} (refused: {e})"))
+        return False
+    chk.file = str(dest)
+    os.replace(part, dest)
+    record(chk, notify)
+    notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
+           f"{' against ' + chk.against if chk.against else ''})")
+    return True
 
 
 def download(names: Iterable[str] = (), *, all: bool = False, directory: Optional[os.PathLike] = None,
