@@ -669,3 +669,25 @@ def test_infer_skips_a_png_declaring_gigabytes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"skipped {d / 'bad.png'}" in err
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "bad.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_binary_readers_refuse_pipes_and_devices_without_opening_them(tmp_path, kind):
+    """Weights, solver states and archives are mapped or seeked: a FIFO (whose open would wait for a
+    writer) or a device (fstat size 0, endless data) is refused by its reader's error, at once."""
+    from fcn_repro.caffe import CaffeModelError, WeightsError, weights_info
+    from fcn_repro.caffe.caffemodel import read_caffemodel, read_solverstate
+    from fcn_repro.npz import NpzError, read_npz
+
+    if kind == "fifo":
+        path = tmp_path / "w.caffemodel"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    t0 = time.monotonic()
+    for read, err in ((weights_info, WeightsError), (read_caffemodel, WeightsError),
+                      (read_solverstate, CaffeModelError), (read_npz, NpzError)):
+        with pytest.raises(err, match="must be a regular file") as ei:
+            read(path)
+        assert str(ei.value).startswith(f"{path}: is a {'pipe' if kind == 'fifo' else 'device'}")
+    assert time.monotonic() - t0 < 5
