@@ -7,6 +7,7 @@ progress bar, resumes a partial file (HTTP ``Range``) left by an interrupted
 run, verifies the result and only then renames it into place::
 
     python -m fcn_repro.zoo download fcn8s fcn32s [--dir DIR] [--base-url URL]
+        [--deadline SECONDS] [--min-rate KIB_PER_S] [--stall-timeout SECONDS]
     python -m fcn_repro.zoo download --all
 
     from fcn_repro import hub
@@ -16,6 +17,15 @@ Where files go and are looked for: ``$FCN_REPRO_WEIGHTS_DIR`` when set, else
 the checkout's ``weights/`` for files already there, else the cache
 ``$FCN_REPRO_HOME/weights`` (``~/.cache/fcn_repro/weights`` by default), where
 downloads go (:func:`find_weights`, :func:`download_dir`).
+
+Faults. Each source's transfer is bounded (:mod:`fcn_repro.transfer`: a
+deadline, a minimum rate, a stall timeout, never more than the published or
+announced size, redirects within http(s) and never from https to http, a
+``.part`` that is not a regular file of ours is refused); any failure of a
+source moves on to the next. One process downloads a file at a time (a lock
+beside it: the others wait, then find it there), and manifests are updated
+under their own lock (:func:`update_manifest`), so concurrent records are all
+kept.
 
 Verification. A file with published facts (a pinned size or sha1) must match
 them, or it is refused: a download is deleted, nothing is left at its final

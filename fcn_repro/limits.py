@@ -57,6 +57,13 @@ original FCN caffemodel has ~40 layers, ResNet-152 ~900). For code that means to
         ...                      # this thread/context only
     fcn_repro.limits.configure(image_pixels=200_000_000)   # the whole process
 
+Files that are not regular files say nothing true about their size
+(``fstat`` gives 0 for /dev/zero, a FIFO, ``<(cmd)``): text inputs (prototxts,
+split lists) are read through :func:`read_capped`, which reads such a file
+only up to its cap and waits at most :data:`PIPE_WAIT` seconds for each part
+of it; readers that map or seek (weights, solver states, archives) refuse
+them before opening (:func:`require_regular`).
+
 Environment variables are read when a cap is looked up (so a subprocess sees
 its own); ``configure`` wins over them and ``override`` over both.
 """
