@@ -223,3 +223,64 @@ def test_h5_state_with_external_link_is_refused(tmp_path):
     with pytest.raises(HDF5WeightsError, match="external link") as e:
         read_state(path)
     assert e.value.filename == str(path) and e.value.h5path == "/iter"
+
+
+# ---------------------------------------------------------------- learning rates
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-0.01", "1e39"])
+def test_solver_file_refuses_bad_base_lr(tmp_path, value):
+    from fcn_repro.solver import SolverError, read_solver
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "train.prototxt"\nbase_lr: {value}\n')
+    with pytest.raises(SolverError, match="base_lr must be a finite number > 0") as e:
+        read_solver(path)
+    assert str(path) in str(e.value)
+
+
+def test_train_cli_refuses_nan_base_lr_before_anything_is_written(tmp_path, capsys):
+    from fcn_repro.train import main
+    out = tmp_path / "run"
+    assert main(["--net", "sample", "--iters", "2", "--base-lr", "nan", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--base-lr must be a finite number > 0" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*.h5"))
+
+
+def _rate(policy, it, **kw):
+    from fcn_repro.solver import SolverParameter, learning_rate
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no RuntimeWarning from overflow either
+        return learning_rate(SolverParameter(base_lr=0.01, lr_policy=policy, **kw), it)[0]
+
+
+def test_lr_policies_edge_values_follow_float_math():
+    f = np.float32
+    # sigmoid: exp overflows to inf, 1 / (1 + inf) is 0 (Python's math.exp raises OverflowError)
+    assert _rate("sigmoid", 10, gamma=-100.0, stepsize=0) == 0.0
+    assert _rate("sigmoid", 10, gamma=100.0, stepsize=0) == float(f(0.01))
+    # poly past max_iter: a negative base to a fractional power is NaN (Python gives a complex number)
+    assert np.isnan(_rate("poly", 20, power=0.5, max_iter=10))
+    assert _rate("poly", 20, power=2.0, max_iter=10) == float(f(0.01) * (f(1) - f(20) / f(10)) ** f(2))
+    # inv: 1 + gamma * it == 0 -> 0 ** -power: inf for power > 0, 0 for power < 0
+    assert _rate("inv", 1, gamma=-1.0, power=1.0) == float("inf")
+    assert _rate("inv", 1, gamma=-1.0, power=-1.0) == 0.0
+    assert np.isnan(_rate("inv", 2, gamma=-1.0, power=0.5))
+    # step / exp: gamma ** n past float range is inf (Python's float ** int raises OverflowError)
+    assert _rate("exp", 400, gamma=10.0) == float("inf")
+    assert _rate("step", 40, gamma=1e10, stepsize=1) == float("inf")
+    assert _rate("multistep", 5, gamma=0.1, stepvalue=[1]) == float(f(0.01) * 0.1)
+
+
+def test_non_finite_lr_stops_training_at_its_iteration_before_an_update():
+    import torch
+    from fcn_repro.solver import CaffeSGD, SolverError, SolverParameter
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = CaffeSGD([p], SolverParameter(base_lr=0.1, lr_policy="inv", gamma=-1.0, power=1.0))
+    p.grad = torch.ones(3)
+    opt.step()   # iteration 0: rate 0.1
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9))
+    with pytest.raises(SolverError, match="iteration 1") as e:
+        opt.step()   # iteration 1: 0 ** -1 = inf
+    assert "inf" in str(e.value)
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9)) and opt.iter == 1
