@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.labels import voc_palette
 from fcn_repro.outputs import output_file
 
 __all__ = [
@@ -220,25 +221,6 @@ def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | Non
         d = np.log(d)
     d -= np.asarray(mean, dtype=np.float32)
     return d[np.newaxis]
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map, (n, 3) uint8.
-
-    Class c's colour spreads c's bits over the three channels, most
-    significant bit first: bit 3k of c goes to red bit 7-k, bit 3k+1 to green,
-    bit 3k+2 to blue. Index 255 (ignore) comes out as (224, 224, 192).
-    """
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for c in range(n):
-        rgb = [0, 0, 0]
-        v = c
-        for k in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((v >> ch) & 1) << (7 - k)
-            v >>= 3
-        pal[c] = rgb
-    return pal
 
 
 _PALETTE = voc_palette()
