@@ -14,7 +14,15 @@ back in the order written. Caffe reads both (it looks layers up by name).
 
 Values are read into fresh, writable arrays (HDF5 does its own I/O; a
 contiguous dataset is one read). float64 datasets become float32 unless
-``keep_dtype=True``, as in :mod:`fcn_repro.caffe.caffemodel`.
+``keep_dtype=True``, as in :mod:`fcn_repro.caffe.caffemodel`. Only objects
+stored in the file are read: soft, external and user-defined links, and
+external or virtual storage, are refused (naming the file and HDF5 path),
+never followed.
+
+Writing (:func:`write_h5`, used by :func:`save_hdf5` and the solver states):
+the file is made in memory and its bytes written through the atomic writer,
+so a full disk, a quota or a file-size limit is an ``OutputError`` with
+nothing left behind, and SIGINT/SIGTERM during a write stop the run cleanly.
 """
 from __future__ import annotations
 
@@ -27,11 +35,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fcn_repro import limits
+from fcn_repro import limits, outputs
 from fcn_repro.caffe.weightfile import (  # noqa: F401  (HDF5_MAGIC re-exported)
     HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array, is_blob_number)
 from fcn_repro.errors import HDF5WeightsError, OutputError, WeightsError
-from fcn_repro.outputs import check_free_space, output_file
 
 __all__ = ["HDF5WeightsError", "load_hdf5", "save_hdf5", "hdf5_info", "write_h5", "SignalsDeferred"]
 
@@ -385,20 +392,20 @@ def write_h5(path: str | os.PathLike, build: Callable[[Any, Callable[[], None]],
     """
     path = os.fspath(path)
     h5py = import_h5py()
-    check_free_space(path, expected_bytes)   # before spending the memory
+    outputs.check_free_space(path, expected_bytes)   # before spending the memory
     with SignalsDeferred() as signals:
         with h5_writing(path):
             f = h5py.File(f"<{path} in memory {secrets.token_hex(4)}>", "w", driver="core",
                           backing_store=False)
         try:
+            build(f, signals.checkpoint)   # its own exceptions pass unchanged
             with h5_writing(path):
-                build(f, signals.checkpoint)
                 f.flush()   # the image is complete only after a flush
                 image = memoryview(f.id.get_file_image())
         finally:
             f.close()   # no backing store: closing writes nothing, so it can not fail on the disk
         signals.checkpoint()
-        with output_file(path, len(image)) as out:
+        with outputs.output_file(path, len(image)) as out:
             for at in range(0, len(image), _WRITE_CHUNK):
                 out.write(image[at:at + _WRITE_CHUNK])
                 signals.checkpoint()
