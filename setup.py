@@ -70,7 +70,7 @@ setup(
     package_data={"fcn_repro": ["resources/*", "resources/**/*"]},
     include_package_data=True,
     python_requires=">=3.9",
-    install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm"],
+    install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm", "filelock"],
     extras_require={"onnx": ONNX_EXTRA,
                     "report": REPORT_EXTRA,
                     "test": ["pytest", "hypothesis",

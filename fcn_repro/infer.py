@@ -58,9 +58,9 @@ from PIL import Image
 
 from fcn_repro import cli, labels
 from fcn_repro.data.transforms import save_label_png
-from fcn_repro.labels import LabelSet
 from fcn_repro.evaluation import MissingError, load_checked, resolve_net, resolve_weights
-from fcn_repro.outputs import output_file
+from fcn_repro.labels import LabelSet
+from fcn_repro.outputs import output_file, protect_inputs
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
@@ -139,6 +139,12 @@ def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
     return out
 
 
+def _guarded(guard, items):
+    """``items``, iterated inside the context manager ``guard``."""
+    with guard:
+        yield from items
+
+
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
@@ -190,7 +196,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         warnings.warn(f"skipped {src}: {e}", stacklevel=2)
         skipped.append({"image": str(src), "error": str(e)})
 
-    for pred in predictor.iter(paths, scores=save_scores, on_error=skip):
+    protect = protect_inputs(paths)   # an output named like an input (infer photo.png -o .) is refused
+    for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip)):
         path, rgb = pred.source, pred.image
         blobs = list(pred.labels)
         base = names.take(names.base(Path(path)), lambda b: output_names(b, blobs, save_scores))
