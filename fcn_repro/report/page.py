@@ -235,7 +235,7 @@ def _head_html(report: dict, blob: str, head: dict, gallery: Optional[Gallery], 
     labels = head_labels(head)
     cmp = _comparison(report, blob, head)
     n = len(head["classes"])
-    title = f"{blob}: {n} classes" if several else f"{n} classes"
+    title = f"{blob}: {n} classes"
     out = [f'<section id="{_esc(blob)}"><h2>{_esc(title)}'
            f' <span class="note">({head["pixels"]:,} labelled pixels)</span></h2>',
            '<div class="card">', _scores_html(report, blob, head, cmp), "</div>"]
