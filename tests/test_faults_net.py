@@ -715,3 +715,12 @@ def test_a_recorded_size_bounds_a_later_download(hostile, env, good):
     msg = _fails(_src([f"{hostile.url}/big/{FILE}", f"{hostile.url}/e/{FILE}"]), d, Bounds(deadline=20),
                  "the recorded size is", within=5)
     assert f"sent more than the {len(good):,} bytes" in msg
+
+
+def test_checking_weights_refuses_a_pipe(env, tmp_path):
+    fifo = tmp_path / FILE
+    os.mkfifo(fifo)
+    with pytest.raises(hub.HubError, match="is a pipe"):
+        hub.verify_or_record(fifo, tmp_path / "manifest.json", **QUIET)
+    with pytest.raises(hub.HubError, match="is a pipe"):
+        hub.hash_file(fifo, progress=False)
