@@ -59,7 +59,7 @@ from fcn_repro.caffe.netspec import L, NetSpec, Top, to_message
 from fcn_repro.caffe.prototxt import Message, format_text
 
 __all__ = [
-    "VGG16_WIDTHS", "VGG16_FIXTURE_WIDTHS", "ALEXNET_WIDTHS", "ALEXNET_FIXTURE_WIDTHS",
+    "VGG16_WIDTHS", "VGG16_FIXTURE_WIDTHS", "ALEXNET_WIDTHS", "ALEXNET_FIXTURE_WIDTHS", "SAMPLE_WIDTHS",
     "LEARNED", "FROZEN", "NetDef", "NETS", "FIXTURE_NETS", "vgg16_trunk",
     "alexnet_trunk", "fcn_head", "vgg_fcn", "build_net", "fixture_net", "net_text",
     "solver_message", "solver_text", "generate_files", "DATA_MODULE",
@@ -72,6 +72,8 @@ VGG16_FIXTURE_WIDTHS = (4, 6, 8, 10, 12, 16)
 #: conv1..conv5, fc6/fc7.
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 ALEXNET_FIXTURE_WIDTHS = (8, 12, 16, 16, 12, 16)
+#: the bundled sample's reduced FCN-8s (fcn_repro/resources/sample: trained in Caffe with a normalized loss)
+SAMPLE_WIDTHS = (8, 16, 24, 32, 32, 64)
 
 #: weights lr 1, decay 1; biases lr 2, decay 0 (the originals' ParamSpecs).
 LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
@@ -459,14 +461,15 @@ def net_text(name: str, phase: str = "deploy", **kw: Any) -> str:
     return _header(head) + format_text(build_net(name, phase, **kw))
 
 
-def solver_message(name: str) -> Message:
-    """The SolverParameter of prototxt/<name>/solver.prototxt."""
+def solver_message(name: str, overrides: dict[str, Any] | None = None) -> Message:
+    """The SolverParameter of prototxt/<name>/solver.prototxt (with ``overrides``: another run's fields)."""
     d = _netdef(name)
     fields: dict[str, Any] = dict(
         train_net="train.prototxt", test_net="val.prototxt", test_iter=d.dataset.val_images,
         test_interval=999999999, test_initialization=False, display=20, average_loss=20,
         max_iter=100000, snapshot=4000, snapshot_prefix="snapshot/train")
     fields.update(d.solver)
+    fields.update(overrides or {})
     return to_message("SolverParameter", fields, f"solver of {name}")
 
 
