@@ -241,11 +241,6 @@ def open_data(data: str, classes: Optional[str], split: Optional[str], val_data:
     return OwnData(labels, train, val)
 
 
-def solver_overrides(sp: SolverParameter, **kw: Any) -> SolverParameter:
-    """``sp`` with the fields of ``kw`` that are not None."""
-    return replace(sp, **{k: v for k, v in kw.items() if v is not None})
-
-
 @dataclass
 class OwnRun:
     """Everything an own-data run trains with (built by :func:`prepare`)."""
@@ -306,6 +301,9 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
         # validate at the snapshots (FCN's solve.py scored at its snapshot interval) and at the end
         every = args.test_every if args.test_every is not None else sp.snapshot
         sp = replace(sp, test_interval=every)
+        if args.test_initialization is not None:
+            sp = replace(sp, test_initialization=args.test_initialization,
+                         test_interval=sp.test_interval or sp.max_iter + 1)
     seed = sp.random_seed if sp.random_seed >= 0 else (args.seed if args.seed is not None else 1337)
     torch.manual_seed(seed)
     net = Net(os.fspath(paths["train"]), phase="TRAIN", seed=seed)
