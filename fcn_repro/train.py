@@ -42,6 +42,7 @@ from fcn_repro.caffe import save_weights
 from fcn_repro.labels import for_net
 from fcn_repro.outputs import output_file
 from fcn_repro.evaluation import Validator  # noqa: F401 (the API)
+from fcn_repro.solver import check_base_lr
 from fcn_repro.sources import (DatasetSource, FeedSource, default_val_net, draw_order,  # noqa: F401 (the API)
                                sample_arrays, training_source, validator_for)
 from fcn_repro.trainer import (RECIPES, Trainer, TrainError, apply_interp, default_solver,  # noqa: F401
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("schedule (overrides of the solver file)")
     g.add_argument("--iters", type=int, help="iterations to run now (default: up to max_iter)")
     g.add_argument("--max-iter", type=int)
-    g.add_argument("--base-lr", type=float)
+    g.add_argument("--base-lr", type=float, help="the solver's base_lr (a finite number > 0)")
     g.add_argument("--iter-size", type=int)
     g.add_argument("--snapshot-every", type=int, help="snapshot every K iterations (0: never)")
     g.add_argument("--test-every", type=int, help="validate every K iterations (0: never)")
@@ -169,6 +170,8 @@ def _main(args: argparse.Namespace) -> int:
         v = getattr(args, opt)
         if v is not None and v < (0 if opt == "iters" else 1):
             raise cli.UsageError(f"--{opt.replace('_', '-')} {v}: must be >= {0 if opt == 'iters' else 1}")
+    if args.base_lr is not None:
+        check_base_lr(args.base_lr, "--base-lr")
     if args.feed is None and args.data is None:
         raise TrainError("give --data DIR (a training set) or --feed BLOBS.npz")
     if args.init is not None and args.weights is not None:
