@@ -24,6 +24,7 @@ from fcn_repro.caffe.net import Net
 from fcn_repro.data import make_dataset
 from fcn_repro.data.__main__ import main as data_main
 from fcn_repro.data.check import check_dataset
+from fcn_repro.errors import FcnReproError
 from fcn_repro.data.folder import FolderSegmentation, OwnDataError, open_own, own_labels
 from fcn_repro import owntrain, registry, runs
 from fcn_repro.train import main as train_main
@@ -97,9 +98,11 @@ def test_folder_reader_pairs_any_suffix_and_splits(shapes, tmp_path):
 def test_split_ids_stay_inside_the_folder(shapes, tmp_path):
     bad = make_shapes(tmp_path / "bad", n=3, val=0)
     (bad / "val.txt").write_text("../../etc/passwd\n")
-    with pytest.raises(OwnDataError, match="plain file stem") as e:
+    with pytest.raises(FcnReproError, match="not a plain file name") as e:
         FolderSegmentation(bad, "val")
     assert str(bad / "val.txt") in str(e.value)
+    rep = check_dataset(bad, ["bg", "disc", "square"])
+    assert [p for p, _ in rep.problems] == [str(bad / "val.txt")]
 
 
 def test_classes_from_file_and_palette_from_the_labels(tmp_path):

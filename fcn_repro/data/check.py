@@ -25,8 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from fcn_repro.data.base import DataMissingError, read_id_list
-from fcn_repro.data.folder import (FOLDER_LAYOUT, OwnDataError, check_id, image_files, is_folder, is_voc_layout,
-                                   label_values)
+from fcn_repro.data.folder import FOLDER_LAYOUT, image_files, is_folder, is_voc_layout, label_values
 from fcn_repro.data.transforms import open_checked, read_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.registry import IGNORE_LABEL
@@ -90,6 +89,16 @@ class CheckReport:
         return self
 
 
+def _ids(f: Path, rep: CheckReport) -> List[str]:
+    """The ids of a split list; a list that can not be used (an id with a path, not UTF-8) is a problem."""
+    try:
+        return read_id_list(f)
+    except FcnReproError as e:
+        if not any(p == os.fspath(f) and w == e.reason for p, w in rep.problems):
+            rep.add(f, e.reason + (f" (line {e.line})" if getattr(e, "line", None) else ""))
+        return []
+
+
 def _pairs(root: Path, rep: CheckReport) -> List[tuple]:
     """(stem, image path, label path) of the folder, reporting unpaired files and bad list ids."""
     if is_folder(root):
@@ -105,19 +114,14 @@ def _pairs(root: Path, rep: CheckReport) -> List[tuple]:
         pairs = [(s, images[s], labels[s]) for s in sorted(set(images) & set(labels))]
     else:
         lists = sorted((root / "ImageSets" / "Segmentation").glob("*.txt"))
-        stems = sorted({s for f in lists for s in read_id_list(f)})
+        stems = sorted({s for f in lists for s in _ids(f, rep)})
         pairs = [(s, root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png") for s in stems]
         images = {s: p for s, p, _ in pairs}
         labels = images
     for f in lists:
         if not f.is_file():
             continue
-        for s in read_id_list(f):
-            try:
-                check_id(s, f)
-            except OwnDataError as e:
-                rep.add(f, e.reason)
-                continue
+        for s in _ids(f, rep):
             if s not in images or s not in labels:
                 rep.add(f, f"lists {s!r}, which has no image/label pair")
     if is_voc_layout(root) and not is_folder(root):

@@ -11,8 +11,8 @@ Images and labels pair by file stem. Without ``train.txt`` / ``val.txt`` the
 split is deterministic and stated (:func:`split_rule`): the stems in sorted
 order, every fifth (the 5th, 10th, ...) to ``val``, the rest to ``train``.
 ``split`` may also be ``all`` or a path to any .txt list. Ids in a list are
-plain stems: one holding a path separator or ``..`` is refused, so a list can
-not reach outside the folder.
+plain stems (:func:`fcn_repro.data.base.read_id_list` refuses a path or ``..``),
+so a list can not reach outside the folder.
 
 A VOC-layout directory (``JPEGImages/``, ``SegmentationClass/``,
 ``ImageSets/Segmentation/<split>.txt``) with any number of classes is read by
@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_id_list
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, read_id_list, read_text_lines
 from fcn_repro.data.voc import VOCSegmentation
 from fcn_repro.data.transforms import check_label_size, open_checked, preprocess, read_label_png, read_rgb
 from fcn_repro.errors import FcnReproError
@@ -41,7 +41,7 @@ from fcn_repro.labels import LabelSet
 from fcn_repro.registry import MEAN_VOC
 
 __all__ = ["FolderSegmentation", "FOLDER_LAYOUT", "OwnDataError", "is_folder", "is_voc_layout", "own_labels",
-           "open_own", "split_rule", "image_files", "check_id", "parse_classes", "label_values"]
+           "open_own", "split_rule", "image_files", "parse_classes", "read_classes", "label_values"]
 
 FOLDER_LAYOUT = """\
 expected your own data as a folder holding:
@@ -76,15 +76,6 @@ def is_voc_layout(root: str | os.PathLike) -> bool:
     return (p / "JPEGImages").is_dir() and (p / "SegmentationClass").is_dir()
 
 
-def check_id(stem: str, where: str | os.PathLike) -> str:
-    """Refuse an id that is not a plain file stem (a path, '..', empty): lists stay inside the folder."""
-    if (not stem or stem in (".", "..") or "/" in stem or "\\" in stem or "\0" in stem
-            or os.path.isabs(stem) or stem.startswith("..")):
-        raise OwnDataError(f"id {stem!r} is not a plain file stem (no paths, no '..'): lists name files "
-                           "inside the folder", os.fspath(where))
-    return stem
-
-
 def image_files(images_dir: Path) -> tuple[Dict[str, Path], List[tuple]]:
     """stem -> image file of ``images_dir`` (suffixes PIL registers), and (stem, [files]) for stems
     with several image files (ambiguous pairs)."""
@@ -102,6 +93,11 @@ def parse_classes(text: Optional[str]) -> Optional[List[str]]:
     if text is None:
         return None
     return [c.strip() for c in text.split(",")]
+
+
+def read_classes(path: str | os.PathLike) -> List[str]:
+    """The class names of a classes.txt: one a line, blank lines and surrounding space dropped."""
+    return [ln.strip() for ln in read_text_lines(path, "class list") if ln.strip()]
 
 
 def _first_label_palette(label_dir: Path, suffix: str = ".png") -> Optional[list]:
@@ -124,7 +120,7 @@ def own_labels(root: str | os.PathLike, classes: Optional[Sequence[str]] = None)
         if not f.is_file():
             raise OwnDataError("no class names: pass --classes a,b,c (one name per label value 0, 1, ...) "
                                f"or write {f} (one name a line)", os.fspath(root))
-        classes, where = read_id_list(f), f
+        classes, where = read_classes(f), f
     label_dir = root / ("labels" if is_folder(root) else "SegmentationClass")
     pal = _first_label_palette(label_dir) if label_dir.is_dir() else None
     return LabelSet.own(list(classes), pal, where=where or root)
@@ -158,7 +154,7 @@ class FolderSegmentation(SegDataset):
         self.split_file: Optional[Path] = None
         self.ids = self._split_ids(split)
         if classes is None and (self.root / "classes.txt").is_file():
-            classes = read_id_list(self.root / "classes.txt")
+            classes = read_classes(self.root / "classes.txt")
         self.classes = list(classes) if classes is not None else None
         self.heads = {"label": self.classes} if labels else {}
 
@@ -169,7 +165,7 @@ class FolderSegmentation(SegDataset):
         listed = Path(split) if split.endswith(".txt") else self.root / f"{split}.txt"
         if listed.is_file():
             self.split_file = listed
-            return [check_id(s, listed) for s in read_id_list(listed)]
+            return read_id_list(listed)
         if split.endswith(".txt"):
             raise DataMissingError(f"split list not found: {listed}\n{FOLDER_LAYOUT}")
         stems = sorted(self.images)
@@ -225,10 +221,7 @@ def open_own(root: str | os.PathLike, split: str, classes: Optional[Sequence[str
         lst = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split.endswith(".txt") and not lst.is_file():
             raise DataMissingError(f"split list not found: {lst}\n{FOLDER_LAYOUT}")
-        ds = VOCSegmentation(root, split, classes=classes, **kwargs)
-        for s in ds.ids:
-            check_id(s, ds.split_file)
-        return ds
+        return VOCSegmentation(root, split, classes=classes, **kwargs)
     raise DataMissingError(f"{root} is neither a folder of images/ and labels/ nor a VOC-layout directory\n"
                            + FOLDER_LAYOUT)
 
