@@ -329,3 +329,34 @@ def test_many_net_inputs_build(tmp_path):
     net = Net(tmp_path / "n.prototxt")
     assert net.inputs == [f"s{i}" for i in range(n)] and net.blob_shapes["y"] == (1, n, 1, 1)
     assert len(net.plan[0].drop) == n
+
+
+# ---------------------------------------------------------------- op arguments
+
+def test_op_arguments_accept_0d_integer_tensors_everywhere():
+    import torch
+    from fcn_repro import ops
+    t = torch.tensor
+    x, w, b = torch.randn(1, 2, 3, 3), torch.randn(2, 1, 2, 2), torch.randn(2)
+    want = ops.deconv2d(x, w, b, 2, 1, 1, 2)
+    for fn in (ops.deconv2d, ops.deconv2d_ref):
+        assert torch.equal(fn(x, w, b, t(2), t(1), t(1), t(2)), want)
+        assert torch.equal(fn(x, w, b, (t(2), np.int64(2)), t([1, 1]), np.array(1), t(2)), want)
+    crop = ops.deconv2d_crop(x, w, b, t(2), t(1), t(1), t(2), offsets=t(1), out_size=(t(3), 3))
+    assert torch.equal(crop, want[:, :, 1:4, 1:4])
+    a, bb = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 6, 5)
+    for fn in (ops.crop_sum, ops.crop_sum_ref):
+        assert torch.equal(fn(a, bb, t(1), (t(0.5), 2)), a * 0.5 + bb[:, :, 1:4, 1:4] * 2)
+    for bad in (t(2.0), t(True), t([1, 2, 3]), "2"):
+        with pytest.raises(ValueError, match="fcn_repro::deconv2d: stride must be an int"):
+            ops.deconv2d(x, w, b, stride=bad)
+
+
+@pytest.mark.parametrize("coeffs", [(1.0,), [1.0, 2.0, 3.0], (), 2.0, ("a", "b"), (True, 1.0)])
+def test_crop_sum_coefficients_are_exactly_two_numbers(coeffs):
+    import torch
+    from fcn_repro import ops
+    a, bb = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 6, 5)
+    for fn in (ops.crop_sum, ops.crop_sum_ref):
+        with pytest.raises(ValueError, match=r"fcn_repro::crop_sum: coeffs must"):
+            fn(a, bb, 1, coeffs)
