@@ -1,7 +1,8 @@
 """Segment images with an FCN: ``python -m fcn_repro.infer``.
 
     python -m fcn_repro.infer IMAGE|DIR|GLOB... --net fcn8s [--weights W] -o OUTDIR
-        [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast] [--json FILE]
+        [--device cpu|cuda] [--save-scores] [--scores-format .npy|.f16.npy|.npz|.f16.npz]
+        [--tile N] [--batch-size N] [--fast] [--json FILE]
 
 Images are files, directories (their image files) or globs (quote them:
 ``'photos/**/*.jpg'``). Each is read with PIL and turned upright by its EXIF
@@ -11,7 +12,18 @@ batches of ``--batch-size``) through :class:`fcn_repro.predict.Predictor`.
 For each image, OUTDIR receives ``<name>.png`` (the predicted labels as a
 palette PNG, VOC palette), ``<name>_overlay.png`` (the palette colours
 alpha-blended over the image) and, with ``--save-scores``, ``<name>.npy``
-(the (C, H, W) float32 class scores). ``<name>`` is the image's stem; when
+(the (C, H, W) float32 class scores; ``--scores-format`` picks float16 and/or
+a compressed .npz instead, the file ending naming the format, see
+:mod:`fcn_repro.scorefile`).
+
+Big images run in exact tiles (:mod:`fcn_repro.tiles`): the scores equal the
+whole-image forward's, and memory is bounded by the tile. ``--tile N``: tiles
+of at most N x N input pixels (a size too small for the net's margins is
+enlarged, and said so); ``--tile 0``: always the whole image; by default an
+image is tiled only when one forward would need more than the memory budget
+(``FCN_REPRO_MAX_FORWARD_BYTES``, 1 GiB), and the output says so. A tiled
+image shows a progress bar per tile on a terminal, and its scores are written
+to disk tile by tile, never held whole in memory. ``<name>`` is the image's stem; when
 two images would write the same file (``a/x.jpg`` and ``b/x.jpg``) the later
 one gets ``<stem>-2`` (``-3``, ...): no output overwrites another. Nets with
 two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The per-image
@@ -48,6 +60,7 @@ from fcn_repro.data.transforms import overlay, save_label_png
 from fcn_repro.evaluation import MissingError, load_checked, resolve_net, resolve_weights
 from fcn_repro.outputs import output_file
 from fcn_repro.predict import Predictor, Transforms, expand_images
+from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
 __all__ = ["summarize", "infer", "main", "output_names"]
 
@@ -88,25 +101,29 @@ class _Names:
             k += 1
 
 
-def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
+def output_names(base: str, blobs: Sequence[str], scores: bool, scores_format: str = ".npy") -> List[str]:
     """The files one image writes (labels, overlay, scores) for ``base``."""
     out = []
     for b in blobs:
         suffix = "" if len(blobs) == 1 else f"_{b}"
-        out += [f"{base}{suffix}.png", f"{base}{suffix}_overlay.png"] + ([f"{base}{suffix}.npy"] if scores else [])
+        out += ([f"{base}{suffix}.png", f"{base}{suffix}_overlay.png"]
+                + ([f"{base}{suffix}{scores_format}"] if scores else []))
     return out
 
 
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
-          save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None) -> dict:
+          save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
+          tile: Optional[int] = None, scores_format: str = ".npy") -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
     images read; unreadable ones are skipped with a warning and listed under
     the key 'skipped' of summary.json (and of ``json_path``: the same report;
     '-': stdout). Raises MissingError when the net, its weights or a named
-    image file is missing, or nothing matches.
+    image file is missing, or nothing matches. tile: see the module
+    docstring (None: automatic); scores_format: a file ending of
+    :data:`fcn_repro.scorefile.FORMATS`.
     """
     out = out or sys.stdout
     device = cli.check_device(device)
@@ -122,9 +139,12 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     heads = list(entry.classes) if entry is not None else None
     class_lists = {h: entry.class_names(h) for h in heads} if heads else {}   # read once, not per image
     predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
-                          keep_images=True)
+                          keep_images=True, tile=tile)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
+
+    def sink(src, head, shape):   # a tiled image's scores go to disk tile by tile
+        return ScoreFile(outdir_p, shape, scores_format)
     summary: Dict[str, dict] = {}
     skipped: List[dict] = []
     names = _Names()
@@ -133,12 +153,14 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         warnings.warn(f"skipped {src}: {e}", stacklevel=2)
         skipped.append({"image": str(src), "error": str(e)})
 
-    for pred in predictor.iter(paths, scores=save_scores, on_error=skip):
+    for pred in predictor.iter(paths, scores=save_scores, on_error=skip, score_sink=sink):
         path, rgb = pred.source, pred.image
         blobs = list(pred.labels)
-        base = names.take(Path(path).stem, lambda b: output_names(b, blobs, save_scores))
+        base = names.take(Path(path).stem, lambda b: output_names(b, blobs, save_scores, scores_format))
         per = {}
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}):", file=out)
+        if pred.tiling is not None:
+            print(f"  tiled: {pred.tiling.describe()}", file=out)
         for blob, lab in pred.labels.items():
             n = int(pred.scores[blob].shape[0]) if pred.scores else None
             suffix = "" if len(blobs) == 1 else f"_{blob}"
@@ -150,9 +172,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                 Image.fromarray(ov).save(f, format="PNG")
             rec = {"labels": str(lab_path), "overlay": str(ov_path)}
             if save_scores:
-                sc_path = outdir_p / f"{base}{suffix}.npy"
-                with output_file(sc_path, pred.scores[blob].nbytes + 4096, "wb") as f:
-                    np.save(f, pred.scores[blob])
+                sc_path = save_scores_file(pred.scores[blob], outdir_p / f"{base}{suffix}{scores_format}",
+                                           scores_format)
                 rec["scores"] = str(sc_path)
             known = class_lists.get(blob)
             nclass = n if n is not None else (len(known) if known is not None else int(lab.max()) + 1)
@@ -162,6 +183,10 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
+        if pred.tiling is not None:
+            my, mx = pred.tiling.margins
+            summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
+                                           "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}
     cli.write_json(outdir_p / "summary.json", report)
     if json_path:
@@ -185,6 +210,14 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours (default: %(default)s)")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write each image's class scores, (C, H, W) float32, as <name>.npy")
+    ap.add_argument("--scores-format", default=".npy", choices=list(FORMATS), metavar="ENDING",
+                    help="with --save-scores: the scores' file ending, which names the format: .npy (float32, "
+                         "default), .f16.npy (float16), .npz / .f16.npz (compressed)")
+    ap.add_argument("--tile", type=int, default=None, metavar="N",
+                    help="run each image in exact tiles of at most NxN input pixels (same scores as the whole "
+                         "image, memory bounded by the tile; too small for the net: enlarged, said so); 0: "
+                         "whole image; default: tiles only when one forward would exceed "
+                         "FCN_REPRO_MAX_FORWARD_BYTES (1 GiB)")
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
@@ -197,6 +230,8 @@ def _main(args) -> int:
         raise cli.UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     if not 0.0 <= args.alpha <= 1.0:
         raise cli.UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
+    if args.tile is not None and args.tile < 0:
+        raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = cli.check_device(args.device)
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
@@ -206,7 +241,8 @@ def _main(args) -> int:
             warnings.simplefilter("always")
             infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device,
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
-                  json_path=args.json, out=sys.stderr if args.json == "-" else None)
+                  json_path=args.json, out=sys.stderr if args.json == "-" else None, tile=args.tile,
+                  scores_format=args.scores_format)
     except MissingError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise MissingError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
