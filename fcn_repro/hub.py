@@ -7,6 +7,7 @@ progress bar, resumes a partial file (HTTP ``Range``) left by an interrupted
 run, verifies the result and only then renames it into place::
 
     python -m fcn_repro.zoo download fcn8s fcn32s [--dir DIR] [--base-url URL]
+        [--deadline SECONDS] [--min-rate KIB_PER_S] [--stall-timeout SECONDS]
     python -m fcn_repro.zoo download --all
 
     from fcn_repro import hub
@@ -16,6 +17,15 @@ Where files go and are looked for: ``$FCN_REPRO_WEIGHTS_DIR`` when set, else
 the checkout's ``weights/`` for files already there, else the cache
 ``$FCN_REPRO_HOME/weights`` (``~/.cache/fcn_repro/weights`` by default), where
 downloads go (:func:`find_weights`, :func:`download_dir`).
+
+Faults. Each source's transfer is bounded (:mod:`fcn_repro.transfer`: a
+deadline, a minimum rate, a stall timeout, never more than the published or
+announced size, redirects within http(s) and never from https to http, a
+``.part`` that is not a regular file of ours is refused); any failure of a
+source moves on to the next. One process downloads a file at a time (a lock
+beside it: the others wait, then find it there), and manifests are updated
+under their own lock (:func:`update_manifest`), so concurrent records are all
+kept.
 
 Verification. A file with published facts (a pinned size or sha1) must match
 them, or it is refused: a download is deleted, nothing is left at its final
@@ -30,13 +40,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
+import math
 import os
-import socket
 import sys
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -51,14 +58,15 @@ from fcn_repro.caffe.fcn_nets import net_text
 from fcn_repro import cli, registry
 from fcn_repro.caffe.match import blob_fits
 from fcn_repro.errors import FcnReproError, OutputError
-from fcn_repro.outputs import output_file
+from fcn_repro.outputs import locked, output_file
+from fcn_repro.transfer import Bounds, SourceFailed, part_size, reason, transfer
 
 __all__ = [
     "Source", "HubError", "DownloadError", "WeightsMismatchError", "Check", "source", "known_files",
     "repo_root", "home", "weights_dir", "download_dir", "find_weights", "weights_path", "deploy_prototxt",
     "listing", "manifest_path", "manifest_for",
-    "build_manifest", "load_manifest", "write_manifest", "hash_file", "sha256_file", "check_file",
-    "check_parses", "record", "verify_or_record", "download", "fetch", "main_download",
+    "build_manifest", "load_manifest", "write_manifest", "update_manifest", "hash_file", "sha256_file", "check_file",
+    "check_parses", "record", "verify_or_record", "download", "fetch", "main_download", "Bounds",
 ]
 
 Notify = Callable[[str], None]
@@ -283,6 +291,20 @@ def write_manifest(manifest: dict, path: Optional[os.PathLike] = None) -> Path:
     return p
 
 
+_MANIFEST_WAIT = 60.0   # seconds another process may hold a manifest's lock (a write takes milliseconds)
+
+
+def update_manifest(change: Callable[[dict], Optional[dict]], path: Optional[os.PathLike] = None) -> Path:
+    """Read, change and write a manifest holding its lock, so that processes recording at once
+    all keep their records. ``change`` gets the current manifest (:func:`load_manifest`) and
+    changes it in place or returns the new one."""
+    p = Path(path) if path else manifest_path()
+    with locked(p, _MANIFEST_WAIT, holder="another process writing the manifest"):
+        m = load_manifest(p)
+        new = change(m)
+        return write_manifest(m if new is None else new, p)
+
+
 # ------------------------------------------------------------------ checking
 
 def hash_file(path: os.PathLike, progress: bool = True, sha1: bool = False) -> Tuple[int, str, Optional[str]]:
@@ -423,15 +445,16 @@ def record(check: Check, notify: Notify = _stderr) -> Check:
     if check.status != "pending":
         return check
     mpath = Path(check.manifest)
-    m = load_manifest(mpath)
-    entry = m.setdefault("files", {}).get(check.name)
-    if entry is None:
-        entry = build_manifest()["files"].get(check.name) or {}
-        m["files"][check.name] = entry
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    entry.update(bytes=check.bytes, sha256=check.sha256, recorded=f"first seen {when}, not verified")
+
+    def add(m: dict) -> None:
+        entry = m.setdefault("files", {}).get(check.name)
+        if entry is None:
+            entry = build_manifest()["files"].get(check.name) or {}
+            m["files"][check.name] = entry
+        entry.update(bytes=check.bytes, sha256=check.sha256, recorded=f"first seen {when}, not verified")
     try:
-        write_manifest(m, mpath)
+        update_manifest(add, mpath)
     except (OSError, OutputError) as e:
         warnings.warn(f"{check.name}: could not record its sha256 in {mpath} ({e}); it was not verified")
         check.status = "unrecorded"
@@ -468,147 +491,104 @@ def _check_and_record(path: os.PathLike, manifest: Optional[os.PathLike], progre
 
 # ------------------------------------------------------------------ downloading
 
-class _SourceFailed(Exception):
-    """One source did not give the file (the reason is one short phrase)."""
-
-
-_USER_AGENT = "fcn_repro (python urllib)"
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        e = e.reason if isinstance(e.reason, BaseException) else e
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(e, socket.gaierror):
-            return "host not found (no network, or DNS down)"
-        if isinstance(e, (socket.timeout, TimeoutError)):
-            return "timed out"
-        return str(getattr(e, "reason", e))
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e) or type(e).__name__
-
-
-def _transfer(url: str, part: Path, label: str, progress: bool, timeout: float) -> None:
-    """Fetch ``url`` into ``part``, resuming what is there; raise _SourceFailed on any failure."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:
-            return   # nothing left to send: the part is whole (verification decides)
-        raise _SourceFailed(_reason(e)) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise _SourceFailed(_reason(e)) from None
-    with resp:
-        length = resp.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if have and resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            if not crange.startswith(f"bytes {have}-"):
-                raise _SourceFailed(f"answered a resume from byte {have} with {crange!r}")
-            mode = "ab"
-        else:
-            have, mode = 0, "wb"   # the server sent the whole file
-        total = have + length if length is not None else None
-        got = have
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = resp.read(1 << 20)
-                    except http.client.IncompleteRead as e:
-                        f.write(e.partial)
-                        got += len(e.partial)
-                        chunk = b""
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _SourceFailed(f"connection cut after {got:,} bytes ({_reason(e)})") from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-    if total is not None and got < total:
-        raise _SourceFailed(f"short read: {got:,} of {total:,} bytes")
-    if total is not None and got > total:
-        raise _SourceFailed(f"sent {got:,} bytes, more than the {total:,} announced")
-
-
 def fetch(src: Source, directory: Optional[os.PathLike] = None, *, progress: bool = True,
-          notify: Notify = _stderr, timeout: float = 60.0) -> Path:
+          notify: Notify = _stderr, timeout: float = 60.0, bounds: Optional[Bounds] = None) -> Path:
     """Download one file into ``directory`` (default :func:`download_dir`) and verify it.
 
     A file already there is checked instead. Sources are tried in order; a cut
     transfer leaves ``<file>.part``, which the next source (or run) resumes.
     The file is renamed into place only once verified (published facts, the
     manifest's record, a full parse as its net's caffemodel) and then recorded.
+
+    ``bounds`` (:class:`fcn_repro.transfer.Bounds`): the deadline, minimum
+    rate and stall timeout of each source's transfer (default: ``Bounds()``
+    with ``timeout``). One process at a time downloads a file: another one
+    waits for it (at most the deadline), then finds the file there.
     """
+    bounds = bounds or Bounds(timeout=timeout)
     directory = Path(directory) if directory else download_dir()
     dest = directory / src.file
     mpath = manifest_path(directory)   # the directory's own record of what it holds
-    if dest.is_file():
-        chk = _check_and_record(dest, mpath, progress, notify, src)
-        notify(f"{src.file}: already in {directory} ({chk.status}{' against ' + chk.against if chk.against else ''})")
-        return dest
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create {directory} for {src.file} ({_reason(e)}); pass --dir DIR") from None
+    if not dest.is_file():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DownloadError(f"cannot create {directory} for {src.file} ({reason(e)}); pass --dir DIR") from None
+        with locked(dest, bounds.deadline, notify, holder=f"another download of {src.file}"):
+            if not dest.is_file():   # else another process brought it while this one waited
+                return _fetch_locked(src, dest, mpath, progress, notify, bounds)
+    chk = _check_and_record(dest, mpath, progress, notify, src)
+    notify(f"{src.file}: already in {directory} ({chk.status}{' against ' + chk.against if chk.against else ''})")
+    return dest
+
+
+def _fetch_locked(src: Source, dest: Path, mpath: Path, progress: bool, notify: Notify, bounds: Bounds) -> Path:
+    """fetch's download, holding the file's lock: each source in turn until one gives a verified file."""
     part = dest.with_name(dest.name + ".part")
+    size, size_from = src.bytes, "published"
+    if size is None:   # no published size: the size recorded the first time, where there is one
+        try:
+            size, size_from = load_manifest(mpath).get("files", {}).get(src.file, {}).get("bytes"), "recorded"
+        except (HubError, AttributeError):
+            size = None   # an unreadable manifest is reported by the check after the transfer
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
     tried = []
     for url in src.urls:
-        if part.exists() and part.stat().st_size:
-            notify(f"{src.file}: resuming from byte {part.stat().st_size:,} ({url})")
-        else:
-            notify(f"{src.file}: downloading {url}")
-        try:
-            _transfer(url, part, src.file, progress, timeout)
-        except _SourceFailed as e:
-            tried.append(f"{url} ({e})")
-            continue
-        except OSError as e:   # writing the part
-            raise DownloadError(f"{src.file}: cannot write {part} ({_reason(e)}); free space or pass --dir DIR") \
-                from None
-        try:
-            chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
-            if chk.status == "pending":
-                check_parses(part, src.net)
-        except ValueError as e:   # a mismatch, or the format's error (it does not parse)
-            part.unlink(missing_ok=True)
-            tried.append(f"{url} (refused: {e})")
-            continue
-        chk.file = str(dest)
-        os.replace(part, dest)
-        record(chk, notify)
-        notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
-               f"{' against ' + chk.against if chk.against else ''})")
-        return dest
-    kept = part.stat().st_size if part.exists() else 0
+        for again in (False, True):
+            if _from(url, src, part, dest, mpath, progress, notify, bounds, tried, (size, size_from)):
+                return dest
+            if not tried[-1][0] or again:   # it failed from the start: the next source
+                break
+            # the bytes it resumed may be another source's or another file's: once more from the start
+            notify(f"{src.file}: the resumed download did not verify; downloading it again from the start ({url})")
+    kept = part_size(part)
     todo = (f"{kept:,} bytes are kept in {part}: run the same command again to resume" if kept else
             "Check the network and run it again, give another source with --base-url URL, or put the file "
             "there by hand")
-    raise DownloadError(f"could not download {src.file} into {directory}: tried {'; '.join(tried)}. {todo}")
+    said = "; ".join(dict.fromkeys(t[1] for t in tried))
+    raise DownloadError(f"could not download {src.file} into {dest.parent}: tried {said}. {todo}")
+
+
+def _from(url: str, src: Source, part: Path, dest: Path, mpath: Path, progress: bool, notify: Notify,
+          bounds: Bounds, tried: list, known: tuple) -> bool:
+    """One try of one source: True when ``dest`` is in place and verified; else appends
+    (whether the try had resumed a part, what went wrong) to ``tried``. ``known``: (the size
+    the file must have or None, where that is from)."""
+    have = part_size(part)   # a part that is not a regular file of ours is refused here
+    notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
+    try:
+        transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=known[0], size_from=known[1])
+    except SourceFailed as e:
+        tried.append((False, f"{url} ({e})"))
+        return False
+    except OSError as e:   # writing the part
+        raise DownloadError(f"{src.file}: cannot write {part} ({reason(e)}); free space or pass --dir DIR") \
+            from None
+    try:
+        chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
+        if chk.status == "pending":
+            check_parses(part, src.net)
+    except ValueError as e:   # a mismatch, or the format's error (it does not parse)
+        part.unlink(missing_ok=True)
+        tried.append((bool(have), f"{url} (refused: {e})"))
+        return False
+    chk.file = str(dest)
+    os.replace(part, dest)
+    record(chk, notify)
+    notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
+           f"{' against ' + chk.against if chk.against else ''})")
+    return True
 
 
 def download(names: Iterable[str] = (), *, all: bool = False, directory: Optional[os.PathLike] = None,
              base_url: Optional[Sequence[str] | str] = None, progress: bool = True, notify: Notify = _stderr,
-             timeout: float = 60.0) -> List[Path]:
+             timeout: float = 60.0, bounds: Optional[Bounds] = None) -> List[Path]:
     """Download the original weights of ``names`` (nets, file names or 'vgg16'), or ``all`` of them.
 
     ``base_url``: one or more base URLs to fetch ``<base_url>/<file>`` from
-    instead of the registry's sources (a local mirror). Returns the paths.
+    instead of the registry's sources (a local mirror). ``bounds``: each
+    transfer's deadline, minimum rate and stall timeout (:class:`Bounds`).
+    Returns the paths.
     """
     srcs = [s for s in _facts() if s.net] if all else [source(n) for n in names]
     if not srcs:
@@ -616,7 +596,7 @@ def download(names: Iterable[str] = (), *, all: bool = False, directory: Optiona
     if base_url:
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         srcs = [replace(s, urls=tuple(b.rstrip("/") + "/" + s.file for b in bases)) for s in srcs]
-    return [fetch(s, directory, progress=progress, notify=notify, timeout=timeout) for s in srcs]
+    return [fetch(s, directory, progress=progress, notify=notify, timeout=timeout, bounds=bounds) for s in srcs]
 
 
 def main_download(argv=None) -> int:
@@ -631,6 +611,14 @@ def main_download(argv=None) -> int:
                                                 "$FCN_REPRO_HOME/weights, else ~/.cache/fcn_repro/weights)")
     ap.add_argument("--base-url", action="append", default=None, metavar="URL",
                     help="fetch URL/<file> instead of the registry's sources (repeat for fallbacks)")
+    d = Bounds()
+    ap.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
+                    help="give up on a source when one file from it takes longer (default: %(default)g)")
+    ap.add_argument("--min-rate", type=float, default=d.min_rate / 1024, metavar="KIB_PER_S",
+                    help=f"give up on a source slower than this on average over {d.window:g} s "
+                         "(default: %(default)g KiB/s; 0: no minimum)")
+    ap.add_argument("--stall-timeout", type=float, default=d.timeout, metavar="SECONDS",
+                    help="give up on a source when nothing arrives for this long (default: %(default)g)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return cli.run(_main_download, ap, argv)
 
@@ -638,9 +626,15 @@ def main_download(argv=None) -> int:
 def _main_download(args) -> int:
     if not args.nets and not args.all:
         raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
+    for opt, v, least in (("--deadline", args.deadline, 0), ("--stall-timeout", args.stall_timeout, 0),
+                          ("--min-rate", args.min_rate, None)):
+        if not (math.isfinite(v) and (v > least if least is not None else v >= 0)):
+            raise cli.UsageError(f"{opt} {v:g}: must be a {'positive' if least is not None else 'non-negative'} "
+                                 "finite number")
+    bounds = Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
     try:
         download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, bounds=bounds)
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

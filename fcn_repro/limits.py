@@ -64,6 +64,13 @@ original FCN caffemodel has ~40 layers, ResNet-152 ~900). For code that means to
         ...                      # this thread/context only
     fcn_repro.limits.configure(image_pixels=200_000_000)   # the whole process
 
+Files that are not regular files say nothing true about their size
+(``fstat`` gives 0 for /dev/zero, a FIFO, ``<(cmd)``): text inputs (prototxts,
+split lists) are read through :func:`read_capped`, which reads such a file
+only up to its cap and waits at most :data:`PIPE_WAIT` seconds for each part
+of it; readers that map or seek (weights, solver states, archives) refuse
+them before opening (:func:`require_regular`).
+
 Environment variables are read when a cap is looked up (so a subprocess sees
 its own); ``configure`` wins over them and ``override`` over both.
 """
@@ -74,12 +81,14 @@ import contextvars
 import dataclasses
 import os
 import re
+import select
+import stat
 from typing import Iterator
 
 from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
-           "expansion_allowance"]
+           "expansion_allowance", "read_capped", "require_regular"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,3 +237,73 @@ class Budget:
                                       f"{what} (reading this file so far)"),
                              self.filename, **where)
         self.used = total
+
+
+def require_regular(path: str | os.PathLike, what: str = "file", *,
+                    error: type[FcnReproError] = FcnReproError, **where) -> os.stat_result:
+    """Refuse (``error``) a ``path`` that is not a regular file (a FIFO, a device, a socket), before
+    it is opened: readers that map or seek a file (weights, archives) need one of known size, and
+    opening a FIFO would wait for a writer. A missing file raises FileNotFoundError as ``os.stat``."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise error(f"is {kind}: a {what} must be a regular file (it is mapped or seeked, not streamed)", path,
+                    **where)
+    return st
+
+
+#: seconds a reader waits for a pipe or device to give its next bytes (a FIFO nobody writes to, a
+#: command that stops producing) before refusing it
+PIPE_WAIT = 60.0
+
+
+def read_capped(path: str | os.PathLike, what: str = "text", *, cap: str = "text_bytes",
+                error: type[FcnReproError] = FcnReproError, **where) -> bytes:
+    """The bytes of the file ``path``, refused (``error``) past the cap ``cap``.
+
+    A regular file's size is checked before reading; anything else (a pipe,
+    ``<(cmd)``, /dev/zero, a character device: ``fstat`` says 0 for them) is
+    read only up to the cap and one byte more, whatever it claims, and each
+    wait for more bytes is bounded by :data:`PIPE_WAIT` (the open of a FIFO
+    does not wait for a writer).
+    """
+    limit = getattr(current(), cap)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            check(cap, st.st_size, f"{what} of this size", path, error=error, **where)
+            os.set_blocking(fd, True)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(limit + 1)
+        else:
+            data = _read_stream(fd, limit + 1, path, what, error, where)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{what} longer than the limit of {_size(limit)} (not a regular file: read up to the limit; "
+                    f"{cap}: raise it with {ENV[cap]}=N or fcn_repro.limits.override({cap}=N) if you mean it)",
+                    path, **where)
+    return data
+
+
+def _read_stream(fd: int, most: int, path, what: str, error: type[FcnReproError], where: dict) -> bytes:
+    """At most ``most`` bytes of a non-blocking pipe or device, each wait bounded by PIPE_WAIT."""
+    chunks, n = [], 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while n < most:
+        if not poller.poll(PIPE_WAIT * 1000):
+            raise error(f"{what}: nothing {'more ' if n else ''}came from it within {PIPE_WAIT:g} s (a pipe or "
+                        "device that does not end)", path, **where)
+        try:
+            b = os.read(fd, min(1 << 20, most - n))
+        except BlockingIOError:
+            continue
+        if not b:
+            break
+        chunks.append(b)
+        n += len(b)
+    return b"".join(chunks)

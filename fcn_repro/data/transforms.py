@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,12 +34,13 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.labels import LabelSet, voc_palette
 from fcn_repro.outputs import output_file
 
 __all__ = [
     "ImageReadError", "open_checked", "read_rgb", "read_image", "as_rgb_array", "WIDE_MODES",
     "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
-    "overlay", "save_label_png",
+    "overlay", "save_label_png", "palette_of",
 ]
 
 
@@ -62,6 +63,8 @@ def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
         raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
     except (OSError, SyntaxError, ValueError) as e:   # PIL: unidentified/corrupt headers
         raise ImageReadError(f"cannot read {what}: {_pil_reason(e)}", path) from None
+    except MemoryError:
+        raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
     try:
         w, h = im.size
         limits.check("image_pixels", w * h, f"{what} of {w}x{h} pixels", path)
@@ -69,6 +72,11 @@ def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
         im.close()
         raise
     return im
+
+
+# a decoder asked for more memory than there is: a chunk or field declaring gigabytes (a PNG chunk of
+# 2-4 GiB in a file of 80 bytes); the file's error, not the process's
+_NO_MEMORY = "cannot decode {what}: the decoder ran out of memory (a corrupt file declaring a huge part)"
 
 
 def _pil_reason(e: BaseException) -> str:
@@ -81,8 +89,12 @@ def _decode(im: Image.Image, path, what: str, mode: Optional[str]) -> np.ndarray
         if mode is not None and im.mode != mode:
             im = im.convert(mode)
         return np.asarray(im).copy()
+    except Image.DecompressionBombError as e:
+        raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:   # truncated or corrupt pixel data
         raise ImageReadError(f"cannot decode {what}: {_pil_reason(e)}", path) from None
+    except MemoryError:
+        raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
 
 
 #: PIL modes of greyscale images wider than 8 bits (16-bit PNG and TIFF, 32-bit integer)
@@ -181,6 +193,8 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
                 im = ImageOps.exif_transpose(im)
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise ImageReadError(f"cannot decode image: {_pil_reason(e)}", path) from None
+            except MemoryError:
+                raise ImageReadError(_NO_MEMORY.format(what="image"), path) from None
         return _to_rgb(im, path, "image")
 
 
@@ -300,58 +314,57 @@ def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | Non
     return d[np.newaxis]
 
 
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map, (n, 3) uint8.
-
-    Class c's colour spreads c's bits over the three channels, most
-    significant bit first: bit 3k of c goes to red bit 7-k, bit 3k+1 to green,
-    bit 3k+2 to blue. Index 255 (ignore) comes out as (224, 224, 192).
-    """
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for c in range(n):
-        rgb = [0, 0, 0]
-        v = c
-        for k in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((v >> ch) & 1) << (7 - k)
-            v >>= 3
-        pal[c] = rgb
+def palette_of(labels: Union[LabelSet, np.ndarray, None]) -> np.ndarray:
+    """The (256, 3) uint8 palette of ``labels``: a :class:`~fcn_repro.labels.LabelSet`, an (N, 3)
+    array of colours (N <= 256; the VOC map fills the rest) or None (the VOC map)."""
+    if isinstance(labels, LabelSet):
+        return labels.palette
+    if labels is None:
+        return voc_palette()
+    cols = np.asarray(labels)
+    if cols.ndim != 2 or cols.shape[1] != 3 or not 0 < cols.shape[0] <= 256:
+        raise ValueError(f"a palette is (N, 3) colours with 1 <= N <= 256, got shape {cols.shape}")
+    pal = voc_palette()
+    pal[: len(cols)] = np.clip(cols, 0, 255).astype(np.uint8)
     return pal
 
 
-_PALETTE = voc_palette()
-
-
-def colorize(label: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB in the VOC palette."""
-    return _PALETTE[np.asarray(label, dtype=np.uint8)]
+def colorize(label: np.ndarray, labels: Union[LabelSet, np.ndarray, None] = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB in ``labels``' colours (default: the VOC map)."""
+    return palette_of(labels)[np.asarray(label, dtype=np.uint8)]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
-            ignore: Optional[int] = IGNORE_LABEL) -> np.ndarray:
-    """Alpha-blend the palette colours of ``label`` over ``image``.
+            ignore: Optional[int] = IGNORE_LABEL, labels: Union[LabelSet, np.ndarray, None] = None,
+            background_alpha: float = 0.0) -> np.ndarray:
+    """Alpha-blend the colours of ``label`` (``labels``' palette; default VOC) over ``image``.
 
-    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Pixels labelled
-    ``ignore`` keep the image. Returns (H, W, 3) uint8.
+    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Classes coloured black
+    (VOC's background) are blended at ``background_alpha`` (default 0: the
+    photo is left as it is, not dimmed), the others at ``alpha``; pixels
+    labelled ``ignore`` keep the image. Returns (H, W, 3) uint8.
     """
     image = np.asarray(image, dtype=np.uint8)
     label = np.asarray(label)
     if image.shape[:2] != label.shape:
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
-    col = colorize(label).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * col
+    pal = palette_of(labels)
+    a_of = np.where(pal.max(axis=1) == 0, np.float32(background_alpha), np.float32(alpha)).astype(np.float32)
     if ignore is not None:
-        keep = label == ignore
-        out[keep] = image[keep]
+        a_of[ignore] = 0.0
+    idx = label.astype(np.uint8)
+    a = a_of[idx][..., None]
+    out = (1.0 - a) * image.astype(np.float32) + a * pal[idx].astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write (H, W) class indices as a palette PNG (VOC palette), atomically."""
+def save_label_png(path: str | os.PathLike, label: np.ndarray,
+                   labels: Union[LabelSet, np.ndarray, None] = None) -> None:
+    """Write (H, W) class indices as a palette PNG in ``labels``' colours (default VOC), atomically."""
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")
     im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)))
-    im.putpalette(_PALETTE.reshape(-1).tolist())  # 'L' -> 'P' with the VOC colours
+    im.putpalette(palette_of(labels).reshape(-1).tolist())  # 'L' -> 'P' with the colours
     with output_file(path, 0, "wb") as f:
         im.save(f, format="PNG")
