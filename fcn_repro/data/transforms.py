@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,13 +34,13 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
-from fcn_repro.labels import voc_palette
+from fcn_repro.labels import LabelSet, voc_palette
 from fcn_repro.outputs import output_file
 
 __all__ = [
-    "ImageReadError", "open_checked", "read_rgb", "read_image",
+    "ImageReadError", "open_checked", "read_rgb", "read_image", "as_rgb_array", "WIDE_MODES",
     "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
-    "overlay", "save_label_png",
+    "overlay", "save_label_png", "palette_of",
 ]
 
 
@@ -97,6 +97,82 @@ def _decode(im: Image.Image, path, what: str, mode: Optional[str]) -> np.ndarray
         raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
 
 
+#: PIL modes of greyscale images wider than 8 bits (16-bit PNG and TIFF, 32-bit integer)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(im: Image.Image, path, what: str) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8 RGB; 16-bit greyscale by its high byte (see :func:`as_rgb_array`)."""
+    if im.mode in WIDE_MODES:
+        a = _decode(im, path, what, None)
+        if im.mode == "I":   # 32-bit integers: taken as 16-bit values when they are
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ImageReadError(f"{what}: 32-bit pixel values from {a.min()} to {a.max()}, beyond 16 bits",
+                                     path)
+            a = a.astype(np.uint16)
+        return as_rgb_array(a, what, path)
+    if im.mode == "F":
+        raise ImageReadError(f"{what}: a floating-point image (mode 'F'); expected 8- or 16-bit pixels", path)
+    return _decode(im, path, what, "RGB")
+
+
+def _sixteen_to_eight(a: np.ndarray) -> np.ndarray:
+    """16-bit values -> 8-bit: the high byte, v // 256 (an 8-bit value v8 stored as v8 * 257 reads back as v8)."""
+    return (a.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def as_rgb_array(a: Any, what: str = "image", path: Any = None) -> np.ndarray:
+    """An image array as the nets take it: (H, W, 3) RGB, uint8 (or float in 0-255).
+
+    The FCNs were trained on 8-bit images (0-255 pixel values, mean
+    subtracted): other inputs are converted to that, or refused with a
+    :class:`ImageReadError` that says what to do:
+
+    * greyscale (H, W) or (H, W, 1): replicated to three channels; (H, W, 2)
+      (grey + alpha) likewise; RGBA (H, W, 4): the alpha is dropped;
+    * channels-first (3, H, W) (also 1 or 4 channels first, when the last
+      axis is not a channel axis): transposed, with a warning;
+    * 16-bit (uint16, as 16-bit PNGs decode): scaled to 8 bits by the high
+      byte, v // 256 (the rule PIL applies to 16-bit colour PNGs, so grey and
+      colour files read alike; an 8-bit image stored at 16 bits, v8 * 257,
+      reads back exactly); other integer types must hold 0-255 already;
+    * floats must be finite and within 0-255; floats within [0, 1] are
+      refused (the usual 0-1 scaling would give the net a nearly black
+      image): multiply by 255 first.
+    """
+    a = np.asarray(a)
+    where = f"{what} array of shape {a.shape} and dtype {a.dtype}"
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ImageReadError(f"{where}: expected pixel values (uint8 RGB)", path)
+    if a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4) and a.shape[0] in (1, 2, 3, 4):
+        warnings.warn(f"{what}: a channels-first array of shape {a.shape} taken as ({a.shape[0]}, H, W) and "
+                      f"transposed to (H, W, {a.shape[0]}); pass (H, W, C) arrays", stacklevel=2)
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
+        raise ImageReadError(f"{where}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)", path)
+    a = a[:, :, :1] if a.shape[2] <= 2 else a[:, :, :3]
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+        a = _sixteen_to_eight(a)
+    elif a.dtype != np.uint8:
+        lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise ImageReadError(f"{where}: has NaN or infinite values", path)
+            if 0 <= lo and 0 < hi <= 1:
+                raise ImageReadError(f"{where}: float values within [0, 1], but the nets take 0-255 pixel values "
+                                     "(they were trained on 8-bit images); pass (image * 255) or a uint8 array",
+                                     path)
+        if lo < 0 or hi > 255:
+            raise ImageReadError(f"{where}: values from {lo} to {hi}, outside the 0-255 of 8-bit pixels", path)
+        if np.issubdtype(a.dtype, np.integer):
+            a = a.astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
 def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     """Decode an image file with PIL; returns (H, W, 3) uint8 RGB.
 
@@ -107,7 +183,9 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     by its EXIF orientation (photos from cameras; the datasets' readers do
     not, as the original layers did not). The declared size is checked
     against the pixel cap before decoding; a corrupt or truncated file is an
-    :class:`ImageReadError` naming it.
+    :class:`ImageReadError` naming it. 16-bit greyscale files are read with
+    their real values, scaled to 8 bits by the high byte (see
+    :func:`as_rgb_array`); 16-bit colour PNGs PIL decodes by that same rule.
     """
     with open_checked(path, "image") as im:
         if exif:
@@ -117,7 +195,7 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
                 raise ImageReadError(f"cannot decode image: {_pil_reason(e)}", path) from None
             except MemoryError:
                 raise ImageReadError(_NO_MEMORY.format(what="image"), path) from None
-        return _decode(im, path, "image", "RGB")
+        return _to_rgb(im, path, "image")
 
 
 def read_image(src: Any, kind: str = "color") -> np.ndarray:
@@ -130,7 +208,7 @@ def read_image(src: Any, kind: str = "color") -> np.ndarray:
     if isinstance(src, Image.Image):
         im = src
         if kind in ("color", "data"):
-            im = ImageOps.exif_transpose(im)
+            return _to_rgb(ImageOps.exif_transpose(im), None, "image")
         mode = "RGB" if kind in ("color", "data", "hha") else None
         return np.asarray(im.convert(mode) if mode and im.mode != mode else im).copy()
     if kind in ("color", "data"):
@@ -236,39 +314,57 @@ def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | Non
     return d[np.newaxis]
 
 
-_PALETTE = voc_palette()
+def palette_of(labels: Union[LabelSet, np.ndarray, None]) -> np.ndarray:
+    """The (256, 3) uint8 palette of ``labels``: a :class:`~fcn_repro.labels.LabelSet`, an (N, 3)
+    array of colours (N <= 256; the VOC map fills the rest) or None (the VOC map)."""
+    if isinstance(labels, LabelSet):
+        return labels.palette
+    if labels is None:
+        return voc_palette()
+    cols = np.asarray(labels)
+    if cols.ndim != 2 or cols.shape[1] != 3 or not 0 < cols.shape[0] <= 256:
+        raise ValueError(f"a palette is (N, 3) colours with 1 <= N <= 256, got shape {cols.shape}")
+    pal = voc_palette()
+    pal[: len(cols)] = np.clip(cols, 0, 255).astype(np.uint8)
+    return pal
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB in the VOC palette."""
-    return _PALETTE[np.asarray(label, dtype=np.uint8)]
+def colorize(label: np.ndarray, labels: Union[LabelSet, np.ndarray, None] = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB in ``labels``' colours (default: the VOC map)."""
+    return palette_of(labels)[np.asarray(label, dtype=np.uint8)]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
-            ignore: Optional[int] = IGNORE_LABEL) -> np.ndarray:
-    """Alpha-blend the palette colours of ``label`` over ``image``.
+            ignore: Optional[int] = IGNORE_LABEL, labels: Union[LabelSet, np.ndarray, None] = None,
+            background_alpha: float = 0.0) -> np.ndarray:
+    """Alpha-blend the colours of ``label`` (``labels``' palette; default VOC) over ``image``.
 
-    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Pixels labelled
-    ``ignore`` keep the image. Returns (H, W, 3) uint8.
+    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Classes coloured black
+    (VOC's background) are blended at ``background_alpha`` (default 0: the
+    photo is left as it is, not dimmed), the others at ``alpha``; pixels
+    labelled ``ignore`` keep the image. Returns (H, W, 3) uint8.
     """
     image = np.asarray(image, dtype=np.uint8)
     label = np.asarray(label)
     if image.shape[:2] != label.shape:
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
-    col = colorize(label).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * col
+    pal = palette_of(labels)
+    a_of = np.where(pal.max(axis=1) == 0, np.float32(background_alpha), np.float32(alpha)).astype(np.float32)
     if ignore is not None:
-        keep = label == ignore
-        out[keep] = image[keep]
+        a_of[ignore] = 0.0
+    idx = label.astype(np.uint8)
+    a = a_of[idx][..., None]
+    out = (1.0 - a) * image.astype(np.float32) + a * pal[idx].astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write (H, W) class indices as a palette PNG (VOC palette), atomically."""
+def save_label_png(path: str | os.PathLike, label: np.ndarray,
+                   labels: Union[LabelSet, np.ndarray, None] = None) -> None:
+    """Write (H, W) class indices as a palette PNG in ``labels``' colours (default VOC), atomically."""
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")
     im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)))
-    im.putpalette(_PALETTE.reshape(-1).tolist())  # 'L' -> 'P' with the VOC colours
+    im.putpalette(palette_of(labels).reshape(-1).tolist())  # 'L' -> 'P' with the colours
     with output_file(path, 0, "wb") as f:
         im.save(f, format="PNG")
