@@ -235,6 +235,7 @@ def test_fine_tunes_the_sample_to_a_much_better_mean_iu(trained):
     assert info.heads["score"].names == ("bg", "disc", "square")
     assert info.weights.name == "train_iter_40.caffemodel" and info.deploy.name == "deploy.prototxt"
     assert info.mean["data"].tolist() == pytest.approx(list(registry.MEAN_VOC))
+    assert (info.extra["dataset"], info.extra["split"], info.extra["val_split"]) == ("folder", "train", "val")
     w = load_weights(info.weights)
     assert w["score_fr"][0].shape[0] == 3
 
