@@ -559,12 +559,9 @@ def _from(url: str, src: Source, part: Path, dest: Path, mpath: Path, progress: 
     notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
     try:
         transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=known[0], size_from=known[1])
-    except SourceFailed as e:
+    except SourceFailed as e:   # (a part that can not be written is an OutputError: no other source is tried)
         tried.append((False, f"{url} ({e})"))
         return False
-    except OSError as e:   # writing the part
-        raise DownloadError(f"{src.file}: cannot write {part} ({reason(e)}); free space or pass --dir DIR") \
-            from None
     try:
         chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
         if chk.status == "pending":

@@ -125,6 +125,11 @@ def _check_ours(st: os.stat_result, part: Path) -> None:
                           "so it is not written to: remove it and run again", part)
 
 
+def _unwritable(e: OSError, part: Path) -> OutputError:
+    return OutputError(f"can not write it ({reason(e)}): free space (or pass --dir DIR) and run again; what "
+                       "arrived is kept for the resume", part)
+
+
 def open_part(part: Path, append: bool) -> BinaryIO:
     """``part`` open for writing (appending, or emptied), never through a link nor into someone else's file."""
     flags = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -135,7 +140,7 @@ def open_part(part: Path, append: bool) -> BinaryIO:
         if e.errno in (errno.ELOOP, errno.ENXIO, errno.EMLINK):   # a link; a FIFO without a reader
             raise OutputError("a partial download should be a regular file of this user; this is a link or a "
                               "special file, so it is not written to: remove it and run again", part) from None
-        raise
+        raise _unwritable(e, part) from None
     try:
         _check_ours(os.fstat(fd), part)   # checked before a byte is truncated or written
         if not append:
@@ -332,7 +337,10 @@ def _copy(resp, part, append, have, cap, total, label, progress, bounds, watch) 
                     f.close()
                     part.unlink(missing_ok=True)
                     raise SourceFailed(f"sent more than the {cap:,} bytes it should have; what it sent was dropped")
-                f.write(chunk)
+                try:
+                    f.write(chunk)
+                except OSError as e:   # a full disk is not the source's fault: no other source is tried
+                    raise _unwritable(e, part) from None
                 got += len(chunk)
                 bar.update(len(chunk))
                 now = time.monotonic()

@@ -724,3 +724,33 @@ def test_checking_weights_refuses_a_pipe(env, tmp_path):
         hub.verify_or_record(fifo, tmp_path / "manifest.json", **QUIET)
     with pytest.raises(hub.HubError, match="is a pipe"):
         hub.hash_file(fifo, progress=False)
+
+
+_FULL = r"""
+import resource, signal, sys
+from pathlib import Path
+from fcn_repro import hub
+from fcn_repro.errors import OutputError
+url, d, sha1 = sys.argv[1:4]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+src = hub.Source("fcn8s-heavy-pascal.caffemodel", (url, url), sha1=sha1, net="fcn8s")
+try:
+    hub.fetch(src, Path(d), progress=False, notify=lambda m: print(m, flush=True))
+except OutputError as e:
+    print("ours:", e)
+"""
+
+
+def test_a_full_disk_is_not_blamed_on_the_source(hostile, env, good):
+    """A part that can not be written ends the download with our error at once (the next source
+    would fail the same way); what arrived stays for the resume."""
+    hostile.routes["/ok/" + FILE] = {"data": good}
+    d = env / "w"
+    r = _py(_FULL, f"{hostile.url}/ok/{FILE}", d, hashlib.sha1(good).hexdigest())
+    out, err = r.communicate(timeout=60)
+    assert r.returncode == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"ours: {d / (FILE + '.part')}: can not write it") and "kept for the resume" in last
+    assert len(hostile.log) == 1 and not (d / FILE).exists()
+    assert 0 < (d / (FILE + ".part")).stat().st_size <= 100_000
