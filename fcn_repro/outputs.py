@@ -60,6 +60,7 @@ TEMP_SUFFIX = ".fcnpart"
 _MARGIN_BYTES = 1 << 20
 _MARGIN_FRACTION = 0.01
 
+
 def _start_ticks(pid: int) -> Optional[int]:
     """When process ``pid`` started, in clock ticks since boot (None: no such process, or no /proc)."""
     try:
@@ -112,8 +113,20 @@ def side_name(path: str | os.PathLike, suffix: str) -> str:
     return os.path.join(d, "." + _short(base, _name_max(d) - 1 - len(suffix)) + suffix)
 
 
+_mine = (os.getpid(), _START_TICKS)
+
+
+def _my_start() -> Optional[int]:
+    """This process's start ticks (read again in a forked child: its pid and start are its own)."""
+    global _mine
+    if _mine[0] != os.getpid():
+        _mine = (os.getpid(), _start_ticks(os.getpid()))
+    return _mine[1]
+
+
 def _writer_tag() -> str:
-    return f"{os.getpid()}-{_START_TICKS}" if _START_TICKS is not None else str(os.getpid())
+    start = _my_start()
+    return f"{os.getpid()}-{start}" if start is not None else str(os.getpid())
 
 
 def _temp_name(path: str) -> str:
@@ -123,7 +136,7 @@ def _temp_name(path: str) -> str:
 def _writer_alive(pid: int, start: Optional[int]) -> bool:
     """Whether the process that wrote a temporary file (pid, and start where recorded) still runs."""
     if pid == os.getpid():
-        return start is None or start == _START_TICKS
+        return start is None or start == _my_start()
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

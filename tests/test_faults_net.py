@@ -460,8 +460,8 @@ def test_stale_temporary_files_after_pid_reuse(tmp_path):
     real = outputs._start_ticks(parent)
     reused = _stale(target, parent, real + 12345)          # its pid now belongs to another process
     live = _stale(target, parent, real)                    # that very process: it may still be writing
-    mine = _stale(target, os.getpid(), outputs._START_TICKS)
-    earlier_me = _stale(target, os.getpid(), outputs._START_TICKS - 1)   # a previous process with this pid
+    mine = _stale(target, os.getpid(), outputs._my_start())
+    earlier_me = _stale(target, os.getpid(), outputs._my_start() - 1)   # a previous process with this pid
     legacy_gone = _stale(target, _gone_pid(), None)
     fresh = _stale(target, _gone_pid(), None, old=False)   # newer than this process: not judged
     longname = tmp_path / ("L" * 250)
@@ -469,6 +469,20 @@ def test_stale_temporary_files_after_pid_reuse(tmp_path):
     removed = set(map(Path, outputs.clean_stale(target))) | set(map(Path, outputs.clean_stale(longname)))
     assert removed == {reused, earlier_me, legacy_gone, long_reused}
     assert live.exists() and mine.exists() and fresh.exists()
+
+
+def test_a_forked_child_names_its_temporary_files_as_itself():
+    """Its pid and start are its own, so a later cleaner judges its files rightly (not by the parent)."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:   # pragma: no cover - the child
+        os.write(w, f"{outputs._writer_tag()} {outputs._start_ticks(os.getpid())}".encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(w)
+    tag, ticks = os.read(r, 100).decode().split()
+    os.close(r)
+    assert tag == f"{child}-{ticks}" and int(ticks) != outputs._my_start()
 
 
 def test_an_output_that_is_an_input_is_refused(tmp_path):
