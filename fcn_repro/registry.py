@@ -305,7 +305,9 @@ DATASETS: Dict[str, DatasetCard] = {d.key: d for d in [
                 "val", {"data": MEAN_CONTEXT}, {"label": "pascalcontext"}, layer="PASCALContextSegDataLayer",
                 train_split="train", val_split="val", val_images=5105),
     DatasetCard("sample", "the bundled sample: synthetic shapes (not PASCAL)", "fcn_repro.data.voc:VOCSegmentation",
-                "val", {"data": MEAN_VOC}, {"label": "sample"}, val_split="val", val_images=24),
+                "val", {"data": MEAN_VOC}, {"label": "sample"}, val_split="val", val_images=24),    DatasetCard("folder", "your own data: images/ + labels/ (index PNGs), your classes",
+                "fcn_repro.data.folder:FolderSegmentation", "val", {"data": MEAN_VOC}, {"label": "own"},
+                val_split="val"),
 ]}
 
 #: original Python data layer name -> dataset key

@@ -85,8 +85,7 @@ def _main(args) -> int:
     if args.write_manifest:
         p = manifest_path(wdir)
         cli.check_writable(p, "manifest")
-        prev = load_manifest(p) if p.is_file() else None
-        print(f"wrote {write_manifest(build_manifest(prev), p)}")
+        print(f"wrote {hub.update_manifest(build_manifest, p)}")   # under the manifest's lock
         return 0
     info = listing(wdir)
     if args.json:
