@@ -286,3 +286,21 @@ def test_sigint_snapshots_and_resume_is_bit_exact(shapes, tmp_path):
         for x, y in zip(a[k], b[k]):
             assert np.array_equal(x, y), k
     assert rundir.read_run(run).complete
+
+
+def test_the_runs_report_page_shows_the_users_classes(trained):
+    """The end of the run writes RUN/report/index.html, its last validation in the user's classes
+    and colours (issue 21); in a browser when there is one (tests/test_report_browser.py)."""
+    pytest.importorskip("matplotlib", reason="the report page needs matplotlib: pip install 'fcn_repro[report]'")
+    from test_report_browser import CHROMIUM, check_in_browser
+
+    page = trained / "report" / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert "validation at iteration 40" in text and "train_iter_40.caffemodel" in text
+    colours = rundir.read_run(trained).heads["score"].colours()
+    for c, name in enumerate(CLASSES.split(",")):
+        r, g, b = (int(v) for v in colours[c])
+        assert f'rgb({r},{g},{b})"></span>{name}<' in text      # the gallery's legend: their name, their colour
+    assert ">background<" not in text
+    if CHROMIUM is not None:
+        assert check_in_browser(page)["images"] > 2
