@@ -69,14 +69,14 @@ class _Hostile(_Handler):
                 while not stop.wait(r["every"]):
                     self.wfile.write(b"\0")
                     self.wfile.flush()
-            elif kind == "slow":      # the whole file, in pieces, `every` seconds apart
-                data, n = r["data"], r.get("pieces", 10)
-                step = -(-len(data) // n)
-                for k in range(0, len(data), step):
-                    self.wfile.write(data[k:k + step])
-                    self.wfile.flush()
-                    if stop.wait(r["every"]):
+            elif kind == "held":      # the first half of the file, then the rest once `go` is set
+                data, go = r["data"], r["go"]
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                while not go.wait(0.05):
+                    if stop.is_set():
                         return
+                self.wfile.write(data[len(data) // 2:])
             elif kind == "endless":   # the file, then more of it, without end
                 block = r["data"]
                 while not stop.is_set():
@@ -355,19 +355,26 @@ def _py(script, *args, **kw):
 
 
 def test_two_processes_downloading_one_file_take_turns(hostile, env, good):
-    hostile.routes["/slow/" + FILE] = {"hostile": "slow", "data": good, "every": 0.1, "length": len(good)}
+    go = threading.Event()
+    hostile.routes["/held/" + FILE] = {"hostile": "held", "data": good, "go": go, "length": len(good)}
     d = env / "w"
-    url, sha1 = f"{hostile.url}/slow/{FILE}", hashlib.sha1(good).hexdigest()
+    url, sha1 = f"{hostile.url}/held/{FILE}", hashlib.sha1(good).hexdigest()
     first = _py(_FETCH, url, d, sha1)
     t0 = time.monotonic()
-    while not hostile.log and time.monotonic() - t0 < 20:   # the first is downloading
+    while not hostile.log and time.monotonic() - t0 < 30:   # the first is downloading (half of it sent)
         time.sleep(0.02)
     second = _py(_FETCH, url, d, sha1)
+    said = []
+    for line in second.stdout:   # the second waits for the first (its wait ends with the deadline, 30 s)
+        said.append(line)
+        if "waiting for another download" in line:
+            break
+    go.set()   # now the first may finish
     outs = [p.communicate(timeout=60) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outs
     assert (d / FILE).read_bytes() == good and not (d / (FILE + ".part")).exists()
     assert len(hostile.log) == 1                       # one transfer: the second found the file there
-    assert "waiting for another download" in outs[1][0] and "already in" in outs[1][0]
+    assert "waiting for another download" in said[-1] and "already in" in outs[1][0]
     assert "against the published sha1" in outs[0][0]
 
 
