@@ -29,14 +29,12 @@ import argparse
 import sys
 from typing import List, Optional
 
-from fcn_repro import cli, registry, zoo
-# the library names this CLI has always exported (infer imports some of them from here)
-from fcn_repro.evaluation import (MissingError, WeightsIncompleteError, evaluate_set, load_net,  # noqa: F401
-                                  net_inputs, open_dataset, resolve_net, resolve_weights, run, score_heads)
+from fcn_repro import cli, registry
+from fcn_repro.evaluation import evaluate_set
 from fcn_repro.metrics import format_scores
+from fcn_repro.resolve import list_names, resolve
 
-__all__ = ["evaluate", "evaluate_sample", "main", "EXIT_MISSING", "MissingError", "resolve_net", "resolve_weights",
-           "load_net", "open_dataset", "net_inputs", "score_heads", "run"]
+__all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
 
 EXIT_MISSING = 2
 
@@ -80,14 +78,15 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
              verify: bool = True, fast: bool = False, out=None) -> dict:
     """:func:`fcn_repro.evaluation.evaluate_set`, then (rank 0) the report printed to
     ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table)."""
-    report = evaluate_set(net=net, weights=weights, data=data, split=split, device=device,
+    model = resolve(net, weights)
+    report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast)
     if report["rank"] == 0:
         if json_path:
             cli.write_json(json_path, report)
         if json_path != "-":
-            _print_report(report, resolve_net(net)[0], out or sys.stdout)
+            _print_report(report, model.card, out or sys.stdout)
     return report
 
 
@@ -149,13 +148,21 @@ def _print_report(report: dict, entry, out) -> None:
         p(f"confusion matrix {'identical to' if caffe['hist_equal'] else 'DIFFERENT from'} {which}; "
           f"largest score difference {caffe['max_abs_score_diff']:.2e}")
         p()
-        e = zoo.get("fcn8s")
-        p(_REAL_HOWTO.format(wdir=zoo.weights_dir(), url=e.url, ref=e.reference(asserted=True).text()))
+        e = registry.net("fcn8s")
+        p(_REAL_HOWTO.format(url=e.url, ref=e.reference(asserted=True).text()))
 
 
-def evaluate_sample(**kw) -> dict:
-    """The embedded default: the bundled sample model on the bundled images."""
-    return evaluate(net="sample", dataset_kind="sample", **kw)
+def stand_in(net: str, data: Optional[str], weights: Optional[str], dataset: Optional[str]) -> Optional[str]:
+    """The net that runs when no data and no weights are given: a registry net whose weights and
+    data ship with the package (a card with bundled data) and that is ``net`` or a reduced copy of
+    its definition (the sample stands in for fcn8s); None when ``net`` runs as asked."""
+    if data is not None or weights is not None:
+        return None
+    for name in list_names():
+        card = registry.net(name)
+        if net in (card.name, card.definition) and card.data.bundled and dataset in (None, card.dataset):
+            return card.name
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Evaluate an FCN (Caffe prototxt + caffemodel) on a segmentation set.")
     cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)")
     ap.add_argument("--net", default="fcn8s",
-                    help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model) or a deploy "
-                         "prototxt path (default: %(default)s)")
+                    help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model), a deploy "
+                         "prototxt path or a training run directory (default: %(default)s)")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel under weights/)")
     ap.add_argument("--data", help="dataset directory (VOC: the year directory, e.g. VOCdevkit/VOC2011); "
                                    "none: the bundled sample (fcn8s/sample only)")
@@ -194,12 +201,12 @@ def _main(args) -> int:
     # Outputs are checked before the work, so a bad path does not cost a whole evaluation.
     cli.check_writable(args.json, "--json")
     cli.check_writable(args.save_predictions, "--save-predictions", directory=True)
-    sample_mode = args.data is None and args.weights is None and args.net in ("fcn8s", "sample") \
-        and args.dataset in (None, "sample")
-    kw = dict(device=args.device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
+    _, _, device = cli.dist_setup(args.device)   # the entry point sets up the device and processes
+    kw = dict(device=device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
               workers=args.workers, progress=not args.no_progress, split=args.split, fast=args.fast)
-    if sample_mode:
-        evaluate_sample(**kw)
+    bundled = stand_in(args.net, args.data, args.weights, args.dataset)
+    if bundled is not None:
+        evaluate(net=bundled, **kw)
     else:
         evaluate(net=args.net, weights=args.weights, data=args.data, dataset_kind=args.dataset,
                  voc_dir=args.voc_dir, **kw)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import cli, hub, registry, zoo
+from fcn_repro import hub, registry
 from fcn_repro.caffe import Net
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
@@ -40,11 +40,13 @@ from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
+from fcn_repro.devices import process_group
 from fcn_repro.registry import resource_path
+from fcn_repro.resolve import MissingError, Model, resolve
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS", "MissingError", "WeightsIncompleteError", "resolve_net",
-           "resolve_weights", "load_net", "load_checked", "open_dataset", "evaluate_set"]
+           "LabelRangeWarning", "SCORE_KEYS", "WeightsIncompleteError", "load_net", "load_checked", "build",
+           "open_dataset", "evaluate_set"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -248,53 +250,6 @@ def head_scores(hist: np.ndarray, dataset: SegDataset) -> dict:
 
 # ---------------------------------------------------------------- a net on a dataset
 
-class MissingError(FcnReproError, FileNotFoundError):
-    """Weights, data or a net file is missing (a project error and a FileNotFoundError); the CLIs exit with status 2."""
-
-
-# ---------------------------------------------------------------- resolving
-
-def resolve_net(net: str):
-    """``--net`` -> (ZooNet or None, deploy prototxt Path)."""
-    p = Path(net)
-    if net.endswith(".prototxt") or p.is_file() or os.sep in net:
-        if not p.is_file():
-            raise MissingError(f"deploy prototxt not found: {p}\n"
-                               f"--net takes a known net ({', '.join(zoo.names())}, sample) or a prototxt path.")
-        return None, p
-    try:
-        entry = zoo.get(net)
-    except KeyError as e:
-        raise MissingError(str(e.args[0])) from None
-    try:
-        return entry, zoo.deploy_prototxt(net)
-    except FileNotFoundError as e:
-        raise MissingError(str(e)) from None
-
-
-def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
-    """``--weights`` or the original file under weights/ -> Path (must exist)."""
-    if weights:
-        p = Path(weights)
-        if not p.is_file():
-            raise MissingError(f"weights file not found: {p}")
-        return p
-    if entry is None:
-        raise MissingError(f"--net {net_arg} is a prototxt path: pass its weights with --weights FILE "
-                           "(.caffemodel, .caffemodel.h5 or .h5)")
-    if entry.caffemodel is None:
-        raise MissingError(f"no original weights were published for {entry.name}; train them "
-                           "(python -m fcn_repro.train) and pass --weights FILE")
-    p = zoo.weights_path(entry)
-    if not p.is_file():
-        raise MissingError(
-            f"weights for {entry.name} not found: looked for {p}\n"
-            f"  download the original (from {entry.url} or its mirrors, verified): python -m fcn_repro.zoo download {entry.name}\n"
-            f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
-            f"{entry.caffemodel})")
-    return p
-
-
 def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False):
     """Build the net from the prototxt, load the caffemodel directly, move to ``device``.
 
@@ -333,6 +288,14 @@ def load_checked(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu
     return net, None if check is None else check.as_dict()
 
 
+def build(model: Model, device: str = "cpu", fast: bool = False, verify: bool = True, progress: bool = True):
+    """(net, weights check) of a resolved :class:`fcn_repro.resolve.Model`: its deploy net with its
+    weights (:class:`fcn_repro.resolve.WeightsNotFoundError` when they are missing), checked as
+    :func:`load_checked` checks them when the weights are a registry or a given file."""
+    return load_checked(model.deploy, model.require_weights(), device, fast=fast,
+                        verify=verify and model.verify, progress=progress)
+
+
 class WeightsIncompleteError(FcnReproError):
     """The weights file lacks layers of the net (exit status 1)."""
 
@@ -359,10 +322,8 @@ _DATA_HELP = {
 def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str] = (), voc_dir=None,
                  keep_image: bool = False) -> SegDataset:
     """The reader of ``kind`` on ``data``; MissingError when absent or malformed."""
-    if kind == "sample":
-        root = Path(data) if data else resource_path("sample", "sample")
-    else:
-        root = data
+    bundled = registry.dataset(kind).bundled
+    root = data if data is not None or bundled is None else resource_path(bundled)
     if root is None:
         layout = getattr(READERS.get(kind), "layout", "")
         raise MissingError(f"no data given: pass {_DATA_HELP.get(kind, '--data DIR')}\n{layout}")
@@ -377,10 +338,10 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
         raise MissingError(str(e)) from None
 
 
-def _head_classes(entry, blob: str, n: int, dataset: SegDataset, label: str) -> List[str]:
+def _head_classes(model: Model, blob: str, n: int, dataset: SegDataset, label: str) -> List[str]:
     names = None
-    if entry is not None and blob in entry.classes:
-        names = entry.class_names(blob)
+    if blob in model.heads:
+        names = model.heads[blob].names
     elif dataset.heads.get(label) is not None:
         names = dataset.heads[label]
     if names is None or len(names) != n:
@@ -388,33 +349,33 @@ def _head_classes(entry, blob: str, n: int, dataset: SegDataset, label: str) -> 
     return list(names)
 
 
-def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
+def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
                  split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False) -> dict:
-    """Evaluate ``net`` (a registry name or a deploy prototxt) on a dataset.
+    """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
+    :class:`fcn_repro.resolve.Model`) on a dataset.
 
-    Returns the report on every process (scores per score blob, per-class
-    IU, the card's reference, timing; ``rank`` says which process this is).
-    Under torchrun each process takes every WORLD_SIZE-th image and the
-    matrices are summed. Raises MissingError naming every missing piece
-    (weights and data) at once.
+    Returns the report (scores per score blob, per-class IU, the card's
+    reference, timing; ``rank`` says which process this is). In a process
+    group the entry point started (``torchrun``), each process takes every
+    world-th image and the matrices are summed; this function starts none
+    and uses ``device`` as given. Raises MissingError naming every missing
+    piece (weights and data) at once.
     """
-    entry, prototxt = resolve_net(net)
-    kind = dataset_kind or (entry.dataset if entry is not None else "voc")
+    model = net if isinstance(net, Model) else resolve(net, weights)
+    entry = model.card
+    kind = dataset_kind or (entry.dataset if entry is not None else
+                            str((model.run.extra if model.run is not None else {}).get("dataset") or "voc"))
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
-    problems = []
-    wpath = dataset = None
-    try:
-        wpath = resolve_weights(entry, weights, net)
-    except MissingError as e:
-        problems.append(str(e))
+    problems = [model.weights_error] if model.weights is None else []
+    dataset = None
     if entry is not None and kind == entry.dataset:
         tops = entry.tops
     else:
-        tops = tuple(t for t in prototxt_inputs(prototxt) if t in ("color", "hha", "depth"))
+        tops = tuple(t for t in prototxt_inputs(model.deploy) if t in ("color", "hha", "depth"))
     try:
         dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir)
         dataset.check_files(limit)
@@ -422,20 +383,21 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
         problems.append(str(e))
     if problems:
         raise MissingError("\n\n".join(problems))
-    rank, world, device = cli.dist_setup(device)
+    rank, world = process_group()
     indices = shard_indices(len(dataset), rank, world, limit)
-    netm, check = load_checked(prototxt, wpath, device, fast=fast, verify=verify and rank == 0, progress=progress)
+    netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
-    # the bundled images come with Caffe's own predictions to compare against
-    compare_caffe = kind == "sample" and data is None
+    # bundled data may come with Caffe's own predictions to compare against
+    reference = registry.dataset(kind).caffe_reference if data is None else None
     res = run(netm, dataset, heads, card=entry, device=device, indices=indices, workers=workers,
-              save_predictions=save_predictions, keep_predictions=compare_caffe,
-              progress=progress and rank == 0, desc=f"{Path(str(net)).name} {split}")
+              save_predictions=save_predictions, keep_predictions=reference is not None,
+              progress=progress and rank == 0, desc=f"{model.name} {split}")
     hists = merge(res["hists"], list(heads), world)
     images = int(sum_scalar(res["images"], world))
     seconds = sum_scalar(res["seconds"], world, op="max")
     report = {
-        "net": net, "prototxt": str(prototxt), "weights": str(wpath), "weights_check": check,
+        "net": model.ref, "prototxt": str(model.deploy), "weights": str(model.weights), "weights_check": check,
+        "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
         "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
         "device": device, "world_size": world, "fast": fast, "seconds": seconds,
@@ -447,7 +409,7 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
         h = hists[blob]
         sc = head_scores(h, dataset)
         exclude = sc["excluded_classes"]
-        names = _head_classes(entry, blob, h.shape[0], dataset, lab)
+        names = _head_classes(model, blob, h.shape[0], dataset, lab)
         head = {"label": lab, "classes": names, "hist": h, "excluded_classes": exclude,
                 **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
         ref = entry.reference(blob, asserted=True) if entry is not None else None
@@ -462,14 +424,14 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
             head["context"] = [{"source": r.source, "split": r.split, "scores": r.scores(), "text": r.text()}
                                for r in entry.references if r.head == blob and not r.asserted]
         report["heads"][blob] = head
-    if compare_caffe:
-        report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit)
+    if reference is not None:
+        report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit, resource_path(reference))
     report["rank"] = rank
     return report
 
 
 def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDataset, world: int,
-                        limit: Optional[int]) -> dict:
+                        limit: Optional[int], npz: Path) -> dict:
     """Our sample predictions against Caffe's (sample.caffe.npz), pixel by pixel.
 
     Like with like: on the whole set, Caffe's own confusion matrix and scores;
@@ -477,7 +439,7 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
     same images (their ground truth read again here), never a subset against
     the full set.
     """
-    z = read_npz(resource_path("sample", "sample.caffe.npz"))
+    z = read_npz(npz)
     counts = np.zeros(4, dtype=np.float64)  # pixels, equal, differ, differ where margin < 1e-3
     n = hists["score"].shape[0] if "score" in hists else 0
     subset = np.zeros((n, n), dtype=np.int64)

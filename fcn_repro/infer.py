@@ -45,9 +45,11 @@ from PIL import Image
 
 from fcn_repro import cli
 from fcn_repro.data.transforms import overlay, save_label_png
-from fcn_repro.evaluation import MissingError, load_checked, resolve_net, resolve_weights
+from fcn_repro.devices import check_device
+from fcn_repro.evaluation import build
 from fcn_repro.outputs import output_file
 from fcn_repro.predict import Predictor, Transforms, expand_images
+from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 
 __all__ = ["summarize", "infer", "main", "output_names"]
 
@@ -109,19 +111,19 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     image file is missing, or nothing matches.
     """
     out = out or sys.stdout
-    device = cli.check_device(device)
-    entry, prototxt = resolve_net(net)
-    wpath = resolve_weights(entry, weights, net)
+    device = check_device(device)
+    model = resolve(net, weights)
+    model.require_weights()
     missing = [p for p in images if not Path(p).exists() and not glob.has_magic(str(p))]
     if missing:
         raise MissingError("image(s) not found: " + ", ".join(missing))
     paths = expand_images(list(images))
     if not paths:
         raise MissingError("no image files in " + ", ".join(images))
-    netm, _ = load_checked(prototxt, wpath, device, fast=fast, verify=verify)
-    heads = list(entry.classes) if entry is not None else None
-    class_lists = {h: entry.class_names(h) for h in heads} if heads else {}   # read once, not per image
-    predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
+    netm, _ = build(model, device, fast=fast, verify=verify)
+    heads = list(model.heads) or None
+    class_lists = {h: list(ls.names) for h, ls in model.heads.items()}   # read once, not per image
+    predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
                           keep_images=True)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
-    report = {"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}
+    report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     cli.write_json(outdir_p / "summary.json", report)
     if json_path:
         cli.write_json(json_path, report)
@@ -178,7 +180,8 @@ def main(argv=None) -> int:
     cli.add_common(ap, "also write the report (summary.json's content) as JSON to FILE ('-': stdout; "
                    "the per-image lines then go to stderr)")
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
-    ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model) or a deploy prototxt path")
+    ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model), a deploy prototxt path or a "
+                                                        "training run directory")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
@@ -197,7 +200,7 @@ def _main(args) -> int:
         raise cli.UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     if not 0.0 <= args.alpha <= 1.0:
         raise cli.UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
-    device = cli.check_device(args.device)
+    device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
     cli.check_writable(args.json, "--json")
@@ -207,9 +210,9 @@ def _main(args) -> int:
             infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device,
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
                   json_path=args.json, out=sys.stderr if args.json == "-" else None)
-    except MissingError as e:
+    except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
-            raise MissingError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
+            raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
                                "shapes, not PASCAL)") from None
         raise
     skipped = 0
