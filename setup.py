@@ -67,7 +67,7 @@ setup(
     package_data={"fcn_repro": ["resources/*", "resources/**/*"]},
     include_package_data=True,
     python_requires=">=3.9",
-    install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm"],
+    install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm", "filelock"],
     extras_require={"onnx": ONNX_EXTRA,
                     "test": ["pytest", "hypothesis",
                              "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"] + ONNX_EXTRA},

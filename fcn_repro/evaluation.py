@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -41,6 +42,7 @@ from fcn_repro.fast import optimize
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
 from fcn_repro.devices import process_group
+from fcn_repro.outputs import child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
 
@@ -138,8 +140,10 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     if progress:
         bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
+    # the dataset's own files (images, ground truth) are never replaced by a prediction
+    guard = protect_inputs(p for i in indices for p in dataset.files(i)) if writer is not None else nullcontext()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), guard:
             for sample in SampleLoader(dataset, indices, workers=workers):
                 feed = {b: torch.from_numpy(a).unsqueeze(0).to(dev, non_blocking=True)
                         for b, a in net_inputs(input_names, sample, card, input_map).items()}
@@ -174,7 +178,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                             preds_kept.setdefault(sample.id, {})[blob] = p8
                         if writer is not None:
                             d = Path(save_predictions) if len(heads) == 1 else Path(save_predictions) / blob
-                            pending.append(writer.submit(save_label_png, d / f"{sample.id}.png", p8))
+                            pending.append(writer.submit(save_label_png, child(d, f"{sample.id}.png"), p8))
                 if bar is not None:
                     bar.update(1)
                 if on_image is not None:

@@ -29,13 +29,9 @@ the user is told, once, that it was recorded, not verified.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import socket
 import sys
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -50,9 +46,10 @@ from fcn_repro.caffe.fcn_nets import net_text
 from fcn_repro import registry
 from fcn_repro.caffe.match import blob_fits
 from fcn_repro.errors import FcnReproError, OutputError
-from fcn_repro.outputs import output_file
+from fcn_repro.outputs import locked, output_file
+from fcn_repro.transfer import Bounds, SourceFailed, part_size, reason, transfer
 
-__all__ = ["HubError", "DownloadError", "WeightsMismatchError", "home", "weights_dir", "download_dir",
+__all__ = ["HubError", "DownloadError", "WeightsMismatchError", "Bounds", "home", "weights_dir", "download_dir",
            "weights_dirs", "find_weights", "download", "verify_or_record"]
 
 Notify = Callable[[str], None]
@@ -225,6 +222,20 @@ def write_manifest(manifest: dict, path: Optional[os.PathLike] = None) -> Path:
     return p
 
 
+_MANIFEST_WAIT = 60.0   # seconds another process may hold a manifest's lock (a write takes milliseconds)
+
+
+def update_manifest(change: Callable[[dict], Optional[dict]], path: Optional[os.PathLike] = None) -> Path:
+    """Read, change and write a manifest holding its lock, so that processes recording at once
+    all keep their records. ``change`` gets the current manifest (:func:`load_manifest`) and
+    changes it in place or returns the new one."""
+    p = Path(path) if path else manifest_path()
+    with locked(p, _MANIFEST_WAIT, holder="another process writing the manifest"):
+        m = load_manifest(p)
+        new = change(m)
+        return write_manifest(m if new is None else new, p)
+
+
 # ------------------------------------------------------------------ checking
 
 def hash_file(path: os.PathLike, progress: bool = True, sha1: bool = False) -> Tuple[int, str, Optional[str]]:
@@ -365,15 +376,16 @@ def record(check: Check, notify: Notify = _stderr) -> Check:
     if check.status != "pending":
         return check
     mpath = Path(check.manifest)
-    m = load_manifest(mpath)
-    entry = m.setdefault("files", {}).get(check.name)
-    if entry is None:
-        entry = build_manifest()["files"].get(check.name) or {}
-        m["files"][check.name] = entry
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    entry.update(bytes=check.bytes, sha256=check.sha256, recorded=f"first seen {when}, not verified")
+
+    def add(m: dict) -> None:
+        entry = m.setdefault("files", {}).get(check.name)
+        if entry is None:
+            entry = build_manifest()["files"].get(check.name) or {}
+            m["files"][check.name] = entry
+        entry.update(bytes=check.bytes, sha256=check.sha256, recorded=f"first seen {when}, not verified")
     try:
-        write_manifest(m, mpath)
+        update_manifest(add, mpath)
     except (OSError, OutputError) as e:
         warnings.warn(f"{check.name}: could not record its sha256 in {mpath} ({e}); it was not verified")
         check.status = "unrecorded"
@@ -410,147 +422,96 @@ def _check_and_record(path: os.PathLike, manifest: Optional[os.PathLike], progre
 
 # ------------------------------------------------------------------ downloading
 
-class _SourceFailed(Exception):
-    """One source did not give the file (the reason is one short phrase)."""
-
-
-_USER_AGENT = "fcn_repro (python urllib)"
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        e = e.reason if isinstance(e.reason, BaseException) else e
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(e, socket.gaierror):
-            return "host not found (no network, or DNS down)"
-        if isinstance(e, (socket.timeout, TimeoutError)):
-            return "timed out"
-        return str(getattr(e, "reason", e))
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e) or type(e).__name__
-
-
-def _transfer(url: str, part: Path, label: str, progress: bool, timeout: float) -> None:
-    """Fetch ``url`` into ``part``, resuming what is there; raise _SourceFailed on any failure."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:
-            return   # nothing left to send: the part is whole (verification decides)
-        raise _SourceFailed(_reason(e)) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise _SourceFailed(_reason(e)) from None
-    with resp:
-        length = resp.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if have and resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            if not crange.startswith(f"bytes {have}-"):
-                raise _SourceFailed(f"answered a resume from byte {have} with {crange!r}")
-            mode = "ab"
-        else:
-            have, mode = 0, "wb"   # the server sent the whole file
-        total = have + length if length is not None else None
-        got = have
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = resp.read(1 << 20)
-                    except http.client.IncompleteRead as e:
-                        f.write(e.partial)
-                        got += len(e.partial)
-                        chunk = b""
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _SourceFailed(f"connection cut after {got:,} bytes ({_reason(e)})") from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-    if total is not None and got < total:
-        raise _SourceFailed(f"short read: {got:,} of {total:,} bytes")
-    if total is not None and got > total:
-        raise _SourceFailed(f"sent {got:,} bytes, more than the {total:,} announced")
-
-
 def fetch(src: Source, directory: Optional[os.PathLike] = None, *, progress: bool = True,
-          notify: Notify = _stderr, timeout: float = 60.0) -> Path:
+          notify: Notify = _stderr, timeout: float = 60.0, bounds: Optional[Bounds] = None) -> Path:
     """Download one file into ``directory`` (default :func:`download_dir`) and verify it.
 
     A file already there is checked instead. Sources are tried in order; a cut
     transfer leaves ``<file>.part``, which the next source (or run) resumes.
     The file is renamed into place only once verified (published facts, the
     manifest's record, a full parse as its net's caffemodel) and then recorded.
+
+    ``bounds`` (:class:`fcn_repro.transfer.Bounds`): the deadline, minimum
+    rate and stall timeout of each source's transfer (default: ``Bounds()``
+    with ``timeout``). One process at a time downloads a file: another one
+    waits for it (at most the deadline), then finds the file there.
     """
+    bounds = bounds or Bounds(timeout=timeout)
     directory = Path(directory) if directory else download_dir()
     dest = directory / src.file
     mpath = manifest_path(directory)   # the directory's own record of what it holds
-    if dest.is_file():
-        chk = _check_and_record(dest, mpath, progress, notify, src)
-        notify(f"{src.file}: already in {directory} ({chk.status}{' against ' + chk.against if chk.against else ''})")
-        return dest
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create {directory} for {src.file} ({_reason(e)}); pass --dir DIR") from None
+    if not dest.is_file():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DownloadError(f"cannot create {directory} for {src.file} ({reason(e)}); pass --dir DIR") from None
+        with locked(dest, bounds.deadline, notify, holder=f"another download of {src.file}"):
+            if not dest.is_file():   # else another process brought it while this one waited
+                return _fetch_locked(src, dest, mpath, progress, notify, bounds)
+    chk = _check_and_record(dest, mpath, progress, notify, src)
+    notify(f"{src.file}: already in {directory} ({chk.status}{' against ' + chk.against if chk.against else ''})")
+    return dest
+
+
+def _fetch_locked(src: Source, dest: Path, mpath: Path, progress: bool, notify: Notify, bounds: Bounds) -> Path:
+    """fetch's download, holding the file's lock: each source in turn until one gives a verified file."""
     part = dest.with_name(dest.name + ".part")
     tried = []
     for url in src.urls:
-        if part.exists() and part.stat().st_size:
-            notify(f"{src.file}: resuming from byte {part.stat().st_size:,} ({url})")
-        else:
-            notify(f"{src.file}: downloading {url}")
-        try:
-            _transfer(url, part, src.file, progress, timeout)
-        except _SourceFailed as e:
-            tried.append(f"{url} ({e})")
-            continue
-        except OSError as e:   # writing the part
-            raise DownloadError(f"{src.file}: cannot write {part} ({_reason(e)}); free space or pass --dir DIR") \
-                from None
-        try:
-            chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
-            if chk.status == "pending":
-                check_parses(part, src.net)
-        except ValueError as e:   # a mismatch, or the format's error (it does not parse)
-            part.unlink(missing_ok=True)
-            tried.append(f"{url} (refused: {e})")
-            continue
-        chk.file = str(dest)
-        os.replace(part, dest)
-        record(chk, notify)
-        notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
-               f"{' against ' + chk.against if chk.against else ''})")
-        return dest
-    kept = part.stat().st_size if part.exists() else 0
+        for again in (False, True):
+            if _from(url, src, part, dest, mpath, progress, notify, bounds, tried):
+                return dest
+            if not tried[-1][0] or again:   # it failed from the start: the next source
+                break
+            # the bytes it resumed may be another source's or another file's: once more from the start
+            notify(f"{src.file}: the resumed download did not verify; downloading it again from the start ({url})")
+    kept = part_size(part)
     todo = (f"{kept:,} bytes are kept in {part}: run the same command again to resume" if kept else
             "Check the network and run it again, give another source with --base-url URL, or put the file "
             "there by hand")
-    raise DownloadError(f"could not download {src.file} into {directory}: tried {'; '.join(tried)}. {todo}")
+    said = "; ".join(dict.fromkeys(t[1] for t in tried))
+    raise DownloadError(f"could not download {src.file} into {dest.parent}: tried {said}. {todo}")
+
+
+def _from(url: str, src: Source, part: Path, dest: Path, mpath: Path, progress: bool, notify: Notify,
+          bounds: Bounds, tried: list) -> bool:
+    """One try of one source: True when ``dest`` is in place and verified; else appends
+    (whether the try had resumed a part, what went wrong) to ``tried``."""
+    have = part_size(part)   # a part that is not a regular file of ours is refused here
+    notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
+    try:
+        transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=src.bytes)
+    except SourceFailed as e:
+        tried.append((False, f"{url} ({e})"))
+        return False
+    except OSError as e:   # writing the part
+        raise DownloadError(f"{src.file}: cannot write {part} ({reason(e)}); free space or pass --dir DIR") \
+            from None
+    try:
+        chk = check_file(part, name=src.file, manifest=mpath, progress=progress, src=src)
+        if chk.status == "pending":
+            check_parses(part, src.net)
+    except ValueError as e:   # a mismatch, or the format's error (it does not parse)
+        part.unlink(missing_ok=True)
+        tried.append((bool(have), f"{url} (refused: {e})"))
+        return False
+    chk.file = str(dest)
+    os.replace(part, dest)
+    record(chk, notify)
+    notify(f"{src.file}: saved to {dest} ({chk.bytes:,} bytes, {chk.status}"
+           f"{' against ' + chk.against if chk.against else ''})")
+    return True
 
 
 def download(names: Iterable[str] = (), *, all: bool = False, directory: Optional[os.PathLike] = None,
              base_url: Optional[Sequence[str] | str] = None, progress: bool = True, notify: Notify = _stderr,
-             timeout: float = 60.0) -> List[Path]:
+             timeout: float = 60.0, bounds: Optional[Bounds] = None) -> List[Path]:
     """Download the original weights of ``names`` (nets, file names or 'vgg16'), or ``all`` of them.
 
     ``base_url``: one or more base URLs to fetch ``<base_url>/<file>`` from
-    instead of the registry's sources (a local mirror). Returns the paths.
+    instead of the registry's sources (a local mirror). ``bounds``: each
+    transfer's deadline, minimum rate and stall timeout (:class:`Bounds`).
+    Returns the paths.
     """
     srcs = [s for s in _facts() if s.net] if all else [source(n) for n in names]
     if not srcs:
@@ -558,4 +519,4 @@ def download(names: Iterable[str] = (), *, all: bool = False, directory: Optiona
     if base_url:
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         srcs = [replace(s, urls=tuple(b.rstrip("/") + "/" + s.file for b in bases)) for s in srcs]
-    return [fetch(s, directory, progress=progress, notify=notify, timeout=timeout) for s in srcs]
+    return [fetch(s, directory, progress=progress, notify=notify, timeout=timeout, bounds=bounds) for s in srcs]

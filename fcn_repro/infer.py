@@ -47,7 +47,7 @@ from fcn_repro import cli
 from fcn_repro.data.transforms import overlay, save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
-from fcn_repro.outputs import output_file
+from fcn_repro.outputs import output_file, protect_inputs
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 
@@ -99,6 +99,12 @@ def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
     return out
 
 
+def _guarded(guard, items):
+    """``items``, iterated inside the context manager ``guard``."""
+    with guard:
+        yield from items
+
+
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None) -> dict:
@@ -135,7 +141,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         warnings.warn(f"skipped {src}: {e}", stacklevel=2)
         skipped.append({"image": str(src), "error": str(e)})
 
-    for pred in predictor.iter(paths, scores=save_scores, on_error=skip):
+    protect = protect_inputs(paths)   # an output named like an input (infer photo.png -o .) is refused
+    for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip)):
         path, rgb = pred.source, pred.image
         blobs = list(pred.labels)
         base = names.take(Path(path).stem, lambda b: output_names(b, blobs, save_scores))

@@ -67,12 +67,14 @@ import contextvars
 import dataclasses
 import os
 import re
+import select
+import stat
 from typing import Iterator
 
 from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
-           "expansion_allowance"]
+           "expansion_allowance", "read_capped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,3 +221,58 @@ class Budget:
                                       f"{what} (reading this file so far)"),
                              self.filename, **where)
         self.used = total
+
+
+#: seconds a reader waits for a pipe or device to give its next bytes (a FIFO nobody writes to, a
+#: command that stops producing) before refusing it
+PIPE_WAIT = 60.0
+
+
+def read_capped(path: str | os.PathLike, what: str = "text", *, cap: str = "text_bytes",
+                error: type[FcnReproError] = FcnReproError, **where) -> bytes:
+    """The bytes of the file ``path``, refused (``error``) past the cap ``cap``.
+
+    A regular file's size is checked before reading; anything else (a pipe,
+    ``<(cmd)``, /dev/zero, a character device: ``fstat`` says 0 for them) is
+    read only up to the cap and one byte more, whatever it claims, and each
+    wait for more bytes is bounded by :data:`PIPE_WAIT` (the open of a FIFO
+    does not wait for a writer).
+    """
+    limit = getattr(current(), cap)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            check(cap, st.st_size, f"{what} of this size", path, error=error, **where)
+            os.set_blocking(fd, True)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(limit + 1)
+        else:
+            data = _read_stream(fd, limit + 1, path, what, error, where)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{what} longer than the limit of {_size(limit)} (not a regular file: read up to the limit; "
+                    f"{cap}: raise it with {ENV[cap]}=N or fcn_repro.limits.override({cap}=N) if you mean it)",
+                    path, **where)
+    return data
+
+
+def _read_stream(fd: int, most: int, path, what: str, error: type[FcnReproError], where: dict) -> bytes:
+    """At most ``most`` bytes of a non-blocking pipe or device, each wait bounded by PIPE_WAIT."""
+    chunks, n = [], 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while n < most:
+        if not poller.poll(PIPE_WAIT * 1000):
+            raise error(f"{what}: nothing {'more ' if n else ''}came from it within {PIPE_WAIT:g} s (a pipe or "
+                        "device that does not end)", path, **where)
+        try:
+            b = os.read(fd, min(1 << 20, most - n))
+        except BlockingIOError:
+            continue
+        if not b:
+            break
+        chunks.append(b)
+        n += len(b)
+    return b"".join(chunks)

@@ -19,66 +19,132 @@ prototxts, manifests, images, exports) goes through
    file, and the system's ``OSError``s (those with an ``errno``) become an
    ``OutputError`` naming the target; other exceptions pass unchanged.
 
-Temporary names: ``.<target name>.<pid>.<random>.fcnpart``.
+Temporary names: ``.<target name>.<pid>-<start>.<random>.fcnpart``, where
+``<start>`` is when the writing process started (clock ticks since boot, from
+/proc): a temporary file is stale when its writer is gone, and a process that
+later got the same pid (a recycled pid) is not its writer. A name that would
+not fit the file system's limit (NAME_MAX, 255 bytes) keeps the head of the
+target's name and a hash of all of it (``<head>~<hash>``): the target's own
+name is never shortened. Lock files (:func:`locked`) are ``.<name>.lock``,
+shortened the same way.
+
+Two more guards every writer gets: :func:`protect_inputs` names files that
+must not be replaced (a tool's inputs; ``infer photo.png -o .`` would
+otherwise write its label map over the photo), and :func:`locked` holds a
+lock file beside a target so that processes updating one file take turns
+(``filelock``).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import threading
 import time
-from typing import IO, Iterator
+from typing import IO, Callable, Iterable, Iterator, Optional
+
+import filelock
 
 from fcn_repro.errors import OutputError
 
-__all__ = ["output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX"]
+__all__ = ["output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX",
+           "side_name", "locked", "protect_inputs", "check_not_input", "child"]
 
 TEMP_SUFFIX = ".fcnpart"
 # Room kept free beyond the expected size: file-system metadata, estimates.
 _MARGIN_BYTES = 1 << 20
 _MARGIN_FRACTION = 0.01
 
+def _start_ticks(pid: int) -> Optional[int]:
+    """When process ``pid`` started, in clock ticks since boot (None: no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # When this process started (from /proc where there is one): temporary files
 # older than that can not be from a write still running here.
+_START_TICKS = _start_ticks(os.getpid())
 try:
-    with open(f"/proc/{os.getpid()}/stat", "rb") as _f:
-        _ticks = int(_f.read().rsplit(b")", 1)[1].split()[19])
     with open("/proc/uptime", "rb") as _f:
         _uptime = float(_f.read().split()[0])
-    _PROCESS_START = time.time() - _uptime + _ticks / os.sysconf("SC_CLK_TCK")
-except (OSError, ValueError, IndexError):
+    _PROCESS_START = time.time() - _uptime + _START_TICKS / os.sysconf("SC_CLK_TCK")
+except (OSError, ValueError, IndexError, TypeError):
     _PROCESS_START = time.time()   # this module's import: before any file it writes
 
 
+def _name_max(directory: str) -> int:
+    try:
+        return int(os.pathconf(directory or ".", "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _tag(base: str) -> str:
+    return "~" + hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _short(base: str, room: int) -> str:
+    """``base`` when it fits in ``room`` bytes, else its head and a hash of all of it."""
+    raw = base.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return base
+    tag = _tag(base)
+    return raw[: max(room - len(tag), 1)].decode("utf-8", "ignore") + tag
+
+
+def _stands_for(stem: str, base: str) -> bool:
+    """Whether ``stem`` (of a helper file's name) is ``base`` or its shortened form."""
+    tag = _tag(base)
+    return stem == base or (stem.endswith(tag) and base.startswith(stem[: -len(tag)]))
+
+
+def side_name(path: str | os.PathLike, suffix: str) -> str:
+    """``.<name><suffix>`` beside ``path``: a hidden helper file, its name shortened to fit NAME_MAX."""
+    d, base = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(d, "." + _short(base, _name_max(d) - 1 - len(suffix)) + suffix)
+
+
+def _writer_tag() -> str:
+    return f"{os.getpid()}-{_START_TICKS}" if _START_TICKS is not None else str(os.getpid())
+
+
 def _temp_name(path: str) -> str:
-    d, base = os.path.split(path)
-    return os.path.join(d, f".{base}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return side_name(path, f".{_writer_tag()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
-def _pid_alive(pid: int) -> bool:
+def _writer_alive(pid: int, start: Optional[int]) -> bool:
+    """Whether the process that wrote a temporary file (pid, and start where recorded) still runs."""
     if pid == os.getpid():
-        return True
+        return start is None or start == _START_TICKS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    if start is None:
+        return True   # an old name without the start: the pid is all there is to go by
+    now = _start_ticks(pid)
+    return now is None or now == start   # the same pid started at another time is another process
 
 
 def clean_stale(path: str | os.PathLike) -> list[str]:
     """Remove temporary files of earlier, killed writes of ``path``; returns their names.
 
     Only files of our naming pattern for this target are touched, and only
-    when they are older than this process and their writer is gone.
+    when they are older than this process and their writer is gone (a live
+    process that reuses the writer's pid is told apart by its start time).
     """
     path = os.path.abspath(os.fspath(path))
     d, base = os.path.split(path)
-    pat = re.compile(r"\." + re.escape(base) + r"\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"\Z")
+    pat = re.compile(r"\.(.+)\.(\d+)(?:-(\d+))?\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"\Z", re.DOTALL)
     removed = []
     try:
         names = os.listdir(d)
@@ -86,14 +152,15 @@ def clean_stale(path: str | os.PathLike) -> list[str]:
         return removed
     for name in names:
         m = pat.match(name)
-        if not m:
+        if not m or not _stands_for(m.group(1), base):
             continue
         full = os.path.join(d, name)
         try:
             st = os.lstat(full)
         except OSError:
             continue
-        if st.st_mtime < _PROCESS_START and not _pid_alive(int(m.group(1))):
+        start = int(m.group(3)) if m.group(3) else None
+        if st.st_mtime < _PROCESS_START and not _writer_alive(int(m.group(2)), start):
             with contextlib.suppress(OSError):
                 os.unlink(full)
                 removed.append(full)
@@ -128,6 +195,109 @@ def as_output_error(e: OSError, path: str | os.PathLike) -> OutputError:
     return OutputError(f"can not write it ({e.strerror or e}); nothing was written", path)
 
 
+# ------------------------------------------------------------------ inputs are never replaced
+
+_PROTECTED: list[dict[tuple[int, int], str]] = []   # one table per protect_inputs block: (dev, ino) -> path
+_PROTECTED_LOCK = threading.Lock()
+
+
+def _identity(path: str | os.PathLike, follow: bool) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def protect_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Inside the block, no output (:func:`output_path`, :func:`output_file`) may replace one of ``paths``.
+
+    For the whole process (writer threads included): a target that is, or
+    resolves to, one of the inputs (the same file, through a link or another
+    name) is refused with an :class:`OutputError` before anything is written.
+    """
+    table = {}
+    for p in paths:
+        for follow in (True, False):
+            ident = _identity(p, follow)
+            if ident is not None:
+                table[ident] = os.fspath(p)
+    with _PROTECTED_LOCK:
+        _PROTECTED.append(table)
+    try:
+        yield
+    finally:
+        with _PROTECTED_LOCK:
+            _PROTECTED.remove(table)
+
+
+def check_not_input(path: str | os.PathLike, inputs: Optional[Iterable[str | os.PathLike]] = None) -> None:
+    """Refuse (:class:`OutputError`) writing ``path`` when it is, or resolves to, one of the inputs.
+
+    ``inputs``: the files to compare with (default: those of the
+    :func:`protect_inputs` blocks in force). Any tool may call it before its
+    work to refuse early; every output is checked again when written.
+    """
+    if inputs is not None:
+        with protect_inputs(inputs):
+            return check_not_input(path)
+    if not _PROTECTED:
+        return
+    idents = {i for i in (_identity(path, True), _identity(path, False)) if i is not None}
+    with _PROTECTED_LOCK:
+        hit = next((t[i] for t in _PROTECTED for i in idents if i in t), None)
+    if hit is not None:
+        same = "" if os.path.abspath(hit) == os.path.abspath(os.fspath(path)) else f" ({hit})"
+        raise OutputError(f"is one of the inputs{same}: it is not replaced; write the outputs somewhere else", path)
+
+
+def child(directory: str | os.PathLike, name: str) -> str:
+    """``directory/name``, refused (:class:`OutputError`) unless ``name`` is a plain file name:
+    a name from a list or manifest (an id) never writes outside its directory."""
+    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")) or (
+            os.sep in name or (os.altsep and os.altsep in name)):
+        raise OutputError(f"the output name {name!r} is not a plain file name: outputs stay inside the directory",
+                          directory)
+    return os.path.join(os.fspath(directory), name)
+
+
+# ------------------------------------------------------------------ locks
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, timeout: float = 60.0, notify: Optional[Callable[[str], None]] = None,
+           holder: str = "another process") -> Iterator[str]:
+    """Hold the lock of ``path`` (the lock file ``.<name>.lock`` beside it) inside the block.
+
+    Other processes locking the same path wait: ``notify`` (when given) is
+    told once that this one waits, and after ``timeout`` seconds the wait
+    ends in an :class:`OutputError` saying ``holder`` holds the lock. The
+    lock goes with the process that held it (``flock``), so a killed holder
+    never blocks a later run. Yields the lock file's name.
+    """
+    lockfile = side_name(path, ".lock")
+    try:
+        os.makedirs(os.path.dirname(lockfile), exist_ok=True)
+        lock = filelock.FileLock(lockfile, timeout=timeout, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if notify is not None:
+                notify(f"{os.fspath(path)}: waiting for {holder} (it holds {lockfile}; at most {timeout:g} s)")
+            lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise OutputError(f"{holder} still holds its lock ({lockfile}) after {timeout:g} s; run again when it "
+                          "is done", path) from None
+    except OSError as e:
+        raise OutputError(f"can not lock it ({e.strerror or e}; lock file {lockfile})", path) from None
+    try:
+        yield lockfile
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------ writing
+
 @contextlib.contextmanager
 def output_path(path: str | os.PathLike, expected_bytes: int = 0) -> Iterator[str]:
     """A temporary name to write ``path``'s content to; renamed into place on success.
@@ -141,6 +311,7 @@ def output_path(path: str | os.PathLike, expected_bytes: int = 0) -> Iterator[st
     d = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OutputError("is a directory", path)
+    check_not_input(path)
     try:
         os.makedirs(d, exist_ok=True)
     except OSError as e:

@@ -153,6 +153,7 @@ def read_solver(path_or_text: str | os.PathLike | Message, base_dir: str | os.Pa
         sp.type = legacy.get(str(msg.get("solver_type")).upper(), str(msg.get("solver_type")))
     if sp.type != "SGD":
         raise SolverError(f"{where}: solver type {sp.type!r} is not supported (only Caffe's SGD)")
+    check_base_lr(sp.base_lr, f"{where}: base_lr")
     if sp.lr_policy not in LR_POLICIES:
         raise SolverError(f"{where}: unknown lr_policy {sp.lr_policy!r} (expected one of "
                           f"{', '.join(LR_POLICIES)})")
@@ -185,33 +186,49 @@ def learning_rate(sp: SolverParameter, it: int, current_step: int = 0) -> tuple[
     * poly: base_lr * (1 - it / max_iter) ^ power
     * sigmoid: base_lr / (1 + exp(-gamma * (it - stepsize)))
     """
-    base_lr = _f32(sp.base_lr)
-    gamma, power = _f32(sp.gamma), _f32(sp.power)
-    pol = sp.lr_policy
-    if pol == "fixed":
-        rate = base_lr
-    elif pol == "step":
-        if sp.stepsize <= 0:
-            raise SolverError(f"{sp.source or '<solver>'}: lr_policy step needs stepsize > 0")
-        current_step = it // sp.stepsize
-        rate = base_lr * gamma ** current_step
-    elif pol == "exp":
-        rate = base_lr * gamma ** it
-    elif pol == "inv":
-        rate = base_lr * (1.0 + gamma * it) ** (-power)
-    elif pol == "multistep":
-        if current_step < len(sp.stepvalue) and it >= sp.stepvalue[current_step]:
-            current_step += 1
-        rate = base_lr * gamma ** current_step
-    elif pol == "poly":
-        if sp.max_iter <= 0:
-            raise SolverError(f"{sp.source or '<solver>'}: lr_policy poly needs max_iter > 0")
-        rate = base_lr * (1.0 - it / float(sp.max_iter)) ** power
-    elif pol == "sigmoid":
-        rate = base_lr * (1.0 / (1.0 + math.exp(-gamma * (it - float(sp.stepsize)))))
-    else:
-        raise SolverError(f"{sp.source or '<solver>'}: unknown lr_policy {pol!r}")
-    return _f32(rate), current_step
+    f32, f64 = np.float32, np.float64
+    with np.errstate(all="ignore"):   # overflow to inf, 0/0 to NaN: as C++ float math gives them
+        base_lr, gamma, power = f32(sp.base_lr), f32(sp.gamma), f32(sp.power)
+        pol = sp.lr_policy
+        if pol == "fixed":
+            rate = base_lr
+        elif pol == "step":
+            if sp.stepsize <= 0:
+                raise SolverError(f"{sp.source or '<solver>'}: lr_policy step needs stepsize > 0")
+            current_step = it // sp.stepsize
+            rate = base_lr * np.power(f64(gamma), current_step)   # std::pow(float, int) is double
+        elif pol == "exp":
+            rate = base_lr * np.power(f64(gamma), it)
+        elif pol == "inv":
+            rate = base_lr * np.power(f32(1) + gamma * f32(it), -power)   # float pow
+        elif pol == "multistep":
+            if current_step < len(sp.stepvalue) and it >= sp.stepvalue[current_step]:
+                current_step += 1
+            rate = base_lr * np.power(f64(gamma), current_step)
+        elif pol == "poly":
+            if sp.max_iter <= 0:
+                raise SolverError(f"{sp.source or '<solver>'}: lr_policy poly needs max_iter > 0")
+            # past max_iter the base is negative: NaN for a fractional power, never complex
+            rate = base_lr * np.power(f32(1) - f32(it) / f32(sp.max_iter), power)
+        elif pol == "sigmoid":
+            rate = base_lr * (f32(1) / (f32(1) + np.exp(-gamma * (f32(it) - f32(sp.stepsize)))))
+        else:
+            raise SolverError(f"{sp.source or '<solver>'}: unknown lr_policy {pol!r}")
+        return float(f32(rate)), current_step
+
+
+def check_base_lr(value: Any, what: str) -> float:
+    """``value`` as Caffe's float base_lr, refused unless finite and > 0 (``what`` names where it came from).
+
+    Caffe takes any float and trains to NaN; a zero or negative rate never
+    descends. The check is on the float32 value Caffe would hold (1e39 is inf there).
+    """
+    with np.errstate(all="ignore"):
+        v = float(np.float32(value))
+    if not (math.isfinite(v) and v > 0):
+        raise SolverError(f"{what} must be a finite number > 0 (a float32, Caffe's type), got {value!r}"
+                          + (f" ({v} as float32)" if math.isfinite(float(value)) and v != value else ""))
+    return v
 
 
 def param_groups(net: Any, names: Iterable[str] | None = None) -> list[dict]:
@@ -268,6 +285,7 @@ class CaffeSGD(torch.optim.Optimizer):
             setattr(sp, k, v)
         if sp.iter_size < 1:
             raise SolverError(f"iter_size must be >= 1, got {sp.iter_size}")
+        check_base_lr(sp.base_lr, f"{sp.source or '<solver>'}: base_lr")
         self.solver = sp
         params = list(params)
         if params and not isinstance(params[0], dict):
@@ -323,7 +341,14 @@ class CaffeSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         sp = self.solver
-        rate, self.current_step = learning_rate(sp, self.iter, self.current_step)
+        rate, current_step = learning_rate(sp, self.iter, self.current_step)
+        if not math.isfinite(rate):
+            # Caffe would go on and write NaN weights; nothing is updated here
+            raise SolverError(f"{sp.source or '<solver>'}: lr_policy {sp.lr_policy} gives learning rate {rate} at "
+                              f"iteration {self.iter} (base_lr {sp.base_lr:g}, gamma {sp.gamma:g}, power "
+                              f"{sp.power:g}, stepsize {sp.stepsize}, max_iter {sp.max_iter}): not a finite "
+                              "number, training stops before the weights become NaN")
+        self.current_step = current_step
         self.last_rate = rate
         self.clip_gradients()
         divisor = self.grad_divisor

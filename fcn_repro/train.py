@@ -40,6 +40,7 @@ import torch.distributed as dist
 from fcn_repro import cli, registry
 from fcn_repro.caffe import save_weights
 from fcn_repro.evaluation import Validator  # noqa: F401 (the API)
+from fcn_repro.solver import check_base_lr
 from fcn_repro.sources import (DatasetSource, FeedSource, draw_order, sample_arrays,  # noqa: F401 (the API)
                                training_source, validator_for)
 from fcn_repro.resolve import resolve
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("schedule (overrides of the solver file)")
     g.add_argument("--iters", type=int, help="iterations to run now (default: up to max_iter)")
     g.add_argument("--max-iter", type=int)
-    g.add_argument("--base-lr", type=float)
+    g.add_argument("--base-lr", type=float, help="the solver's base_lr (a finite number > 0)")
     g.add_argument("--iter-size", type=int)
     g.add_argument("--snapshot-every", type=int, help="snapshot every K iterations (0: never)")
     g.add_argument("--test-every", type=int, help="validate every K iterations (0: never)")
@@ -157,6 +158,8 @@ def _main(args: argparse.Namespace) -> int:
         v = getattr(args, opt)
         if v is not None and v < (0 if opt == "iters" else 1):
             raise cli.UsageError(f"--{opt.replace('_', '-')} {v}: must be >= {0 if opt == 'iters' else 1}")
+    if args.base_lr is not None:
+        check_base_lr(args.base_lr, "--base-lr")
     solver_path = Path(args.solver)
     sp = solver_with(solver_path, {"max_iter": args.max_iter, "base_lr": args.base_lr, "iter_size": args.iter_size,
                                    "snapshot": args.snapshot_every, "test_interval": args.test_every,

@@ -410,11 +410,11 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['smoothed_loss']:.4g}", lr=f"{rec['lr']:.3g}",
                                     img_s=f"{rec['images_per_s'] or 0:.2f}")
-                if sp.snapshot and self.iter % sp.snapshot == 0:
-                    self.snapshot()
-                if not math.isfinite(rec["loss"]):
+                if not math.isfinite(rec["loss"]):   # before a snapshot could keep NaN weights
                     raise TrainError(f"{self.where}: loss is {rec['loss']} at iteration {rec['iter']}: "
                                      "training diverged (lower base_lr?)")
+                if sp.snapshot and self.iter % sp.snapshot == 0:
+                    self.snapshot()
         finally:
             if bar is not None:
                 bar.close()

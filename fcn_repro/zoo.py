@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from fcn_repro import cli, hub
+from fcn_repro.errors import FcnReproError
 from fcn_repro.resolve import listing
 
 __all__ = ["main", "main_download"]
@@ -91,6 +92,14 @@ def main_download(argv=None) -> int:
                                                 "$FCN_REPRO_HOME/weights, else ~/.cache/fcn_repro/weights)")
     ap.add_argument("--base-url", action="append", default=None, metavar="URL",
                     help="fetch URL/<file> instead of the registry's sources (repeat for fallbacks)")
+    d = hub.Bounds()
+    ap.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
+                    help="give up on a source when one file from it takes longer (default: %(default)g)")
+    ap.add_argument("--min-rate", type=float, default=d.min_rate / 1024, metavar="KIB_PER_S",
+                    help=f"give up on a source slower than this on average over {d.window:g} s "
+                         "(default: %(default)g KiB/s; 0: no minimum)")
+    ap.add_argument("--stall-timeout", type=float, default=d.timeout, metavar="SECONDS",
+                    help="give up on a source when nothing arrives for this long (default: %(default)g)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return cli.run(_main_download, ap, argv)
 
@@ -99,8 +108,12 @@ def _main_download(args) -> int:
     if not args.nets and not args.all:
         raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
     try:
+        bounds = hub.Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
+    except FcnReproError as e:
+        raise cli.UsageError(str(e).replace("download ", "--").replace("_", "-")) from None
+    try:
         hub.download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, bounds=bounds)
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

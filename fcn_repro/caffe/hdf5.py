@@ -14,23 +14,33 @@ back in the order written. Caffe reads both (it looks layers up by name).
 
 Values are read into fresh, writable arrays (HDF5 does its own I/O; a
 contiguous dataset is one read). float64 datasets become float32 unless
-``keep_dtype=True``, as in :mod:`fcn_repro.caffe.caffemodel`.
+``keep_dtype=True``, as in :mod:`fcn_repro.caffe.caffemodel`. Only objects
+stored in the file are read: soft, external and user-defined links, and
+external or virtual storage, are refused (naming the file and HDF5 path),
+never followed.
+
+Writing (:func:`write_h5`, used by :func:`save_hdf5` and the solver states):
+the file is made in memory and its bytes written through the atomic writer,
+so a full disk, a quota or a file-size limit is an ``OutputError`` with
+nothing left behind, and SIGINT/SIGTERM during a write stop the run cleanly.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import signal
+import threading
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fcn_repro import limits
+from fcn_repro import limits, outputs
 from fcn_repro.caffe.weightfile import (  # noqa: F401  (HDF5_MAGIC re-exported)
     HDF5_MAGIC, BlobInfo, LayerInfo, ModelInfo, as_array, is_blob_number)
 from fcn_repro.errors import HDF5WeightsError, OutputError, WeightsError
-from fcn_repro.outputs import output_path
 
-__all__ = ["HDF5WeightsError", "load_hdf5", "save_hdf5", "hdf5_info"]
+__all__ = ["HDF5WeightsError", "load_hdf5", "save_hdf5", "hdf5_info", "write_h5", "SignalsDeferred"]
 
 
 def import_h5py():
@@ -112,7 +122,32 @@ class H5Reader:
             n = len(group)
             self.count(n)
             names = list(group.keys())
+            for k in names:
+                self.check_link(group, k, f"{at.rstrip('/')}/{k}")
             return [(k, group.get(k, getlink=False)) for k in names]
+
+    def check_link(self, group: Any, name: str, at: str) -> None:
+        """Refuse a member reached through a soft, external or user-defined link.
+
+        Only hard links (the objects of this file) are read: an external link
+        would read another file (or block on a FIFO it names), a soft link may
+        lead to one; Caffe's files have neither. The link is looked at, never followed.
+        """
+        h5l = import_h5py().h5l
+        with self.guard(at):
+            key = name.encode()
+            kind = group.id.links.get_info(key).type   # the link itself, not what it leads to
+            if kind == h5l.TYPE_HARD:
+                return
+            target = group.id.links.get_val(key)
+        if kind == h5l.TYPE_EXTERNAL:
+            what = f"an external link to {target[1].decode(errors='replace')!r} in file " \
+                   f"{target[0].decode(errors='replace')!r}"
+        elif kind == h5l.TYPE_SOFT:
+            what = f"a soft link to {target.decode(errors='replace')!r}"
+        else:
+            what = f"a user-defined link (type {kind})"
+        raise self.error(f"is {what}: only objects stored in this file are read (links are not followed)", at)
 
     def check(self, ds: Any, at: str, **where: Any) -> int:
         """The bytes ``ds`` declares, refused when they can not be in the file or are over the budget."""
@@ -150,8 +185,10 @@ class H5Reader:
 def _layer_groups(r: H5Reader) -> list[tuple[str, Any]]:
     h5py = import_h5py()
     with r.guard("/"):
-        if "data" not in r.file:
+        if "data" not in list(r.file.keys()):   # the link's name: `in` would follow it
             raise r.error("no /data group: not Caffe HDF5 weights (Net::ToHDF5 layout)", "/")
+    r.check_link(r.file, "data", "/data")
+    with r.guard("/data"):
         data = r.file["data"]
     if not isinstance(data, h5py.Group):
         raise r.error("is a dataset, expected a group of layers", "/data")
@@ -249,23 +286,18 @@ def save_hdf5(path: str | os.PathLike, weights: dict[str, Any], *,
             raise WeightsError(f"layer name {name!r} can not be an HDF5 group name", os.fspath(path))
     nblobs = sum(len(b) for _, b in items)
     expected = sum(a.nbytes for _, blobs in items for a in blobs) + H5_OVERHEAD * (len(items) + nblobs + 1)
-    with output_path(path, expected) as tmp:
-        with h5_writing(path):
-            f = h5py.File(tmp, "w")
-        try:
-            with h5_writing(path):
-                data = f.create_group("data", track_order=True)
-            for name, blobs in items:
-                with h5_writing(path):
-                    g = data.create_group(name)
-                for i, a in enumerate(blobs):
-                    with h5_writing(path):
-                        g.create_dataset(str(i), data=a if a.flags.c_contiguous else a.copy())
-                    if progress:
-                        progress(a.nbytes)
-        finally:
-            with h5_writing(path):
-                f.close()
+
+    def build(f: Any, checkpoint: Callable[[], None]) -> None:
+        data = f.create_group("data", track_order=True)
+        for name, blobs in items:
+            g = data.create_group(name)
+            for i, a in enumerate(blobs):
+                g.create_dataset(str(i), data=a if a.flags.c_contiguous else a.copy())
+                checkpoint()
+                if progress:
+                    progress(a.nbytes)
+
+    write_h5(path, build, expected)
 
 
 # Bytes an HDF5 file spends per group or dataset beyond its values (object
@@ -275,10 +307,105 @@ H5_OVERHEAD = 4096
 
 @contextlib.contextmanager
 def h5_writing(path: str | os.PathLike) -> Iterator[None]:
-    """h5py calls writing ``path``: an ``OSError`` of the HDF5 library (a full
-    disk, a quota) becomes an :class:`~fcn_repro.errors.OutputError`."""
+    """h5py calls making the file for ``path``: an ``OSError`` of the HDF5 library
+    (out of memory for the in-memory image) becomes an :class:`~fcn_repro.errors.OutputError`."""
     try:
         yield
     except OSError as e:
         raise OutputError(f"HDF5 library could not write it ({e}); nothing was written",
                           os.fspath(path)) from None
+
+
+class _Stop(BaseException):
+    """A signal arrived during an HDF5 write whose default action is to stop the run."""
+
+
+class SignalsDeferred:
+    """SIGINT and SIGTERM held back while an HDF5 file is made and written.
+
+    A signal that arrives inside the HDF5 library is not lost there (h5py can
+    swallow a ``KeyboardInterrupt`` raised in its C code): the handler only
+    records it. :meth:`checkpoint` (called between h5py calls and between
+    chunks written) then stops the write when the signal's previous action
+    was to stop the run (Python's ``KeyboardInterrupt`` for SIGINT, the
+    default termination for SIGTERM): the temporary file is removed by the
+    atomic writer, and on leaving, the previous handlers are restored and the
+    signal is raised again, so the run stops as it would have (a
+    ``KeyboardInterrupt``, or death by SIGTERM: a non-zero exit either way),
+    with nothing half-written. A signal with a handler of its own (a run's
+    "snapshot and stop" handler) lets the write finish, then reaches that
+    handler. Outside the main thread (no handlers can be set) nothing is deferred.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.pending is None:
+            self.pending = signum
+
+    def _stops(self, signum: int) -> bool:
+        return self.previous.get(signum) in (signal.default_int_handler, signal.SIG_DFL)
+
+    def checkpoint(self) -> None:
+        """Stop the write here when a pending signal's action is to stop the run."""
+        if self.pending is not None and self._stops(self.pending):
+            raise _Stop(self.pending)
+
+    def __enter__(self) -> "SignalsDeferred":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                old = signal.getsignal(s)
+                if old not in (signal.SIG_IGN, None):   # None: a handler set outside Python; left alone
+                    self.previous[s] = signal.signal(s, self._record)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        for s, old in self.previous.items():
+            signal.signal(s, old)
+        if self.pending is not None:
+            signal.raise_signal(self.pending)   # the previous handler (or the default action) runs now
+        return kind is _Stop   # only reached if that handler returned (it was replaced meanwhile)
+
+
+# Bytes handed to the operating system per write() of an HDF5 image (signals
+# are looked at in between).
+_WRITE_CHUNK = 16 << 20
+
+
+def write_h5(path: str | os.PathLike, build: Callable[[Any, Callable[[], None]], None],
+             expected_bytes: int) -> None:
+    """Make an HDF5 file with ``build(file, checkpoint)`` and write it to ``path`` atomically.
+
+    The file is made in memory (h5py's ``core`` driver without a backing
+    store), so the HDF5 library never meets a failing disk: h5py survives no
+    failed close (it can crash the process in its clean-up after one).
+    Its bytes then go through :func:`fcn_repro.outputs.output_file`: a full
+    disk, a quota or a file-size limit (``RLIMIT_FSIZE``) is an
+    :class:`~fcn_repro.errors.OutputError` naming ``path``, with nothing left
+    behind. ``build`` calls ``checkpoint()`` between objects; SIGINT and
+    SIGTERM during the whole write are handled by :class:`SignalsDeferred`.
+    The file costs about twice its size in memory while being written.
+    """
+    path = os.fspath(path)
+    h5py = import_h5py()
+    outputs.check_free_space(path, expected_bytes)   # before spending the memory
+    with SignalsDeferred() as signals:
+        with h5_writing(path):
+            f = h5py.File(f"<{path} in memory {secrets.token_hex(4)}>", "w", driver="core",
+                          backing_store=False)
+        try:
+            build(f, signals.checkpoint)   # its own exceptions pass unchanged
+            with h5_writing(path):
+                f.flush()   # the image is complete only after a flush
+                image = memoryview(f.id.get_file_image())
+        finally:
+            f.close()   # no backing store: closing writes nothing, so it can not fail on the disk
+        signals.checkpoint()
+        with outputs.output_file(path, len(image)) as out:
+            for at in range(0, len(image), _WRITE_CHUNK):
+                out.write(image[at:at + _WRITE_CHUNK])
+                signals.checkpoint()

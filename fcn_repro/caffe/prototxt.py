@@ -669,10 +669,7 @@ def parse_prototxt(path_or_text: str | bytes | os.PathLike, upgrade: bool = True
         and (os.path.exists(path_or_text) or path_or_text.endswith((".prototxt", ".pbtxt"))))
     if is_path:
         filename = os.fspath(path_or_text)
-        with open(filename, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            limits.check("text_bytes", size, "text of this size", filename, error=PrototxtError, line=1, col=1)
-            data = f.read()
+        data = limits.read_capped(filename, "text", error=PrototxtError, line=1, col=1)
     else:
         filename = "<text>"
         data = path_or_text  # type: ignore[assignment]

@@ -24,7 +24,7 @@ import numpy as np
 
 from fcn_repro import limits
 from fcn_repro.caffe import schema
-from fcn_repro.caffe.hdf5 import H5_OVERHEAD, H5Reader, import_h5py, h5_writing
+from fcn_repro.caffe.hdf5 import H5_OVERHEAD, H5Reader, import_h5py, write_h5
 from fcn_repro.caffe.weightfile import HDF5_MAGIC, as_array, is_blob_number
 from fcn_repro.caffe.wire import (
     BlobPlan, Wire, blob_array, decode_blob, encode_str, expect_wire, int32, key, length_delimited,
@@ -32,7 +32,7 @@ from fcn_repro.caffe.wire import (
 )
 from fcn_repro.errors import CaffeModelError, HDF5WeightsError
 from fcn_repro.npz import NpzError, read_npz
-from fcn_repro.outputs import output_file, output_path
+from fcn_repro.outputs import output_file
 
 _SS = schema.numbers("SolverState")
 _ITER, _LEARNED, _HISTORY, _STEP = (_SS[k] for k in ("iter", "learned_net", "history", "current_step"))
@@ -339,24 +339,21 @@ def write_state(path: str | os.PathLike, state: SolverStateContents, param_names
         with output_file(path, expected, "wb") as f:
             np.savez(f, **arrays)
         return
-    h5py = import_h5py()
-    with output_path(path, expected) as tmp:
-        with h5_writing(path):
-            f = h5py.File(tmp, "w")
-        try:
-            with h5_writing(path):
-                f.create_dataset("iter", data=np.array([state.iter], np.int32))
-                f.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode()))
-                f.create_dataset("current_step", data=np.array([state.current_step], np.int32))
-                hg = f.create_group("history")
-                for i, h in enumerate(hist):
-                    hg.create_dataset(str(i), data=h)
-                if param_names is not None:
-                    f.create_dataset("param_names", data=np.array([n.encode() for n in names]))
-                if extra:
-                    eg = f.create_group("extra")
-                    for k, v in extra.items():
-                        eg.create_dataset(k, data=v)
-        finally:
-            with h5_writing(path):
-                f.close()
+
+    def build(f: Any, checkpoint: Callable[[], None]) -> None:
+        f.create_dataset("iter", data=np.array([state.iter], np.int32))
+        f.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode()))
+        f.create_dataset("current_step", data=np.array([state.current_step], np.int32))
+        hg = f.create_group("history")
+        for i, h in enumerate(hist):
+            hg.create_dataset(str(i), data=h)
+            checkpoint()
+        if param_names is not None:
+            f.create_dataset("param_names", data=np.array([n.encode() for n in names]))
+        if extra:
+            eg = f.create_group("extra")
+            for k, v in extra.items():
+                eg.create_dataset(k, data=v)
+                checkpoint()
+
+    write_h5(path, build, expected)

@@ -8,12 +8,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fcn_repro import registry
+from fcn_repro import limits, registry
 from fcn_repro.errors import FcnReproError
 from fcn_repro.registry import DatasetCard, class_names, resource_path
 
-__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_mat",
-           "class_names", "resolve_split"]
+__all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_text_lines",
+           "read_mat", "class_names", "resolve_split"]
 
 
 class DataMissingError(FcnReproError, FileNotFoundError):
@@ -145,10 +145,34 @@ def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarr
         raise FcnReproError(f"no variable {key!r} ({what})", path) from None
 
 
+def read_text_lines(path: str | os.PathLike, what: str = "text") -> List[str]:
+    """The lines of a small text file (a list, a label table), read within the text cap
+    (:func:`fcn_repro.limits.read_capped`: a pipe or device is not read without end)."""
+    data = limits.read_capped(path, what)
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise FcnReproError(f"{what} is not UTF-8 text (byte {e.start})", path) from None
+
+
 def read_id_list(path: str | os.PathLike) -> List[str]:
-    """Ids of a split list: one a line, blank lines and surrounding space dropped."""
-    with open(path, "r", encoding="utf-8") as f:
-        return [ln.strip() for ln in f if ln.strip()]
+    """Ids of a split list: one a line, blank lines and surrounding space dropped.
+
+    An id names files inside the dataset's directories (``<dir>/<id>.jpg``):
+    one that is not a plain file name (``..``, a ``/`` or ``\\``, a NUL) is
+    refused, naming the list and its line, so no list can point a reader (or
+    an output such as ``--save-predictions``) outside its directory.
+    """
+    ids = []
+    for n, ln in enumerate(read_text_lines(path, "split list"), 1):
+        i = ln.strip()
+        if not i:
+            continue
+        if i in (".", "..") or any(c in i for c in ("/", "\\", "\0")):
+            raise FcnReproError(f"id {i!r} is not a plain file name (an id names <dir>/<id>.<ext> inside the "
+                                "dataset's directories)", path, line=n)
+        ids.append(i)
+    return ids
 
 
 def resolve_split(split: str, candidates: Sequence[Path], packaged: Optional[Path] = None,

@@ -30,7 +30,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, read_mat
+from fcn_repro.data.base import DataMissingError, Sample, SegDataset, class_names, read_mat, read_text_lines
 from fcn_repro.registry import MEAN_CONTEXT
 from fcn_repro.data.transforms import check_label_size, preprocess, read_rgb
 from fcn_repro.errors import FcnReproError
@@ -51,7 +51,7 @@ _RENAMES = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"
 
 def _read_numbered(path: Path) -> dict:
     out = {}
-    for ln in path.read_text(encoding="utf-8").splitlines():
+    for ln in read_text_lines(path, "label list"):
         if not ln.strip():
             continue
         n, sep, name = ln.partition(":")

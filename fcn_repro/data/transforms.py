@@ -63,6 +63,8 @@ def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
         raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
     except (OSError, SyntaxError, ValueError) as e:   # PIL: unidentified/corrupt headers
         raise ImageReadError(f"cannot read {what}: {_pil_reason(e)}", path) from None
+    except MemoryError:
+        raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
     try:
         w, h = im.size
         limits.check("image_pixels", w * h, f"{what} of {w}x{h} pixels", path)
@@ -70,6 +72,11 @@ def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
         im.close()
         raise
     return im
+
+
+# a decoder asked for more memory than there is: a chunk or field declaring gigabytes (a PNG chunk of
+# 2-4 GiB in a file of 80 bytes); the file's error, not the process's
+_NO_MEMORY = "cannot decode {what}: the decoder ran out of memory (a corrupt file declaring a huge part)"
 
 
 def _pil_reason(e: BaseException) -> str:
@@ -82,8 +89,12 @@ def _decode(im: Image.Image, path, what: str, mode: Optional[str]) -> np.ndarray
         if mode is not None and im.mode != mode:
             im = im.convert(mode)
         return np.asarray(im).copy()
+    except Image.DecompressionBombError as e:
+        raise LimitError(f"{what} declares more pixels than PIL will decode ({e})", path) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:   # truncated or corrupt pixel data
         raise ImageReadError(f"cannot decode {what}: {_pil_reason(e)}", path) from None
+    except MemoryError:
+        raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
 
 
 def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
@@ -104,6 +115,8 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
                 im = ImageOps.exif_transpose(im)
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise ImageReadError(f"cannot decode image: {_pil_reason(e)}", path) from None
+            except MemoryError:
+                raise ImageReadError(_NO_MEMORY.format(what="image"), path) from None
         return _decode(im, path, "image", "RGB")
 
 

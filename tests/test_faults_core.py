@@ -1,0 +1,286 @@
+"""Faults in the core: HDF5 writes that fail or are interrupted, HDF5 links, double
+backward through the ops, the fast path's cache, export's opset and size caps,
+learning-rate edge values, a planner fed a huge Concat, and a weights file
+truncated while it is read.
+
+Every case ends in one of our errors or a correct result, with nothing
+half-written and nothing hung (subprocesses run under a timeout).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fcn_repro.caffe.hdf5 import HDF5WeightsError, load_hdf5, save_hdf5
+from fcn_repro.caffe.solverstate import SolverStateContents, read_state, write_state
+from fcn_repro.errors import OutputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_py(code: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter from the checkout (so it imports this fcn_repro)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+# ---------------------------------------------------------------- HDF5 writes
+
+_FSIZE_WRITE = """
+    import resource, signal, sys
+    import numpy as np
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # as the CLI does: a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+    from fcn_repro.caffe.hdf5 import save_hdf5
+    from fcn_repro.caffe.solverstate import SolverStateContents, write_state
+    from fcn_repro.errors import OutputError
+    w = {f"layer{k}": [np.full((40, 100), k, np.float32), np.ones(40, np.float32)] for k in range(20)}
+    try:
+        if sys.argv[3] == "weights":
+            save_hdf5(sys.argv[1], w)
+        else:
+            write_state(sys.argv[1], SolverStateContents(3, "x", [b for bs in w.values() for b in bs], 0))
+    except OutputError as e:
+        print("OUTPUT-ERROR", e)
+        sys.exit(3)
+    print("WRITTEN")
+"""
+
+
+@pytest.mark.parametrize("what, name", [("weights", "w.caffemodel.h5"), ("state", "s.solverstate.h5")])
+@pytest.mark.parametrize("limit", [1000, 100_000])
+def test_h5_write_under_file_size_limit_is_our_error_and_leaves_nothing(tmp_path, what, name, limit):
+    out = tmp_path / name
+    r = run_py(_FSIZE_WRITE, str(out), str(limit), what)
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)   # not a crash (SIGSEGV: -11), not a traceback
+    assert "OUTPUT-ERROR" in r.stdout and str(out) in r.stdout
+    assert leftovers(tmp_path) == []
+
+
+def test_h5_write_without_limit_round_trips(tmp_path):
+    w = {"b": [np.arange(6, dtype=np.float32).reshape(2, 3)], "a": [], "c": [np.ones(2, np.float64)]}
+    save_hdf5(tmp_path / "w.h5", w)
+    back = load_hdf5(tmp_path / "w.h5", keep_empty=True, keep_dtype=True)
+    assert list(back) == ["b", "a", "c"]   # the order written
+    assert np.array_equal(back["b"][0], w["b"][0]) and back["c"][0].dtype == np.float64
+    st = SolverStateContents(7, "w.h5", [np.ones((2, 2), np.float32)], 2)
+    write_state(tmp_path / "s.solverstate.h5", st, ["p0"], {"e": np.arange(3)})
+    got = read_state(tmp_path / "s.solverstate.h5")
+    assert got.state.iter == 7 and got.param_names == ["p0"] and np.array_equal(got.extra["e"], np.arange(3))
+    assert leftovers(tmp_path) == ["s.solverstate.h5", "w.h5"]
+
+
+def test_cli_ignores_sigxfsz(tmp_path):
+    """`ulimit -f` under a tool: the write fails with our error (exit 2), the process is not killed."""
+    src = tmp_path / "in.caffemodel.h5"
+    save_hdf5(src, {f"l{k}": [np.ones((50, 100), np.float32)] for k in range(10)})
+    out = tmp_path / "out.caffemodel.h5"
+    code = """
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))
+        from fcn_repro.convert import main
+        sys.exit(main([sys.argv[1], sys.argv[2]]))
+    """
+    r = run_py(code, str(src), str(out))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "error:" in r.stderr and str(out) in r.stderr and "Traceback" not in r.stderr
+    assert leftovers(tmp_path) == ["in.caffemodel.h5"]
+
+
+_SLOW_WRITE = """
+    import sys, time
+    import numpy as np
+    from fcn_repro.caffe import hdf5
+    got = []
+    if sys.argv[2:] == ["own-handler"]:
+        import signal
+        signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+    n = [0]
+    def progress(nbytes):          # a slow disk: each dataset takes a while
+        n[0] += 1
+        if n[0] == 2:
+            print("WRITING", flush=True)
+        time.sleep(0.05)
+    w = {f"l{k}": [np.ones(1000, np.float32)] for k in range(400)}
+    hdf5.save_hdf5(sys.argv[1], w, progress=progress)
+    print("FINISHED", got, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_h5_write_stops_the_run_and_leaves_nothing(tmp_path, sig):
+    out = tmp_path / "w.caffemodel.h5"
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_WRITE), str(out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "WRITING"
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert "FINISHED" not in stdout
+    if sig == signal.SIGINT:
+        # an uncaught KeyboardInterrupt: Python exits by SIGINT
+        assert p.returncode == -signal.SIGINT and "KeyboardInterrupt" in stderr, (p.returncode, stderr)
+    else:
+        assert p.returncode == -signal.SIGTERM, (p.returncode, stderr)
+    assert leftovers(tmp_path) == []
+
+
+def test_signal_with_a_handler_of_its_own_lets_the_write_finish(tmp_path):
+    """A run's own "stop after this" handler still gets the signal, after the file is whole."""
+    out = tmp_path / "w.caffemodel.h5"
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_WRITE), str(out), "own-handler"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "WRITING"
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and f"FINISHED [{int(signal.SIGINT)}]" in stdout, (stdout, stderr)
+    assert len(load_hdf5(out)) == 400
+
+
+def test_killed_h5_write_leaves_no_target(tmp_path):
+    out = tmp_path / "w.caffemodel.h5"
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_WRITE), str(out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "WRITING"
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert not out.exists()   # made in memory: nothing at all on disk before the write of the whole image
+
+
+# ---------------------------------------------------------------- HDF5 links
+
+def _weights_with_link(path: Path, link) -> None:
+    with h5py.File(path, "w") as f:
+        d = f.create_group("data")
+        d.create_group("conv").create_dataset("0", data=np.ones((2, 2), np.float32))
+        d["evil"] = link
+
+
+@pytest.mark.parametrize("kind", ["external", "soft", "external-fifo", "external-root"])
+def test_h5_links_are_refused_not_followed(tmp_path, kind):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_group("g").create_dataset("0", data=np.full((2, 2), 7, np.float32))
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    path = tmp_path / "w.caffemodel.h5"
+    if kind == "external":
+        _weights_with_link(path, h5py.ExternalLink(str(other), "/g"))
+    elif kind == "soft":
+        _weights_with_link(path, h5py.SoftLink("/data/conv"))
+    elif kind == "external-fifo":
+        _weights_with_link(path, h5py.ExternalLink(str(fifo), "/g"))
+    else:
+        with h5py.File(path, "w") as f:
+            f["data"] = h5py.ExternalLink(str(fifo), "/data")
+    code = """
+        import sys
+        from fcn_repro.caffe import load_weights
+        from fcn_repro.errors import HDF5WeightsError
+        try:
+            load_weights(sys.argv[1])
+        except HDF5WeightsError as e:
+            print("REFUSED", e.filename, e.h5path, e, flush=True)
+    """
+    r = run_py(code, str(path), timeout=60)   # a followed link to the FIFO would block here
+    assert r.returncode == 0, r.stderr
+    assert f"REFUSED {path}" in r.stdout
+    at = "/data" if kind == "external-root" else "/data/evil"
+    assert r.stdout.split()[2] == at
+    assert ("soft link" if kind == "soft" else "external link") in r.stdout
+
+
+def test_h5_state_with_external_link_is_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("i", data=np.array([5], np.int32))
+    path = tmp_path / "s.solverstate.h5"
+    write_state(path, SolverStateContents(3, "", [np.ones(2, np.float32)], 0))
+    with h5py.File(path, "a") as f:
+        del f["iter"]
+        f["iter"] = h5py.ExternalLink(str(other), "/i")
+    with pytest.raises(HDF5WeightsError, match="external link") as e:
+        read_state(path)
+    assert e.value.filename == str(path) and e.value.h5path == "/iter"
+
+
+# ---------------------------------------------------------------- learning rates
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-0.01", "1e39"])
+def test_solver_file_refuses_bad_base_lr(tmp_path, value):
+    from fcn_repro.solver import SolverError, read_solver
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "train.prototxt"\nbase_lr: {value}\n')
+    with pytest.raises(SolverError, match="base_lr must be a finite number > 0") as e:
+        read_solver(path)
+    assert str(path) in str(e.value)
+
+
+def test_train_cli_refuses_nan_base_lr_before_anything_is_written(tmp_path, capsys):
+    from fcn_repro.train import main
+    out = tmp_path / "run"
+    assert main(["--net", "sample", "--iters", "2", "--base-lr", "nan", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--base-lr must be a finite number > 0" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*.h5"))
+
+
+def _rate(policy, it, **kw):
+    from fcn_repro.solver import SolverParameter, learning_rate
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no RuntimeWarning from overflow either
+        return learning_rate(SolverParameter(base_lr=0.01, lr_policy=policy, **kw), it)[0]
+
+
+def test_lr_policies_edge_values_follow_float_math():
+    f = np.float32
+    # sigmoid: exp overflows to inf, 1 / (1 + inf) is 0 (Python's math.exp raises OverflowError)
+    assert _rate("sigmoid", 10, gamma=-100.0, stepsize=0) == 0.0
+    assert _rate("sigmoid", 10, gamma=100.0, stepsize=0) == float(f(0.01))
+    # poly past max_iter: a negative base to a fractional power is NaN (Python gives a complex number)
+    assert np.isnan(_rate("poly", 20, power=0.5, max_iter=10))
+    assert _rate("poly", 20, power=2.0, max_iter=10) == float(f(0.01) * (f(1) - f(20) / f(10)) ** f(2))
+    # inv: 1 + gamma * it == 0 -> 0 ** -power: inf for power > 0, 0 for power < 0
+    assert _rate("inv", 1, gamma=-1.0, power=1.0) == float("inf")
+    assert _rate("inv", 1, gamma=-1.0, power=-1.0) == 0.0
+    assert np.isnan(_rate("inv", 2, gamma=-1.0, power=0.5))
+    # step / exp: gamma ** n past float range is inf (Python's float ** int raises OverflowError)
+    assert _rate("exp", 400, gamma=10.0) == float("inf")
+    assert _rate("step", 40, gamma=1e10, stepsize=1) == float("inf")
+    assert _rate("multistep", 5, gamma=0.1, stepvalue=[1]) == float(f(0.01) * 0.1)
+
+
+def test_non_finite_lr_stops_training_at_its_iteration_before_an_update():
+    import torch
+    from fcn_repro.solver import CaffeSGD, SolverError, SolverParameter
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = CaffeSGD([p], SolverParameter(base_lr=0.1, lr_policy="inv", gamma=-1.0, power=1.0))
+    p.grad = torch.ones(3)
+    opt.step()   # iteration 0: rate 0.1
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9))
+    with pytest.raises(SolverError, match="iteration 1") as e:
+        opt.step()   # iteration 1: 0 ** -1 = inf
+    assert "inf" in str(e.value)
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9)) and opt.iter == 1
