@@ -56,6 +56,9 @@ ext_modules = [
 # fcn_repro.export (ONNX): the exporter and the runtime its --check and tests use
 # (seen working: onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0 with torch 2.13.0).
 ONNX_EXTRA = ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.20"]
+# fcn_repro.report (evaluate --report, infer's overlay legend, training's curve.png and TensorBoard
+# event files): the plots and the event writer (seen working: matplotlib 3.11.2, tensorboard 2.21.0).
+REPORT_EXTRA = ["matplotlib>=3.6", "tensorboard>=2.10"]
 
 setup(
     name="fcn_repro",
@@ -69,8 +72,10 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy", "scipy", "pillow", "h5py", "tqdm", "filelock"],
     extras_require={"onnx": ONNX_EXTRA,
+                    "report": REPORT_EXTRA,
                     "test": ["pytest", "hypothesis",
-                             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"] + ONNX_EXTRA},
+                             "atheris; platform_system == 'Linux' and platform_machine == 'x86_64'"]
+                            + ONNX_EXTRA + REPORT_EXTRA},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -2,6 +2,7 @@
 
     python -m fcn_repro.evaluate --net fcn8s [--weights W] [--data DIR] [--split seg11valid]
         [--device cpu|cuda] [--save-predictions DIR] [--json FILE] [--limit N] [--workers K]
+        [--report DIR [--gallery K]]
 
 ``--net`` is a known net (``python -m fcn_repro.zoo`` lists them; ``sample`` is
 the bundled model) or a path to a deploy prototxt. Weights default to the
@@ -14,6 +15,11 @@ With no ``--data`` and no ``--weights``, ``--net fcn8s`` (or ``--net sample``)
 runs the bundled sample: a reduced FCN-8s trained in real Caffe on synthetic
 shapes, compared pixel by pixel with Caffe's own predictions. It is not
 PASCAL VOC; the output says how to run the real reproduction.
+
+``--report DIR`` writes ``DIR/index.html``, a page that opens from disk
+(:mod:`fcn_repro.report`: the scores against the reference, the per-class IU
+chart, the confusion matrix heatmap, the worst and best K images, the run's
+facts); it needs matplotlib (``pip install 'fcn_repro[report]'``).
 
 The library side (the loop, the protocol, resolving nets/weights/data) is
 :mod:`fcn_repro.evaluation`; this module prints its report and is the CLI
@@ -30,8 +36,9 @@ import sys
 from typing import List, Optional
 
 from fcn_repro import cli, registry
-from fcn_repro.evaluation import evaluate_set
+from fcn_repro.evaluation import evaluate_set, reference_comparison
 from fcn_repro.metrics import format_scores
+from fcn_repro.report import Gallery, require, write_report
 from fcn_repro.resolve import list_names, resolve
 
 __all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
@@ -41,31 +48,21 @@ EXIT_MISSING = 2
 
 # ---------------------------------------------------------------- reporting
 
-_SCORE_NAMES = (("overall_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
-                ("fwavacc", "f.w. IU"))
-
-
 def _reference_lines(entry, head: dict, split: str, limit) -> List[str]:
     """Our four scores against the card's published ones (where published)."""
-    ref = head.get("reference")
-    if ref is None:
+    cmp = reference_comparison(head, split, limit)
+    if cmp is None:
         return []
-    dec = ref["decimals"]
-    lines = [f"reference for {entry.name} ({entry.title}) on {ref['split']}: {ref['source']}"]
-    for key, label in _SCORE_NAMES:
-        r = ref["scores"].get(key)
-        if r is None:
-            continue
-        ours, theirs = 100 * head[key], 100 * r
-        lines.append(f"  {label:<10} ours {ours:8.4f}   published {theirs:8.{dec}f}   difference {ours - theirs:+.4f}")
-    if not ref["comparable"]:
-        lines.append(f"  (not comparable: evaluated {split!r}" + (f", first {limit} images" if limit else "")
-                     + f"; the reference is on the whole of {ref['split']!r})")
+    dec = cmp["decimals"]
+    lines = [f"reference for {entry.name} ({entry.title}) on {cmp['split']}: {cmp['source']}"]
+    for row in cmp["rows"]:
+        ours, theirs = row["ours"], row["reference"]
+        lines.append(f"  {row['label']:<10} ours {ours:8.4f}   published {theirs:8.{dec}f}   "
+                     f"difference {row['difference']:+.4f}")
+    if not cmp["comparable"]:
+        lines.append(f"  (not comparable: {cmp['note']})")
     else:
-        tol = max(0.005, 0.5 * 10 ** -dec)
-        same = all(abs(100 * head[k] - 100 * ref["scores"][k]) <= tol for k, _ in _SCORE_NAMES
-                   if ref["scores"].get(k) is not None)
-        lines.append(f"  within {tol:g} points of every published score: {'MATCH' if same else 'DIFFERENT'}")
+        lines.append(f"  within {cmp['tolerance']:g} points of every published score: {cmp['verdict']}")
     return lines
 
 
@@ -75,18 +72,29 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
              split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
              json_path: Optional[str] = None, limit: Optional[int] = None, workers: int = 2,
              dataset_kind: Optional[str] = None, voc_dir: Optional[str] = None, progress: bool = True,
-             verify: bool = True, fast: bool = False, out=None) -> dict:
+             verify: bool = True, fast: bool = False, out=None, report_dir: Optional[str] = None,
+             gallery: int = 4, labelsets=None) -> dict:
     """:func:`fcn_repro.evaluation.evaluate_set`, then (rank 0) the report printed to
-    ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table)."""
+    ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table), and with
+    ``report_dir`` the HTML page (:func:`fcn_repro.report.write_report`; its gallery shows the
+    ``gallery`` worst and best images of this process's share). ``labelsets``: score blob ->
+    :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours)."""
+    if report_dir is not None:
+        require("matplotlib", "the evaluation report (--report)")
+    pics = Gallery(gallery) if report_dir is not None else None
     model = resolve(net, weights)
     report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
-                          dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast)
+                          dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
+                          observe=None if pics is None else pics.observe, labelsets=labelsets)
     if report["rank"] == 0:
         if json_path:
             cli.write_json(json_path, report)
         if json_path != "-":
             _print_report(report, model.card, out or sys.stdout)
+        if report_dir is not None:
+            page = write_report(report_dir, report, pics)
+            print(f"report: {page}", file=sys.stderr if json_path == "-" else (out or sys.stdout))
     return report
 
 
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, metavar="K", help="decoding threads (default: %(default)s)")
     ap.add_argument("--fast", action="store_true",
                     help="fast forward (fcn_repro.fast: equal to the plain forward up to float rounding)")
+    ap.add_argument("--report", metavar="DIR",
+                    help="also write DIR/index.html: scores against the reference, per-class IU chart, confusion "
+                         "matrix heatmap, worst/best images, the run's facts (needs pip install "
+                         "'fcn_repro[report]')")
+    ap.add_argument("--gallery", type=int, default=4, metavar="K",
+                    help="with --report: show the K worst and K best images by per-image IU (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -201,9 +215,15 @@ def _main(args) -> int:
     # Outputs are checked before the work, so a bad path does not cost a whole evaluation.
     cli.check_writable(args.json, "--json")
     cli.check_writable(args.save_predictions, "--save-predictions", directory=True)
+    cli.check_writable(args.report, "--report", directory=True)
+    if args.gallery < 0:
+        raise cli.UsageError(f"--gallery {args.gallery}: must be >= 0")
+    if args.report is not None:
+        require("matplotlib", "--report")
     _, _, device = cli.dist_setup(args.device)   # the entry point sets up the device and processes
     kw = dict(device=device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
-              workers=args.workers, progress=not args.no_progress, split=args.split, fast=args.fast)
+              workers=args.workers, progress=not args.no_progress, split=args.split, fast=args.fast,
+              report_dir=args.report, gallery=args.gallery)
     bundled = stand_in(args.net, args.data, args.weights, args.dataset)
     if bundled is not None:
         evaluate(net=bundled, **kw)

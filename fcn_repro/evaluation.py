@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import hub, registry
+from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
@@ -39,6 +39,7 @@ from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, 
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
+from fcn_repro.labels import LabelSet
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
 from fcn_repro.devices import process_group
@@ -47,8 +48,8 @@ from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS", "WeightsIncompleteError", "load_net", "load_checked", "build",
-           "open_dataset", "evaluate_set"]
+           "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
+           "load_net", "load_checked", "build", "open_dataset", "evaluate_set"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -117,7 +118,8 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
         indices: Optional[Sequence[int]] = None, workers: int = 2, save_predictions: Optional[str] = None,
         keep_predictions: bool = False, progress: bool = True, desc: str = "evaluate",
         input_map: Optional[Dict[str, Sequence[str]]] = None,
-        on_image: Optional[Callable[[], None]] = None) -> dict:
+        on_image: Optional[Callable[[], None]] = None,
+        observe: Optional[Callable[..., None]] = None, labelsets: Optional[Dict[str, LabelSet]] = None) -> dict:
     """Forward every image, accumulate a confusion matrix per score blob.
 
     net: a built net (``forward(**inputs) -> {blob: (1, C, H, W)}``).
@@ -126,6 +128,10 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     'seconds': float, 'ids': [...], 'predictions': {id: {blob: (H, W) uint8}}
     (when keep_predictions)}. Predictions are the argmax over channels (the
     first maximum wins, as numpy's argmax in FCN's score.py).
+    observe: called per image and head as ``observe(sample_id, blob, image, label, pred, hist)``
+    (``image`` the reader's RGB or None, ``hist`` that image's (C, C) matrix; e.g.
+    :meth:`fcn_repro.report.Gallery.observe`). labelsets: blob -> the colours of its saved
+    prediction PNGs (default: the VOC map).
     """
     dev = torch.device(device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
@@ -166,6 +172,9 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                     if not warned:
                         warned = _warn_out_of_range(label, n, sample.id, lab_name, dataset)
                     h = fast_hist_torch(lab_t, pred, n, check=False)
+                    if observe is not None:
+                        observe(sample.id, blob, sample.image, label, pred.to(torch.uint8).cpu().numpy(),
+                                h.cpu().numpy().copy())
                     if blob in hists:
                         if hists[blob].shape[0] != n:
                             raise ValueError(f"score blob {blob!r} changed from {hists[blob].shape[0]} to {n} channels")
@@ -178,7 +187,8 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                             preds_kept.setdefault(sample.id, {})[blob] = p8
                         if writer is not None:
                             d = Path(save_predictions) if len(heads) == 1 else Path(save_predictions) / blob
-                            pending.append(writer.submit(save_label_png, child(d, f"{sample.id}.png"), p8))
+                            pending.append(writer.submit(save_label_png, child(d, f"{sample.id}.png"), p8,
+                                                         (labelsets or {}).get(blob)))
                 if bar is not None:
                     bar.update(1)
                 if on_image is not None:
@@ -250,6 +260,40 @@ def head_scores(hist: np.ndarray, dataset: SegDataset) -> dict:
     sc = cm.scores(exclude=exclude)
     sc["excluded_classes"] = exclude
     return sc
+
+
+#: the four scores, in print order, with their short names
+SCORE_LABELS = (("overall_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
+                ("fwavacc", "f.w. IU"))
+
+
+def reference_comparison(head: dict, split: str, limit: Optional[int]) -> Optional[dict]:
+    """One head of :func:`evaluate_set`'s report against its card's published scores.
+
+    None without a reference; else {'source', 'split', 'decimals', 'rows': [{'key', 'label', 'ours',
+    'reference', 'difference'} in points], 'comparable', 'tolerance', 'verdict': 'MATCH' |
+    'DIFFERENT' | None (not comparable), 'note'}. MATCH: every published score within
+    max(0.005, half a unit of its last published decimal) points.
+    """
+    ref = head.get("reference")
+    if ref is None:
+        return None
+    dec = ref["decimals"]
+    rows = []
+    for key, label in SCORE_LABELS:
+        r = ref["scores"].get(key)
+        if r is not None:
+            ours, theirs = 100 * head[key], 100 * r
+            rows.append({"key": key, "label": label, "ours": ours, "reference": theirs, "difference": ours - theirs})
+    tol = max(0.005, 0.5 * 10 ** -dec)
+    out = {"source": ref["source"], "split": ref["split"], "decimals": dec, "rows": rows,
+           "comparable": bool(ref["comparable"]), "tolerance": tol, "verdict": None, "note": ""}
+    if ref["comparable"]:
+        out["verdict"] = "MATCH" if all(abs(r["difference"]) <= tol for r in rows) else "DIFFERENT"
+    else:
+        out["note"] = (f"evaluated {split!r}" + (f", first {limit} images" if limit else "")
+                       + f"; the reference is on the whole of {ref['split']!r}")
+    return out
 
 
 # ---------------------------------------------------------------- a net on a dataset
@@ -342,24 +386,35 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
         raise MissingError(str(e)) from None
 
 
-def _head_classes(model: Model, blob: str, n: int, dataset: SegDataset, label: str) -> List[str]:
-    names = None
-    if blob in model.heads:
-        names = model.heads[blob].names
-    elif dataset.heads.get(label) is not None:
-        names = dataset.heads[label]
+def _head_labels(entry, blob: str, n: Optional[int], dataset: SegDataset, label: str,
+                 given: Optional[Dict[str, LabelSet]] = None) -> LabelSet:
+    """The classes of score blob ``blob`` (n channels): ``given[blob]`` (a user's run), else the
+    registry net's, else the dataset's, else 'class i' (all in the VOC colours)."""
+    if given and blob in given and n in (None, len(given[blob])):
+        return given[blob]
+    if entry is not None and blob in entry.classes and n in (None, len(entry.class_names(blob))):
+        return labels.for_net(entry, blob)
+    names = dataset.heads.get(label)
+    if n is None:   # not known before the first forward: the colours alone (VOC's) matter here
+        return LabelSet.voc(names or ["class 0"])
     if names is None or len(names) != n:
         names = [f"class {i}" for i in range(n)]
-    return list(names)
+    return LabelSet.voc(names)
 
 
 def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
                  split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
-                 fast: bool = False) -> dict:
+                 fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
+                 observe: Optional[Callable[..., None]] = None) -> dict:
     """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
     :class:`fcn_repro.resolve.Model`) on a dataset.
+
+    ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
+    run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
+    (the reader then keeps each image's RGB for it). Each head of the report carries its class
+    ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
     Returns the report (scores per score blob, per-class IU, the card's
     reference, timing; ``rank`` says which process this is). In a process
@@ -370,6 +425,7 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     """
     model = net if isinstance(net, Model) else resolve(net, weights)
     entry = model.card
+    given = labelsets or model.heads
     kind = dataset_kind or (entry.dataset if entry is not None else
                             str((model.run.extra if model.run is not None else {}).get("dataset") or "voc"))
     split = split or registry.dataset(kind).split
@@ -381,7 +437,8 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     else:
         tops = tuple(t for t in prototxt_inputs(model.deploy) if t in ("color", "hha", "depth"))
     try:
-        dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir)
+        dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir,
+                               keep_image=observe is not None)
         dataset.check_files(limit)
     except (MissingError, DataMissingError) as e:
         problems.append(str(e))
@@ -393,8 +450,10 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
     # bundled data may come with Caffe's own predictions to compare against
     reference = registry.dataset(kind).caffe_reference if data is None else None
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res = run(netm, dataset, heads, card=entry, device=device, indices=indices, workers=workers,
-              save_predictions=save_predictions, keep_predictions=reference is not None,
+              save_predictions=save_predictions, keep_predictions=reference is not None, observe=observe,
+              labelsets={b: _head_labels(entry, b, None, dataset, lab, given) for b, lab in heads.items()},
               progress=progress and rank == 0, desc=f"{model.name} {split}")
     hists = merge(res["hists"], list(heads), world)
     images = int(sum_scalar(res["images"], world))
@@ -404,7 +463,7 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
         "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
-        "device": device, "world_size": world, "fast": fast, "seconds": seconds,
+        "device": device, "world_size": world, "fast": fast, "time": started, "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
     }
     for blob, lab in heads.items():
@@ -413,8 +472,9 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         h = hists[blob]
         sc = head_scores(h, dataset)
         exclude = sc["excluded_classes"]
-        names = _head_classes(model, blob, h.shape[0], dataset, lab)
-        head = {"label": lab, "classes": names, "hist": h, "excluded_classes": exclude,
+        ls = _head_labels(entry, blob, h.shape[0], dataset, lab, given)
+        head = {"label": lab, "classes": list(ls.names), "palette": ls.colours(), "hist": h,
+                "excluded_classes": exclude,
                 **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
         ref = entry.reference(blob, asserted=True) if entry is not None else None
         if ref is not None:

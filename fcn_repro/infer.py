@@ -2,6 +2,7 @@
 
     python -m fcn_repro.infer IMAGE|DIR|GLOB... --net fcn8s [--weights W] -o OUTDIR
         [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast] [--json FILE]
+        [--alpha A] [--background-alpha A] [--side-by-side] [--no-legend]
 
 Images are files, directories (their image files) or globs (quote them:
 ``'photos/**/*.jpg'``). Each is read with PIL and turned upright by its EXIF
@@ -9,16 +10,26 @@ orientation, and run at its own size (consecutive images of equal size in
 batches of ``--batch-size``) through :class:`fcn_repro.predict.Predictor`.
 
 For each image, OUTDIR receives ``<name>.png`` (the predicted labels as a
-palette PNG, VOC palette), ``<name>_overlay.png`` (the palette colours
-alpha-blended over the image) and, with ``--save-scores``, ``<name>.npy``
-(the (C, H, W) float32 class scores). ``<name>`` is the image's stem; when
-two images would write the same file (``a/x.jpg`` and ``b/x.jpg``) the later
-one gets ``<stem>-2`` (``-3``, ...): no output overwrites another. Nets with
-two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The per-image
-class summary (class name, fraction of pixels) is printed and written to
-``OUTDIR/summary.json`` with the output names (``--json FILE`` writes the
-same report to FILE as well; ``--json -``: to stdout, and the per-image lines
-go to stderr).
+palette PNG in the classes' colours), ``<name>_overlay.png`` and, with
+``--save-scores``, ``<name>.npy`` (the (C, H, W) float32 class scores). The
+overlay (:mod:`fcn_repro.report.overlays`) blends the class colours over
+the image at ``--alpha`` and leaves the background (classes coloured black,
+VOC's) undimmed unless ``--background-alpha`` says otherwise; below it, a
+legend of the classes present (colour, name, share of the pixels; drawn by
+matplotlib, the ``report`` extra: without it one warning and no legend;
+``--no-legend``); ``--side-by-side`` puts the image on its left. Colours
+and names are the head's :class:`~fcn_repro.labels.LabelSet` (the net's
+dataset's, or a user's own).
+
+``<name>`` is the image's stem, or ``<stem>_<ext>`` where two inputs share a
+stem (``x.jpg`` and ``x.png``); when a name is still taken (``a/x.jpg`` and
+``b/x.jpg``), or would be one of the input files (inputs inside OUTDIR), it
+becomes ``<name>-2`` (``-3``, ...): no output overwrites another or an input.
+Nets with two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The
+per-image class summary (class name, fraction of pixels) is printed and
+written to ``OUTDIR/summary.json`` with the output names (``--json FILE``
+writes the same report to FILE as well; ``--json -``: to stdout, and the
+per-image lines go to stderr).
 
 An image that cannot be read (corrupt, truncated, over the pixel cap) is
 skipped with a warning naming it; the others go on (exit status 1 if any
@@ -35,8 +46,10 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -44,11 +57,15 @@ import numpy as np
 from PIL import Image
 
 from fcn_repro import cli
-from fcn_repro.data.transforms import overlay, save_label_png
+from fcn_repro.data.transforms import save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
+from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file, protect_inputs
 from fcn_repro.predict import Predictor, Transforms, expand_images
+from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.report import available
+from fcn_repro.report.overlays import overlay_picture
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 
 __all__ = ["summarize", "infer", "main", "output_names"]
@@ -67,27 +84,52 @@ def summarize(label: np.ndarray, names: Optional[Sequence[str]] = None) -> List[
     return out
 
 
-def _class_names(known: Optional[List[str]], n: int) -> List[str]:
-    if known is not None and len(known) == n:
+def _labelset(known: Optional[LabelSet], n: Optional[int], label: np.ndarray) -> LabelSet:
+    """The head's LabelSet; for a net without one (a bare prototxt), 'class i' for its n classes."""
+    if known is not None and (n is None or len(known) == n):
         return known
-    return [f"class {i}" for i in range(n)]
+    n = n if n is not None else int(label[label != IGNORE_LABEL].max(initial=0)) + 1
+    return LabelSet.voc([f"class {i}" for i in range(n)])
 
 
 class _Names:
-    """Output file names that never collide: ``<stem>``, else ``<stem>-2``, ``-3``, ..."""
+    """Output base names that never collide and never name an input.
 
-    def __init__(self):
+    An image's base is its stem; where two inputs share a stem (``a/x.jpg``,
+    ``b/x.png``), each keeps its extension (``x_jpg``, ``x_png``); a base
+    whose files are already taken, or would be one of the input files (an
+    input inside the output directory), becomes ``<base>-2``, ``-3``, ...
+    """
+
+    def __init__(self, paths: Sequence[Path] = (), outdir: Optional[Path] = None):
         self.used: set = set()
+        stems = Counter(Path(p).stem for p in paths)
+        self.shared = {s for s, k in stems.items() if k > 1}
+        self.outdir = outdir
+        self.inputs = {_real(p) for p in paths}
+
+    def base(self, path: Path) -> str:
+        """The wanted base of ``path`` (its stem, with its extension where stems are shared)."""
+        path = Path(path)
+        ext = path.suffix.lstrip(".")
+        return f"{path.stem}_{ext}" if path.stem in self.shared and ext else path.stem
 
     def take(self, stem: str, files) -> str:
         k = 1
         while True:
             base = stem if k == 1 else f"{stem}-{k}"
             names = files(base)
-            if not (set(names) & self.used):
+            clash = set(names) & self.used
+            if not clash and self.outdir is not None:
+                clash = {n for n in names if _real(self.outdir / n) in self.inputs}
+            if not clash:
                 self.used.update(names)
                 return base
             k += 1
+
+
+def _real(p) -> str:
+    return os.path.realpath(os.fspath(p))
 
 
 def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
@@ -107,7 +149,9 @@ def _guarded(guard, items):
 
 def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = None, outdir: str = "out",
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
-          save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None) -> dict:
+          save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
+          background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
+          labelsets: Optional[Dict[str, LabelSet]] = None) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
@@ -115,6 +159,13 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     the key 'skipped' of summary.json (and of ``json_path``: the same report;
     '-': stdout). Raises MissingError when the net, its weights or a named
     image file is missing, or nothing matches.
+
+    Overlays: the head's colours (``labelsets``: score blob -> a user's
+    :class:`~fcn_repro.labels.LabelSet`; default the net's dataset's) at
+    ``alpha``, background (black) classes at ``background_alpha``; with
+    ``legend`` the classes present below it (needs matplotlib: without it,
+    one warning naming the extra and no legend); ``side_by_side``: the image
+    on the left.
     """
     out = out or sys.stdout
     device = check_device(device)
@@ -128,14 +179,20 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         raise MissingError("no image files in " + ", ".join(images))
     netm, _ = build(model, device, fast=fast, verify=verify)
     heads = list(model.heads) or None
-    class_lists = {h: list(ls.names) for h, ls in model.heads.items()}   # read once, not per image
+    given = dict(labelsets or {})
+    if heads:
+        given = {h: given.get(h) or model.heads[h] for h in heads}   # read once, not per image
+    if legend and not available("matplotlib"):
+        warnings.warn("overlays without a legend: the legend needs matplotlib (pip install 'fcn_repro[report]'; "
+                      "--no-legend says you want none)", stacklevel=2)
+        legend = False
     predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
                           keep_images=True)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
     summary: Dict[str, dict] = {}
     skipped: List[dict] = []
-    names = _Names()
+    names = _Names(paths, outdir_p)
 
     def skip(src, e):
         warnings.warn(f"skipped {src}: {e}", stacklevel=2)
@@ -145,16 +202,18 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip)):
         path, rgb = pred.source, pred.image
         blobs = list(pred.labels)
-        base = names.take(Path(path).stem, lambda b: output_names(b, blobs, save_scores))
+        base = names.take(names.base(Path(path)), lambda b: output_names(b, blobs, save_scores))
         per = {}
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}):", file=out)
         for blob, lab in pred.labels.items():
-            n = int(pred.scores[blob].shape[0]) if pred.scores else None
             suffix = "" if len(blobs) == 1 else f"_{blob}"
             lab_path = outdir_p / f"{base}{suffix}.png"
             ov_path = outdir_p / f"{base}{suffix}_overlay.png"
-            save_label_png(lab_path, lab)
-            ov = overlay(rgb, lab, alpha=alpha)
+            n = int(pred.scores[blob].shape[0]) if pred.scores else None
+            ls = _labelset(given.get(blob), n, lab)
+            save_label_png(lab_path, lab, ls)
+            ov = overlay_picture(rgb, lab, ls, alpha=alpha, background_alpha=background_alpha, legend=legend,
+                                 side_by_side=side_by_side)
             with output_file(ov_path, ov.nbytes, "wb") as f:   # PNG: at most about the raw size
                 Image.fromarray(ov).save(f, format="PNG")
             rec = {"labels": str(lab_path), "overlay": str(ov_path)}
@@ -163,9 +222,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                 with output_file(sc_path, pred.scores[blob].nbytes + 4096, "wb") as f:
                     np.save(f, pred.scores[blob])
                 rec["scores"] = str(sc_path)
-            known = class_lists.get(blob)
-            nclass = n if n is not None else (len(known) if known is not None else int(lab.max()) + 1)
-            classes = summarize(lab, _class_names(known, nclass))
+            classes = summarize(lab, ls.names)
             rec["classes"] = classes
             per[blob] = rec
             head = f"  {blob}: " if len(blobs) > 1 else "  "
@@ -192,7 +249,16 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
-    ap.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours (default: %(default)s)")
+    ap.add_argument("--alpha", type=float, default=0.5,
+                    help="overlay opacity of the class colours, 0..1 (default: %(default)s)")
+    ap.add_argument("--background-alpha", type=float, default=0.0, metavar="ALPHA",
+                    help="opacity of the background (classes coloured black): 0 leaves the photo undimmed "
+                         "(default: %(default)s)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="the overlay PNG shows the image on the left and the overlay on the right")
+    ap.add_argument("--no-legend", action="store_true",
+                    help="no legend under the overlay (the legend lists the classes present with their colours "
+                         "and shares; it needs matplotlib: pip install 'fcn_repro[report]')")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write each image's class scores, (C, H, W) float32, as <name>.npy")
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
@@ -205,8 +271,9 @@ def _main(args) -> int:
     """Exit 0; 1 when an image was skipped; user errors go to cli.run (one error line, exit 2)."""
     if args.batch_size < 1:
         raise cli.UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise cli.UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
+    for opt, v in (("--alpha", args.alpha), ("--background-alpha", args.background_alpha)):
+        if not 0.0 <= v <= 1.0:
+            raise cli.UsageError(f"{opt} {v}: must be between 0 and 1")
     device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
@@ -216,7 +283,8 @@ def _main(args) -> int:
             warnings.simplefilter("always")
             infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device,
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
-                  json_path=args.json, out=sys.stderr if args.json == "-" else None)
+                  json_path=args.json, out=sys.stderr if args.json == "-" else None,
+                  background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side)
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

@@ -115,7 +115,26 @@ def test_overlay_blends_and_keeps_ignored_pixels():
     ov = overlay(img, lab, alpha=0.5)
     assert ov[0, 1].tolist() == [114, 50, 50]  # (100 + 128) / 2, (100 + 0) / 2
     assert ov[1, 0].tolist() == [100, 100, 100]  # ignore keeps the image
-    assert ov[0, 0].tolist() == [50, 50, 50]
+    assert ov[0, 0].tolist() == [100, 100, 100]  # background (black) is not dimmed by default
+    assert overlay(img, lab, alpha=0.5, background_alpha=0.5)[0, 0].tolist() == [50, 50, 50]
+
+
+def test_overlay_and_label_png_take_a_users_palette(tmp_path):
+    from fcn_repro.labels import LabelSet
+
+    ls = LabelSet.own(["soil", "leaf"], [0, 0, 0, 40, 200, 60] + [0] * 762)
+    img = np.full((2, 2, 3), 100, np.uint8)
+    lab = np.array([[0, 1], [1, 0]], np.uint8)
+    assert colorize(lab, ls)[0, 1].tolist() == [40, 200, 60]          # the user's leaf green, not VOC dark red
+    assert overlay(img, lab, alpha=1.0, labels=ls)[1, 0].tolist() == [40, 200, 60]
+    assert overlay(img, lab, alpha=1.0, labels=ls)[0, 0].tolist() == [100, 100, 100]
+    assert colorize(lab, np.array([[1, 2, 3], [4, 5, 6]]))[0, 1].tolist() == [4, 5, 6]   # a bare (N, 3) palette
+    save_label_png(tmp_path / "u.png", lab, ls)
+    with Image.open(tmp_path / "u.png") as im:
+        assert np.array(im.getpalette()).reshape(-1, 3)[1].tolist() == [40, 200, 60]
+        assert np.array_equal(np.array(im), lab)
+    with pytest.raises(ValueError, match="palette"):
+        colorize(lab, np.zeros((3, 4)))
 
 
 def test_class_lists():

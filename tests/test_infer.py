@@ -45,12 +45,20 @@ def test_infer_sample_model_writes_labels_overlays_summary(tmp_path, capsys):
         caffe = CAFFE[f"pred/{i}"]
         ok = (lab == caffe) | (CAFFE[f"margin/{i}"] < 1e-3)
         assert ok.all()
-        ov = Image.open(out / f"{i}_overlay.png")
+        ov = np.array(Image.open(out / f"{i}_overlay.png"))
         rgb = np.array(Image.open(path).convert("RGB"))
-        assert ov.mode == "RGB" and ov.size == (rgb.shape[1], rgb.shape[0])
-        # background (class 0, black) at half opacity halves the image
+        h, w = rgb.shape[:2]
+        assert ov.shape[0] > h and ov.shape[1] >= w          # the overlay, its legend below
+        top, strip = ov[:h, :w].astype(int), ov[h:]
+        # background (class 0, black) is left as the photo; the classes at half opacity
         bg = lab == 0
-        assert np.abs(np.array(ov)[bg].astype(int) - np.rint(rgb[bg] * 0.5)).max() <= 1
+        assert np.array_equal(top[bg], rgb[bg])
+        fg = ~bg
+        pal = voc_palette().astype(int)
+        assert np.abs(top[fg] - np.rint(0.5 * rgb[fg] + 0.5 * pal[lab[fg]])).max() <= 1
+        # the legend: a swatch of each class present, in its colour (exact pixels inside the patch)
+        for c in np.unique(lab):
+            assert (strip.reshape(-1, 3) == pal[c]).all(1).sum() >= 20, c
         classes = summary["images"][path]["outputs"]["score"]["classes"]
         counts = np.bincount(lab.ravel(), minlength=5)
         assert [c["class"] for c in classes] == [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
@@ -151,7 +159,9 @@ def test_infer_applies_exif_orientation(tmp_path):
     res = inf.infer([str(p)], net="sample", outdir=str(tmp_path / "o"), out=io.StringIO())
     assert res[str(p)]["size"] == [50, 30]
     assert np.array(Image.open(tmp_path / "o" / "r.png")).shape == (50, 30)
-    assert Image.open(tmp_path / "o" / "r_overlay.png").size == (30, 50)
+    assert Image.open(tmp_path / "o" / "r_overlay.png").size[1] > 50      # upright, with the legend below
+    res = inf.infer([str(p)], net="sample", outdir=str(tmp_path / "o2"), out=io.StringIO(), legend=False)
+    assert Image.open(tmp_path / "o2" / "r_overlay.png").size == (30, 50)
 
 
 def test_infer_skips_unreadable_images_with_a_warning(tmp_path, capsys):

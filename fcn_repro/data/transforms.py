@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,13 +34,13 @@ from PIL import Image, ImageOps
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, LimitError
 from fcn_repro.registry import IGNORE_LABEL
-from fcn_repro.labels import voc_palette
+from fcn_repro.labels import LabelSet, voc_palette
 from fcn_repro.outputs import output_file
 
 __all__ = [
     "ImageReadError", "open_checked", "read_rgb", "read_image",
     "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
-    "overlay", "save_label_png",
+    "overlay", "save_label_png", "palette_of",
 ]
 
 
@@ -236,39 +236,57 @@ def log_depth(depth: np.ndarray, mean: np.ndarray, path: str | os.PathLike | Non
     return d[np.newaxis]
 
 
-_PALETTE = voc_palette()
+def palette_of(labels: Union[LabelSet, np.ndarray, None]) -> np.ndarray:
+    """The (256, 3) uint8 palette of ``labels``: a :class:`~fcn_repro.labels.LabelSet`, an (N, 3)
+    array of colours (N <= 256; the VOC map fills the rest) or None (the VOC map)."""
+    if isinstance(labels, LabelSet):
+        return labels.palette
+    if labels is None:
+        return voc_palette()
+    cols = np.asarray(labels)
+    if cols.ndim != 2 or cols.shape[1] != 3 or not 0 < cols.shape[0] <= 256:
+        raise ValueError(f"a palette is (N, 3) colours with 1 <= N <= 256, got shape {cols.shape}")
+    pal = voc_palette()
+    pal[: len(cols)] = np.clip(cols, 0, 255).astype(np.uint8)
+    return pal
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB in the VOC palette."""
-    return _PALETTE[np.asarray(label, dtype=np.uint8)]
+def colorize(label: np.ndarray, labels: Union[LabelSet, np.ndarray, None] = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB in ``labels``' colours (default: the VOC map)."""
+    return palette_of(labels)[np.asarray(label, dtype=np.uint8)]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
-            ignore: Optional[int] = IGNORE_LABEL) -> np.ndarray:
-    """Alpha-blend the palette colours of ``label`` over ``image``.
+            ignore: Optional[int] = IGNORE_LABEL, labels: Union[LabelSet, np.ndarray, None] = None,
+            background_alpha: float = 0.0) -> np.ndarray:
+    """Alpha-blend the colours of ``label`` (``labels``' palette; default VOC) over ``image``.
 
-    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Pixels labelled
-    ``ignore`` keep the image. Returns (H, W, 3) uint8.
+    image: (H, W, 3) uint8 RGB; label: (H, W) indices. Classes coloured black
+    (VOC's background) are blended at ``background_alpha`` (default 0: the
+    photo is left as it is, not dimmed), the others at ``alpha``; pixels
+    labelled ``ignore`` keep the image. Returns (H, W, 3) uint8.
     """
     image = np.asarray(image, dtype=np.uint8)
     label = np.asarray(label)
     if image.shape[:2] != label.shape:
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
-    col = colorize(label).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * col
+    pal = palette_of(labels)
+    a_of = np.where(pal.max(axis=1) == 0, np.float32(background_alpha), np.float32(alpha)).astype(np.float32)
     if ignore is not None:
-        keep = label == ignore
-        out[keep] = image[keep]
+        a_of[ignore] = 0.0
+    idx = label.astype(np.uint8)
+    a = a_of[idx][..., None]
+    out = (1.0 - a) * image.astype(np.float32) + a * pal[idx].astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write (H, W) class indices as a palette PNG (VOC palette), atomically."""
+def save_label_png(path: str | os.PathLike, label: np.ndarray,
+                   labels: Union[LabelSet, np.ndarray, None] = None) -> None:
+    """Write (H, W) class indices as a palette PNG in ``labels``' colours (default VOC), atomically."""
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 255:
         raise ValueError(f"{path}: label values must fit in a palette PNG (0..255)")
     im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)))
-    im.putpalette(_PALETTE.reshape(-1).tolist())  # 'L' -> 'P' with the VOC colours
+    im.putpalette(palette_of(labels).reshape(-1).tolist())  # 'L' -> 'P' with the colours
     with output_file(path, 0, "wb") as f:
         im.save(f, format="PNG")
