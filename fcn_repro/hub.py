@@ -7,6 +7,7 @@ progress bar, resumes a partial file (HTTP ``Range``) left by an interrupted
 run, verifies the result and only then renames it into place::
 
     python -m fcn_repro.zoo download fcn8s fcn32s [--dir DIR] [--base-url URL]
+        [--deadline SECONDS] [--min-rate KIB_PER_S] [--stall-timeout SECONDS]
     python -m fcn_repro.zoo download --all
 
     from fcn_repro import hub
@@ -16,6 +17,15 @@ Where files go and are looked for: ``$FCN_REPRO_WEIGHTS_DIR`` when set, else
 the checkout's ``weights/`` for files already there, else the cache
 ``$FCN_REPRO_HOME/weights`` (``~/.cache/fcn_repro/weights`` by default), where
 downloads go (:func:`find_weights`, :func:`download_dir`).
+
+Faults. Each source's transfer is bounded (:mod:`fcn_repro.transfer`: a
+deadline, a minimum rate, a stall timeout, never more than the published or
+announced size, redirects within http(s) and never from https to http, a
+``.part`` that is not a regular file of ours is refused); any failure of a
+source moves on to the next. One process downloads a file at a time (a lock
+beside it: the others wait, then find it there), and manifests are updated
+under their own lock (:func:`update_manifest`), so concurrent records are all
+kept.
 
 Verification. A file with published facts (a pinned size or sha1) must match
 them, or it is refused: a download is deleted, nothing is left at its final
@@ -456,10 +466,17 @@ def fetch(src: Source, directory: Optional[os.PathLike] = None, *, progress: boo
 def _fetch_locked(src: Source, dest: Path, mpath: Path, progress: bool, notify: Notify, bounds: Bounds) -> Path:
     """fetch's download, holding the file's lock: each source in turn until one gives a verified file."""
     part = dest.with_name(dest.name + ".part")
+    size, size_from = src.bytes, "published"
+    if size is None:   # no published size: the size recorded the first time, where there is one
+        try:
+            size, size_from = load_manifest(mpath).get("files", {}).get(src.file, {}).get("bytes"), "recorded"
+        except (HubError, AttributeError):
+            size = None   # an unreadable manifest is reported by the check after the transfer
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
     tried = []
     for url in src.urls:
         for again in (False, True):
-            if _from(url, src, part, dest, mpath, progress, notify, bounds, tried):
+            if _from(url, src, part, dest, mpath, progress, notify, bounds, tried, (size, size_from)):
                 return dest
             if not tried[-1][0] or again:   # it failed from the start: the next source
                 break
@@ -474,13 +491,14 @@ def _fetch_locked(src: Source, dest: Path, mpath: Path, progress: bool, notify: 
 
 
 def _from(url: str, src: Source, part: Path, dest: Path, mpath: Path, progress: bool, notify: Notify,
-          bounds: Bounds, tried: list) -> bool:
+          bounds: Bounds, tried: list, known: tuple) -> bool:
     """One try of one source: True when ``dest`` is in place and verified; else appends
-    (whether the try had resumed a part, what went wrong) to ``tried``."""
+    (whether the try had resumed a part, what went wrong) to ``tried``. ``known``: (the size
+    the file must have or None, where that is from)."""
     have = part_size(part)   # a part that is not a regular file of ours is refused here
     notify(f"{src.file}: resuming from byte {have:,} ({url})" if have else f"{src.file}: downloading {url}")
     try:
-        transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=src.bytes)
+        transfer(url, part, label=src.file, progress=progress, bounds=bounds, size=known[0], size_from=known[1])
     except SourceFailed as e:
         tried.append((False, f"{url} ({e})"))
         return False

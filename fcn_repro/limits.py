@@ -57,6 +57,13 @@ original FCN caffemodel has ~40 layers, ResNet-152 ~900). For code that means to
         ...                      # this thread/context only
     fcn_repro.limits.configure(image_pixels=200_000_000)   # the whole process
 
+Files that are not regular files say nothing true about their size
+(``fstat`` gives 0 for /dev/zero, a FIFO, ``<(cmd)``): text inputs (prototxts,
+split lists) are read through :func:`read_capped`, which reads such a file
+only up to its cap and waits at most :data:`PIPE_WAIT` seconds for each part
+of it; readers that map or seek (weights, solver states, archives) refuse
+them before opening (:func:`require_regular`).
+
 Environment variables are read when a cap is looked up (so a subprocess sees
 its own); ``configure`` wins over them and ``override`` over both.
 """
@@ -74,7 +81,7 @@ from typing import Iterator
 from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
-           "expansion_allowance", "read_capped"]
+           "expansion_allowance", "read_capped", "require_regular"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +228,21 @@ class Budget:
                                       f"{what} (reading this file so far)"),
                              self.filename, **where)
         self.used = total
+
+
+def require_regular(path: str | os.PathLike, what: str = "file", *,
+                    error: type[FcnReproError] = FcnReproError, **where) -> os.stat_result:
+    """Refuse (``error``) a ``path`` that is not a regular file (a FIFO, a device, a socket), before
+    it is opened: readers that map or seek a file (weights, archives) need one of known size, and
+    opening a FIFO would wait for a writer. A missing file raises FileNotFoundError as ``os.stat``."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise error(f"is {kind}: a {what} must be a regular file (it is mapped or seeked, not streamed)", path,
+                    **where)
+    return st
 
 
 #: seconds a reader waits for a pipe or device to give its next bytes (a FIFO nobody writes to, a

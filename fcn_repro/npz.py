@@ -58,6 +58,7 @@ def npz_members(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.
 
 def _scan(filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype, zipfile.ZipInfo]]:
     out: dict[str, tuple[tuple[int, ...], np.dtype, zipfile.ZipInfo]] = {}
+    limits.require_regular(filename, ".npz archive", error=NpzError)
     try:
         zf = zipfile.ZipFile(filename)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:

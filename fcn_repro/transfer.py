@@ -242,15 +242,20 @@ def _int_header(resp, name: str) -> Optional[int]:
 # ------------------------------------------------------------------ the transfer
 
 def transfer(url: str, part: Path, *, label: str = "", progress: bool = False, bounds: Bounds = Bounds(),
-             size: Optional[int] = None) -> None:
+             size: Optional[int] = None, size_from: str = "published") -> None:
     """Fetch ``url`` into ``part``, resuming what is there, within ``bounds``.
 
-    ``size``: the published size of the file (never more is written). Raises
+    ``size``: the size the file is known to have (never more is written);
+    ``size_from`` says where that is known from, for messages. Raises
     :class:`SourceFailed` for anything the source did wrong (the part keeps
     what arrived, for a resume) and :class:`OutputError` for a part that is
     not ours to write.
     """
-    if urlsplit(url).scheme.lower() not in _SCHEMES:
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:   # a malformed URL ('http://[::1/x')
+        raise SourceFailed(f"not a valid URL ({e})") from None
+    if scheme not in _SCHEMES:
         raise SourceFailed("not an http(s) URL (give a base URL as http://HOST/PATH or https://HOST/PATH)")
     part = Path(part)
     have = part_size(part)
@@ -261,7 +266,7 @@ def transfer(url: str, part: Path, *, label: str = "", progress: bool = False, b
         headers["Range"] = f"bytes={have}-"
     watch = _Watchdog(bounds.deadline)
     try:
-        _run(url, part, headers, have, label, progress, bounds, size, watch)
+        _run(url, part, headers, have, label, progress, bounds, size, size_from, watch)
     except (OSError, http.client.HTTPException, ValueError) as e:
         if watch.expired:
             raise SourceFailed(f"not done within the deadline of {bounds.deadline:g} s") from None
@@ -272,7 +277,7 @@ def transfer(url: str, part: Path, *, label: str = "", progress: bool = False, b
         watch.cancel()
 
 
-def _run(url, part, headers, have, label, progress, bounds, size, watch) -> None:
+def _run(url, part, headers, have, label, progress, bounds, size, size_from, watch) -> None:
     try:
         resp = _opener(watch).open(urllib.request.Request(url, headers=headers), timeout=bounds.timeout)
     except _Refused as e:
@@ -293,7 +298,7 @@ def _run(url, part, headers, have, label, progress, bounds, size, watch) -> None
             have, append = 0, False   # the server sent the whole file
         total = have + length if length is not None else None
         if size is not None and total is not None and total != size:
-            raise SourceFailed(f"refused: it announces {total:,} bytes, the published size is {size:,}")
+            raise SourceFailed(f"refused: it announces {total:,} bytes, the {size_from} size is {size:,}")
         cap = size if size is not None else total if total is not None else limits.current().read_bytes
         got = _copy(resp, part, append, have, cap, total, label, progress, bounds, watch)
     if total is not None and got < total:

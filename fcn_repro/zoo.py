@@ -15,11 +15,11 @@ module is only the command line (conventions: :mod:`fcn_repro.cli`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from fcn_repro import cli, hub
-from fcn_repro.errors import FcnReproError
 from fcn_repro.resolve import listing
 
 __all__ = ["main", "main_download"]
@@ -69,8 +69,7 @@ def _main(args) -> int:
     if args.write_manifest:
         p = hub.manifest_path(Path(args.weights_dir) if args.weights_dir else hub.weights_dir())
         cli.check_writable(p, "manifest")
-        prev = hub.load_manifest(p) if p.is_file() else None
-        print(f"wrote {hub.write_manifest(hub.build_manifest(prev), p)}")
+        print(f"wrote {hub.update_manifest(hub.build_manifest, p)}")   # under the manifest's lock
         return 0
     info = listing(args.weights_dir)
     if args.json:
@@ -107,10 +106,12 @@ def main_download(argv=None) -> int:
 def _main_download(args) -> int:
     if not args.nets and not args.all:
         raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
-    try:
-        bounds = hub.Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
-    except FcnReproError as e:
-        raise cli.UsageError(str(e).replace("download ", "--").replace("_", "-")) from None
+    for opt, v, least in (("--deadline", args.deadline, 0), ("--stall-timeout", args.stall_timeout, 0),
+                          ("--min-rate", args.min_rate, None)):
+        if not (math.isfinite(v) and (v > least if least is not None else v >= 0)):
+            raise cli.UsageError(f"{opt} {v:g}: must be a {'positive' if least is not None else 'non-negative'} "
+                                 "finite number")
+    bounds = hub.Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
     try:
         hub.download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
                  progress=not args.no_progress, bounds=bounds)

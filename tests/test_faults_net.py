@@ -262,14 +262,17 @@ def test_https_to_http_redirect_is_refused(hostile, env, good, tls, monkeypatch)
         _close(secure)
 
 
-@pytest.mark.parametrize("base", ["127.0.0.1:9/weights", "mirror.example/weights", "file:///tmp", "ftp://h/x"])
+@pytest.mark.parametrize("base", ["127.0.0.1:9/weights", "mirror.example/weights", "file:///tmp", "ftp://h/x",
+                                  "http://[::1/x", "http://a b/x", "https://", "http://" + "a" * 300])
 def test_a_base_url_that_is_not_http_is_that_source_failing(hostile, env, good, base):
     hostile.routes["/ok/" + FILE] = {"data": good}
     d = env / "w"
     p = hub.download([FILE], directory=d, base_url=[base, f"{hostile.url}/ok"], **QUIET)[0]
     assert p.read_bytes() == good
-    with pytest.raises(hub.DownloadError, match="not an http\\(s\\) URL"):
-        hub.download([FILE], directory=env / "v", base_url=base, **QUIET)
+    with pytest.raises(hub.DownloadError, match="could not download") as ei:
+        hub.download([FILE], directory=env / "v", base_url=base, bounds=Bounds(deadline=3), **QUIET)
+    if not base.startswith(("http://", "https://")):
+        assert "not an http(s) URL" in str(ei.value)
 
 
 def test_cli_bounds_options(hostile, env, good, capsys):
@@ -669,3 +672,38 @@ def test_infer_skips_a_png_declaring_gigabytes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"skipped {d / 'bad.png'}" in err
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "bad.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_binary_readers_refuse_pipes_and_devices_without_opening_them(tmp_path, kind):
+    """Weights, solver states and archives are mapped or seeked: a FIFO (whose open would wait for a
+    writer) or a device (fstat size 0, endless data) is refused by its reader's error, at once."""
+    from fcn_repro.caffe import CaffeModelError, WeightsError, weights_info
+    from fcn_repro.caffe.caffemodel import read_caffemodel, read_solverstate
+    from fcn_repro.npz import NpzError, read_npz
+
+    if kind == "fifo":
+        path = tmp_path / "w.caffemodel"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    t0 = time.monotonic()
+    for read, err in ((weights_info, WeightsError), (read_caffemodel, WeightsError),
+                      (read_solverstate, CaffeModelError), (read_npz, NpzError)):
+        with pytest.raises(err, match="must be a regular file") as ei:
+            read(path)
+        assert str(ei.value).startswith(f"{path}: is a {'pipe' if kind == 'fifo' else 'device'}")
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_recorded_size_bounds_a_later_download(hostile, env, good):
+    """No published size: the size the manifest recorded the first time is the one a later copy may have."""
+    hostile.routes["/ok/" + FILE] = {"data": good}
+    hostile.routes["/e/" + FILE] = {"hostile": "endless", "data": good}
+    hostile.routes["/big/" + FILE] = {"hostile": "stall", "length": 10 ** 12}
+    d = env / "w"
+    hub.fetch(_src([f"{hostile.url}/ok/{FILE}"]), d, **QUIET)
+    (d / FILE).unlink()
+    msg = _fails(_src([f"{hostile.url}/big/{FILE}", f"{hostile.url}/e/{FILE}"]), d, Bounds(deadline=20),
+                 "the recorded size is", within=5)
+    assert f"sent more than the {len(good):,} bytes" in msg

@@ -197,6 +197,7 @@ class _Mapped:
             self.size = len(data)
         else:
             self.filename = os.fspath(path)  # type: ignore[arg-type]
+            limits.require_regular(self.filename, "caffemodel", error=CaffeModelError)
             with open(self.filename, "rb") as f:
                 self.size = os.fstat(f.fileno()).st_size
                 if self.size == 0:

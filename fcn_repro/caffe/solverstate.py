@@ -93,6 +93,7 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
     is never held in memory twice).
     """
     path = os.fspath(path)
+    limits.require_regular(path, "solver state", error=CaffeModelError)
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise CaffeModelError("empty file", path, offset=0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fcn_repro import limits
 from fcn_repro.errors import WeightsError
 
 __all__ = ["BlobInfo", "LayerInfo", "ModelInfo", "as_array", "detect_format", "check_kind",
@@ -175,6 +176,7 @@ def detect_format(path: str | os.PathLike) -> str:
         raise WeightsError("is a directory, not a weights file", path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such weights file")
+    limits.require_regular(path, "weights file", error=WeightsError)   # a FIFO would block the open
     head = _read_head(path)
     if _has_hdf5_signature(path, head):
         return "hdf5"
