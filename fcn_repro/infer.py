@@ -1,7 +1,8 @@
 """Segment images with an FCN: ``python -m fcn_repro.infer``.
 
     python -m fcn_repro.infer IMAGE|DIR|GLOB... --net fcn8s [--weights W] -o OUTDIR
-        [--device cpu|cuda] [--save-scores] [--batch-size N] [--fast] [--json FILE]
+        [--device cpu|cuda] [--save-scores] [--scores-format .npy|.f16.npy|.npz|.f16.npz]
+        [--tile N] [--batch-size N] [--fast] [--json FILE]
         [--alpha A] [--background-alpha A] [--side-by-side] [--no-legend]
 
 Images are files, directories (their image files) or globs (quote them:
@@ -11,7 +12,9 @@ batches of ``--batch-size``) through :class:`fcn_repro.predict.Predictor`.
 
 For each image, OUTDIR receives ``<name>.png`` (the predicted labels as a
 palette PNG in the classes' colours), ``<name>_overlay.png`` and, with
-``--save-scores``, ``<name>.npy`` (the (C, H, W) float32 class scores). The
+``--save-scores``, ``<name>.npy`` (the (C, H, W) float32 class scores;
+``--scores-format`` picks float16 and/or a compressed .npz instead, the file
+ending naming the format, see :mod:`fcn_repro.scorefile`). The
 overlay (:mod:`fcn_repro.report.overlays`) blends the class colours over
 the image at ``--alpha`` and leaves the background (classes coloured black,
 VOC's) undimmed unless ``--background-alpha`` says otherwise; below it, a
@@ -30,6 +33,15 @@ per-image class summary (class name, fraction of pixels) is printed and
 written to ``OUTDIR/summary.json`` with the output names (``--json FILE``
 writes the same report to FILE as well; ``--json -``: to stdout, and the
 per-image lines go to stderr).
+
+Big images run in exact tiles (:mod:`fcn_repro.tiles`): the scores equal the
+whole-image forward's, and memory is bounded by the tile. ``--tile N``: tiles
+of at most N x N input pixels (a size too small for the net's margins is
+enlarged, and said so); ``--tile 0``: always the whole image; by default an
+image is tiled only when one forward would need more than the memory budget
+(``FCN_REPRO_MAX_FORWARD_BYTES``, 512 MiB), and the output says so. A tiled
+image shows a progress bar per tile on a terminal, and its scores are written
+to disk tile by tile, never held whole in memory.
 
 An image that cannot be read (corrupt, truncated, over the pixel cap) is
 skipped with a warning naming it; the others go on (exit status 1 if any
@@ -67,6 +79,7 @@ from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
 from fcn_repro.report.overlays import overlay_picture
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
+from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
 __all__ = ["summarize", "infer", "main", "output_names"]
 
@@ -132,12 +145,13 @@ def _real(p) -> str:
     return os.path.realpath(os.fspath(p))
 
 
-def output_names(base: str, blobs: Sequence[str], scores: bool) -> List[str]:
+def output_names(base: str, blobs: Sequence[str], scores: bool, scores_format: str = ".npy") -> List[str]:
     """The files one image writes (labels, overlay, scores) for ``base``."""
     out = []
     for b in blobs:
         suffix = "" if len(blobs) == 1 else f"_{b}"
-        out += [f"{base}{suffix}.png", f"{base}{suffix}_overlay.png"] + ([f"{base}{suffix}.npy"] if scores else [])
+        out += ([f"{base}{suffix}.png", f"{base}{suffix}_overlay.png"]
+                + ([f"{base}{suffix}{scores_format}"] if scores else []))
     return out
 
 
@@ -151,14 +165,17 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
           device: str = "cpu", alpha: float = 0.5, out=None, verify: bool = True, fast: bool = False,
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
           background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
-          labelsets: Optional[Dict[str, LabelSet]] = None) -> dict:
+          labelsets: Optional[Dict[str, LabelSet]] = None, tile: Optional[int] = None,
+          scores_format: str = ".npy") -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
     images read; unreadable ones are skipped with a warning and listed under
     the key 'skipped' of summary.json (and of ``json_path``: the same report;
     '-': stdout). Raises MissingError when the net, its weights or a named
-    image file is missing, or nothing matches.
+    image file is missing, or nothing matches. tile: see the module
+    docstring (None: automatic); scores_format: a file ending of
+    :data:`fcn_repro.scorefile.FORMATS`.
 
     Overlays: the head's colours (``labelsets``: score blob -> a user's
     :class:`~fcn_repro.labels.LabelSet`; default the net's dataset's) at
@@ -187,9 +204,12 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                       "--no-legend says you want none)", stacklevel=2)
         legend = False
     predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
-                          keep_images=True)
+                          keep_images=True, tile=tile)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
+
+    def sink(src, head, shape):   # a tiled image's scores go to disk tile by tile
+        return ScoreFile(outdir_p, shape, scores_format)
     summary: Dict[str, dict] = {}
     skipped: List[dict] = []
     names = _Names(paths, outdir_p)
@@ -199,12 +219,14 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         skipped.append({"image": str(src), "error": str(e)})
 
     protect = protect_inputs(paths)   # an output named like an input (infer photo.png -o .) is refused
-    for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip)):
+    for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip, score_sink=sink)):
         path, rgb = pred.source, pred.image
         blobs = list(pred.labels)
-        base = names.take(names.base(Path(path)), lambda b: output_names(b, blobs, save_scores))
+        base = names.take(names.base(Path(path)), lambda b: output_names(b, blobs, save_scores, scores_format))
         per = {}
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}):", file=out)
+        if pred.tiling is not None:
+            print(f"  tiled: {pred.tiling.describe()}", file=out)
         for blob, lab in pred.labels.items():
             suffix = "" if len(blobs) == 1 else f"_{blob}"
             lab_path = outdir_p / f"{base}{suffix}.png"
@@ -218,9 +240,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                 Image.fromarray(ov).save(f, format="PNG")
             rec = {"labels": str(lab_path), "overlay": str(ov_path)}
             if save_scores:
-                sc_path = outdir_p / f"{base}{suffix}.npy"
-                with output_file(sc_path, pred.scores[blob].nbytes + 4096, "wb") as f:
-                    np.save(f, pred.scores[blob])
+                sc_path = save_scores_file(pred.scores[blob], outdir_p / f"{base}{suffix}{scores_format}",
+                                           scores_format)
                 rec["scores"] = str(sc_path)
             classes = summarize(lab, ls.names)
             rec["classes"] = classes
@@ -228,6 +249,10 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             head = f"  {blob}: " if len(blobs) > 1 else "  "
             print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
+        if pred.tiling is not None:
+            my, mx = pred.tiling.margins
+            summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
+                                           "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     cli.write_json(outdir_p / "summary.json", report)
     if json_path:
@@ -261,6 +286,14 @@ def main(argv=None) -> int:
                          "and shares; it needs matplotlib: pip install 'fcn_repro[report]')")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write each image's class scores, (C, H, W) float32, as <name>.npy")
+    ap.add_argument("--scores-format", default=".npy", choices=list(FORMATS), metavar="ENDING",
+                    help="with --save-scores: the scores' file ending, which names the format: .npy (float32, "
+                         "default), .f16.npy (float16), .npz / .f16.npz (compressed)")
+    ap.add_argument("--tile", type=int, default=None, metavar="N",
+                    help="run each image in exact tiles of at most NxN input pixels (same scores as the whole "
+                         "image, memory bounded by the tile; too small for the net: enlarged, said so); 0: "
+                         "whole image; default: tiles only when one forward would exceed "
+                         "FCN_REPRO_MAX_FORWARD_BYTES (512 MiB)")
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
@@ -274,6 +307,8 @@ def _main(args) -> int:
     for opt, v in (("--alpha", args.alpha), ("--background-alpha", args.background_alpha)):
         if not 0.0 <= v <= 1.0:
             raise cli.UsageError(f"{opt} {v}: must be between 0 and 1")
+    if args.tile is not None and args.tile < 0:
+        raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
@@ -284,7 +319,8 @@ def _main(args) -> int:
             infer(args.images, net=args.net, weights=args.weights, outdir=args.outdir, device=device,
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
-                  background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side)
+                  background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
+                  tile=args.tile, scores_format=args.scores_format)
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

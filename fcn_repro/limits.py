@@ -18,6 +18,13 @@ cap                    environment variable         default
                                                     float32)
 ``image_pixels``       FCN_REPRO_MAX_IMAGE_PIXELS   2**26 (one decoded image,
                                                     67 Mpixel)
+``forward_bytes``      FCN_REPRO_MAX_FORWARD_BYTES  512 MiB (the live blobs of
+                                                    one inference forward, as
+                                                    estimated from the plan;
+                                                    over it, ``infer`` and the
+                                                    Predictor tile the image
+                                                    instead of refusing it:
+                                                    see fcn_repro.tiles)
 ``text_bytes``         FCN_REPRO_MAX_TEXT_BYTES     8 MiB (a prototxt or
                                                     other text input; FCN's
                                                     largest is ~20 KB)
@@ -90,6 +97,7 @@ class Limits:
     read_bytes: int = 8 << 30
     blob_elements: int = 1 << 31
     image_pixels: int = 1 << 26
+    forward_bytes: int = 512 << 20
     text_bytes: int = 8 << 20
     text_depth: int = 100
     records: int = 200_000
@@ -100,6 +108,7 @@ ENV = {
     "read_bytes": "FCN_REPRO_MAX_READ_BYTES",
     "blob_elements": "FCN_REPRO_MAX_BLOB_ELEMENTS",
     "image_pixels": "FCN_REPRO_MAX_IMAGE_PIXELS",
+    "forward_bytes": "FCN_REPRO_MAX_FORWARD_BYTES",
     "text_bytes": "FCN_REPRO_MAX_TEXT_BYTES",
     "text_depth": "FCN_REPRO_MAX_TEXT_DEPTH",
     "records": "FCN_REPRO_MAX_RECORDS",
@@ -186,8 +195,8 @@ def _size(n: int) -> str:
 
 def refusal(cap: str, asked: int, limit: int, what: str) -> str:
     """The message of a refusal: what needs how much, the cap, and how to raise it."""
-    amount = _size(asked) if cap in ("read_bytes", "text_bytes") else f"{asked:,}"
-    cap_txt = _size(limit) if cap in ("read_bytes", "text_bytes") else f"{limit:,}"
+    amount = _size(asked) if cap in ("read_bytes", "text_bytes", "forward_bytes") else f"{asked:,}"
+    cap_txt = _size(limit) if cap in ("read_bytes", "text_bytes", "forward_bytes") else f"{limit:,}"
     return (f"{what} needs {amount}, over the limit of {cap_txt} ({cap}; raise it with "
             f"{ENV[cap]}=N or fcn_repro.limits.override({cap}=N) if you mean it)")
 

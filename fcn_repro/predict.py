@@ -29,12 +29,18 @@ the first time only after they loaded as this net's.
 own size (FCN needs no resizing), consecutive images of equal size batched
 together (``batch_size``), and returns label maps, and if asked the scores
 or the softmax probabilities. Paths are read with PIL, turned upright by
-their EXIF orientation; arrays are taken as (H, W, 3) uint8 RGB.
+their EXIF orientation (16-bit files scaled to 8 bits); arrays are taken as
+(H, W, 3) RGB, uint8 or 0-255 floats, and greyscale, RGBA, 16-bit and
+channels-first arrays are converted, 0-1 floats refused
+(:func:`fcn_repro.data.transforms.as_rgb_array` says how). A big image runs
+in exact tiles when one forward would exceed the memory budget (``tile``,
+:mod:`fcn_repro.tiles`).
 """
 from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -44,11 +50,12 @@ import torch
 from PIL import Image
 
 from fcn_repro import registry
-from fcn_repro.data.transforms import log_depth, preprocess, read_image
+from fcn_repro.data.transforms import as_rgb_array, log_depth, preprocess, read_image
 from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import build
 from fcn_repro.resolve import Model, resolve
+from fcn_repro.tiles import Geometry, TilePlan, plan_tiles, run_tiled
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
            "IMAGE_SUFFIXES"]
@@ -118,7 +125,10 @@ class Transforms:
             if _is_path(value):
                 return log_depth(read_image(value, "depth"), mean, value)
             return log_depth(np.asarray(value), mean)
-        img = read_image(value, read) if _is_path(value) or isinstance(value, Image.Image) else np.asarray(value)
+        if _is_path(value) or isinstance(value, Image.Image):
+            img = read_image(value, read)
+        else:
+            img = as_rgb_array(value, read) if read in ("color", "data") else np.asarray(value)
         return preprocess(img, mean, bgr=(read != "hha"))
 
     def __call__(self, image: Optional[ImageLike] = None, **named: Any) -> Dict[str, np.ndarray]:
@@ -182,13 +192,16 @@ def expand_images(items: Union[ImageLike, Iterable[ImageLike]]) -> List[Any]:
 @dataclass
 class Prediction:
     """One image's result. ``labels``: {score blob: (H, W) uint8 class indices};
-    ``scores`` / ``probabilities``: {score blob: (C, H, W) float32} when asked."""
+    ``scores`` / ``probabilities``: {score blob: (C, H, W) float32} when asked
+    (with a ``score_sink``, whatever it returned, filled). ``tiling``: the
+    :class:`fcn_repro.tiles.TilePlan` when the image ran in tiles."""
 
     source: Any
     labels: Dict[str, np.ndarray]
-    scores: Optional[Dict[str, np.ndarray]] = None
+    scores: Optional[Dict[str, Any]] = None
     probabilities: Optional[Dict[str, np.ndarray]] = None
     image: Optional[np.ndarray] = field(default=None, repr=False)
+    tiling: Optional[TilePlan] = field(default=None, repr=False)
 
     @property
     def label(self) -> np.ndarray:
@@ -208,12 +221,23 @@ class Predictor:
     (default: every output). batch_size: at most this many consecutive
     images of equal size go through the net together. keep_images: keep
     the decoded colour image on each Prediction (``infer`` draws overlays).
+    tile: run each image in exact tiles of at most tile x tile input pixels
+    (:mod:`fcn_repro.tiles`: the scores equal the whole-image forward's);
+    0: always whole; None (default): whole unless one forward would need
+    more than ``tile_budget`` bytes (default ``fcn_repro.limits``'
+    ``forward_bytes``). progress: a bar per tile (default: on a terminal).
     """
 
     def __init__(self, net, transforms: Transforms, heads: Optional[Sequence[str]] = None,
-                 device: Optional[str] = None, batch_size: int = 2, keep_images: bool = False):
+                 device: Optional[str] = None, batch_size: int = 2, keep_images: bool = False,
+                 tile: Optional[int] = None, tile_budget: Optional[int] = None, progress: Optional[bool] = None):
         if batch_size < 1:
             raise FcnReproError(f"batch_size must be at least 1, got {batch_size}")
+        if tile is not None and (isinstance(tile, bool) or int(tile) < 0):
+            raise FcnReproError(f"tile must be 0 (whole image) or a size in pixels, got {tile!r}")
+        self.tile, self.tile_budget, self.progress = tile, tile_budget, progress
+        self._geometry: Any = None
+        self._plans: Dict[Tuple[int, int], Optional[TilePlan]] = {}
         self.net, self.transforms = net, transforms
         self.heads = list(heads) if heads else None
         self.device = torch.device(resolve_device(device) if device is not None else _net_device(net))
@@ -236,12 +260,16 @@ class Predictor:
         return out[0] if single else out
 
     def iter(self, images, *, scores: bool = False, probabilities: bool = False,
-             on_error: Optional[Callable[[Any, Exception], None]] = None) -> Iterator[Prediction]:
+             on_error: Optional[Callable[[Any, Exception], None]] = None,
+             score_sink: Optional[Callable[[Any, str, Tuple[int, int, int]], Any]] = None) -> Iterator[Prediction]:
         """Predictions one by one, in input order, batching consecutive equal sizes.
 
         on_error(source, error): called for an image that cannot be read (a
         missing, corrupt or over-large file), which is then skipped; without
-        it the error is raised.
+        it the error is raised. score_sink(source, head, (C, H, W)): where a
+        tiled image's scores go (e.g. a :class:`fcn_repro.scorefile.ScoreFile`),
+        filled tile by tile instead of held in memory; images run whole
+        return their scores as arrays.
         """
         batch: List[Tuple[Any, Dict[str, np.ndarray], Optional[np.ndarray]]] = []
         for src in expand_images(images):
@@ -254,11 +282,16 @@ class Predictor:
                 on_error(src, e)
                 continue
             shape = next(iter(x.values())).shape[1:]
-            if batch and (len(batch) >= self.batch_size or next(iter(batch[0][1].values())).shape[1:] != shape):
+            plan = self.tile_plan(shape)
+            if batch and (plan is not None or len(batch) >= self.batch_size
+                          or next(iter(batch[0][1].values())).shape[1:] != shape):
                 yield from self._run(batch, scores, probabilities)
                 batch = []
             colour = img if self.keep_images and isinstance(img, np.ndarray) else (
                 img.get("color") if self.keep_images and isinstance(img, dict) else None)
+            if plan is not None:
+                yield self._run_tiles(src, x, colour, plan, scores, probabilities, score_sink)
+                continue
             batch.append((src, x, colour))
         if batch:
             yield from self._run(batch, scores, probabilities)
@@ -270,8 +303,50 @@ class Predictor:
                                     "of them per image")
             return read_image(src, "color")
         if isinstance(src, dict):
-            return {k: (read_image(v, k) if _is_path(v) or isinstance(v, Image.Image) else v) for k, v in src.items()}
-        return np.asarray(src)
+            return {k: (read_image(v, k) if _is_path(v) or isinstance(v, Image.Image) else
+                        as_rgb_array(v, k) if k in ("color", "data") else v) for k, v in src.items()}
+        return as_rgb_array(src)
+
+    # -------------------------------------------------------------- tiles
+    def tile_plan(self, size: Tuple[int, int]) -> Optional[TilePlan]:
+        """The tiles an image of ``size`` (H, W) runs in, or None when it runs whole."""
+        size = (int(size[0]), int(size[1]))
+        if self.tile == 0:
+            return None
+        if size not in self._plans:
+            if self._geometry is None:
+                try:
+                    self._geometry = Geometry(self.net)
+                except FcnReproError as e:
+                    if self.tile is not None:
+                        raise
+                    self._geometry = e    # automatic: this net runs whole
+            if isinstance(self._geometry, FcnReproError):
+                return None
+            plan = plan_tiles(self.net, size, self.tile, self.tile_budget, geometry=self._geometry)
+            for note in plan.notes:
+                warnings.warn(note, stacklevel=3)
+            self._plans = {**dict(list(self._plans.items())[-7:]), size: plan if plan.tiled else None}
+        return self._plans[size]
+
+    def _run_tiles(self, src, x, img, plan: TilePlan, scores: bool, probabilities: bool, score_sink):
+        outs = self._geometry.outputs
+        heads = [h for h in (self.heads or outs) if h in outs] or list(outs)
+        sc: Dict[str, Any] = {}
+        pr: Dict[str, np.ndarray] = {}
+
+        def to_scores(h, shape):
+            sc[h] = score_sink(src, h, shape) if score_sink is not None else np.empty(shape, np.float32)
+            return sc[h]
+
+        def to_probs(h, shape):
+            pr[h] = np.empty(shape, np.float32)
+            return pr[h]
+
+        name = Path(src).name if _is_path(src) else "image"
+        labels = run_tiled(self.net, x, plan, heads, self.device, to_scores if scores else None,
+                           to_probs if probabilities else None, progress=self.progress, desc=name)
+        return Prediction(src, labels, sc if scores else None, pr if probabilities else None, img, plan)
 
     def _run(self, batch, scores: bool, probabilities: bool) -> Iterator[Prediction]:
         blobs = list(batch[0][1])
@@ -314,9 +389,12 @@ class Pretrained:
         return Predictor(self.net, self._transforms, self.meta["head_blobs"], device=device,
                          batch_size=batch_size, **kw)
 
-    def predict(self, images, *, scores: bool = False, probabilities: bool = False, batch_size: int = 2):
-        """Labels for an image (a Prediction) or for a list, directory or glob (a list)."""
-        return self.predictor(batch_size).predict(images, scores=scores, probabilities=probabilities)
+    def predict(self, images, *, scores: bool = False, probabilities: bool = False, batch_size: int = 2,
+                tile: Optional[int] = None):
+        """Labels for an image (a Prediction) or for a list, directory or glob (a list).
+
+        tile: see :class:`Predictor` (None: tiled only when the image is too big for one forward)."""
+        return self.predictor(batch_size, tile=tile).predict(images, scores=scores, probabilities=probabilities)
 
 
 def load(net: str | os.PathLike, weights: Optional[os.PathLike] = None, *, download: bool = False,

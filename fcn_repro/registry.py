@@ -315,6 +315,9 @@ DATASETS: Dict[str, DatasetCard] = {d.key: d for d in [
     DatasetCard("sample", "the bundled sample: synthetic shapes (not PASCAL)", "fcn_repro.data.voc:VOCSegmentation",
                 "val", {"data": MEAN_VOC}, {"label": "sample"}, val_split="val", val_images=24,
                 bundled="resource:sample/sample", caffe_reference="resource:sample/sample.caffe.npz"),
+    DatasetCard("folder", "your own data: images/ + labels/ (index PNGs), your classes",
+                "fcn_repro.data.folder:FolderSegmentation", "val", {"data": MEAN_VOC}, {"label": "own"},
+                val_split="val"),
 ]}
 
 #: original Python data layer name -> dataset key

@@ -49,7 +49,7 @@ from fcn_repro.outputs import output_file
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
-           "draw_curve", "Trainer", "status", "solver_with", "training_net", "summary"]
+           "draw_curve", "Trainer", "status", "solver_with", "training_net", "place_net", "summary"]
 
 
 class TrainError(FcnReproError):
@@ -261,11 +261,19 @@ class Trainer:
         prefix = os.path.basename(solver.snapshot_prefix) if solver.snapshot_prefix else self.name
         self.prefix = prefix
         self.last_snapshot_iter = -1
+        self.last_test_iter = -1
         self.t_start = time.time()
         #: where the display lines go when there is no progress bar (None: nowhere)
         self.log_file = sys.stdout if rank == 0 else None
         #: progress bar only on a terminal; a log gets Caffe's display lines instead
         self.interactive = sys.stdout.isatty() and sys.stderr.isatty()
+        #: set (to the signal's name) to stop at the end of the current iteration, then snapshot
+        #: (fcn_repro.runs.StopOnSignals); under several processes all stop at the same iteration
+        self.stop_signal: Optional[str] = None
+        #: called as hook(trainer, paths) after each snapshot is complete (run.json, pruning)
+        self.on_snapshot: list[Callable[["Trainer", dict], None]] = []
+        #: validate once more at the end when the last iteration was not a test iteration
+        self.final_test = False
 
     # -- bookkeeping
     @property
@@ -356,6 +364,7 @@ class Trainer:
             return None
         t0 = time.time()
         res = self.validator.run(self.net, progress=self.progress and self.interactive)
+        self.last_test_iter = self.iter
         rec = {"type": "test", "iter": self.iter, "scores": res, "seconds": time.time() - t0}
         self._log(rec)
         if self.progress and self.interactive:
@@ -415,18 +424,39 @@ class Trainer:
                                      "training diverged (lower base_lr?)")
                 if sp.snapshot and self.iter % sp.snapshot == 0:
                     self.snapshot()
+                if self.stopping():
+                    break
         finally:
             if bar is not None:
                 bar.close()
 
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (a signal) in any process of the run."""
+        stop = self.stop_signal is not None
+        if self.world > 1:
+            dev = self.opt.params_in_order()[0].device
+            t = torch.tensor([1.0 if stop else 0.0], device=dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            stop = bool(t.item() > 0)
+            if stop and self.stop_signal is None:
+                self.stop_signal = "another process's signal"
+        return stop
+
     def solve(self, iters: Optional[int] = None) -> None:
-        """Caffe's Solver::Solve: step to max_iter (or ``iters`` more), final snapshot and test."""
+        """Caffe's Solver::Solve: step to max_iter (or ``iters`` more), final snapshot and test.
+
+        Stopped by a signal: the snapshot of the iteration reached (Caffe's
+        SIGINT effect, "stop and snapshot"), no final test. ``final_test``:
+        validate at the end even off a test iteration.
+        """
         n = (self.solver.max_iter - self.iter) if iters is None else iters
         self.step(max(0, n))
         sp = self.solver
-        if sp.snapshot_after_train and self.last_snapshot_iter != self.iter:
+        if (sp.snapshot_after_train or self.stop_signal is not None) and self.last_snapshot_iter != self.iter:
             self.snapshot()
-        if sp.test_interval and self.iter % sp.test_interval == 0:
+        if self.stop_signal is None and self.validator is not None and (
+                (sp.test_interval and self.iter % sp.test_interval == 0)
+                or (self.final_test and self.last_test_iter != self.iter)):
             self.test()
         self.draw()
 
@@ -458,6 +488,8 @@ class Trainer:
                  "world_size": np.array([self.world], np.int64)}
         self.opt.save_state(paths["state"], learned_net=learned, extra=extra)
         self._log({"type": "snapshot", "iter": self.iter, "files": [str(p.name) for p in paths.values()]})
+        for hook in self.on_snapshot:
+            hook(self, paths)
         self.draw()
         return paths
 
@@ -543,6 +575,11 @@ def training_net(train_path: str, seed: int, *, init: Optional[str] = None, weig
                 f"left to fillers {t.missing}, bilinear {rep['interp']}")
     elif weights:
         net.load_weights(weights, strict=False)
+    return place_net(net, device, world)
+
+
+def place_net(net: Net, device: Any = "cpu", world: int = 1) -> Net:
+    """``net`` on ``device``; under several processes every process takes rank 0's parameters."""
     net.to(device)
     if world > 1:
         with torch.no_grad():

@@ -507,6 +507,11 @@ def test_infer_into_the_images_directory_never_replaces_an_image(tmp_path, monke
     Image.open(src).save(photo)
     before = photo.read_bytes()
     monkeypatch.chdir(tmp_path)
+    # infer's naming steps around its inputs (photo-2.png) ...
+    assert inf.main(["photo.png", "--net", "sample", "-o", "."]) == 0
+    assert photo.read_bytes() == before and (tmp_path / "photo-2.png").is_file()
+    # ... and were it to name one anyway, the outputs' guard refuses to write it
+    monkeypatch.setattr(inf._Names, "take", lambda self, stem, files: stem)
     assert inf.main(["photo.png", "--net", "sample", "-o", "."]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and "photo.png" in err and "is one of the inputs" in err

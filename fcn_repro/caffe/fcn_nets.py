@@ -52,14 +52,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from fcn_repro import registry
 from fcn_repro.caffe.netspec import L, NetSpec, Top, to_message
 from fcn_repro.caffe.prototxt import Message, format_text
 
 __all__ = [
-    "VGG16_WIDTHS", "VGG16_FIXTURE_WIDTHS", "ALEXNET_WIDTHS", "ALEXNET_FIXTURE_WIDTHS",
+    "VGG16_WIDTHS", "VGG16_FIXTURE_WIDTHS", "ALEXNET_WIDTHS", "ALEXNET_FIXTURE_WIDTHS", "SAMPLE_WIDTHS",
     "LEARNED", "FROZEN", "NetDef", "NETS", "FIXTURE_NETS", "vgg16_trunk",
     "alexnet_trunk", "fcn_head", "vgg_fcn", "build_net", "fixture_net", "net_text",
     "solver_message", "solver_text", "generate_files", "DATA_MODULE",
@@ -72,6 +72,8 @@ VGG16_FIXTURE_WIDTHS = (4, 6, 8, 10, 12, 16)
 #: conv1..conv5, fc6/fc7.
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 ALEXNET_FIXTURE_WIDTHS = (8, 12, 16, 16, 12, 16)
+#: the bundled sample's reduced FCN-8s (fcn_repro/resources/sample: trained in Caffe with a normalized loss)
+SAMPLE_WIDTHS = (8, 16, 24, 32, 32, 64)
 
 #: weights lr 1, decay 1; biases lr 2, decay 0 (the originals' ParamSpecs).
 LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
@@ -211,11 +213,13 @@ def vgg_fcn(n: NetSpec, data: Top, num_classes: int = 21, stride: int = 32, *,
 
 # ---------------------------------------------------------------- net bodies
 
-# body(n, inputs, widths, dropout_ratio, loss) builds the net after its inputs;
-# loss(score, label blob, loss layer name) adds a head's loss where the
-# original net has it (right after the head; nothing in deploy).
+# body(n, inputs, widths, dropout_ratio, loss, num_classes) builds the net after
+# its inputs; loss(score, label blob, loss layer name) adds a head's loss where
+# the original net has it (right after the head; nothing in deploy);
+# num_classes: None for the original class count(s), else the score outputs of
+# a single-head net (a user's own classes).
 Loss = Callable[[Top, str, str], None]
-Body = Callable[[NetSpec, dict[str, Top], Sequence[int], float, Loss], None]
+Body = Callable[[NetSpec, dict[str, Top], Sequence[int], float, Loss, Optional[int]], None]
 
 
 @dataclass(frozen=True)
@@ -257,22 +261,23 @@ class NetDef:
 
 
 def _voc_like(num_classes: int, stride: int, at_once: bool = False) -> Body:
-    def body(n, inputs, widths, dropout_ratio, loss):
-        score = vgg_fcn(n, inputs["data"], num_classes, stride, widths=widths, at_once=at_once,
+    def body(n, inputs, widths, dropout_ratio, loss, nc):
+        score = vgg_fcn(n, inputs["data"], nc or num_classes, stride, widths=widths, at_once=at_once,
                         dropout_ratio=dropout_ratio)
         loss(score, "label", "loss")
     return body
 
 
-def _alexnet_body(n, inputs, widths, dropout_ratio, loss):
+def _alexnet_body(n, inputs, widths, dropout_ratio, loss, nc):
     tops = alexnet_trunk(n, inputs["data"], widths, dropout_ratio=dropout_ratio)
     # k63 s32: AlexNet's output stride is 32 but its centre offset differs
     # from VGG's; the crop offset (18) comes out of the graph.
-    loss(fcn_head(n, tops, inputs["data"], 21, 32, final_ks=63), "label", "loss")
+    loss(fcn_head(n, tops, inputs["data"], nc or 21, 32, final_ks=63), "label", "loss")
 
 
 def _siftflow_body(stride: int) -> Body:
-    def body(n, inputs, widths, dropout_ratio, loss):
+    def body(n, inputs, widths, dropout_ratio, loss, nc):
+        _single_head("siftflow", nc)
         tops = vgg16_trunk(n, inputs["data"], widths, dropout_ratio=dropout_ratio)
         # the original: the semantic head and its loss ("loss"), then the geometric head and "loss_geo"
         loss(fcn_head(n, tops, inputs["data"], 33, stride, suffix="_sem"), "sem", "loss")
@@ -281,7 +286,7 @@ def _siftflow_body(stride: int) -> Body:
 
 
 def _nyud_single(source: str, conv1_1: str | None = None) -> Body:
-    def body(n, inputs, widths, dropout_ratio, loss):
+    def body(n, inputs, widths, dropout_ratio, loss, nc):
         if source == "color-d":
             # early fusion: 4-channel BGR-D input
             n.data = L.Concat(inputs["color"], inputs["depth"])
@@ -289,22 +294,28 @@ def _nyud_single(source: str, conv1_1: str | None = None) -> Body:
         else:
             data = inputs["data"]
         tops = vgg16_trunk(n, data, widths, dropout_ratio=dropout_ratio, conv1_1=conv1_1)
-        loss(fcn_head(n, tops, data, 40, 32), "label", "loss")
+        loss(fcn_head(n, tops, data, nc or 40, 32), "label", "loss")
     return body
 
 
-def _nyud_color_hha(n, inputs, widths, dropout_ratio, loss):
+def _nyud_color_hha(n, inputs, widths, dropout_ratio, loss, nc):
     # Late fusion: two VGG trunks (names suffixed "color" / "hha"), each
     # scored right after its trunk, the scores averaged (Eltwise SUM
     # 0.5/0.5), then upsampled once.
     color = vgg16_trunk(n, inputs["color"], widths, suffix="color", dropout_ratio=dropout_ratio)
-    n.score_frcolor = score_conv(color["fc7"], 40)
+    n.score_frcolor = score_conv(color["fc7"], nc or 40)
     hha = vgg16_trunk(n, inputs["hha"], widths, suffix="hha", dropout_ratio=dropout_ratio)
-    n.score_frhha = score_conv(hha["fc7"], 40)
+    n.score_frhha = score_conv(hha["fc7"], nc or 40)
     n.score_fused = L.Eltwise(n.score_frcolor, n.score_frhha, operation="SUM", coeff=[0.5, 0.5])
-    n.upscore = upsample(n.score_fused, 40, 64, 32)
+    n.upscore = upsample(n.score_fused, nc or 40, 64, 32)
     n.score = L.Crop(n.upscore, inputs["color"])
     loss(n.score, "label", "loss")
+
+
+def _single_head(name: str, nc: Optional[int]) -> None:
+    if nc is not None:
+        raise ValueError(f"{name}: a net with several score heads keeps its own class counts "
+                         "(own classes need a single-head net: fcn32s, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet)")
 
 
 # The unnormalized-loss recipe of the original VGG nets: SGD, base_lr 1e-10,
@@ -371,15 +382,22 @@ def _netdef(name: str) -> NetDef:
 
 def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None = None,
               input_shape: tuple[int, int] | None = None, dropout_ratio: float = 0.5,
-              data_layer: bool = True) -> Message:
+              data_layer: bool = True, num_classes: Optional[int] = None,
+              normalize: Optional[bool] = None) -> Message:
     """The NetParameter of net ``name`` for ``phase`` (deploy, train, val).
 
     ``widths``: the trunk widths (default: the real ones). ``input_shape``:
     (H, W) of the Input layers' placeholder shape (default: the dataset's
     typical image). ``data_layer=False`` feeds train/val nets from Input
     layers (data then labels, 1 channel each) instead of the Python reader.
+    ``num_classes``: the score outputs of a single-head net (a user's own
+    classes; default: the original dataset's). ``normalize``: the loss's
+    normalization (default: the original net's).
     """
     d = _netdef(name)
+    if num_classes is not None and not 1 <= int(num_classes) <= registry.IGNORE_LABEL:
+        raise ValueError(f"num_classes must be 1..{registry.IGNORE_LABEL}, got {num_classes}")
+    norm = d.normalize if normalize is None else bool(normalize)
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     widths = tuple(widths or d.full_widths)
@@ -413,9 +431,9 @@ def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None 
     def loss(score: Top, label: str, name: str) -> None:
         if phase != "deploy":
             n[name] = L.SoftmaxWithLoss(score, n[label], loss_param=dict(ignore_label=registry.IGNORE_LABEL,
-                                                                         normalize=d.normalize))
+                                                                         normalize=norm))
 
-    d.body(n, inputs, widths, dropout_ratio, loss)
+    d.body(n, inputs, widths, dropout_ratio, loss, None if num_classes is None else int(num_classes))
     return n.to_proto()
 
 
@@ -443,14 +461,15 @@ def net_text(name: str, phase: str = "deploy", **kw: Any) -> str:
     return _header(head) + format_text(build_net(name, phase, **kw))
 
 
-def solver_message(name: str) -> Message:
-    """The SolverParameter of prototxt/<name>/solver.prototxt."""
+def solver_message(name: str, overrides: dict[str, Any] | None = None) -> Message:
+    """The SolverParameter of prototxt/<name>/solver.prototxt (with ``overrides``: another run's fields)."""
     d = _netdef(name)
     fields: dict[str, Any] = dict(
         train_net="train.prototxt", test_net="val.prototxt", test_iter=d.dataset.val_images,
         test_interval=999999999, test_initialization=False, display=20, average_loss=20,
         max_iter=100000, snapshot=4000, snapshot_prefix="snapshot/train")
     fields.update(d.solver)
+    fields.update(overrides or {})
     return to_message("SolverParameter", fields, f"solver of {name}")
 
 

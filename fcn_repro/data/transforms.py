@@ -38,7 +38,7 @@ from fcn_repro.labels import LabelSet, voc_palette
 from fcn_repro.outputs import output_file
 
 __all__ = [
-    "ImageReadError", "open_checked", "read_rgb", "read_image",
+    "ImageReadError", "open_checked", "read_rgb", "read_image", "as_rgb_array", "WIDE_MODES",
     "read_label_png", "check_label_size", "preprocess", "log_depth", "voc_palette", "colorize",
     "overlay", "save_label_png", "palette_of",
 ]
@@ -97,6 +97,82 @@ def _decode(im: Image.Image, path, what: str, mode: Optional[str]) -> np.ndarray
         raise ImageReadError(_NO_MEMORY.format(what=what), path) from None
 
 
+#: PIL modes of greyscale images wider than 8 bits (16-bit PNG and TIFF, 32-bit integer)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(im: Image.Image, path, what: str) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8 RGB; 16-bit greyscale by its high byte (see :func:`as_rgb_array`)."""
+    if im.mode in WIDE_MODES:
+        a = _decode(im, path, what, None)
+        if im.mode == "I":   # 32-bit integers: taken as 16-bit values when they are
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ImageReadError(f"{what}: 32-bit pixel values from {a.min()} to {a.max()}, beyond 16 bits",
+                                     path)
+            a = a.astype(np.uint16)
+        return as_rgb_array(a, what, path)
+    if im.mode == "F":
+        raise ImageReadError(f"{what}: a floating-point image (mode 'F'); expected 8- or 16-bit pixels", path)
+    return _decode(im, path, what, "RGB")
+
+
+def _sixteen_to_eight(a: np.ndarray) -> np.ndarray:
+    """16-bit values -> 8-bit: the high byte, v // 256 (an 8-bit value v8 stored as v8 * 257 reads back as v8)."""
+    return (a.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def as_rgb_array(a: Any, what: str = "image", path: Any = None) -> np.ndarray:
+    """An image array as the nets take it: (H, W, 3) RGB, uint8 (or float in 0-255).
+
+    The FCNs were trained on 8-bit images (0-255 pixel values, mean
+    subtracted): other inputs are converted to that, or refused with a
+    :class:`ImageReadError` that says what to do:
+
+    * greyscale (H, W) or (H, W, 1): replicated to three channels; (H, W, 2)
+      (grey + alpha) likewise; RGBA (H, W, 4): the alpha is dropped;
+    * channels-first (3, H, W) (also 1 or 4 channels first, when the last
+      axis is not a channel axis): transposed, with a warning;
+    * 16-bit (uint16, as 16-bit PNGs decode): scaled to 8 bits by the high
+      byte, v // 256 (the rule PIL applies to 16-bit colour PNGs, so grey and
+      colour files read alike; an 8-bit image stored at 16 bits, v8 * 257,
+      reads back exactly); other integer types must hold 0-255 already;
+    * floats must be finite and within 0-255; floats within [0, 1] are
+      refused (the usual 0-1 scaling would give the net a nearly black
+      image): multiply by 255 first.
+    """
+    a = np.asarray(a)
+    where = f"{what} array of shape {a.shape} and dtype {a.dtype}"
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ImageReadError(f"{where}: expected pixel values (uint8 RGB)", path)
+    if a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4) and a.shape[0] in (1, 2, 3, 4):
+        warnings.warn(f"{what}: a channels-first array of shape {a.shape} taken as ({a.shape[0]}, H, W) and "
+                      f"transposed to (H, W, {a.shape[0]}); pass (H, W, C) arrays", stacklevel=2)
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
+        raise ImageReadError(f"{where}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)", path)
+    a = a[:, :, :1] if a.shape[2] <= 2 else a[:, :, :3]
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+        a = _sixteen_to_eight(a)
+    elif a.dtype != np.uint8:
+        lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise ImageReadError(f"{where}: has NaN or infinite values", path)
+            if 0 <= lo and 0 < hi <= 1:
+                raise ImageReadError(f"{where}: float values within [0, 1], but the nets take 0-255 pixel values "
+                                     "(they were trained on 8-bit images); pass (image * 255) or a uint8 array",
+                                     path)
+        if lo < 0 or hi > 255:
+            raise ImageReadError(f"{where}: values from {lo} to {hi}, outside the 0-255 of 8-bit pixels", path)
+        if np.issubdtype(a.dtype, np.integer):
+            a = a.astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
 def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     """Decode an image file with PIL; returns (H, W, 3) uint8 RGB.
 
@@ -107,7 +183,9 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     by its EXIF orientation (photos from cameras; the datasets' readers do
     not, as the original layers did not). The declared size is checked
     against the pixel cap before decoding; a corrupt or truncated file is an
-    :class:`ImageReadError` naming it.
+    :class:`ImageReadError` naming it. 16-bit greyscale files are read with
+    their real values, scaled to 8 bits by the high byte (see
+    :func:`as_rgb_array`); 16-bit colour PNGs PIL decodes by that same rule.
     """
     with open_checked(path, "image") as im:
         if exif:
@@ -117,7 +195,7 @@ def read_rgb(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
                 raise ImageReadError(f"cannot decode image: {_pil_reason(e)}", path) from None
             except MemoryError:
                 raise ImageReadError(_NO_MEMORY.format(what="image"), path) from None
-        return _decode(im, path, "image", "RGB")
+        return _to_rgb(im, path, "image")
 
 
 def read_image(src: Any, kind: str = "color") -> np.ndarray:
@@ -130,7 +208,7 @@ def read_image(src: Any, kind: str = "color") -> np.ndarray:
     if isinstance(src, Image.Image):
         im = src
         if kind in ("color", "data"):
-            im = ImageOps.exif_transpose(im)
+            return _to_rgb(ImageOps.exif_transpose(im), None, "image")
         mode = "RGB" if kind in ("color", "data", "hha") else None
         return np.asarray(im.convert(mode) if mode and im.mode != mode else im).copy()
     if kind in ("color", "data"):

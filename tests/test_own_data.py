@@ -1,0 +1,288 @@
+"""Your own data: a plain images/ + labels/ folder of 3 classes, fine-tuning the bundled sample on it.
+
+The dataset is generated here (discs and squares on noise, the sample's scale);
+the commands are the documented ones (README "Train on your own data").
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from filelock import FileLock
+from PIL import Image
+
+from fcn_repro import rundir
+from fcn_repro.caffe import fcn_nets, load_weights
+from fcn_repro.caffe.net import Net
+from fcn_repro.data import make_dataset
+from fcn_repro.data.__main__ import main as data_main
+from fcn_repro.data.check import check_dataset
+from fcn_repro.errors import FcnReproError
+from fcn_repro.data.folder import FolderSegmentation, OwnDataError, open_own, own_labels
+from fcn_repro import owntrain, registry, runs
+from fcn_repro.train import main as train_main
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = "bg,disc,square"
+
+
+def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8) -> Path:
+    """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt."""
+    rng = np.random.RandomState(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    w, h = size
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        img = rng.randint(60, 200, size=(h, w, 3)).astype(np.uint8)
+        lab = np.zeros((h, w), np.uint8)
+        for _ in range(rng.randint(1, 3)):
+            cls = rng.randint(1, 3)
+            cy, cx, r = rng.randint(12, h - 12), rng.randint(12, w - 12), rng.randint(7, 12)
+            m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) if cls == 1 else ((abs(yy - cy) <= r) & (abs(xx - cx) <= r))
+            img[m] = np.clip((230, 40, 40) if cls == 1 else (40, 40, 230), 0, 255)
+            lab[m] = cls
+        suffix = ".png" if i % 7 == 3 else ".jpg"      # any suffix PIL reads
+        Image.fromarray(img).save(root / "images" / f"im{i:03d}{suffix}")
+        Image.fromarray(lab, "L").save(root / "labels" / f"im{i:03d}.png")
+    if val:
+        ids = [f"im{i:03d}" for i in range(n)]
+        (root / "train.txt").write_text("\n".join(ids[:-val]) + "\n")
+        (root / "val.txt").write_text("\n".join(ids[-val:]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("own") / "shapes")
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """`train --net sample --data DIR --classes bg,disc,square --iters N --out RUN`, validated before and after."""
+    run = tmp_path_factory.mktemp("runs") / "shapes-run"
+    rc = train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--iters", "40",
+                     "--test-initialization", "--out", str(run), "--no-progress"])
+    assert rc == 0
+    return run
+
+
+def _records(run: Path, kind: str):
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if json.loads(ln)["type"] == kind]
+
+
+# ------------------------------------------------------------------ the data
+
+def test_folder_reader_pairs_any_suffix_and_splits(shapes, tmp_path):
+    ds = FolderSegmentation(shapes, "train", classes=["bg", "disc", "square"])
+    assert len(ds) == 16 and ds.heads == {"label": ["bg", "disc", "square"]}
+    s = ds.load(3)                                   # im003 is a .png image
+    assert ds.image_path(3).suffix == ".png" and s.inputs["data"].shape == (3, 72, 96)
+    assert set(np.unique(s.labels["label"])) <= {0, 1, 2}
+    assert len(make_dataset("folder", shapes, "val", classes=["a", "b", "c"])) == 8
+    # no lists: the stated deterministic split, every 5th sorted stem to val, disjoint and complete
+    bare = make_shapes(tmp_path / "bare", n=11, val=0)
+    tr, va = FolderSegmentation(bare, "train"), FolderSegmentation(bare, "val")
+    assert va.ids == ["im004", "im009"] and sorted(tr.ids + va.ids) == sorted(f"im{i:03d}" for i in range(11))
+    assert "every 5th" in tr.split_note
+    assert FolderSegmentation(bare, "train").ids == tr.ids     # deterministic
+
+
+def test_split_ids_stay_inside_the_folder(shapes, tmp_path):
+    bad = make_shapes(tmp_path / "bad", n=3, val=0)
+    (bad / "val.txt").write_text("../../etc/passwd\n")
+    with pytest.raises(FcnReproError, match="not a plain file name") as e:
+        FolderSegmentation(bad, "val")
+    assert str(bad / "val.txt") in str(e.value)
+    rep = check_dataset(bad, ["bg", "disc", "square"])
+    assert [p for p, _ in rep.problems] == [str(bad / "val.txt")]
+
+
+def test_classes_from_file_and_palette_from_the_labels(tmp_path):
+    root = make_shapes(tmp_path / "pal", n=3, val=0)
+    with pytest.raises(OwnDataError, match="--classes"):
+        own_labels(root)
+    (root / "classes.txt").write_text("sky\nball\nbox\n")
+    assert own_labels(root).names == ("sky", "ball", "box")
+    lab = Image.open(root / "labels" / "im000.png").convert("P")
+    lab.putpalette([10, 20, 30, 200, 0, 0, 0, 0, 200] + [0] * (253 * 3))
+    lab.save(root / "labels" / "im000.png")
+    ls = own_labels(root, ["a", "b", "c"])
+    assert ls.colours().tolist() == [[10, 20, 30], [200, 0, 0], [0, 0, 200]]
+
+
+def test_voc_layout_with_any_number_of_classes(tmp_path):
+    src = make_shapes(tmp_path / "src", n=4, val=0)
+    voc = tmp_path / "voc"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir()
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for i in range(4):
+        Image.open(next((src / "images").glob(f"im{i:03d}.*"))).convert("RGB").save(voc / "JPEGImages" / f"im{i:03d}.jpg")
+        (voc / "SegmentationClass" / f"im{i:03d}.png").write_bytes((src / "labels" / f"im{i:03d}.png").read_bytes())
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("im000\nim001\nim002\n")
+    ds = open_own(voc, "train", ["bg", "disc", "square"])
+    assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
+    assert check_dataset(voc, ["bg", "disc", "square"]).ok
+
+
+def test_checker_names_each_problem_with_its_file(tmp_path, capsys):
+    root = make_shapes(tmp_path / "broken", n=10, val=0)
+    lab = np.array(Image.open(root / "labels" / "im002.png"))
+    lab[0, 0] = 7
+    Image.fromarray(lab, "L").save(root / "labels" / "im002.png")
+    (root / "labels" / "im004.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(root / "labels" / "im005.png")   # wrong size
+    os.remove(next((root / "images").glob("im006.*")))                                       # label without image
+    Image.fromarray(np.zeros((72, 96, 3), np.uint8)).save(root / "images" / "extra.jpg")     # image without label
+    assert data_main(["check", str(root), "--classes", CLASSES]) == 1
+    out = capsys.readouterr().out
+    assert f"{root / 'labels' / 'im002.png'}: label value(s) 7 outside the 3 classes" in out
+    assert f"{root / 'labels' / 'im004.png'}: cannot read label" in out
+    assert f"{root / 'labels' / 'im005.png'}: label size 10x10 differs" in out
+    assert f"{root / 'labels' / 'im006.png'}: no image" in out
+    assert f"{root / 'images' / 'extra.jpg'}: no label" in out
+    assert "5 problem(s)" in out
+    rep = check_dataset(make_shapes(tmp_path / "good", n=4, val=0), ["bg", "disc", "square"])
+    assert rep.ok and rep.pairs == 4 and int(rep.pixels.sum()) == 4 * 72 * 96
+
+
+def test_train_names_a_bad_label_before_any_iteration(tmp_path, capsys):
+    root = make_shapes(tmp_path / "seven", n=6, val=2)
+    lab = np.array(Image.open(root / "labels" / "im001.png"))
+    lab[5, 5] = 7
+    Image.fromarray(lab, "L").save(root / "labels" / "im001.png")
+    run = tmp_path / "run"
+    assert train_main(["--net", "sample", "--data", str(root), "--classes", CLASSES, "--iters", "2",
+                       "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(root / "labels" / "im001.png") in err and "7 outside the 3 classes" in err
+    assert not (run / "log.jsonl").exists()
+
+
+# ------------------------------------------------------------------ nets for N classes
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
+def test_nets_for_n_classes_from_the_same_definitions(name):
+    d = fcn_nets.NETS[name]
+    net = Net(fcn_nets.build_net(name, "deploy", widths=d.fixture_widths, input_shape=(8, 8), num_classes=3))
+    orig = Net(fcn_nets.build_net(name, "deploy", widths=d.fixture_widths, input_shape=(8, 8)))
+    assert net.layer_names == orig.layer_names
+    for layer, ps in net.params.items():
+        for p, q in zip(ps, orig.params[layer]):
+            if layer.startswith(("score", "upscore")):
+                assert p.shape[0] == 3 and q.shape[0] == 21
+            else:
+                assert p.shape == q.shape
+
+
+def test_sample_definition_is_the_bundled_sample():
+    ours = Net(fcn_nets.build_net("fcn8s", "deploy", widths=fcn_nets.SAMPLE_WIDTHS, num_classes=5))
+    bundled = Net(str(registry.resource_path("sample", "fcn8s-shapes.prototxt")))
+    assert ours.layer_names == bundled.layer_names
+    assert {k: [tuple(p.shape) for p in v] for k, v in ours.params.items()} == \
+           {k: [tuple(p.shape) for p in v] for k, v in bundled.params.items()}
+    with pytest.raises(ValueError, match="several score heads"):
+        fcn_nets.build_net("siftflow-fcn8s", num_classes=3)
+
+
+def test_class_surgery_copies_what_fits_and_reinitialises_the_class_layers(tmp_path):
+    paths = owntrain.write_nets(tmp_path, owntrain.own_net("sample"), 3)
+    net = Net(str(paths["train"]), phase="TRAIN")
+    init = owntrain.init_weights("sample")
+    rep = owntrain.class_surgery(net, init)
+    src = load_weights(init)
+    assert rep["copied"] == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7"]
+    assert set(rep["reinitialised"]) == {"score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4",
+                                         "upscore8"}
+    assert np.array_equal(net.params["fc7"][0].detach().numpy(), src["fc7"][0])
+    for layer in ("score_fr", "score_pool4", "score_pool3"):
+        assert not net.params[layer][0].detach().numpy().any()        # zero, as the original train nets
+    up = net.params["upscore8"][0].detach().numpy()
+    assert up.shape == (3, 3, 16, 16) and up[0, 0].max() > 0 and not up[0, 1].any()   # bilinear, diagonal
+    assert net.param_specs["upscore8"][0][0] == 0                                     # frozen
+
+
+def test_learning_rate_rule():
+    vgg = owntrain.own_net("fcn8s")
+    lr, why = owntrain.own_rate(vgg, False, 1e-10, 100 * 100)
+    assert lr == pytest.approx(1e-10 * 25) and "image area" in why
+    lr, why = owntrain.own_rate(owntrain.own_net("fcn-alexnet"), True, 1e-4, 100 * 100)
+    assert lr == 1e-4 and "normalised" in why
+    # the paper's nets on the paper's data keep their solver files untouched
+    assert fcn_nets.NETS["fcn8s"].solver["base_lr"] == 1e-10
+
+
+# ------------------------------------------------------------------ training: a run directory is a model
+
+def test_fine_tunes_the_sample_to_a_much_better_mean_iu(trained):
+    tests = _records(trained, "test")
+    start, end = tests[0]["scores"]["score"]["mean_iu"], tests[-1]["scores"]["score"]["mean_iu"]
+    assert tests[0]["iter"] == 0 and tests[-1]["iter"] == 40
+    assert end > start + 0.2, (start, end)
+    setup = _records(trained, "setup")[0]["notes"]
+    assert any("base_lr" in n for n in setup) and any("re-initialised" in n for n in setup)
+    info = rundir.read_run(trained)
+    assert info.complete and info.iteration == 40 and info.net == "sample"
+    assert info.heads["score"].names == ("bg", "disc", "square")
+    assert info.weights.name == "train_iter_40.caffemodel" and info.deploy.name == "deploy.prototxt"
+    assert info.mean["data"].tolist() == pytest.approx(list(registry.MEAN_VOC))
+    w = load_weights(info.weights)
+    assert w["score_fr"][0].shape[0] == 3
+
+
+def test_second_run_on_a_live_runs_out_refuses_and_a_finished_run_is_kept(shapes, trained, tmp_path, capsys):
+    live = tmp_path / "live"
+    live.mkdir()
+    with FileLock(str(live / runs.LOCK_FILE)):
+        assert train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--iters", "1",
+                           "--out", str(live), "--no-progress"]) == 2
+    assert "live training run" in capsys.readouterr().err
+    before = (trained / "log.jsonl").read_bytes()
+    assert train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--iters", "2",
+                       "--snapshot-every", "1", "--keep-snapshots", "1", "--out", str(trained)]) == 0
+    assert (trained / "log.jsonl").read_bytes() == before               # the earlier run is untouched
+    second = trained.with_name(trained.name + "-2")
+    assert "writing this one to" in capsys.readouterr().err
+    assert sorted(p.name for p in second.glob("*.solverstate.h5")) == ["train_iter_2.solverstate.h5"]
+    assert rundir.read_run(second).weights.name == "train_iter_2.caffemodel"
+
+
+def test_sigint_snapshots_and_resume_is_bit_exact(shapes, tmp_path):
+    args = ["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--max-iter", "40", "--no-progress",
+            "--test-every", "0"]
+    whole = tmp_path / "whole"
+    assert train_main(args + ["--out", str(whole)]) == 0
+    run = tmp_path / "interrupted"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train"] + args + ["--out", str(run)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_text().count('"type": "train"') >= 3:
+            os.kill(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    state = runs.latest_state(run)
+    stopped = int(state.name.split("_iter_")[1].split(".")[0])
+    assert 3 <= stopped < 40 and "--resume" in err and "Traceback" not in err
+    info = rundir.read_run(run)
+    assert not info.complete and info.iteration == stopped
+    assert train_main(args + ["--out", str(run), "--resume", str(run)]) == 0
+    a, b = load_weights(whole / "train_iter_40.caffemodel"), load_weights(run / "train_iter_40.caffemodel")
+    assert a.keys() == b.keys()
+    for k in a:
+        for x, y in zip(a[k], b[k]):
+            assert np.array_equal(x, y), k
+    assert rundir.read_run(run).complete

@@ -1,0 +1,214 @@
+"""Tiles through the Predictor and ``infer --tile``, scores written block by block, and input sanity."""
+from __future__ import annotations
+
+import gc
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcn_repro
+from conftest import caffe_fixture
+from fcn_repro import infer, limits
+from fcn_repro.data.transforms import ImageReadError, as_rgb_array, read_image, read_rgb
+from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores
+from fcn_repro.tiles import Geometry
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fcn_repro.load("sample")
+
+
+def _img(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+# ------------------------------------------------------------------ Predictor
+
+def test_predictor_tiles_equal_whole(model):
+    img = _img(545, 23)
+    whole = model.predictor(tile=0).predict(img, scores=True, probabilities=True)
+    assert whole.tiling is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiled = model.predictor(tile=16).predict(img, scores=True, probabilities=True)
+    assert tiled.tiling is not None and tiled.tiling.count >= 2
+    assert any("too small" in str(w.message) for w in caught)       # enlarged, and said so
+    assert np.array_equal(tiled.label, whole.label)
+    assert _rel(tiled.scores["score"], whole.scores["score"]) < 5e-6
+    assert _rel(tiled.probabilities["score"], whole.probabilities["score"]) < 5e-6
+
+
+def test_predictor_automatic_tiling_over_the_budget(model, tmp_path):
+    img = _img(23, 545, 1)
+    assert model.predictor().tile_plan((23, 545)) is None                 # fits the default budget
+    need = Geometry(model.net).peak_bytes(23, 545)
+    with limits.override(forward_bytes=need // 2):
+        pred = model.predictor(batch_size=4).predict([img, img[:, :40]], scores=True)
+    assert pred[0].tiling is not None and "budget" in pred[0].tiling.notes[0]
+    assert pred[1].tiling is None                                        # a small one still runs whole
+    whole = model.predictor(tile=0).predict(img, scores=True)
+    assert np.array_equal(pred[0].label, whole.label)
+    assert _rel(pred[0].scores["score"], whole.scores["score"]) < 5e-6
+
+
+def test_predictor_scores_to_a_sink(model, tmp_path):
+    img = _img(545, 9, 2)
+    files = []
+
+    def sink(src, head, shape):
+        files.append(ScoreFile(tmp_path, shape))
+        return files[-1]
+
+    pred = next(model.predictor(tile=300).iter([img], scores=True, score_sink=sink))
+    assert pred.scores["score"] is files[0]
+    whole = model.predictor(tile=0).predict(img, scores=True)
+    assert _rel(files[0].read(), whole.scores["score"]) < 5e-6
+    out = files[0].commit(tmp_path / "x.npy")
+    assert np.load(out).shape == whole.scores["score"].shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]       # no temporary file left
+
+
+# ------------------------------------------------------------------ infer CLI
+
+def _png(tmp_path, arr, name="big.png"):
+    p = tmp_path / name
+    Image.fromarray(arr).save(p)
+    return p
+
+
+def test_infer_tile_vs_whole_with_a_prototxt_and_weights(tmp_path, capsys):
+    p = _png(tmp_path, _img(545, 17, 3))
+    proto, w = caffe_fixture("fcn8s.prototxt"), caffe_fixture("fcn8s.caffemodel")
+    args = [str(p), "--net", str(proto), "--weights", str(w), "--save-scores"]
+    assert infer.main(args + ["--tile", "256", "-o", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr()
+    assert "tiled:" in text.out and "too small" in text.err
+    assert infer.main(args + ["--tile", "0", "-o", str(tmp_path / "b")]) == 0
+    assert "tiled:" not in capsys.readouterr().out
+    a, b = np.load(tmp_path / "a" / "big.npy"), np.load(tmp_path / "b" / "big.npy")
+    assert a.dtype == np.float32 and a.shape == b.shape == (21, 545, 17)
+    assert _rel(a, b) < 5e-6 and np.array_equal(a.argmax(0), b.argmax(0))
+    assert np.array_equal(np.array(Image.open(tmp_path / "a" / "big.png")),
+                          np.array(Image.open(tmp_path / "b" / "big.png")))
+    assert not [f for f in (tmp_path / "a").iterdir() if f.name.startswith(".")]
+
+
+@pytest.mark.parametrize("ending", [e for e in FORMATS if e != ".npy"])
+def test_infer_scores_formats(tmp_path, ending):
+    p = _png(tmp_path, _img(40, 30, 4), "s.png")
+    assert infer.main([str(p), "--net", "sample", "--save-scores", "--scores-format", ending, "--tile", "0",
+                       "-o", str(tmp_path / "o")]) == 0
+    ref = fcn_repro.load("sample").predictor(tile=0).predict(p, scores=True).scores["score"]
+    got = np.load(tmp_path / "o" / f"s{ending}")
+    got = got["scores"] if ending.endswith(".npz") else got
+    assert got.dtype == (np.float16 if ".f16" in ending else np.float32)
+    assert np.allclose(got, ref, rtol=1e-3, atol=1e-2 * np.abs(ref).max())
+
+
+def test_infer_bad_tile(tmp_path, capsys):
+    p = _png(tmp_path, _img(20, 20), "s.png")
+    assert infer.main([str(p), "--net", "sample", "--tile", "-3", "-o", str(tmp_path / "o")]) == 2
+    assert "--tile -3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ score files
+
+def test_scorefile_blocks_and_cleanup(tmp_path):
+    a = np.random.default_rng(0).standard_normal((3, 50, 70)).astype(np.float32)
+    for ending in FORMATS:
+        f = ScoreFile(tmp_path, a.shape, ending)
+        f[:, 0:20, :] = a[:, 0:20]
+        f[:, 20:50, 0:33] = a[:, 20:50, 0:33]
+        f[:, 20:50, 33:70] = a[:, 20:50, 33:70]
+        out = f.commit(tmp_path / f"x{ending}")
+        got = np.load(out)
+        got = got["scores"] if ending.endswith(".npz") else got
+        assert got.dtype == FORMATS[ending][0] and np.allclose(got, a, atol=1e-3 if ".f16" in ending else 0)
+        save_scores(a, tmp_path / f"y{ending}", ending)
+        again = np.load(tmp_path / f"y{ending}")
+        assert np.array_equal(again["scores"] if ending.endswith(".npz") else again, got)
+    with pytest.raises(ValueError):
+        ScoreFile(tmp_path, a.shape)[:, 0:2, 0:2] = a[:, :3, :2]
+    dropped = ScoreFile(tmp_path, a.shape)
+    del dropped
+    gc.collect()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}{e}" for s in "xy" for e in FORMATS)
+
+
+# ------------------------------------------------------------------ input sanity
+
+def _png16(path, arr):
+    """A 16-bit PNG (grey (H, W) or RGB (H, W, 3)) written byte by byte."""
+    h, w = arr.shape[:2]
+    colour = 2 if arr.ndim == 3 else 0
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_pngs_read_with_their_values(tmp_path):
+    v8 = np.arange(0, 256, 17, dtype=np.uint16).reshape(2, 8)
+    grey = read_rgb(_png16(tmp_path / "g.png", v8 * 257))             # an 8-bit image stored at 16 bits
+    assert grey.dtype == np.uint8 and grey.shape == (2, 8, 3)
+    assert np.array_equal(grey[:, :, 0], v8) and np.array_equal(grey[:, :, 2], v8)
+    ramp = np.array([[0, 255, 256, 40000, 65535]], np.uint16)
+    assert read_rgb(_png16(tmp_path / "r.png", ramp))[0, :, 1].tolist() == [0, 0, 1, 156, 255]
+    rgb = np.stack([v8 * 257, 65535 - v8 * 257, v8 * 100], -1)
+    got = read_rgb(_png16(tmp_path / "c.png", rgb))                   # colour: PIL's high byte, the same rule
+    assert np.array_equal(got, (rgb >> 8).astype(np.uint8))
+    assert np.array_equal(read_image(Image.open(tmp_path / "g.png")), grey)
+
+
+def test_image_arrays_converted_or_refused():
+    rgb = _img(6, 5)
+    assert as_rgb_array(rgb) is not None and np.array_equal(as_rgb_array(rgb), rgb)
+    grey = rgb[:, :, 0]
+    assert np.array_equal(as_rgb_array(grey), np.repeat(grey[:, :, None], 3, 2))
+    assert np.array_equal(as_rgb_array(np.dstack([rgb, np.full((6, 5), 7, np.uint8)])), rgb)      # RGBA
+    with pytest.warns(UserWarning, match="channels-first"):
+        assert np.array_equal(as_rgb_array(rgb.transpose(2, 0, 1)), rgb)
+    assert np.array_equal(as_rgb_array(rgb.astype(np.uint16) * 257), rgb)
+    assert np.array_equal(as_rgb_array(rgb.astype(np.float32)), rgb.astype(np.float32))
+    with pytest.raises(ImageReadError, match=r"within \[0, 1\].*255"):
+        as_rgb_array(rgb / 255.0)
+    for bad in (rgb.astype(np.int32) * 2, np.full((4, 4, 3), np.nan), np.zeros((5, 6, 7)), np.zeros((2, 3, 4, 5)),
+                np.zeros((4, 4), bool)):
+        with pytest.raises(ImageReadError):
+            as_rgb_array(bad)
+
+
+def test_predictor_refuses_or_converts_arrays(model):
+    rgb = _img(30, 40, 5)
+    ref = model.predict(rgb).label
+    with pytest.warns(UserWarning, match="channels-first"):
+        assert np.array_equal(model.predict(rgb.transpose(2, 0, 1)).label, ref)
+    with pytest.raises(ImageReadError, match="255"):
+        model.predict(rgb / 255.0)
+    assert model.predict(rgb[:, :, 0]).label.shape == (30, 40)
+    assert np.array_equal(model.predict(np.dstack([rgb, rgb[:, :, :1]])).label, ref)
+
+
+def test_geometry_of_the_sample_and_fast(model):
+    fast = fcn_repro.load("sample", fast=True)
+    assert Geometry(fast.net).stride == Geometry(model.net).stride == (32, 32)
+    img = _img(545, 11, 6)
+    a = fast.predictor(tile=300).predict(img, scores=True)
+    b = model.predictor(tile=0).predict(img, scores=True)
+    assert a.tiling is not None and np.array_equal(a.label, b.label)
+    assert _rel(a.scores["score"], b.scores["score"]) < 5e-6
+    assert isinstance(torch.from_numpy(a.scores["score"]), torch.Tensor)
