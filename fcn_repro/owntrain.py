@@ -36,7 +36,6 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 
 from fcn_repro import registry
 from fcn_repro.caffe import fcn_nets
@@ -44,6 +43,7 @@ from fcn_repro.caffe.fcn_nets import SAMPLE_WIDTHS
 from fcn_repro.caffe.net import Net
 from fcn_repro.caffe.prototxt import format_text
 from fcn_repro.data.check import check_dataset
+from fcn_repro.data.transforms import open_checked
 from fcn_repro.data.folder import is_folder, open_own, own_labels, parse_classes
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file
@@ -110,7 +110,7 @@ def mean_area(dataset: Any, limit: int = AREA_SAMPLE) -> float:
     idx = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
     areas = []
     for i in idx:
-        with Image.open(dataset.image_path(int(i))) as im:
+        with open_checked(dataset.image_path(int(i)), "image") as im:
             areas.append(im.size[0] * im.size[1])
     return float(np.mean(areas))
 
@@ -245,6 +245,8 @@ class OwnRun:
     deploy: Path
     notes: List[str]
     surgery: Optional[dict]
+    #: run.json's facts about the data: dataset (its registry reader: folder or voc), data, split, val_split
+    facts: Dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any = "cpu",
@@ -316,4 +318,6 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
     if data.val is not None:
         validator = Validator(paths["deploy"], data.val, imap, {"score": "label"}, limit=args.test_iters,
                               device=device, rank=rank, world=world)
-    return OwnRun(sp, net, source, validator, data.labels, paths["deploy"], notes, report)
+    facts = {"dataset": "folder" if is_folder(args.data) else "voc", "data": os.path.abspath(args.data),
+             "split": data.train.split, "val_split": data.val.split if data.val is not None else None}
+    return OwnRun(sp, net, source, validator, data.labels, paths["deploy"], notes, report, facts)

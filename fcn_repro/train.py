@@ -238,8 +238,7 @@ def _train(args: argparse.Namespace, own: bool, name: str, out_dir: Optional[str
         sp, net, source, validator, notes = o.sp, o.net, o.source, o.validator, o.notes
         if rank == 0:
             record = runs.RunRecord(out_dir, o.deploy, {"score": o.labels}, {"data": registry.MEAN_VOC},
-                                    net=args.net, extra={"data": os.path.abspath(args.data),
-                                                         "surgery": o.surgery})
+                                    net=args.net, extra={**o.facts, "surgery": o.surgery})
     else:
         sp, net, source, validator = _paper_setup(args, name, rank, world, device, say)
         if rank == 0 and out_dir is not None:

@@ -340,3 +340,30 @@ def test_backgrounds_are_computed_once_per_size(monkeypatch):
         fast(data=x1)
         assert len(calls) > first                        # another size: its own backgrounds
         assert rel(a, net(data=x0 * 0.5)["score"]) <= REL_TOL
+
+
+@pytest.mark.parametrize("how", ["numpy", "data", "torch-inplace", "assign-data"])
+def test_weight_changes_reach_the_fast_path(how):
+    """Changes through torch are seen by themselves (version counters, data pointers);
+    changes behind torch's back (.data, NumPy views) after ``fast.refresh()``."""
+    net = _net("fcn8s")
+    fast = optimize(net)
+    x = torch.from_numpy(np.load(caffe_fixture("fcn8s.io.npz"))["s0/data"])
+    with torch.no_grad():
+        fast(data=x)   # backgrounds and weight copies derived from the old values
+        for name in ("conv1_1", "conv5_3", "fc7"):
+            p = net.params[name][0]
+            if how == "numpy":
+                p.detach().numpy()[...] *= 1.5
+            elif how == "data":
+                p.data.mul_(1.5)
+            elif how == "torch-inplace":
+                p.mul_(1.5)
+            else:
+                p.data = p.data * 1.5
+        plain = net(data=x)["score"]
+        got = fast(data=x)["score"]
+        if how in ("numpy", "data"):
+            assert rel(got, plain) > 100 * REL_TOL     # stale: the old weights' backgrounds and copies
+            got = fast.refresh()(data=x)["score"]
+        assert rel(got, plain) <= REL_TOL

@@ -284,3 +284,79 @@ def test_non_finite_lr_stops_training_at_its_iteration_before_an_update():
         opt.step()   # iteration 1: 0 ** -1 = inf
     assert "inf" in str(e.value)
     assert torch.allclose(p.detach(), torch.full((3,), 0.9)) and opt.iter == 1
+
+
+# ---------------------------------------------------------------- the plan of a huge Concat
+
+class _CountingName(str):
+    """A blob name that counts its comparisons: list searches compare, dict and set lookups hash."""
+    compared = 0
+    __hash__ = str.__hash__
+
+    def __eq__(self, other):
+        _CountingName.compared += 1
+        return str.__eq__(self, other)
+
+
+def test_plan_of_a_big_concat_is_linear_in_its_bottoms():
+    """Timing-free: the liveness pass compares names O(n) times for an n-bottom Concat
+    (the quadratic pass searched the Concat's drop list per bottom: ~n^2/2 comparisons;
+    100k bottoms took ~150 s)."""
+    from types import SimpleNamespace
+    from fcn_repro.caffe.plan import make_plan
+
+    def layer(name, bottoms, tops):
+        return SimpleNamespace(name=name, bottom_names=bottoms, top_names=tops, inplace_capable=False)
+    n = 4000
+    x = _CountingName("x")
+    names = [_CountingName(f"b{i}") for i in range(n)]
+    layers = [layer(f"p{i}", [x], [names[i]]) for i in range(n)]
+    layers += [layer("cat", names, [_CountingName("y")]), layer("out", [_CountingName("y")], [_CountingName("z")])]
+    _CountingName.compared = 0
+    plan = make_plan(layers, [x], ["z"], {})
+    assert _CountingName.compared < 10 * n, _CountingName.compared
+    assert sorted(plan[n].drop) == sorted(names)   # each bottom dropped after the Concat reads it
+    assert plan[n - 1].drop == ["x"] and plan[n + 1].drop == ["y"]
+
+
+def test_many_net_inputs_build(tmp_path):
+    from fcn_repro.caffe import Net
+    n = 3000
+    txt = ('layer { name: "in" type: "Input"' + "".join(f' top: "s{i}"' for i in range(n))
+           + ' input_param { shape { dim: 1 dim: 1 dim: 1 dim: 1 } } }\n'
+           + 'layer { name: "cat" type: "Concat"' + "".join(f' bottom: "s{i}"' for i in range(n)) + ' top: "y" }\n')
+    (tmp_path / "n.prototxt").write_text(txt)
+    net = Net(tmp_path / "n.prototxt")
+    assert net.inputs == [f"s{i}" for i in range(n)] and net.blob_shapes["y"] == (1, n, 1, 1)
+    assert len(net.plan[0].drop) == n
+
+
+# ---------------------------------------------------------------- op arguments
+
+def test_op_arguments_accept_0d_integer_tensors_everywhere():
+    import torch
+    from fcn_repro import ops
+    t = torch.tensor
+    x, w, b = torch.randn(1, 2, 3, 3), torch.randn(2, 1, 2, 2), torch.randn(2)
+    want = ops.deconv2d(x, w, b, 2, 1, 1, 2)
+    for fn in (ops.deconv2d, ops.deconv2d_ref):
+        assert torch.equal(fn(x, w, b, t(2), t(1), t(1), t(2)), want)
+        assert torch.equal(fn(x, w, b, (t(2), np.int64(2)), t([1, 1]), np.array(1), t(2)), want)
+    crop = ops.deconv2d_crop(x, w, b, t(2), t(1), t(1), t(2), offsets=t(1), out_size=(t(3), 3))
+    assert torch.equal(crop, want[:, :, 1:4, 1:4])
+    a, bb = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 6, 5)
+    for fn in (ops.crop_sum, ops.crop_sum_ref):
+        assert torch.equal(fn(a, bb, t(1), (t(0.5), 2)), a * 0.5 + bb[:, :, 1:4, 1:4] * 2)
+    for bad in (t(2.0), t(True), t([1, 2, 3]), "2"):
+        with pytest.raises(ValueError, match="fcn_repro::deconv2d: stride must be an int"):
+            ops.deconv2d(x, w, b, stride=bad)
+
+
+@pytest.mark.parametrize("coeffs", [(1.0,), [1.0, 2.0, 3.0], (), 2.0, ("a", "b"), (True, 1.0)])
+def test_crop_sum_coefficients_are_exactly_two_numbers(coeffs):
+    import torch
+    from fcn_repro import ops
+    a, bb = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 6, 5)
+    for fn in (ops.crop_sum, ops.crop_sum_ref):
+        with pytest.raises(ValueError, match=r"fcn_repro::crop_sum: coeffs must"):
+            fn(a, bb, 1, coeffs)

@@ -309,6 +309,26 @@ def test_gradcheck():
                                     (xd, wd), fast_mode=True)
 
 
+@needs_ext
+def test_gradgradcheck():
+    """Second derivatives: the backward ops have autograd formulas of their own (they were
+    once treated as constants, with only a UserWarning, and double backward was wrong)."""
+    gen = torch.Generator().manual_seed(7)
+    r = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)  # noqa: E731
+    x, w, b = r(1, 4, 3, 3), r(4, 3, 3, 2), r(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "autograd kernel was not registered" warning either
+        assert torch.autograd.gradgradcheck(lambda x_, w_, b_: ops.deconv2d(x_, w_, b_, (2, 3), (1, 0), (2, 1), 2),
+                                            (x, w, b))
+        assert torch.autograd.gradgradcheck(
+            lambda x_, w_, b_: ops.deconv2d_crop(x_, w_, b_, (2, 1), (1, 0), (1, 1), 2, (1, 1), (3, 3)), (x, w, b))
+        # a non-linear use: the Hessian of a squared deconvolution couples x and w
+        assert torch.autograd.gradgradcheck(lambda x_, w_: ops.deconv2d(x_, w_, None, 2, 0, 1, 2) ** 2, (x, w))
+        a, bb = r(1, 2, 3, 4), r(1, 2, 6, 5)
+        assert torch.autograd.gradgradcheck(lambda a_, b_: ops.crop_sum(a_, b_, (2, 1), (0.5, 2.0)) ** 2, (a, bb))
+        assert torch.autograd.gradgradcheck(lambda a_, b_: ops.crop_sum(a_, b_, (2, 1)) * b_[:, :, :3, :4], (a, bb))
+
+
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
@@ -328,6 +348,13 @@ def test_opcheck():
         (fr._deconv2d_grad_weight.default, (r(2, 6, 4, 5), x.detach(), [3, 2], [2, 3], [1, 0], [2, 1], 2, [1, 2])),
         (fr._deconv2d_grad_bias.default, (r(2, 6, 4, 5),)),
         (fr._crop_sum_backward.default, (r(2, 3, 3, 4), [6, 5], [2, 1], 0.5, 2.0)),
+        # the backward ops are differentiable too (double backward)
+        (fr._deconv2d_grad_input.default, (r(2, 6, 4, 5).requires_grad_(), w, [3, 5], [2, 3], [1, 0], [2, 1], 2,
+                                           [1, 2])),
+        (fr._deconv2d_grad_weight.default, (r(2, 6, 4, 5).requires_grad_(), x, [3, 2], [2, 3], [1, 0], [2, 1], 2,
+                                            [1, 2])),
+        (fr._deconv2d_grad_bias.default, (r(2, 6, 4, 5).requires_grad_(),)),
+        (fr._crop_sum_backward.default, (r(2, 3, 3, 4).requires_grad_(), [6, 5], [2, 1], 0.5, 2.0)),
         (fr._deconv2d_crop_path.default, (x.detach(), w.detach(), None, [2, 3], [1, 0], [2, 1], 2, [1, 2], [4, 5], 1)),
     ]
     for op, args in cases:

@@ -235,6 +235,7 @@ def test_fine_tunes_the_sample_to_a_much_better_mean_iu(trained):
     assert info.heads["score"].names == ("bg", "disc", "square")
     assert info.weights.name == "train_iter_40.caffemodel" and info.deploy.name == "deploy.prototxt"
     assert info.mean["data"].tolist() == pytest.approx(list(registry.MEAN_VOC))
+    assert (info.extra["dataset"], info.extra["split"], info.extra["val_split"]) == ("folder", "train", "val")
     w = load_weights(info.weights)
     assert w["score_fr"][0].shape[0] == 3
 
@@ -286,3 +287,50 @@ def test_sigint_snapshots_and_resume_is_bit_exact(shapes, tmp_path):
         for x, y in zip(a[k], b[k]):
             assert np.array_equal(x, y), k
     assert rundir.read_run(run).complete
+
+
+def test_staged_schedule_in_one_command(shapes, tmp_path, monkeypatch):
+    """--staged: FCN-32s, FCN-16s from it, FCN-8s from that; each stage's surgery from the one before
+    (the fixture widths stand in for VGG-16's, to keep it fast)."""
+    real = owntrain.own_net
+
+    def small(name):
+        d = real(name)
+        return owntrain.OwnNet(d.name, d.definition, fcn_nets.NETS[d.definition].fixture_widths, d.normalize,
+                               d.solver)
+    monkeypatch.setattr(owntrain, "own_net", small)
+    out = tmp_path / "staged"
+    assert train_main(["--net", "fcn8s", "--staged", "--data", str(shapes), "--classes", CLASSES, "--iters", "1",
+                       "--test-every", "0", "--out", str(out), "--no-progress"]) == 0
+    s32, s16 = rundir.read_run(out / "stage-fcn32s"), rundir.read_run(out / "stage-fcn16s")
+    final = rundir.read_run(out)
+    assert (s32.net, s16.net, final.net) == ("fcn32s", "fcn16s", "fcn8s")
+    assert all(r.complete and r.heads["score"].names == ("bg", "disc", "square") for r in (s32, s16, final))
+    assert s16.extra["surgery"]["from"] == os.fspath(s32.weights)
+    assert "score_fr" in s16.extra["surgery"]["copied"]             # same classes: the score layer carries over
+    assert "score_pool4" in s16.extra["surgery"]["left_to_fillers"]  # new in FCN-16s: zero, as the paper's
+    assert final.extra["surgery"]["from"] == os.fspath(s16.weights)
+    setup = _records(out, "setup")[0]["notes"]
+    assert any("scaled by the image area" in n for n in setup)       # the unnormalised VGG rule
+
+
+def test_two_processes_train_own_data_as_one_with_iter_size_two(shapes, tmp_path):
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    common = ["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--iters", "2", "--test-every", "0",
+              "--no-progress"]
+    assert train_main(common + ["--iter-size", "2", "--out", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "fcn_repro.train"] + common + ["--iter-size", "1", "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    one, two = rundir.read_run(tmp_path / "one"), rundir.read_run(tmp_path / "two")
+    assert two.complete and two.heads == one.heads
+    a, b = load_weights(one.weights), load_weights(two.weights)
+    for k in a:
+        for x, y in zip(a[k], b[k]):
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(x).max())), err_msg=k)
+    start = load_weights(owntrain.init_weights("sample"))
+    assert not np.array_equal(a["fc7"][0], start["fc7"][0])          # the runs did train

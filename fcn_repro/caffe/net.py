@@ -192,6 +192,7 @@ class Net(nn.Module):
         shapes: dict[str, tuple] = {}           # current shape of each blob
         unconsumed: dict[str, None] = {}        # ordered set
         used_keys: set[str] = set()
+        input_set: set[str] = set()             # self.inputs, for membership in O(1)
 
         for idx, lp in enumerate(self.netparam.getall("layer")):
             if not isinstance(lp, Message):
@@ -226,8 +227,9 @@ class Net(nn.Module):
                 top_shapes = [tuple(input_shapes[t]) if t in input_shapes else
                               (s if s is not None else (None,) * 4) for t, s in zip(tops, top_shapes)]
                 for t in tops:
-                    if t in self.inputs:
+                    if t in input_set:
                         raise NetError(f"{self.filename}: input blob {t!r} declared twice")
+                    input_set.add(t)
                     self.inputs.append(t)
             for t, s in zip(tops, top_shapes):
                 module.check_blob_size(s, f"top blob {t!r}")

@@ -312,9 +312,14 @@ def _liveness(steps: list, inputs: Sequence[str], keep_blobs: bool) -> None:
             producer[t] = s
     if keep_blobs:
         return
+    # Linear in the bottoms: membership through sets (a Concat of 100k bottoms
+    # would otherwise search its drop list once per bottom).
+    tops = [set(st.top_names) for st in steps]
+    dropped = [set(st.drop) for st in steps]
     for ref, rs in readers.items():
         last = max(rs)
-        if ref.name not in steps[last].top_names and ref.name not in steps[last].drop:
+        if ref.name not in tops[last] and ref.name not in dropped[last]:
+            dropped[last].add(ref.name)
             steps[last].drop.append(ref.name)
     for s, st in enumerate(steps):
         if not isinstance(st, LayerStep) or not st.layer.inplace_capable or len(st.bottoms) != 1:

@@ -49,7 +49,9 @@ used as they are). The fast path reads the builder's public plan
 and a non-finite input (NaN, inf) runs the plain path, so both paths give the
 same scores for it. Backgrounds do not depend on the image, so they are
 computed once per input size and parameter version and remembered (the
-last few sizes); the fast path changes no process-wide setting (thread
+last few sizes: keyed on each parameter's data pointer and version counter,
+so changes through torch are seen; after writing parameters through
+``.data`` or a NumPy view, which move no counter, call ``fast.refresh()``); the fast path changes no process-wide setting (thread
 counts) while it runs.
 
 Kernels: convolutions run through oneDNN on channels-last tensors with the

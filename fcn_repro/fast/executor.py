@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from fcn_repro.ops import clear_diagonal_cache
+
 from .kernels import ConvKernel
 from .sblob import SBlob, materialize, structured_from_tensor
 from .schedule import FastStep, conv_flops, fast_steps, schedule
@@ -27,6 +29,8 @@ class FastNet(nn.Module):
 
     ``forward(**inputs) -> {output blob: tensor}``, exactly like ``net.forward``.
     ``enabled=False`` (settable) runs the plain net. See :mod:`fcn_repro.fast`.
+    After changing parameters behind torch's back (``p.data``, NumPy views),
+    call :meth:`refresh`.
 
     Options: ``background`` (skip the input-independent padding region),
     ``conv`` ("mkldnn": oneDNN channels-last with fused ReLU; "torch":
@@ -129,11 +133,31 @@ class FastNet(nn.Module):
         with torch.no_grad():
             return self._forward(env)
 
+    def refresh(self) -> "FastNet":
+        """Forget everything derived from the parameters' values; returns ``self``.
+
+        What the fast path derives from the parameters (the backgrounds, the
+        kernels' channels-last and Winograd weights, the deconvolutions'
+        diagonal checks) is keyed on each parameter's data pointer and
+        version counter, so changes made through torch (in-place ops,
+        ``load_weights``, an optimizer step, assigning ``p.data``) are seen by
+        themselves. Changes behind torch's back leave the version counter
+        alone: writes through ``p.data`` (``p.data.mul_(2)``,
+        ``p.data[0] = 1``) or a NumPy view (``p.detach().numpy()[...] = v``).
+        After those, call ``fast.refresh()`` (the plain path needs nothing).
+        """
+        self._backgrounds.clear()
+        for kern in self._kernels.values():
+            kern.refresh(force=True)
+        clear_diagonal_cache()
+        return self
+
     def _background_cache(self, env: dict) -> dict:
         """The backgrounds computed for these input shapes, dtype, device and parameter versions.
 
         A background is what the net computes on an all-zero image: it depends
-        on nothing else, so it is computed once per key (the last few kept).
+        on nothing else, so it is computed once per key (the last few kept;
+        :meth:`refresh` forgets them).
         """
         params = tuple((p.data_ptr(), p._version, p.dtype) for p in self.net.parameters())
         key = (tuple((n, tuple(env[n].shape), env[n].dtype, str(env[n].device)) for n in self.net.inputs), params)

@@ -210,7 +210,8 @@ class ConvKernel:
 
     Holds the layer's weight/bias (the net's Parameters); ``refresh()``
     re-derives the copies when the parameters changed (their version
-    counters move: ``load_weights`` copies in place).
+    counters move: ``load_weights`` copies in place; ``refresh(force=True)``
+    for changes no counter sees).
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, dilation, groups: int,
@@ -230,9 +231,11 @@ class ConvKernel:
         return (self.weight._version, None if self.bias is None else self.bias._version,
                 self.weight.data_ptr())
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
+        """Re-derive the weight copies when the parameters moved (or always, with ``force``:
+        after a change through ``.data`` or NumPy, which no version counter sees)."""
         v = self._param_versions()
-        if v == self._versions:
+        if v == self._versions and not force:
             return
         self._versions = v
         w = self.weight.detach()

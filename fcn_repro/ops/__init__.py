@@ -1,6 +1,7 @@
 """fcn_repro.ops: Caffe-semantics deconvolution and fused crop-and-sum skip layers.
 
-Public functions (all differentiable, float32/float64, any device):
+Public functions (all twice differentiable, float32/float64, any device; integer
+arguments take ints, NumPy integers or 0-d integer tensors):
 
 - ``deconv2d(x, weight, bias=None, stride=(1,1), pad=(0,0), dilation=(1,1), groups=1)``:
   Caffe Deconvolution, weight (Cin, Cout/groups, kh, kw).

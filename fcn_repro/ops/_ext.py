@@ -1,5 +1,6 @@
 """Loads the compiled extension fcn_repro._C and registers the Python side of
-its ops: autograd formulas (torch.library.register_autograd) and fake (meta)
+its ops: autograd formulas (torch.library.register_autograd; the backward ops
+have their own, so second derivatives are right) and fake (meta)
 implementations (torch.library.register_fake), so that autograd,
 torch.library.opcheck and torch.compile work with torch.ops.fcn_repro.*.
 
@@ -197,6 +198,82 @@ def _register() -> None:
         return (ga, gb) + (None,) * (ctx.n_inputs - 2)
 
     torch.library.register_autograd(lib + "crop_sum", _crop_sum_backward, setup_context=_crop_sum_setup)
+
+    # ---- autograd of the backward ops (double backward) -----------------------------
+    # Each backward kernel is linear in its tensors, so its derivatives are the
+    # forward op and the other backward op, with the same geometry:
+    #   gx = J_x' g:  <u, gx> = <deconv(u, w), g>  ->  d/dg = deconv(u, w), d/dw = grad_weight(g, u)
+    #   gw = J_w' g:  <v, gw> = <deconv(x, v), g>  ->  d/dg = deconv(x, v), d/dx = grad_input(g, v)
+    # (deconv = deconv2d_crop on the window the forward kept: offsets, grad's H x W).
+    def _grad_input_setup(ctx, inputs, output):
+        grad, weight, in_size, stride, pad, dilation, groups, offsets = inputs
+        ctx.args = (list(stride), list(pad), list(dilation), int(groups), list(offsets))
+        ctx.out_size = [grad.shape[2], grad.shape[3]]
+        ctx.kernel = [weight.shape[2], weight.shape[3]]
+        ctx.save_for_backward(grad, weight)
+
+    def _grad_input_backward(ctx, u):
+        grad, weight = ctx.saved_tensors
+        stride, pad, dilation, groups, offsets = ctx.args
+        d_grad = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad = ops.deconv2d_crop(u, weight, None, stride, pad, dilation, groups, offsets, ctx.out_size)
+        if ctx.needs_input_grad[1]:
+            d_weight = ops._deconv2d_grad_weight(grad, u, ctx.kernel, stride, pad, dilation, groups, offsets)
+        return (d_grad, d_weight) + (None,) * 6
+
+    torch.library.register_autograd(lib + "_deconv2d_grad_input", _grad_input_backward,
+                                    setup_context=_grad_input_setup)
+
+    def _grad_weight_setup(ctx, inputs, output):
+        grad, x, kernel, stride, pad, dilation, groups, offsets = inputs
+        ctx.args = (list(stride), list(pad), list(dilation), int(groups), list(offsets))
+        ctx.out_size = [grad.shape[2], grad.shape[3]]
+        ctx.in_size = [x.shape[2], x.shape[3]]
+        ctx.save_for_backward(grad, x)
+
+    def _grad_weight_backward(ctx, v):
+        grad, x = ctx.saved_tensors
+        stride, pad, dilation, groups, offsets = ctx.args
+        d_grad = d_x = None
+        if ctx.needs_input_grad[0]:
+            d_grad = ops.deconv2d_crop(x, v, None, stride, pad, dilation, groups, offsets, ctx.out_size)
+        if ctx.needs_input_grad[1]:
+            d_x = ops._deconv2d_grad_input(grad, v, ctx.in_size, stride, pad, dilation, groups, offsets)
+        return (d_grad, d_x) + (None,) * 6
+
+    torch.library.register_autograd(lib + "_deconv2d_grad_weight", _grad_weight_backward,
+                                    setup_context=_grad_weight_setup)
+
+    def _grad_bias_setup(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    def _grad_bias_backward(ctx, v):   # gb = grad summed over N, H, W
+        return v.reshape(1, -1, 1, 1).expand(ctx.shape)
+
+    torch.library.register_autograd(lib + "_deconv2d_grad_bias", _grad_bias_backward, setup_context=_grad_bias_setup)
+
+    def _crop_sum_backward_setup(ctx, inputs, output):
+        grad, b_size, offsets, c0, c1 = inputs
+        ctx.offsets, ctx.c0, ctx.c1 = list(offsets), float(c0), float(c1)
+        ctx.shape = grad.shape
+
+    def _crop_sum_backward_backward(ctx, ua, ub):
+        # (ga, gb) = (c0 grad, c1 grad placed in b's window): d/dgrad = c0 ua + c1 crop(ub), i.e. crop_sum
+        oy, ox = ctx.offsets
+        h, w = ctx.shape[2], ctx.shape[3]
+        if ua is not None and ub is not None:
+            d = ops.crop_sum(ua, ub, ctx.offsets, ctx.c0, ctx.c1)
+        elif ub is not None:
+            d = ub[:, :, oy:oy + h, ox:ox + w] * ctx.c1
+        elif ua is not None:
+            d = ua * ctx.c0
+        else:
+            d = None
+        return d, None, None, None, None
+
+    torch.library.register_autograd(lib + "_crop_sum_backward", _crop_sum_backward_backward,
+                                    setup_context=_crop_sum_backward_setup)
 
 
 if AVAILABLE:

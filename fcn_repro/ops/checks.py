@@ -31,9 +31,17 @@ def check(cond, op: str, msg) -> None:
     torch._check_value(cond, lambda: f"fcn_repro::{op}: {msg() if callable(msg) else msg}")
 
 
+def _scalar(v) -> bool:
+    """Whether ``v`` is one value: not a sequence, or a 0-d tensor / NumPy array."""
+    if isinstance(v, (str, bytes)):
+        return True
+    return not hasattr(v, "__len__") or getattr(v, "ndim", None) == 0
+
+
 def as_int(v, name: str, op: str = "ops") -> int:
-    """An integer argument (int or NumPy integer; not bool, float or str) within int64."""
-    if isinstance(v, bool):
+    """An integer argument (int, NumPy integer, 0-d integer tensor or array; not bool, float
+    or str) within int64."""
+    if isinstance(v, bool) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
         raise ValueError(f"fcn_repro::{op}: {name} must be an int, got {v!r}")
     try:
         i = operator.index(v)
@@ -46,14 +54,40 @@ def as_int(v, name: str, op: str = "ops") -> int:
 
 
 def pair(v: IntPair, name: str, op: str = "ops") -> Tuple[int, int]:
-    """(v, v) for an int, (v[0], v[0]) or (v[0], v[1]) for a sequence of one or two ints."""
-    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+    """(v, v) for an int, (v[0], v[0]) or (v[0], v[1]) for a sequence of one or two ints.
+
+    The one normaliser of the ops' integer arguments: every int the public ops
+    take (stride, pad, dilation, groups, offsets, out_size) goes through it or
+    :func:`as_int`, so each accepts the same things (ints, NumPy integers,
+    0-d integer tensors, and sequences or 1-d tensors of them)."""
+    if _scalar(v):
         i = as_int(v, name, op)
         return i, i
     vals = [as_int(x, name, op) for x in v]
     if len(vals) not in (1, 2):
         raise ValueError(f"fcn_repro::{op}: {name} must be an int or a pair of ints (h, w), got {v!r}")
     return vals[0], vals[-1]
+
+
+def coeff_pair(coeffs, op: str = "crop_sum") -> Tuple[float, float]:
+    """The two Eltwise SUM coefficients (a's, the crop's): (1, 1) for None, else exactly two numbers."""
+    if coeffs is None:
+        return 1.0, 1.0
+    if _scalar(coeffs):
+        raise ValueError(f"fcn_repro::{op}: coeffs must be a pair of numbers (one per bottom), got {coeffs!r}")
+    vals = list(coeffs)
+    if len(vals) != 2:
+        raise ValueError(f"fcn_repro::{op}: coeffs must have exactly 2 values (one per bottom, as Caffe's "
+                         f"Eltwise), got {len(vals)}: {coeffs!r}")
+    out = []
+    for c in vals:
+        if isinstance(c, (str, bytes, bool)) or str(getattr(c, "dtype", "")) in ("bool", "torch.bool"):
+            raise ValueError(f"fcn_repro::{op}: coeffs must be numbers, got {coeffs!r}")
+        try:
+            out.append(float(c))
+        except (TypeError, ValueError, RuntimeError):   # RuntimeError: a tensor of more than one value
+            raise ValueError(f"fcn_repro::{op}: coeffs must be numbers, got {coeffs!r}") from None
+    return out[0], out[1]
 
 
 def check_int(v, lo: int, what: str, op: str) -> None:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _ext
-from .checks import IntPair, pair
+from .checks import IntPair, coeff_pair, pair
 from .reference import crop_sum_ref
 
 
@@ -24,6 +24,6 @@ def crop_sum(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
     optional per-bottom coefficients (default 1, 1).
     """
     if _ext.use_extension("crop_sum", a):
-        c0, c1 = (1.0, 1.0) if coeffs is None else (float(coeffs[0]), float(coeffs[1]))
+        c0, c1 = coeff_pair(coeffs)
         return torch.ops.fcn_repro.crop_sum(a, b, pair(offsets, "offsets", "crop_sum"), c0, c1)
     return crop_sum_ref(a, b, offsets, coeffs)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fcn_repro.caffe.shapes import deconv_out
-from .checks import IntPair, as_int, check_bias, check_tensors, crop_geometry, deconv_geometry, pair
+from .checks import IntPair, as_int, check_bias, check_tensors, coeff_pair, crop_geometry, deconv_geometry, pair
 
 __all__ = ["IntPair", "pair", "deconv_out_size", "deconv2d_ref", "crop_sum_ref", "deconv2d_crop_ref"]
 
@@ -49,10 +49,10 @@ def crop_sum_ref(a: torch.Tensor, b: torch.Tensor, offsets: IntPair,
     oy, ox = pair(offsets, "offsets", "crop_sum")
     check_tensors("crop_sum", ((a, "first bottom (a)"), (b, "second bottom (b)")), kernel_dtypes=False)
     crop_geometry("crop_sum", tuple(a.shape), tuple(b.shape), (oy, ox))
+    c0, c1 = coeff_pair(coeffs)
     crop = b[:, :, oy:oy + a.shape[2], ox:ox + a.shape[3]]
     if coeffs is None:
         return a + crop
-    c0, c1 = float(coeffs[0]), float(coeffs[1])
     return a * c0 + crop * c1
 
 
