@@ -426,8 +426,11 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     model = net if isinstance(net, Model) else resolve(net, weights)
     entry = model.card
     given = labelsets or model.heads
-    kind = dataset_kind or (entry.dataset if entry is not None else
-                            str((model.run.extra if model.run is not None else {}).get("dataset") or "voc"))
+    facts = model.run.extra if model.run is not None else {}   # a run's data: reader, directory, splits
+    kind = dataset_kind or (entry.dataset if entry is not None else str(facts.get("dataset") or "voc"))
+    if data is None and dataset_kind in (None, facts.get("dataset")) and facts.get("data"):
+        data = str(facts["data"])
+        split = split or facts.get("val_split") or facts.get("split")
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
     problems = [model.weights_error] if model.weights is None else []

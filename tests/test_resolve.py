@@ -28,7 +28,7 @@ def _private_places(tmp_path, monkeypatch):
     monkeypatch.setenv("FCN_REPRO_WEIGHTS_DIR", str(tmp_path / "weights"))
 
 
-def _run_dir(tmp_path, names=("bg", "disc", "square", "triangle", "ring"), weights=True) -> Path:
+def _run_dir(tmp_path, names=("bg", "disc", "square", "triangle", "ring"), weights=True, extra=None) -> Path:
     """A run directory holding the sample's deploy net and weights under its own class names."""
     run = tmp_path / "run"
     run.mkdir()
@@ -38,7 +38,8 @@ def _run_dir(tmp_path, names=("bg", "disc", "square", "triangle", "ring"), weigh
         w = run / "final.caffemodel"
         shutil.copy(SAMPLE / "fcn8s-shapes.caffemodel", w)
     write_run(RunInfo(run, run / "deploy.prototxt", w, {"score": LabelSet.own(names)},
-                      {"data": np.array([1.0, 2.0, 3.0])}, net="fcn8s", iteration=2, complete=True))
+                      {"data": np.array([1.0, 2.0, 3.0])}, net="fcn8s", iteration=2, complete=True,
+                      extra=dict(extra or {})))
     return run
 
 
@@ -158,6 +159,14 @@ def test_load_and_evaluate_take_a_run_directory(tmp_path):
                                   progress=False)
     assert rep["images"] == 2 and rep["heads"]["score"]["classes"][1] == "disc"
     assert rep["weights_how"] == "run"
+
+
+def test_evaluate_reads_the_data_a_run_recorded(tmp_path):
+    run = _run_dir(tmp_path, extra={"dataset": "sample", "data": str(SAMPLE / "sample"), "split": "val",
+                                    "val_split": "val"})
+    rep = evaluation.evaluate_set(str(run), limit=1, progress=False)
+    assert (rep["dataset"], rep["split"], rep["images"]) == ("sample", "val", 1)
+    assert rep["data"] == str(SAMPLE / "sample") and "caffe" not in rep   # given data: no Caffe comparison
 
 
 def test_the_listing_looks_where_load_looks(tmp_path, monkeypatch):
