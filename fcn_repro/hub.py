@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from fcn_repro.caffe import weights_info
 from fcn_repro.caffe.fcn_nets import net_text
-from fcn_repro import registry
+from fcn_repro import limits, registry
 from fcn_repro.caffe.match import blob_fits
 from fcn_repro.errors import FcnReproError, OutputError
 from fcn_repro.outputs import locked, output_file
@@ -249,8 +249,9 @@ def update_manifest(change: Callable[[dict], Optional[dict]], path: Optional[os.
 # ------------------------------------------------------------------ checking
 
 def hash_file(path: os.PathLike, progress: bool = True, sha1: bool = False) -> Tuple[int, str, Optional[str]]:
-    """(bytes, sha256 hex, sha1 hex or None) of a file, streamed; a progress bar for big files."""
-    size = os.path.getsize(path)
+    """(bytes, sha256 hex, sha1 hex or None) of a file, streamed; a progress bar for big files.
+    A pipe or device (no size of its own; a FIFO would block the open) is refused."""
+    size = limits.require_regular(path, "weights file", error=HubError).st_size
     h, h1 = hashlib.sha256(), (hashlib.sha1() if sha1 else None)
     bar = None
     if progress and size > (64 << 20):
@@ -321,7 +322,7 @@ def check_file(path: os.PathLike, name: Optional[str] = None, manifest: Optional
     entry = load_manifest(mpath).get("files", {}).get(name)
     if src is None and entry is None:
         return Check("unknown", str(path), name, manifest=str(mpath))
-    size = path.stat().st_size
+    size = limits.require_regular(path, "weights file", error=HubError).st_size
     if src is not None and src.bytes is not None and size != src.bytes:
         raise _mismatch(path, "the size", f"{src.bytes:,} bytes (published)", f"{size:,} bytes", src)
     size, digest, sha1 = hash_file(path, progress, sha1=bool(src and src.sha1))

@@ -52,7 +52,8 @@ import filelock
 from fcn_repro.errors import OutputError
 
 __all__ = ["output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX",
-           "side_name", "locked", "protect_inputs", "check_not_input", "child"]
+           "side_name", "locked", "protect_inputs", "check_not_input", "child",
+           "is_plain_name"]
 
 TEMP_SUFFIX = ".fcnpart"
 # Room kept free beyond the expected size: file-system metadata, estimates.
@@ -252,11 +253,17 @@ def check_not_input(path: str | os.PathLike, inputs: Optional[Iterable[str | os.
         raise OutputError(f"is one of the inputs{same}: it is not replaced; write the outputs somewhere else", path)
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is one plain file name (no directory part, not '.' or '..', no NUL): a name
+    from a list or a manifest joined to a directory stays inside it."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep)) and (
+        not os.altsep or os.altsep not in name)
+
+
 def child(directory: str | os.PathLike, name: str) -> str:
     """``directory/name``, refused (:class:`OutputError`) unless ``name`` is a plain file name:
     a name from a list or manifest (an id) never writes outside its directory."""
-    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")) or (
-            os.sep in name or (os.altsep and os.altsep in name)):
+    if not is_plain_name(name):
         raise OutputError(f"the output name {name!r} is not a plain file name: outputs stay inside the directory",
                           directory)
     return os.path.join(os.fspath(directory), name)

@@ -182,8 +182,8 @@ def test_a_bad_source_then_a_good_one(hostile, env, good):
     hostile.routes["/ok/" + FILE] = {"data": good}
     d = env / "w"
     msgs = []
-    p = hub.fetch(_src([f"{hostile.url}/t/{FILE}", f"{hostile.url}/ok/{FILE}"]), d, progress=False,
-                  notify=msgs.append, bounds=Bounds(deadline=1, min_rate=0))
+    pinned = _src([f"{hostile.url}/t/{FILE}", f"{hostile.url}/ok/{FILE}"], sha1=hashlib.sha1(good).hexdigest())
+    p = hub.fetch(pinned, d, progress=False, notify=msgs.append, bounds=Bounds(deadline=1, min_rate=0))
     assert p.read_bytes() == good and not (d / (FILE + ".part")).exists()
     assert [x[1] is not None for x in hostile.log] == [False, True, False]   # trickle, resume, whole
     assert any("did not verify; downloading it again from the start" in m for m in msgs)
@@ -335,11 +335,13 @@ hub.fetch(src, Path(d), progress=False, notify=lambda m: print(m, flush=True), b
 """
 
 _RECORD = r"""
-import sys, time
+import glob, os, sys, time
 from fcn_repro import hub
-mpath, i, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-while time.time() < start:   # all eight read-modify-write at once
-    time.sleep(0.001)
+mpath, i, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+open(os.path.join(ready, str(i)), "w").close()
+t0 = time.monotonic()
+while len(glob.glob(os.path.join(ready, "*"))) < 8 and time.monotonic() - t0 < 30:
+    time.sleep(0.001)   # all eight, once started, read-modify-write at once
 chk = hub.Check("pending", f"/x/extra-{i}.caffemodel", f"extra-{i}.caffemodel", bytes=i, sha256=f"{i:064x}",
                 manifest=mpath)
 assert hub.record(chk, notify=lambda m: None).status == "recorded"
@@ -371,8 +373,9 @@ def test_two_processes_downloading_one_file_take_turns(hostile, env, good):
 
 def test_eight_processes_recording_in_one_manifest_keep_all_eight(tmp_path):
     mpath = tmp_path / "manifest.json"
-    start = time.time() + 1.0
-    procs = [_py(_RECORD, mpath, i, start) for i in range(8)]
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [_py(_RECORD, mpath, i, ready) for i in range(8)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, outs
     files = json.loads(mpath.read_text())["files"]
@@ -712,3 +715,12 @@ def test_a_recorded_size_bounds_a_later_download(hostile, env, good):
     msg = _fails(_src([f"{hostile.url}/big/{FILE}", f"{hostile.url}/e/{FILE}"]), d, Bounds(deadline=20),
                  "the recorded size is", within=5)
     assert f"sent more than the {len(good):,} bytes" in msg
+
+
+def test_checking_weights_refuses_a_pipe(env, tmp_path):
+    fifo = tmp_path / FILE
+    os.mkfifo(fifo)
+    with pytest.raises(hub.HubError, match="is a pipe"):
+        hub.verify_or_record(fifo, tmp_path / "manifest.json", **QUIET)
+    with pytest.raises(hub.HubError, match="is a pipe"):
+        hub.hash_file(fifo, progress=False)

@@ -10,6 +10,7 @@ import numpy as np
 
 from fcn_repro import limits, registry
 from fcn_repro.errors import FcnReproError
+from fcn_repro.outputs import is_plain_name
 from fcn_repro.registry import DatasetCard, class_names, resource_path
 
 __all__ = ["Sample", "SegDataset", "DataMissingError", "resource_path", "read_id_list", "read_text_lines",
@@ -168,7 +169,7 @@ def read_id_list(path: str | os.PathLike) -> List[str]:
         i = ln.strip()
         if not i:
             continue
-        if i in (".", "..") or any(c in i for c in ("/", "\\", "\0")):
+        if not is_plain_name(i):
             raise FcnReproError(f"id {i!r} is not a plain file name (an id names <dir>/<id>.<ext> inside the "
                                 "dataset's directories)", path, line=n)
         ids.append(i)
