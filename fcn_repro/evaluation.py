@@ -49,7 +49,7 @@ from fcn_repro.resolve import MissingError, Model, resolve
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
            "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
-           "load_net", "load_checked", "build", "open_dataset", "evaluate_set"]
+           "load_net", "load_checked", "build", "open_dataset", "evaluate_set", "head_result"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -296,6 +296,16 @@ def reference_comparison(head: dict, split: str, limit: Optional[int]) -> Option
     return out
 
 
+def head_result(hist: np.ndarray, dataset: SegDataset, labelset: LabelSet, label: str) -> dict:
+    """One score head's part of a report: its label, class ``classes`` and ``palette`` (the
+    LabelSet's), the matrix ``hist``, the dataset protocol's scores (:func:`head_scores`:
+    the four, per-class ``iu`` and ``acc``, ``pixels``) and ``excluded_classes``."""
+    sc = head_scores(hist, dataset)
+    return {"label": label, "classes": list(labelset.names), "palette": labelset.colours(), "hist": hist,
+            "excluded_classes": sc["excluded_classes"],
+            **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
+
+
 # ---------------------------------------------------------------- a net on a dataset
 
 def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False):
@@ -473,18 +483,13 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         if blob not in hists:
             continue
         h = hists[blob]
-        sc = head_scores(h, dataset)
-        exclude = sc["excluded_classes"]
-        ls = _head_labels(entry, blob, h.shape[0], dataset, lab, given)
-        head = {"label": lab, "classes": list(ls.names), "palette": ls.colours(), "hist": h,
-                "excluded_classes": exclude,
-                **{k: sc[k] for k in ("overall_acc", "mean_acc", "mean_iu", "fwavacc", "iu", "acc", "pixels")}}
+        head = head_result(h, dataset, _head_labels(entry, blob, h.shape[0], dataset, lab, given), lab)
         ref = entry.reference(blob, asserted=True) if entry is not None else None
         if ref is not None:
             head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
                                  "scores": ref.scores(), "comparable": split == ref.split and limit is None}
             head["reference_mean_iu"] = ref.mean_iu
-            head["difference"] = 100 * sc["mean_iu"] - ref.mean_iu
+            head["difference"] = 100 * head["mean_iu"] - ref.mean_iu
             head["comparable"] = head["reference"]["comparable"]
         if entry is not None:
             # published elsewhere (the paper's own models): printed beside ours as context, never asserted
@@ -560,8 +565,12 @@ class Validator:
 
     def __init__(self, prototxt: str | os.PathLike, dataset: SegDataset, input_map: Dict[str, Sequence[str]],
                  heads: Dict[str, str], *, limit: Optional[int] = None, device: Any = "cpu",
-                 rank: int = 0, world: int = 1, workers: int = 0):
+                 rank: int = 0, world: int = 1, workers: int = 0,
+                 labelsets: Optional[Dict[str, LabelSet]] = None):
         self.prototxt = os.fspath(prototxt)
+        #: score blob -> the classes' names and colours (a user's run); default: the dataset's
+        self.labelsets = dict(labelsets or {})
+        self.last: Optional[dict] = None
         self.net = Net(self.prototxt, phase="TEST").to(device)
         self.net.eval()
         self.dataset, self.heads, self.limit = dataset, dict(heads), limit
@@ -581,14 +590,23 @@ class Validator:
             for name, i in rep.copies:
                 self.net.params[name][i].copy_(src[name][i].detach())
 
-    def run(self, train_net: Any, progress: bool = False) -> dict:
-        """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, images, excluded_classes}} over the set."""
+    def run(self, train_net: Any, progress: bool = False, observe: Optional[Callable[..., None]] = None) -> dict:
+        """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, iu (per class), images,
+        excluded_classes}} over the set. ``observe``: :func:`run`'s per-image hook (the reader
+        then keeps each image's RGB for it). The matrices, image count, time and seconds stay
+        in ``self.last`` (:func:`fcn_repro.report.training.validation_report` makes the report
+        page's input of them)."""
         self.share(train_net)
         self.net.eval()
         n = len(self.dataset) if self.limit is None else min(self.limit, len(self.dataset))
         idx = shard_indices(len(self.dataset), self.rank, self.world, limit=n)
-        res = run(self.net, self.dataset, self.heads, device=str(self.device), indices=idx, workers=self.workers,
-                  progress=progress, desc="test", input_map=self.input_map)
+        self.dataset.keep_image = observe is not None
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            res = run(self.net, self.dataset, self.heads, device=str(self.device), indices=idx, workers=self.workers,
+                      progress=progress, desc="test", input_map=self.input_map, observe=observe)
+        finally:
+            self.dataset.keep_image = False
         hists = merge(res["hists"], list(self.heads), self.world)
         out = {}
         for blob in self.heads:
@@ -596,6 +614,13 @@ class Validator:
                 raise ValueError("validation ran on no image")
             sc = head_scores(hists[blob], self.dataset)
             out[blob] = {k: sc[k] for k in SCORE_KEYS}
+            out[blob]["iu"] = sc["iu"]
             out[blob]["excluded_classes"] = sc["excluded_classes"]
             out[blob]["images"] = n
+        self.last = {"hists": hists, "images": int(sum_scalar(res["images"], self.world)), "limit": self.limit,
+                     "seconds": sum_scalar(res["seconds"], self.world, op="max"), "time": started}
         return out
+
+    def labelset(self, blob: str, n: int) -> LabelSet:
+        """The classes of score blob ``blob`` (``self.labelsets``' where given, else the dataset's)."""
+        return _head_labels(None, blob, n, self.dataset, self.heads[blob], self.labelsets)

@@ -317,7 +317,7 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
     validator = None
     if data.val is not None:
         validator = Validator(paths["deploy"], data.val, imap, {"score": "label"}, limit=args.test_iters,
-                              device=device, rank=rank, world=world)
+                              device=device, rank=rank, world=world, labelsets={"score": data.labels})
     facts = {"dataset": "folder" if is_folder(args.data) else "voc", "data": os.path.abspath(args.data),
              "split": data.train.split, "val_split": data.val.split if data.val is not None else None}
     return OwnRun(sp, net, source, validator, data.labels, paths["deploy"], notes, report, facts)

@@ -10,8 +10,10 @@ Caffe's formats (``<prefix>_iter_<N>.caffemodel``, ``.caffemodel.h5``,
 ``.solverstate.h5``; ``--resume STATE`` continues exactly), images drawn as
 FCN's Python data layer drew them, data-parallel under ``torchrun`` (N
 processes with ``iter_size`` k equal one with N*k). Outputs (rank 0, atomic):
-snapshots, ``log.jsonl``, ``curve.png``, a progress bar on a terminal, else
-Caffe's ``Iteration N, loss = X`` lines.
+snapshots, ``log.jsonl``, a progress bar on a terminal, else Caffe's
+``Iteration N, loss = X`` lines; with the ``report`` extra ``curve.png``
+(matplotlib), TensorBoard event files under ``tensorboard/`` and, at the end,
+``report/index.html`` for the last validation (:mod:`fcn_repro.report.training`).
 
 ``--feed BLOBS.npz`` replaces the dataset by fixed input blobs (keys
 ``input/<blob>``, as in the Caffe fixtures' ``train.npz``) to replay a Caffe

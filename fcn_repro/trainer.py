@@ -34,7 +34,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from fcn_repro import cli, registry
@@ -46,6 +45,7 @@ from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
 from fcn_repro.outputs import output_file
+from fcn_repro.report.training import TrainingPictures, draw_curve
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
@@ -170,62 +170,6 @@ def objective(outputs: dict[str, torch.Tensor], weights: dict[str, float], where
     return total, parts
 
 
-# ----------------------------------------------------------------- the curve
-
-def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """A learning-curve PNG (PIL only): smoothed training loss and test mean IU vs iteration."""
-    train = [(r["iter"], r.get("smoothed_loss", r.get("loss"))) for r in records
-             if r.get("type") == "train" and r.get("loss") is not None]
-    tests = [(r["iter"], v["mean_iu"]) for r in records if r.get("type") == "test"
-             for v in list(r.get("scores", {}).values())[:1] if v.get("mean_iu") is not None]
-    W, H, M = 900, 620, 70
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    d.text((M, 12), title or "learning curve", fill="black")
-    panels = [("smoothed training loss", train, (31, 119, 180)), ("test mean IU", tests, (214, 39, 40))]
-    ph = (H - 2 * M) // 2
-    for k, (label, pts, color) in enumerate(panels):
-        top = M // 2 + 20 + k * (ph + M // 2 + 10)
-        box = (M, top, W - 30, top + ph)
-        d.rectangle(box, outline="black")
-        d.text((M, top - 14), label, fill=color)
-        pts = [(float(x), float(y)) for x, y in pts if y is not None and math.isfinite(float(y))]
-        if not pts:
-            d.text((M + 10, top + ph // 2), "(no data yet)", fill="gray")
-            continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        x0, x1 = min(xs), max(xs)
-        y0, y1 = min(ys), max(ys)
-        if x1 == x0:
-            x1 = x0 + 1
-        if y1 == y0:
-            y0, y1 = y0 - 0.5 * (abs(y0) or 1), y1 + 0.5 * (abs(y1) or 1)
-
-        def px(x: float, y: float) -> tuple[float, float]:
-            return (box[0] + (x - x0) / (x1 - x0) * (box[2] - box[0]),
-                    box[3] - (y - y0) / (y1 - y0) * (box[3] - box[1]))
-        for j in range(5):  # ticks
-            yv = y0 + (y1 - y0) * j / 4
-            _, yy = px(x0, yv)
-            d.line((box[0] - 4, yy, box[0], yy), fill="black")
-            d.text((4, yy - 6), f"{yv:.4g}", fill="black")
-            xv = x0 + (x1 - x0) * j / 4
-            xx, _ = px(xv, y0)
-            d.line((xx, box[3], xx, box[3] + 4), fill="black")
-            d.text((xx - 12, box[3] + 6), f"{xv:.0f}", fill="black")
-        if len(pts) > 2000:  # thin very long curves: every pixel column needs one point at most
-            step = len(pts) / 2000.0
-            pts = [pts[int(i * step)] for i in range(2000)] + [pts[-1]]
-        line = [px(x, y) for x, y in pts]
-        if len(line) > 1:
-            d.line(line, fill=color, width=2)
-        for xx, yy in (line if len(line) <= 50 else line[-1:]):
-            d.ellipse((xx - 3, yy - 3, xx + 3, yy + 3), fill=color)
-    d.text((W // 2 - 20, H - 18), "iteration", fill="black")
-    with output_file(path, W * H * 3, "wb") as f:   # a PNG: at most about the raw size
-        img.save(f, format="PNG")
-
-
 # ------------------------------------------------------------------ the loop
 
 class Trainer:
@@ -267,6 +211,8 @@ class Trainer:
         self.log_file = sys.stdout if rank == 0 else None
         #: progress bar only on a terminal; a log gets Caffe's display lines instead
         self.interactive = sys.stdout.isatty() and sys.stderr.isatty()
+        #: curve.png, TensorBoard events, the final report (fcn_repro.report.training); writer only
+        self.pictures = TrainingPictures(self.out_dir) if self.writer else None
         #: set (to the signal's name) to stop at the end of the current iteration, then snapshot
         #: (fcn_repro.runs.StopOnSignals); under several processes all stop at the same iteration
         self.stop_signal: Optional[str] = None
@@ -357,16 +303,21 @@ class Trainer:
                "losses": {k: v / self.solver.iter_size for k, v in parts_sum.items()},
                "time": time.time() - self.t_start}
         self._log(rec)
+        if self.pictures is not None:
+            self.pictures.train(rec)
         return rec
 
     def test(self) -> Optional[dict]:
         if self.validator is None:
             return None
         t0 = time.time()
-        res = self.validator.run(self.net, progress=self.progress and self.interactive)
+        observe = self.pictures.observer() if self.pictures is not None else None
+        res = self.validator.run(self.net, progress=self.progress and self.interactive, observe=observe)
         self.last_test_iter = self.iter
         rec = {"type": "test", "iter": self.iter, "scores": res, "seconds": time.time() - t0}
         self._log(rec)
+        if self.pictures is not None:
+            self.pictures.test(rec, self.validator)
         if self.progress and self.interactive:
             msg = ", ".join(f"{b} mean IU {100 * v['mean_iu']:.2f}" for b, v in res.items())
             status(f"iter {self.iter}: test {msg}")
@@ -459,6 +410,11 @@ class Trainer:
                 or (self.final_test and self.last_test_iter != self.iter)):
             self.test()
         self.draw()
+        if self.pictures is not None:
+            it = self.last_test_iter if self.last_test_iter >= 0 else None
+            w = None if it is None else self.snapshot_paths(it)[self.formats[0]]
+            self.pictures.finish(self.validator, weights=w if w is not None and w.is_file() else None,
+                                 iteration=it, net=self.name)
 
     # -- snapshots
     def snapshot_paths(self, it: Optional[int] = None) -> dict[str, Path]:
@@ -531,8 +487,9 @@ class Trainer:
                 f.write(text)
 
     def draw(self) -> None:
-        if self.writer:
-            draw_curve(self.records, self.out_dir / "curve.png", title=f"{self.name}: {self.where}")
+        """Redraw curve.png (matplotlib; without it, nothing: said once)."""
+        if self.pictures is not None:
+            self.pictures.curve(self.records, title=f"{self.name}: {self.where}")
 
 
 def status(msg: str) -> None:

@@ -334,3 +334,21 @@ def test_two_processes_train_own_data_as_one_with_iter_size_two(shapes, tmp_path
             np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(x).max())), err_msg=k)
     start = load_weights(owntrain.init_weights("sample"))
     assert not np.array_equal(a["fc7"][0], start["fc7"][0])          # the runs did train
+
+
+def test_the_runs_report_page_shows_the_users_classes(trained):
+    """The end of the run writes RUN/report/index.html, its last validation in the user's classes
+    and colours (issue 21); in a browser when there is one (tests/test_report_browser.py)."""
+    pytest.importorskip("matplotlib", reason="the report page needs matplotlib: pip install 'fcn_repro[report]'")
+    from test_report_browser import CHROMIUM, check_in_browser
+
+    page = trained / "report" / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert "validation at iteration 40" in text and "train_iter_40.caffemodel" in text
+    colours = rundir.read_run(trained).heads["score"].colours()
+    for c, name in enumerate(CLASSES.split(",")):
+        r, g, b = (int(v) for v in colours[c])
+        assert f'rgb({r},{g},{b})"></span>{name}<' in text      # the gallery's legend: their name, their colour
+    assert ">background<" not in text
+    if CHROMIUM is not None:
+        assert check_in_browser(page)["images"] > 2

@@ -152,7 +152,7 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
     fin = [(i, lo, s) for i, lo, s in train if lo is not None and math.isfinite(lo)]
     if fin:
         it = [t[0] for t in fin]
-        ax1.plot(it, [t[1] for t in fin], color=_OURS, alpha=0.25, linewidth=0.8, label="loss")
+        ax1.plot(it, [t[1] for t in fin], color=_OURS, alpha=0.4, linewidth=0.9, label="loss")
         ax1.plot(it, [t[2] for t in fin], color=_OURS, linewidth=1.8, label="smoothed loss")
         ax1.legend(fontsize=8, loc="upper right")
         ax1.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
