@@ -25,23 +25,27 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fcn_repro import ops
+from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_path
 
 from .program import (ExportError, check_exportable, example_inputs, export_program, input_channels,
                       quiet_shape_solver)
 
-__all__ = ["to_onnx", "check_onnx", "OnnxExport", "DEFAULT_OPSET", "translation_table"]
+__all__ = ["to_onnx", "check_onnx", "OnnxExport", "DEFAULT_OPSET", "translation_table", "HEADS_KEY"]
 
 DEFAULT_OPSET = 18
+#: the ONNX metadata key of the classes of each score output (JSON: blob -> LabelSet.to_json())
+HEADS_KEY = "fcn_repro.heads"
 
 
 def _require(module: str):
@@ -134,10 +138,14 @@ class OnnxExport:
     static: Optional[tuple] = None
     depthwise: list = field(default_factory=list)
     checks: list = field(default_factory=list)
+    #: score blob -> class names, as written into the file's metadata (``fcn_repro.heads``)
+    classes: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         size = "any batch, height and width" if self.dynamic else f"any batch at {self.static[0]}x{self.static[1]}"
         lines = [f"wrote {self.path}: opset {self.opset}, inputs {self.inputs}, outputs {self.outputs}, {size}"]
+        for blob, names in self.classes.items():
+            lines.append(f"  {blob}: {len(names)} classes: {', '.join(names)}")
         if self.depthwise:
             lines.append(f"  depthwise (diagonal) deconvolutions: {', '.join(self.depthwise)}")
         for c in self.checks:
@@ -149,7 +157,8 @@ class OnnxExport:
 def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static: Optional[Sequence[int]] = None,
             example: Optional[Sequence[torch.Tensor]] = None, fast: bool = False, check: bool = False,
             check_sizes: Optional[Sequence[Sequence[int]]] = None,
-            program: Optional[torch.export.ExportedProgram] = None) -> OnnxExport:
+            program: Optional[torch.export.ExportedProgram] = None,
+            labels: Optional[Mapping[str, LabelSet]] = None) -> OnnxExport:
     """Export ``net`` to an ONNX file at ``path`` (written atomically).
 
     Args:
@@ -165,6 +174,8 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
             record the max relative difference and the argmax agreement.
         program: the ExportedProgram of ``net`` made by :func:`export_program`
             with the same ``static``, when the caller has one (no second trace).
+        labels: score blob -> :class:`~fcn_repro.labels.LabelSet`: the classes, written
+            into the file's metadata as ``fcn_repro.heads`` (JSON: blob -> ``LabelSet.to_json()``).
 
     Raises :class:`ExportError` for a TRAIN-phase net, a layer without a
     translation or a missing optional dependency; nothing is written then.
@@ -194,13 +205,18 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
                           net.filename) from e
     import onnx
 
-    onnx.save_model(onnx_program.model_proto, buf)
+    proto = onnx_program.model_proto
+    heads = {b: ls for b, ls in (labels or {}).items() if b in net.outputs}
+    if heads:
+        onnx.helper.set_model_props(proto, {HEADS_KEY: json.dumps({b: ls.to_json() for b, ls in heads.items()})})
+    onnx.save_model(proto, buf)
     path = os.fspath(path)
     with output_path(path, buf.getbuffer().nbytes) as tmp:   # room checked first; OSError -> OutputError
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())
     result = OnnxExport(path=path, inputs=list(net.inputs), outputs=list(net.outputs), opset=int(opset),
-                        dynamic=static is None, static=static, depthwise=depthwise)
+                        dynamic=static is None, static=static, depthwise=depthwise,
+                        classes={b: list(ls.names) for b, ls in heads.items()})
     if check:
         if check_sizes is None:
             h, w = static if static is not None else (int(example[0].shape[2]) + 7, int(example[0].shape[3]) + 13)
