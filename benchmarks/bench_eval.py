@@ -74,7 +74,7 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
 
 def _build(mode: str, proto: Path, model: Path, device: str):
     import torch
-    from fcn_repro.evaluate import load_net
+    from fcn_repro.evaluation import load_net
     net = load_net(proto, model, device, fast=(mode == "fast"))
     return net
 

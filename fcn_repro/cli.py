@@ -13,10 +13,11 @@
   written atomically (:mod:`fcn_repro.outputs`), so a refused or failed run
   leaves nothing half-written.
 - A closed stdout (``| head``) ends the tool quietly.
-- Devices: :func:`check_device` (CPU unless ``--device cuda``; a clean
-  error where CUDA is absent). Processes: :func:`dist_setup` (the same
-  device rule; under ``torchrun`` gloo on CPU, NCCL on CUDA, one GPU per
-  local rank).
+- Devices and processes are set up here, by the entry points only:
+  :func:`dist_setup` (CPU unless ``--device cuda``, a clean error where CUDA
+  is absent; under ``torchrun`` gloo on CPU, NCCL on CUDA, one GPU per
+  local rank). The library only checks names
+  (:func:`fcn_repro.devices.check_device`) and reads the group that is there.
 
 Usage in a tool::
 
@@ -38,11 +39,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError
 from fcn_repro.outputs import output_file
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "run", "check_writable",
-           "jsonable", "write_json", "check_device", "dist_setup", "dist_teardown", "version", "error_line", "say"]
+           "jsonable", "write_json", "dist_setup", "dist_teardown", "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -191,21 +193,6 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 # ------------------------------------------------------------------ processes
 
-def check_device(device: Optional[str] = None) -> str:
-    """``device`` checked: None -> 'cpu'; 'cuda' / 'cuda:N' only where CUDA is available
-    (else a :class:`UsageError` saying so); anything else is a :class:`UsageError`."""
-    device = device or "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
-                             "use --device cpu")
-    return device
-
-
 def dist_setup(device: Optional[str] = None) -> tuple[int, int, str]:
     """(rank, world size, device) for this process.
 
@@ -216,7 +203,7 @@ def dist_setup(device: Optional[str] = None) -> tuple[int, int, str]:
     """
     import torch
 
-    device = check_device(device)
+    device = check_device(device, "--device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device.startswith("cuda") and ":" not in device:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) if world > 1 else torch.cuda.current_device()}"

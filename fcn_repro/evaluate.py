@@ -35,16 +35,13 @@ import argparse
 import sys
 from typing import List, Optional
 
-from fcn_repro import cli, registry, zoo
-# the library names this CLI has always exported (infer imports some of them from here)
-from fcn_repro.evaluation import (MissingError, WeightsIncompleteError, evaluate_set, load_net,  # noqa: F401
-                                  net_inputs, open_dataset, reference_comparison, resolve_net, resolve_weights,
-                                  run, score_heads)
+from fcn_repro import cli, registry
+from fcn_repro.evaluation import evaluate_set, reference_comparison
 from fcn_repro.metrics import format_scores
 from fcn_repro.report import Gallery, require, write_report
+from fcn_repro.resolve import list_names, resolve
 
-__all__ = ["evaluate", "evaluate_sample", "main", "EXIT_MISSING", "MissingError", "resolve_net", "resolve_weights",
-           "load_net", "open_dataset", "net_inputs", "score_heads", "run"]
+__all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
 
 EXIT_MISSING = 2
 
@@ -85,7 +82,8 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     if report_dir is not None:
         require("matplotlib", "the evaluation report (--report)")
     pics = Gallery(gallery) if report_dir is not None else None
-    report = evaluate_set(net=net, weights=weights, data=data, split=split, device=device,
+    model = resolve(net, weights)
+    report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
                           observe=None if pics is None else pics.observe, labelsets=labelsets)
@@ -93,7 +91,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
         if json_path:
             cli.write_json(json_path, report)
         if json_path != "-":
-            _print_report(report, resolve_net(net)[0], out or sys.stdout)
+            _print_report(report, model.card, out or sys.stdout)
         if report_dir is not None:
             page = write_report(report_dir, report, pics)
             print(f"report: {page}", file=sys.stderr if json_path == "-" else (out or sys.stdout))
@@ -158,13 +156,21 @@ def _print_report(report: dict, entry, out) -> None:
         p(f"confusion matrix {'identical to' if caffe['hist_equal'] else 'DIFFERENT from'} {which}; "
           f"largest score difference {caffe['max_abs_score_diff']:.2e}")
         p()
-        e = zoo.get("fcn8s")
-        p(_REAL_HOWTO.format(wdir=zoo.weights_dir(), url=e.url, ref=e.reference(asserted=True).text()))
+        e = registry.net("fcn8s")
+        p(_REAL_HOWTO.format(url=e.url, ref=e.reference(asserted=True).text()))
 
 
-def evaluate_sample(**kw) -> dict:
-    """The embedded default: the bundled sample model on the bundled images."""
-    return evaluate(net="sample", dataset_kind="sample", **kw)
+def stand_in(net: str, data: Optional[str], weights: Optional[str], dataset: Optional[str]) -> Optional[str]:
+    """The net that runs when no data and no weights are given: a registry net whose weights and
+    data ship with the package (a card with bundled data) and that is ``net`` or a reduced copy of
+    its definition (the sample stands in for fcn8s); None when ``net`` runs as asked."""
+    if data is not None or weights is not None:
+        return None
+    for name in list_names():
+        card = registry.net(name)
+        if net in (card.name, card.definition) and card.data.bundled and dataset in (None, card.dataset):
+            return card.name
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Evaluate an FCN (Caffe prototxt + caffemodel) on a segmentation set.")
     cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)")
     ap.add_argument("--net", default="fcn8s",
-                    help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model) or a deploy "
-                         "prototxt path (default: %(default)s)")
+                    help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model), a deploy "
+                         "prototxt path or a training run directory (default: %(default)s)")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel under weights/)")
     ap.add_argument("--data", help="dataset directory (VOC: the year directory, e.g. VOCdevkit/VOC2011); "
                                    "none: the bundled sample (fcn8s/sample only)")
@@ -214,13 +220,13 @@ def _main(args) -> int:
         raise cli.UsageError(f"--gallery {args.gallery}: must be >= 0")
     if args.report is not None:
         require("matplotlib", "--report")
-    sample_mode = args.data is None and args.weights is None and args.net in ("fcn8s", "sample") \
-        and args.dataset in (None, "sample")
-    kw = dict(device=args.device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
+    _, _, device = cli.dist_setup(args.device)   # the entry point sets up the device and processes
+    kw = dict(device=device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
               workers=args.workers, progress=not args.no_progress, split=args.split, fast=args.fast,
               report_dir=args.report, gallery=args.gallery)
-    if sample_mode:
-        evaluate_sample(**kw)
+    bundled = stand_in(args.net, args.data, args.weights, args.dataset)
+    if bundled is not None:
+        evaluate(net=bundled, **kw)
     else:
         evaluate(net=args.net, weights=args.weights, data=args.data, dataset_kind=args.dataset,
                  voc_dir=args.voc_dir, **kw)

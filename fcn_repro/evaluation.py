@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import cli, hub, labels, registry, zoo
+from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
@@ -42,12 +42,14 @@ from fcn_repro.fast import optimize
 from fcn_repro.labels import LabelSet
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
+from fcn_repro.devices import process_group
 from fcn_repro.outputs import child, protect_inputs
 from fcn_repro.registry import resource_path
+from fcn_repro.resolve import MissingError, Model, resolve
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "MissingError", "WeightsIncompleteError", "resolve_net",
-           "resolve_weights", "load_net", "load_checked", "open_dataset", "evaluate_set", "head_result"]
+           "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
+           "load_net", "load_checked", "build", "open_dataset", "evaluate_set", "head_result"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
 
@@ -306,53 +308,6 @@ def head_result(hist: np.ndarray, dataset: SegDataset, labelset: LabelSet, label
 
 # ---------------------------------------------------------------- a net on a dataset
 
-class MissingError(FcnReproError, FileNotFoundError):
-    """Weights, data or a net file is missing (a project error and a FileNotFoundError); the CLIs exit with status 2."""
-
-
-# ---------------------------------------------------------------- resolving
-
-def resolve_net(net: str):
-    """``--net`` -> (ZooNet or None, deploy prototxt Path)."""
-    p = Path(net)
-    if net.endswith(".prototxt") or p.is_file() or os.sep in net:
-        if not p.is_file():
-            raise MissingError(f"deploy prototxt not found: {p}\n"
-                               f"--net takes a known net ({', '.join(zoo.names())}, sample) or a prototxt path.")
-        return None, p
-    try:
-        entry = zoo.get(net)
-    except KeyError as e:
-        raise MissingError(str(e.args[0])) from None
-    try:
-        return entry, zoo.deploy_prototxt(net)
-    except FileNotFoundError as e:
-        raise MissingError(str(e)) from None
-
-
-def resolve_weights(entry, weights: Optional[str], net_arg: str) -> Path:
-    """``--weights`` or the original file under weights/ -> Path (must exist)."""
-    if weights:
-        p = Path(weights)
-        if not p.is_file():
-            raise MissingError(f"weights file not found: {p}")
-        return p
-    if entry is None:
-        raise MissingError(f"--net {net_arg} is a prototxt path: pass its weights with --weights FILE "
-                           "(.caffemodel, .caffemodel.h5 or .h5)")
-    if entry.caffemodel is None:
-        raise MissingError(f"no original weights were published for {entry.name}; train them "
-                           "(python -m fcn_repro.train) and pass --weights FILE")
-    p = zoo.weights_path(entry)
-    if not p.is_file():
-        raise MissingError(
-            f"weights for {entry.name} not found: looked for {p}\n"
-            f"  download the original (from {entry.url} or its mirrors, verified): python -m fcn_repro.zoo download {entry.name}\n"
-            f"  (or pass --weights FILE, or set FCN_REPRO_WEIGHTS_DIR to the directory holding "
-            f"{entry.caffemodel})")
-    return p
-
-
 def load_net(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu", fast: bool = False):
     """Build the net from the prototxt, load the caffemodel directly, move to ``device``.
 
@@ -391,6 +346,14 @@ def load_checked(prototxt: os.PathLike, weights: os.PathLike, device: str = "cpu
     return net, None if check is None else check.as_dict()
 
 
+def build(model: Model, device: str = "cpu", fast: bool = False, verify: bool = True, progress: bool = True):
+    """(net, weights check) of a resolved :class:`fcn_repro.resolve.Model`: its deploy net with its
+    weights (:class:`fcn_repro.resolve.WeightsNotFoundError` when they are missing), checked as
+    :func:`load_checked` checks them when the weights are a registry or a given file."""
+    return load_checked(model.deploy, model.require_weights(), device, fast=fast,
+                        verify=verify and model.verify, progress=progress)
+
+
 class WeightsIncompleteError(FcnReproError):
     """The weights file lacks layers of the net (exit status 1)."""
 
@@ -417,10 +380,8 @@ _DATA_HELP = {
 def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str] = (), voc_dir=None,
                  keep_image: bool = False) -> SegDataset:
     """The reader of ``kind`` on ``data``; MissingError when absent or malformed."""
-    if kind == "sample":
-        root = Path(data) if data else resource_path("sample", "sample")
-    else:
-        root = data
+    bundled = registry.dataset(kind).bundled
+    root = data if data is not None or bundled is None else resource_path(bundled)
     if root is None:
         layout = getattr(READERS.get(kind), "layout", "")
         raise MissingError(f"no data given: pass {_DATA_HELP.get(kind, '--data DIR')}\n{layout}")
@@ -451,39 +412,43 @@ def _head_labels(entry, blob: str, n: Optional[int], dataset: SegDataset, label:
     return LabelSet.voc(names)
 
 
-def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
+def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
                  split: Optional[str] = None, device: str = "cpu", save_predictions: Optional[str] = None,
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
                  observe: Optional[Callable[..., None]] = None) -> dict:
-    """Evaluate ``net`` (a registry name or a deploy prototxt) on a dataset.
+    """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
+    :class:`fcn_repro.resolve.Model`) on a dataset.
 
-    ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (a user's classes; default:
-    the net's or the dataset's). ``observe``: :func:`run`'s per-image hook (the reader then
-    keeps each image's RGB for it). Each head of the report carries its class ``names`` and
-    ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
+    ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
+    run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
+    (the reader then keeps each image's RGB for it). Each head of the report carries its class
+    ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
-    Returns the report on every process (scores per score blob, per-class
-    IU, the card's reference, timing; ``rank`` says which process this is).
-    Under torchrun each process takes every WORLD_SIZE-th image and the
-    matrices are summed. Raises MissingError naming every missing piece
-    (weights and data) at once.
+    Returns the report (scores per score blob, per-class IU, the card's
+    reference, timing; ``rank`` says which process this is). In a process
+    group the entry point started (``torchrun``), each process takes every
+    world-th image and the matrices are summed; this function starts none
+    and uses ``device`` as given. Raises MissingError naming every missing
+    piece (weights and data) at once.
     """
-    entry, prototxt = resolve_net(net)
-    kind = dataset_kind or (entry.dataset if entry is not None else "voc")
+    model = net if isinstance(net, Model) else resolve(net, weights)
+    entry = model.card
+    given = labelsets or model.heads
+    facts = model.run.extra if model.run is not None else {}   # a run's data: reader, directory, splits
+    kind = dataset_kind or (entry.dataset if entry is not None else str(facts.get("dataset") or "voc"))
+    if data is None and dataset_kind in (None, facts.get("dataset")) and facts.get("data"):
+        data = str(facts["data"])
+        split = split or facts.get("val_split") or facts.get("split")
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
-    problems = []
-    wpath = dataset = None
-    try:
-        wpath = resolve_weights(entry, weights, net)
-    except MissingError as e:
-        problems.append(str(e))
+    problems = [model.weights_error] if model.weights is None else []
+    dataset = None
     if entry is not None and kind == entry.dataset:
         tops = entry.tops
     else:
-        tops = tuple(t for t in prototxt_inputs(prototxt) if t in ("color", "hha", "depth"))
+        tops = tuple(t for t in prototxt_inputs(model.deploy) if t in ("color", "hha", "depth"))
     try:
         dataset = open_dataset(kind, data, split, tops=tops if kind == "nyud" else (), voc_dir=voc_dir,
                                keep_image=observe is not None)
@@ -492,22 +457,23 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
         problems.append(str(e))
     if problems:
         raise MissingError("\n\n".join(problems))
-    rank, world, device = cli.dist_setup(device)
+    rank, world = process_group()
     indices = shard_indices(len(dataset), rank, world, limit)
-    netm, check = load_checked(prototxt, wpath, device, fast=fast, verify=verify and rank == 0, progress=progress)
+    netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
-    # the bundled images come with Caffe's own predictions to compare against
-    compare_caffe = kind == "sample" and data is None
+    # bundled data may come with Caffe's own predictions to compare against
+    reference = registry.dataset(kind).caffe_reference if data is None else None
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res = run(netm, dataset, heads, card=entry, device=device, indices=indices, workers=workers,
-              save_predictions=save_predictions, keep_predictions=compare_caffe, observe=observe,
-              labelsets={b: _head_labels(entry, b, None, dataset, lab, labelsets) for b, lab in heads.items()},
-              progress=progress and rank == 0, desc=f"{Path(str(net)).name} {split}")
+              save_predictions=save_predictions, keep_predictions=reference is not None, observe=observe,
+              labelsets={b: _head_labels(entry, b, None, dataset, lab, given) for b, lab in heads.items()},
+              progress=progress and rank == 0, desc=f"{model.name} {split}")
     hists = merge(res["hists"], list(heads), world)
     images = int(sum_scalar(res["images"], world))
     seconds = sum_scalar(res["seconds"], world, op="max")
     report = {
-        "net": net, "prototxt": str(prototxt), "weights": str(wpath), "weights_check": check,
+        "net": model.ref, "prototxt": str(model.deploy), "weights": str(model.weights), "weights_check": check,
+        "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
         "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
         "device": device, "world_size": world, "fast": fast, "time": started, "seconds": seconds,
@@ -517,7 +483,7 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
         if blob not in hists:
             continue
         h = hists[blob]
-        head = head_result(h, dataset, _head_labels(entry, blob, h.shape[0], dataset, lab, labelsets), lab)
+        head = head_result(h, dataset, _head_labels(entry, blob, h.shape[0], dataset, lab, given), lab)
         ref = entry.reference(blob, asserted=True) if entry is not None else None
         if ref is not None:
             head["reference"] = {"source": ref.source, "split": ref.split, "decimals": ref.decimals,
@@ -530,14 +496,14 @@ def evaluate_set(net: str = "fcn8s", weights: Optional[str] = None, data: Option
             head["context"] = [{"source": r.source, "split": r.split, "scores": r.scores(), "text": r.text()}
                                for r in entry.references if r.head == blob and not r.asserted]
         report["heads"][blob] = head
-    if compare_caffe:
-        report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit)
+    if reference is not None:
+        report["caffe"] = _compare_with_caffe(res, hists, dataset, world, limit, resource_path(reference))
     report["rank"] = rank
     return report
 
 
 def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDataset, world: int,
-                        limit: Optional[int]) -> dict:
+                        limit: Optional[int], npz: Path) -> dict:
     """Our sample predictions against Caffe's (sample.caffe.npz), pixel by pixel.
 
     Like with like: on the whole set, Caffe's own confusion matrix and scores;
@@ -545,7 +511,7 @@ def _compare_with_caffe(res: dict, hists: Dict[str, np.ndarray], dataset: SegDat
     same images (their ground truth read again here), never a subset against
     the full set.
     """
-    z = read_npz(resource_path("sample", "sample.caffe.npz"))
+    z = read_npz(npz)
     counts = np.zeros(4, dtype=np.float64)  # pixels, equal, differ, differ where margin < 1e-3
     n = hists["score"].shape[0] if "score" in hists else 0
     subset = np.zeros((n, n), dtype=np.int64)

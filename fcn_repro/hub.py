@@ -38,10 +38,8 @@ the user is told, once, that it was recorded, not verified.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import warnings
@@ -55,19 +53,14 @@ from tqdm import tqdm
 
 from fcn_repro.caffe import weights_info
 from fcn_repro.caffe.fcn_nets import net_text
-from fcn_repro import cli, limits, registry
+from fcn_repro import limits, registry
 from fcn_repro.caffe.match import blob_fits
 from fcn_repro.errors import FcnReproError, OutputError
 from fcn_repro.outputs import locked, output_file
 from fcn_repro.transfer import Bounds, SourceFailed, part_size, reason, transfer
 
-__all__ = [
-    "Source", "HubError", "DownloadError", "WeightsMismatchError", "Check", "source", "known_files",
-    "repo_root", "home", "weights_dir", "download_dir", "find_weights", "weights_path", "deploy_prototxt",
-    "listing", "manifest_path", "manifest_for",
-    "build_manifest", "load_manifest", "write_manifest", "update_manifest", "hash_file", "sha256_file", "check_file",
-    "check_parses", "record", "verify_or_record", "download", "fetch", "main_download", "Bounds",
-]
+__all__ = ["HubError", "DownloadError", "WeightsMismatchError", "Bounds", "home", "weights_dir", "download_dir",
+           "weights_dirs", "find_weights", "download", "verify_or_record"]
 
 Notify = Callable[[str], None]
 
@@ -134,15 +127,15 @@ def home() -> Path:
 
 
 def weights_dir() -> Path:
-    """The weights directory of this setup: $FCN_REPRO_WEIGHTS_DIR, else the
-    checkout's weights/, else ./weights (where the manifest of user files is)."""
+    """The weights directory of this setup: $FCN_REPRO_WEIGHTS_DIR, else the checkout's weights/,
+    else the download cache (:func:`download_dir`); never the working directory."""
     env = os.environ.get("FCN_REPRO_WEIGHTS_DIR")
     if env:
         return Path(env)
     root = repo_root()
     if root is not None:
         return root / "weights"
-    return Path.cwd() / "weights"
+    return download_dir()
 
 
 def download_dir() -> Path:
@@ -151,69 +144,17 @@ def download_dir() -> Path:
     return Path(env) if env else home() / "weights"
 
 
+def weights_dirs() -> List[Path]:
+    """The directories weights files are looked for in, in order: :func:`weights_dir`, :func:`download_dir`."""
+    return list(dict.fromkeys([weights_dir(), download_dir()]))
+
+
 def find_weights(file: str) -> Optional[Path]:
-    """The first existing ``file`` in $FCN_REPRO_WEIGHTS_DIR, the checkout's weights/, the cache."""
-    for d in dict.fromkeys([weights_dir(), download_dir()]):
+    """The first existing ``file`` in :func:`weights_dirs` (None: in none of them)."""
+    for d in weights_dirs():
         if (d / file).is_file():
             return d / file
     return None
-
-
-def weights_path(card: registry.NetCard, directory: Optional[os.PathLike] = None) -> Optional[Path]:
-    """Where a net's original weights file is looked for (None: none published)."""
-    if card.name == "sample":
-        return registry.resource_path("sample", card.weights.file)
-    if not card.caffemodel:
-        return None
-    if directory is None:   # $FCN_REPRO_WEIGHTS_DIR or weights/, else the download cache
-        return find_weights(card.caffemodel) or weights_dir() / card.caffemodel
-    return Path(directory) / card.caffemodel
-
-
-def deploy_prototxt(name: str) -> Path:
-    """Path of the deploy prototxt of net ``name``.
-
-    In a checkout: prototxt/<name>/deploy.prototxt. Where prototxt/ is not
-    available (a non-editable install), the net is generated with the
-    project's net specifications (fcn_repro.caffe.fcn_nets) under the one
-    cache root (:func:`home`: $FCN_REPRO_HOME or ~/.cache/fcn_repro).
-    """
-    if name == "sample":
-        return registry.resource_path("sample", "fcn8s-shapes.prototxt")
-    registry.net(name)  # raises for an unknown name
-    root = repo_root()
-    if root is not None:
-        p = root / "prototxt" / name / "deploy.prototxt"
-        if p.is_file():
-            return p
-    p = home() / "prototxt" / name / "deploy.prototxt"
-    text = net_text(name, "deploy")   # cheap; rewritten when this version's net differs from the cached one
-    if not (p.is_file() and p.read_text(encoding="utf-8") == text):
-        with output_file(p, len(text.encode()), "w") as f:
-            f.write(text)
-    return p
-
-
-def listing(wdir: Path) -> dict:
-    """Every net with its weights (present in ``wdir`` or not), references and sources; the sample;
-    the published results of nets the project does not have; the initialisation weights."""
-    def one(net: registry.NetCard) -> dict:
-        wp = weights_path(net, wdir)
-        w = net.weights
-        return {
-            "net": net.name, "title": net.title, "dataset": net.dataset, "split": net.split,
-            "weights": None if w is None else {"file": w.file, "sources": list(w.urls), "bytes": w.bytes,
-                                               "sha1": w.sha1, "path": str(wp), "present": wp.is_file()},
-            "references": [{"source": r.source, "split": r.split, "head": r.head, "asserted": r.asserted,
-                            "decimals": r.decimals, "scores": r.scores(), "extra": dict(r.extra),
-                            "text": r.text()} for r in net.references],
-        }
-    context = [{"dataset": d.key, "net": title, "split": r.split, "source": r.source, "scores": r.scores(),
-                "text": r.text()} for d in registry.DATASETS.values() for title, r in d.context]
-    return {"weights_dir": str(wdir), "nets": [one(n) for n in registry.NETS.values()],
-            "sample": one(registry.SAMPLE), "other_published": context,
-            "init_weights": {k: {"file": w.file, "sources": list(w.urls), "bytes": w.bytes}
-                             for k, w in registry.INIT_WEIGHTS.items()}}
 
 
 def manifest_path(directory: Optional[os.PathLike] = None) -> Path:
@@ -598,45 +539,3 @@ def download(names: Iterable[str] = (), *, all: bool = False, directory: Optiona
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         srcs = [replace(s, urls=tuple(b.rstrip("/") + "/" + s.file for b in bases)) for s in srcs]
     return [fetch(s, directory, progress=progress, notify=notify, timeout=timeout, bounds=bounds) for s in srcs]
-
-
-def main_download(argv=None) -> int:
-    """``python -m fcn_repro.zoo download NET... | --all [--dir DIR] [--base-url URL]``."""
-    ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo download",
-                                 description="Download the original FCN weights from their sources (the original "
-                                             "host, then mirrors), resuming and verifying them.")
-    cli.add_common(ap, json_help=None)
-    ap.add_argument("nets", nargs="*", help="nets (python -m fcn_repro.zoo lists them), file names, or vgg16")
-    ap.add_argument("--all", action="store_true", help="every net with published weights")
-    ap.add_argument("--dir", default=None, help="where to put them (default: $FCN_REPRO_WEIGHTS_DIR, else "
-                                                "$FCN_REPRO_HOME/weights, else ~/.cache/fcn_repro/weights)")
-    ap.add_argument("--base-url", action="append", default=None, metavar="URL",
-                    help="fetch URL/<file> instead of the registry's sources (repeat for fallbacks)")
-    d = Bounds()
-    ap.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
-                    help="give up on a source when one file from it takes longer (default: %(default)g)")
-    ap.add_argument("--min-rate", type=float, default=d.min_rate / 1024, metavar="KIB_PER_S",
-                    help=f"give up on a source slower than this on average over {d.window:g} s "
-                         "(default: %(default)g KiB/s; 0: no minimum)")
-    ap.add_argument("--stall-timeout", type=float, default=d.timeout, metavar="SECONDS",
-                    help="give up on a source when nothing arrives for this long (default: %(default)g)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return cli.run(_main_download, ap, argv)
-
-
-def _main_download(args) -> int:
-    if not args.nets and not args.all:
-        raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
-    for opt, v, least in (("--deadline", args.deadline, 0), ("--stall-timeout", args.stall_timeout, 0),
-                          ("--min-rate", args.min_rate, None)):
-        if not (math.isfinite(v) and (v > least if least is not None else v >= 0)):
-            raise cli.UsageError(f"{opt} {v:g}: must be a {'positive' if least is not None else 'non-negative'} "
-                                 "finite number")
-    bounds = Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
-    try:
-        download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
-                 progress=not args.no_progress, bounds=bounds)
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0

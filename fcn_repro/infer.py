@@ -68,15 +68,17 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro import cli, labels
+from fcn_repro import cli
 from fcn_repro.data.transforms import save_label_png
-from fcn_repro.evaluation import MissingError, load_checked, resolve_net, resolve_weights
+from fcn_repro.devices import check_device
+from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file, protect_inputs
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
 from fcn_repro.report.overlays import overlay_picture
+from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
 __all__ = ["summarize", "infer", "main", "output_names"]
@@ -183,25 +185,25 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     on the left.
     """
     out = out or sys.stdout
-    device = cli.check_device(device)
-    entry, prototxt = resolve_net(net)
-    wpath = resolve_weights(entry, weights, net)
+    device = check_device(device)
+    model = resolve(net, weights)
+    model.require_weights()
     missing = [p for p in images if not Path(p).exists() and not glob.has_magic(str(p))]
     if missing:
         raise MissingError("image(s) not found: " + ", ".join(missing))
     paths = expand_images(list(images))
     if not paths:
         raise MissingError("no image files in " + ", ".join(images))
-    netm, _ = load_checked(prototxt, wpath, device, fast=fast, verify=verify)
-    heads = list(entry.classes) if entry is not None else None
+    netm, _ = build(model, device, fast=fast, verify=verify)
+    heads = list(model.heads) or None
     given = dict(labelsets or {})
     if heads:
-        given = {h: given.get(h) or labels.for_net(entry, h) for h in heads}   # read once, not per image
+        given = {h: given.get(h) or model.heads[h] for h in heads}   # read once, not per image
     if legend and not available("matplotlib"):
         warnings.warn("overlays without a legend: the legend needs matplotlib (pip install 'fcn_repro[report]'; "
                       "--no-legend says you want none)", stacklevel=2)
         legend = False
-    predictor = Predictor(netm, Transforms.for_net(entry), heads, device=device, batch_size=batch_size,
+    predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
                           keep_images=True, tile=tile)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             my, mx = pred.tiling.margins
             summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
-    report = {"net": net, "weights": str(wpath), "images": summary, "skipped": skipped}
+    report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     cli.write_json(outdir_p / "summary.json", report)
     if json_path:
         cli.write_json(json_path, report)
@@ -267,7 +269,8 @@ def main(argv=None) -> int:
     cli.add_common(ap, "also write the report (summary.json's content) as JSON to FILE ('-': stdout; "
                    "the per-image lines then go to stderr)")
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
-    ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model) or a deploy prototxt path")
+    ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model), a deploy prototxt path or a "
+                                                        "training run directory")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
@@ -306,7 +309,7 @@ def _main(args) -> int:
             raise cli.UsageError(f"{opt} {v}: must be between 0 and 1")
     if args.tile is not None and args.tile < 0:
         raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
-    device = cli.check_device(args.device)
+    device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     cli.check_writable(args.outdir, "-o", directory=True)
     cli.check_writable(args.json, "--json")
@@ -318,9 +321,9 @@ def _main(args) -> int:
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
                   background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
                   tile=args.tile, scores_format=args.scores_format)
-    except MissingError as e:
+    except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
-            raise MissingError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
+            raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "
                                "shapes, not PASCAL)") from None
         raise
     skipped = 0

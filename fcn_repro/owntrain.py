@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fcn_repro import hub, registry
+from fcn_repro import registry
 from fcn_repro.caffe import fcn_nets
 from fcn_repro.caffe.fcn_nets import SAMPLE_WIDTHS
 from fcn_repro.caffe.net import Net
@@ -47,7 +47,7 @@ from fcn_repro.data.transforms import open_checked
 from fcn_repro.data.folder import is_folder, open_own, own_labels, parse_classes
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file
-from fcn_repro.rundir import is_run_dir, read_run
+from fcn_repro.resolve import MissingError, resolve
 from fcn_repro.solver import SolverParameter, read_solver
 from fcn_repro.evaluation import Validator
 from fcn_repro.sources import DatasetSource
@@ -158,22 +158,14 @@ def write_solver(run: Path, net: OwnNet, overrides: Dict[str, Any]) -> SolverPar
 
 
 def init_weights(init: str) -> str:
-    """``--init``: a weights file, a run directory (its newest weights) or a net name whose weights are on disk."""
-    if os.path.isdir(init) and is_run_dir(init):
-        info = read_run(init)
-        if info.weights is None:
-            raise TrainError(f"--init {init}: the run has no complete weights yet", os.fspath(info.dir / "run.json"))
-        return os.fspath(info.weights)
-    if os.path.exists(init):
+    """``--init``: a weights file, or what :func:`fcn_repro.resolve.resolve` makes of it (a run
+    directory's newest weights, a registry net's weights where they are on disk)."""
+    if os.path.isfile(init):
         return init
-    if init == "sample" or init in registry.NETS:
-        p = hub.weights_path(registry.net(init))
-        if p is None or not p.is_file():
-            raise TrainError(f"--init {init}: its weights are not on disk (looked at {p}); fetch them with "
-                             f"`python -m fcn_repro.hub download {init}`")
-        return os.fspath(p)
-    raise TrainError(f"--init {init}: no such file, run directory or net name (nets: "
-                     f"{', '.join(list(registry.NETS) + ['sample'])})")
+    try:
+        return os.fspath(resolve(init).require_weights())
+    except MissingError as e:
+        raise TrainError(f"--init {init}: {e}") from None
 
 
 def class_surgery(net: Any, init: str, say: Optional[Callable[[str], None]] = None) -> dict:

@@ -49,14 +49,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fcn_repro import cli, hub, registry, zoo
+from fcn_repro import registry
 from fcn_repro.data.transforms import as_rgb_array, log_depth, preprocess, read_image
+from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError
-from fcn_repro.evaluation import load_checked
+from fcn_repro.evaluation import build
+from fcn_repro.resolve import Model, resolve
 from fcn_repro.tiles import Geometry, TilePlan, plan_tiles, run_tiled
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
-           "IMAGE_SUFFIXES", "MissingWeightsError"]
+           "IMAGE_SUFFIXES"]
 
 #: file name endings taken as images when a directory is given
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -64,15 +66,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
-class MissingWeightsError(FcnReproError):
-    """The net's weights are not on this machine (and were not to be downloaded)."""
-
-
 def resolve_device(device: Optional[str]) -> str:
     """'cpu', 'cuda', 'cuda:N' (None: cuda when available); a project error when CUDA is asked for but absent."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return cli.check_device(device)
+    return check_device(device)
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -96,6 +94,14 @@ class Transforms:
         if card is None:
             return cls([("data", [("data", registry.dataset("voc").means["data"])])])
         return cls([(i.blob, [(r, card.data.means[r]) for r in i.reads]) for i in card.inputs])
+
+    @classmethod
+    def for_model(cls, model: Model) -> "Transforms":
+        """The preprocessing of a resolved net: its card's, else its means per input blob (a run
+        directory's colour inputs, BGR), else a VOC-style colour net's."""
+        if model.card is not None or not model.means:
+            return cls.for_net(model.card)
+        return cls([(blob, [("data", np.asarray(m))]) for blob, m in model.means.items()])
 
     @property
     def reads(self) -> List[str]:
@@ -367,7 +373,7 @@ def _net_device(net) -> torch.device:
 
 @dataclass
 class Pretrained:
-    """A zoo net with its weights, preprocessing and metadata (see :func:`load`)."""
+    """A net with its weights, preprocessing and metadata (see :func:`load`)."""
 
     name: str
     net: Any
@@ -391,56 +397,36 @@ class Pretrained:
         return self.predictor(batch_size, tile=tile).predict(images, scores=scores, probabilities=probabilities)
 
 
-def _weights_for(entry, name: str, weights, download: bool, progress: bool) -> Tuple[Path, bool]:
-    """(path, whether it is a known original to verify)."""
-    if weights is not None:
-        p = Path(weights)
-        if not p.is_file():
-            raise MissingWeightsError(f"weights file not found: {p}", p)
-        return p, True
-    if name == "sample":
-        return zoo.weights_path(entry), False   # ships with the package
-    if entry.caffemodel is None:
-        raise MissingWeightsError(f"no original weights were published for {name}; train them "
-                                  "(python -m fcn_repro.train) and pass weights=FILE")
-    p = hub.find_weights(entry.caffemodel)
-    if p is None:
-        if not download:
-            raise MissingWeightsError(
-                f"the weights of {name} ({entry.caffemodel}) are not in {hub.weights_dir()} or "
-                f"{hub.download_dir()}: fcn_repro.load({name!r}, download=True) or "
-                f"python -m fcn_repro.zoo download {name} fetches them")
-        p = hub.download([name], progress=progress)[0]
-    return p, True
-
-
-def load(name: str, *, weights: Optional[os.PathLike] = None, download: bool = False,
+def load(net: str | os.PathLike, weights: Optional[os.PathLike] = None, *, download: bool = False,
          device: Optional[str] = "cpu", fast: bool = False, verify: bool = True, progress: bool = True) -> Pretrained:
-    """A pretrained zoo net in one call (``fcn_repro.load``).
+    """A net with its weights, preprocessing and class names in one call (``fcn_repro.load``).
 
-    name: a zoo net (``python -m fcn_repro.zoo`` lists them) or 'sample' (the
-    bundled model). weights: a file instead of the original. download: fetch
-    the original when it is not here (see :mod:`fcn_repro.hub`). verify: check
-    the file against its published facts / the manifest's record (recorded
-    the first time, once it loaded as this net's). fast: the fast forward
-    (:mod:`fcn_repro.fast`; equal to the plain one to float rounding).
+    net: a registry net (``python -m fcn_repro.zoo`` lists them; 'sample' is
+    the bundled model), a deploy prototxt (give ``weights``) or a training
+    run directory (``train --out``). weights: a file instead of the net's
+    own. download: fetch a registry net's original weights when they are not
+    here (see :mod:`fcn_repro.hub`). verify: check the file against its
+    published facts / the manifest's record (recorded the first time, once
+    it loaded as this net's). fast: the fast forward (:mod:`fcn_repro.fast`;
+    equal to the plain one to float rounding). Missing weights raise
+    :class:`fcn_repro.resolve.WeightsNotFoundError` (where they were looked
+    for, how to get them).
     """
-    try:
-        entry = zoo.get(name)
-    except KeyError as e:
-        raise FcnReproError(str(e.args[0]) if e.args else str(e)) from None
     device = resolve_device(device)
-    path, known = _weights_for(entry, name, weights, download, progress)
+    model = resolve(net, weights, download=download, progress=progress)
     # one read of the file: checked against its facts, parsed into the net, then recorded
-    net, check = load_checked(zoo.deploy_prototxt(name), path, device, fast=fast, verify=verify and known,
-                              progress=progress)
-    transforms = Transforms.for_net(entry)
-    head_blobs = list(entry.classes)
-    heads = {h: entry.class_names(h) for h in head_blobs}
+    netm, check = build(model, device, fast=fast, verify=verify, progress=progress)
+    transforms = Transforms.for_model(model)
+    heads = {h: list(ls.names) for h, ls in model.heads.items()}
+    head_blobs = list(heads) or list(netm.outputs)
+    card = model.card
     meta = {
-        "name": name, "title": entry.title, "dataset": entry.dataset, "categories": heads[head_blobs[0]],
-        "heads": heads, "head_blobs": head_blobs, "inputs": {i.blob: list(i.reads) for i in entry.inputs},
+        "name": model.name, "title": card.title if card is not None else model.name,
+        "dataset": card.dataset if card is not None else None,
+        "categories": heads.get(head_blobs[0]), "heads": heads, "labels": dict(model.heads),
+        "head_blobs": head_blobs, "inputs": {b: [r for r, _ in reads] for b, reads in transforms.inputs},
         "mean": {r: np.asarray(m).tolist() for _, reads in transforms.inputs for r, m in reads},
-        "weights": str(path), "weights_check": None if check is None else check["status"],
+        "weights": str(model.weights), "weights_how": model.weights_how,
+        "weights_check": None if check is None else check["status"],
     }
-    return Pretrained(name, net, path, meta, transforms)
+    return Pretrained(model.name, netm, model.weights, meta, transforms)

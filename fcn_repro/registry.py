@@ -181,6 +181,10 @@ class DatasetCard:
     val_images: Optional[int] = None
     exclude_absent: bool = False
     context: Tuple[Tuple[str, Reference], ...] = ()
+    #: "resource:<dir>": the data ships with the package (the default when no data is given)
+    bundled: Optional[str] = None
+    #: "resource:<file.npz>": Caffe's own predictions and scores on the bundled data
+    caffe_reference: Optional[str] = None
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -200,7 +204,11 @@ class NetCard:
     heads: Tuple[Head, ...]
     references: Tuple[Reference, ...] = ()
     trained_from: str = ""
-    prototxt_dir: Optional[str] = None   # None: prototxt/<name>/
+    #: (phase, "resource:<path>") for net files shipped as package data; the phases not listed
+    #: are prototxt/<name>/<phase>.prototxt or generated from the net definition
+    files: Tuple[Tuple[str, str], ...] = ()
+    #: the net definition (fcn_repro.caffe.fcn_nets) this net is an instance of (None: its own name)
+    definition: Optional[str] = None
 
     # -- derived views
     @property
@@ -305,7 +313,9 @@ DATASETS: Dict[str, DatasetCard] = {d.key: d for d in [
                 "val", {"data": MEAN_CONTEXT}, {"label": "pascalcontext"}, layer="PASCALContextSegDataLayer",
                 train_split="train", val_split="val", val_images=5105),
     DatasetCard("sample", "the bundled sample: synthetic shapes (not PASCAL)", "fcn_repro.data.voc:VOCSegmentation",
-                "val", {"data": MEAN_VOC}, {"label": "sample"}, val_split="val", val_images=24),    DatasetCard("folder", "your own data: images/ + labels/ (index PNGs), your classes",
+                "val", {"data": MEAN_VOC}, {"label": "sample"}, val_split="val", val_images=24,
+                bundled="resource:sample/sample", caffe_reference="resource:sample/sample.caffe.npz"),
+    DatasetCard("folder", "your own data: images/ + labels/ (index PNGs), your classes",
                 "fcn_repro.data.folder:FolderSegmentation", "val", {"data": MEAN_VOC}, {"label": "own"},
                 val_split="val"),
 ]}
@@ -395,7 +405,10 @@ SAMPLE = NetCard("sample", "bundled sample: reduced FCN-8s on synthetic shapes (
                  Weights("fcn8s-shapes.caffemodel", ("resource:sample/fcn8s-shapes.caffemodel",),
                          note="ships with the package"),
                  _VOC_IN, (Head("score", "label", "sample"),), (), "trained in real Caffe (see its README)",
-                 prototxt_dir="resource:sample")
+                 files=(("deploy", "resource:sample/fcn8s-shapes.prototxt"),
+                        ("train", "resource:sample/fcn8s-shapes.train.prototxt"),
+                        ("val", "resource:sample/fcn8s-shapes.prototxt")),
+                 definition="fcn8s")
 
 #: weights that training starts from
 INIT_WEIGHTS: Dict[str, Weights] = {
@@ -459,8 +472,15 @@ def inputs(net_name: str) -> Tuple[InputSpec, ...]:
 
 # ------------------------------------------------------------------ packaged files
 
+RESOURCE = "resource:"
+
+
 def resource_path(*parts: str) -> Path:
-    """Path of a file shipped in fcn_repro/resources (package data)."""
+    """Path of a file shipped in fcn_repro/resources (package data).
+
+    A card's locator ``"resource:sample/x.prototxt"`` is one argument: its prefix is dropped.
+    """
+    parts = tuple(p[len(RESOURCE):] if p.startswith(RESOURCE) else p for p in parts)
     try:
         from importlib.resources import files
 

@@ -45,35 +45,49 @@ from fcn_repro.labels import for_net
 from fcn_repro.outputs import output_file
 from fcn_repro.evaluation import Validator  # noqa: F401 (the API)
 from fcn_repro.solver import check_base_lr
+from fcn_repro.resolve import resolve
 from fcn_repro.sources import (DatasetSource, FeedSource, default_val_net, draw_order,  # noqa: F401 (the API)
                                sample_arrays, training_source, validator_for)
-from fcn_repro.trainer import (RECIPES, Trainer, TrainError, apply_interp, default_solver,  # noqa: F401
+from fcn_repro.trainer import (RECIPES, Trainer, TrainError, apply_interp,  # noqa: F401
                                draw_curve, interp_layers, loss_weights, objective, solver_with, status, summary,
                                surgery, training_net)
 
 __all__ = [
     "surgery", "interp_layers", "apply_interp", "loss_weights", "objective", "FeedSource",
     "DatasetSource", "draw_order", "sample_arrays", "Trainer", "Validator", "draw_curve", "main", "RECIPES",
-    "TrainError", "default_solver",
+    "TrainError",
 ]
 
 
 # ------------------------------------------------------------------- the CLI
 
-def _sample_defaults(args: argparse.Namespace) -> None:
-    """``--net sample``: the bundled reduced FCN-8s, its Caffe-trained weights and its
-    24 images, with the FCN-8s solver (the smoke test of the whole training path)."""
-    args.solver = args.solver or str(default_solver("fcn8s"))
-    args.train_net = args.train_net or str(registry.resource_path("sample", "fcn8s-shapes.train.prototxt"))
-    args.val_net = args.val_net or str(registry.resource_path("sample", "fcn8s-shapes.prototxt"))
-    if args.init is None and args.weights is None and args.resume is None and args.feed is None:
-        args.weights = str(registry.resource_path("sample", registry.SAMPLE.weights.file))
-    if args.feed is None:
-        args.data = args.data or str(registry.resource_path("sample", "sample"))
-    args.dataset = args.dataset or "sample"
-    args.split = args.split or registry.dataset("sample").split
-    if args.display is None:
-        args.display = 1
+def _net_defaults(args: argparse.Namespace) -> None:
+    """``--net NAME``: the net's files and data as :func:`fcn_repro.resolve.resolve` finds them.
+
+    The solver and training net: on disk or generated from the net
+    definitions (a regular install has no prototxt/); the validation net:
+    the deploy net. A net whose weights ship with the package (the bundled
+    sample) starts from them when no --init/--weights/--resume/--feed is
+    given; a dataset that ships with the package (the sample's 24 images)
+    is the default data, with its split, and Caffe's display line every
+    iteration (a smoke test).
+    """
+    model = resolve(args.net)
+    card = model.card
+    if args.solver is None:   # a --solver given names its own training net
+        args.solver = str(model.net_file("solver"))
+        args.train_net = args.train_net or str(model.net_file("train"))
+    args.val_net = args.val_net or str(model.deploy)
+    if (model.weights_how == "resource" and args.init is None and args.weights is None and args.resume is None
+            and args.feed is None):
+        args.weights = str(model.weights)
+    bundled = registry.dataset(card.train_dataset).bundled if card is not None else None
+    if bundled is not None and args.feed is None and args.data is None:
+        args.data = str(registry.resource_path(bundled))
+        args.dataset = args.dataset or card.train_dataset
+        args.split = args.split or registry.dataset(card.train_dataset).split
+        if args.display is None:
+            args.display = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_common(ap, "at the end, write a summary as JSON to FILE ('-': stdout): the last iteration's "
                    "loss, the last validation scores, the snapshots (log.jsonl has every record)")
     g = ap.add_argument_group("net and solver")
-    g.add_argument("--net", help="generated net name (prototxt/<net>/solver.prototxt), or 'sample' (the "
-                   "bundled reduced FCN-8s, its weights and images: a smoke test): "
+    g.add_argument("--net", help="a registry net: its solver and nets from prototxt/<net>/ or generated from "
+                   "the net definitions; 'sample' = the bundled reduced FCN-8s, its weights and images (a smoke "
+                   "test): "
                    + "; ".join(f"{k} from {v}" for k, v in RECIPES.items()))
-    g.add_argument("--solver", help="solver prototxt (default prototxt/<net>/solver.prototxt)")
+    g.add_argument("--solver", help="solver prototxt (default: the --net's solver.prototxt)")
     g.add_argument("--train-net", help="training net prototxt (default: the solver's train_net/net)")
     g.add_argument("--val-net", help="TEST-phase net for validation (default: deploy.prototxt beside "
                    "the training net, else the solver's test_net)")
@@ -166,8 +181,8 @@ def _main(args: argparse.Namespace) -> int:
     own = args.feed is None and owntrain.is_own_data(args.data, args.classes)
     if own and (args.solver or args.train_net):
         raise TrainError("own classes: the nets and solver are generated from --net (drop --solver/--train-net)")
-    if args.net == "sample" and not own:
-        _sample_defaults(args)
+    if args.net and not own:
+        _net_defaults(args)
     for opt in ("iters", "max_iter", "iter_size", "test_iters"):
         v = getattr(args, opt)
         if v is not None and v < (0 if opt == "iters" else 1):
@@ -283,7 +298,7 @@ def _snapshot_hook(record, keep: int, say):
 
 def _paper_setup(args: argparse.Namespace, name: str, rank: int, world: int, device: str, say):
     """The paper's nets (prototxt/, a --solver, the sample): solver, net, data, validation."""
-    solver_path = Path(args.solver) if args.solver else default_solver(args.net)
+    solver_path = Path(args.solver)
     sp = solver_with(solver_path, {"max_iter": args.max_iter, "base_lr": args.base_lr, "iter_size": args.iter_size,
                                    "snapshot": args.snapshot_every, "test_interval": args.test_every,
                                    "test_initialization": args.test_initialization, "display": args.display},
@@ -295,7 +310,7 @@ def _paper_setup(args: argparse.Namespace, name: str, rank: int, world: int, dev
                        say=say)
     if say and not (args.init or args.weights or args.resume):
         say("no --init/--weights/--resume: every layer starts from its prototxt filler")
-    card = registry.net(args.net) if args.net in registry.NETS or args.net == "sample" else None
+    card = resolve(args.net).card if args.net else None
     source = training_source(net, sp.train_net_path, card, feed=args.feed, data=args.data, dataset=args.dataset,
                              split=args.split, seed=args.seed, order=args.order, rank=rank, world=world,
                              device=device, say=say)
@@ -317,9 +332,9 @@ def _paper_setup(args: argparse.Namespace, name: str, rank: int, world: int, dev
 
 def _paper_record(args: argparse.Namespace, sp, out_dir: str):
     """run.json of a registry net's run (its classes, mean, deploy net copied into the run); None otherwise."""
-    if not (args.net in registry.NETS or args.net == "sample") or args.feed:
+    card = resolve(args.net).card if args.net else None
+    if card is None or args.feed:
         return None
-    card = registry.net(args.net)
     try:
         src = Path(args.val_net) if args.val_net else Path(default_val_net(sp.train_net_path, sp))
     except TrainError:

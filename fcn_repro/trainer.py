@@ -44,13 +44,12 @@ from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
-from fcn_repro.hub import repo_root
 from fcn_repro.outputs import output_file
 from fcn_repro.report.training import TrainingPictures, draw_curve
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
-           "draw_curve", "Trainer", "status", "default_solver", "solver_with", "training_net", "place_net", "summary"]
+           "draw_curve", "Trainer", "status", "solver_with", "training_net", "place_net", "summary"]
 
 
 class TrainError(FcnReproError):
@@ -499,20 +498,6 @@ def status(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ setting up a run
-
-def default_solver(net: str) -> Path:
-    """prototxt/<net>/solver.prototxt of the checkout (or of the working directory)."""
-    root = repo_root()
-    cands = []
-    if root is not None:
-        cands.append(root / "prototxt" / net / "solver.prototxt")
-    cands.append(Path.cwd() / "prototxt" / net / "solver.prototxt")
-    for c in cands:
-        if c.is_file():
-            return c
-    raise TrainError(f"no solver for net {net!r}: looked for " + ", ".join(str(c) for c in cands)
-                     + " (generate the nets with `python -m fcn_repro.netspec`, or pass --solver)")
-
 
 def solver_with(solver_path: str | os.PathLike, overrides: dict[str, Any], train_net: Optional[str] = None
                 ) -> SolverParameter:

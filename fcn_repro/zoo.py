@@ -1,67 +1,50 @@
-"""The known FCN nets on this machine: their weights files, prototxts and manifest.
+"""The known FCN nets on this machine: ``python -m fcn_repro.zoo``.
+
+    python -m fcn_repro.zoo [--weights-dir DIR] [--json FILE]     # every net, its weights, its references
+    python -m fcn_repro.zoo download fcn8s fcn32s [--dir DIR] [--base-url URL]
+    python -m fcn_repro.zoo download --all
+    python -m fcn_repro.zoo --write-manifest [--weights-dir DIR]
 
 The facts about each net (title, weights file and sources, references) are
-its card in :mod:`fcn_repro.registry`; where their files are here, the
-manifest (``weights/manifest.json``: generated from the cards, plus the bytes
-and sha256 recorded the first time a file is seen and verified every time
-after) and the downloads are :mod:`fcn_repro.hub`. This module is the CLI
-(and keeps the names callers import from it).
-
-``python -m fcn_repro.zoo`` lists every net, its references, its weights'
-sources and whether they are present, and the bundled sample (``--json FILE``);
-``python -m fcn_repro.zoo --write-manifest`` regenerates the manifest
-(keeping recorded sizes and checksums).
+its card in :mod:`fcn_repro.registry`; where its files are here is
+:mod:`fcn_repro.resolve` (the listing looks where ``fcn_repro.load`` looks:
+$FCN_REPRO_WEIGHTS_DIR or the checkout's weights/, then the download cache);
+downloads and the manifest of what was seen are :mod:`fcn_repro.hub`. This
+module is only the command line (conventions: :mod:`fcn_repro.cli`).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-from typing import Dict
 
-from fcn_repro import cli, hub, registry
+from fcn_repro import cli, hub
+from fcn_repro.resolve import listing
 
-# the library of the weights' places, the nets' files, the manifest and verification is
-# fcn_repro.hub; these names have always been importable from here
-from fcn_repro.hub import (  # noqa: F401
-    WeightsMismatchError, build_manifest, deploy_prototxt, listing, load_manifest, manifest_path, repo_root,
-    sha256_file, verify_or_record, weights_dir, weights_path, write_manifest,
-)
+__all__ = ["main", "main_download"]
 
-__all__ = [
-    "ZooNet", "NETS", "BASE_URL", "get", "names", "weights_dir", "weights_path", "manifest_path", "load_manifest",
-    "build_manifest", "write_manifest", "verify_or_record", "WeightsMismatchError", "deploy_prototxt",
-    "repo_root", "sha256_file", "listing", "main",
-]
-
-#: The registry's cards (fcn_repro.registry) are the nets; hub adds where
-#: their files are on this machine and the manifest of what was seen.
-ZooNet = registry.NetCard
-NETS: Dict[str, ZooNet] = registry.NETS
-SAMPLE = registry.SAMPLE
-BASE_URL = registry.BASE_URL
-VGG16_FILE = registry.INIT_WEIGHTS["vgg16"].file
-VGG16_URL = registry.INIT_WEIGHTS["vgg16"].url
-names = registry.names
-get = registry.net
-
-
-# ------------------------------------------------------------------ CLI
 
 def _print_listing(info: dict) -> None:
-    print(f"weights directory: {info['weights_dir']}")
-    for e in info["nets"] + [info["sample"]]:
+    print(f"weights looked for in: {', '.join(info['weights_dirs'])}")
+    for e in info["nets"]:
         w = e["weights"]
-        state = "(none published)" if w is None else ("present" if w["present"] else "not here")
+        if w is None:
+            state = "(none published)"
+        elif w["bundled"]:
+            state = "bundled with the package"
+        else:
+            state = f"here: {w['path']}" if w["present"] else \
+                f"not downloaded (python -m fcn_repro.zoo download {e['net']})"
         print(f"\n{e['net']}: {e['title']}  [{e['dataset']} {e['split']}]")
         print(f"  weights {w['file'] if w else '-'}: {state}")
-        if w is not None and e["net"] != "sample":
+        if w is not None and w["sources"]:
             print(f"  sources: {', '.join(w['sources'])}")
         for r in e["references"]:
             kind = "reference" if r["asserted"] else "context"
             print(f"  {kind} ({r['split']}, {r['head']}): {r['text']}; {r['source']}")
-        if e["net"] == "sample":
-            print("  run it: python -m fcn_repro.evaluate --net sample")
+        if w is not None and w["bundled"]:
+            print(f"  run it: python -m fcn_repro.evaluate --net {e['net']}")
     for c in info["other_published"]:
         print(f"\n(no net here) {c['net']} on {c['dataset']} {c['split']}, context: {c['text']}; {c['source']}")
 
@@ -69,29 +52,72 @@ def _print_listing(info: dict) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["download"]:
-        return hub.main_download(argv[1:])
+        return main_download(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo", description=__doc__.split("\n\n")[0])
     cli.add_common(ap)
     ap.add_argument("--write-manifest", action="store_true",
-                    help="regenerate weights/manifest.json from the registry (keeps recorded checksums)")
-    ap.add_argument("--weights-dir", default=None, help="weights directory (default: $FCN_REPRO_WEIGHTS_DIR, "
-                    "the checkout's weights/, or ./weights)")
+                    help="regenerate the weights directory's manifest.json from the registry (keeps recorded "
+                         "checksums)")
+    ap.add_argument("--weights-dir", default=None, help="list (or write the manifest of) this directory only "
+                    "(default: where fcn_repro.load looks: $FCN_REPRO_WEIGHTS_DIR or the checkout's weights/, "
+                    "then the download cache)")
     return cli.run(_main, ap, argv)
 
 
 def _main(args) -> int:
     cli.check_writable(args.json, "--json")
-    wdir = Path(args.weights_dir) if args.weights_dir else weights_dir()
     if args.write_manifest:
-        p = manifest_path(wdir)
+        p = hub.manifest_path(Path(args.weights_dir) if args.weights_dir else hub.weights_dir())
         cli.check_writable(p, "manifest")
-        print(f"wrote {hub.update_manifest(build_manifest, p)}")   # under the manifest's lock
+        print(f"wrote {hub.update_manifest(hub.build_manifest, p)}")   # under the manifest's lock
         return 0
-    info = listing(wdir)
+    info = listing(args.weights_dir)
     if args.json:
         cli.write_json(args.json, info)
     if args.json != "-":
         _print_listing(info)
+    return 0
+
+
+def main_download(argv=None) -> int:
+    """``python -m fcn_repro.zoo download NET... | --all [--dir DIR] [--base-url URL]``."""
+    ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo download",
+                                 description="Download the original FCN weights from their sources (the original "
+                                             "host, then mirrors), resuming and verifying them.")
+    cli.add_common(ap, json_help=None)
+    ap.add_argument("nets", nargs="*", help="nets (python -m fcn_repro.zoo lists them), file names, or vgg16")
+    ap.add_argument("--all", action="store_true", help="every net with published weights")
+    ap.add_argument("--dir", default=None, help="where to put them (default: $FCN_REPRO_WEIGHTS_DIR, else "
+                                                "$FCN_REPRO_HOME/weights, else ~/.cache/fcn_repro/weights)")
+    ap.add_argument("--base-url", action="append", default=None, metavar="URL",
+                    help="fetch URL/<file> instead of the registry's sources (repeat for fallbacks)")
+    d = hub.Bounds()
+    ap.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
+                    help="give up on a source when one file from it takes longer (default: %(default)g)")
+    ap.add_argument("--min-rate", type=float, default=d.min_rate / 1024, metavar="KIB_PER_S",
+                    help=f"give up on a source slower than this on average over {d.window:g} s "
+                         "(default: %(default)g KiB/s; 0: no minimum)")
+    ap.add_argument("--stall-timeout", type=float, default=d.timeout, metavar="SECONDS",
+                    help="give up on a source when nothing arrives for this long (default: %(default)g)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return cli.run(_main_download, ap, argv)
+
+
+def _main_download(args) -> int:
+    if not args.nets and not args.all:
+        raise cli.UsageError("name the nets to download (python -m fcn_repro.zoo lists them), or pass --all")
+    for opt, v, least in (("--deadline", args.deadline, 0), ("--stall-timeout", args.stall_timeout, 0),
+                          ("--min-rate", args.min_rate, None)):
+        if not (math.isfinite(v) and (v > least if least is not None else v >= 0)):
+            raise cli.UsageError(f"{opt} {v:g}: must be a {'positive' if least is not None else 'non-negative'} "
+                                 "finite number")
+    bounds = hub.Bounds(deadline=args.deadline, min_rate=args.min_rate * 1024, timeout=args.stall_timeout)
+    try:
+        hub.download(args.nets, all=args.all, directory=args.dir, base_url=args.base_url,
+                 progress=not args.no_progress, bounds=bounds)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fcn_repro import evaluate as ev
-from fcn_repro import hub, registry, zoo
+from fcn_repro import evaluation, hub, registry
 from fcn_repro.caffe import fcn_nets, save_weights
 from fcn_repro.data import Sample, resource_path
 from fcn_repro.data.transforms import read_label_png
@@ -217,8 +217,9 @@ def test_weights_of_another_net_are_refused(tmp_path, capsys):
 _DRIVER = """
 import json, sys
 import torch.distributed as dist
-from fcn_repro import evaluate as ev
+from fcn_repro import cli, evaluate as ev
 data, out = sys.argv[1], sys.argv[2]
+cli.dist_setup("cpu")   # the entry point starts the process group; the library never does
 # 1. --limit 1 on 2 processes: rank 1 has no image and no matrix of its own
 r = ev.evaluate(net="sample", data=data, split="val", limit=1, device="cpu", progress=False,
                 out=open("/dev/null", "w"))
@@ -379,37 +380,37 @@ def test_nyud_late_fusion_inputs(tmp_path):
 def test_net_inputs_rules():
     x3, x1 = np.zeros((3, 2, 2), np.float32), np.ones((1, 2, 2), np.float32)
     s = Sample("i", {"color": x3, "depth": x1, "hha": x3 + 2})
-    hha = zoo.get("nyud-fcn32s-hha")
-    assert ev.net_inputs(["data"], s, hha)["data"] is s.inputs["hha"]
-    m = ev.net_inputs(["color", "depth"], s, zoo.get("nyud-fcn32s-color-d"))
+    hha = registry.net("nyud-fcn32s-hha")
+    assert evaluation.net_inputs(["data"], s, hha)["data"] is s.inputs["hha"]
+    m = evaluation.net_inputs(["color", "depth"], s, registry.net("nyud-fcn32s-color-d"))
     assert set(m) == {"color", "depth"}
-    fused = dataclasses.replace(zoo.get("nyud-fcn32s-color"), inputs=(registry.InputSpec("data", 4, ("color", "depth")),))
-    assert ev.net_inputs(["data"], s, fused)["data"].shape == (4, 2, 2)
-    assert ev.net_inputs(["data"], Sample("i", {"color": x3}), None)["data"] is x3
+    fused = dataclasses.replace(registry.net("nyud-fcn32s-color"), inputs=(registry.InputSpec("data", 4, ("color", "depth")),))
+    assert evaluation.net_inputs(["data"], s, fused)["data"].shape == (4, 2, 2)
+    assert evaluation.net_inputs(["data"], Sample("i", {"color": x3}), None)["data"] is x3
     with pytest.raises(ValueError, match="no rule"):
-        ev.net_inputs(["data"], s, None)
+        evaluation.net_inputs(["data"], s, None)
 
 
 def test_score_heads_rules():
-    assert ev.score_heads(["score"], ["label"]) == {"score": "label"}
-    assert ev.score_heads(["score_sem", "score_geo"], ["sem", "geo"]) == {"score_sem": "sem", "score_geo": "geo"}
-    assert ev.score_heads(["score_sem", "score_geo"], ["sem", "geo"], zoo.get("siftflow-fcn16s")) == \
+    assert evaluation.score_heads(["score"], ["label"]) == {"score": "label"}
+    assert evaluation.score_heads(["score_sem", "score_geo"], ["sem", "geo"]) == {"score_sem": "sem", "score_geo": "geo"}
+    assert evaluation.score_heads(["score_sem", "score_geo"], ["sem", "geo"], registry.net("siftflow-fcn16s")) == \
         {"score_sem": "sem", "score_geo": "geo"}
     with pytest.raises(ValueError, match="expected output blob"):
-        ev.score_heads(["score"], ["label"], zoo.get("siftflow-fcn8s"))
+        evaluation.score_heads(["score"], ["label"], registry.net("siftflow-fcn8s"))
 
 
 # ---------------------------------------------------------------- zoo and manifest
 
 def test_zoo_is_the_single_source_of_reference_numbers():
-    voc = {n: e for n, e in zoo.NETS.items() if e.dataset == "voc"}
+    voc = {n: e for n, e in registry.NETS.items() if e.dataset == "voc"}
     assert {n: e.reference_mean_iu for n, e in voc.items()} == {
         "fcn32s": 63.6261, "fcn16s": 65.0050, "fcn8s": 65.5126, "fcn8s-atonce": 65.3998, "fcn-alexnet": 48.0}
-    assert zoo.get("fcn8s").url == "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
-    assert set(zoo.NETS) == set(fcn_nets.NETS)  # every generated net is known, and only those
+    assert registry.net("fcn8s").url == "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
+    assert set(registry.NETS) == set(fcn_nets.NETS)  # every generated net is known, and only those
     # the committed manifest (fcn_repro.hub's) names every published file of the cards
     committed = json.loads((REPO / "weights" / "manifest.json").read_text())
-    for e in zoo.NETS.values():
+    for e in registry.NETS.values():
         if e.caffemodel:
             m = committed["files"][e.caffemodel]
             assert m["url"] == e.url and m["net"] == e.name
@@ -423,9 +424,9 @@ def test_evaluate_records_weights_when_first_seen(tmp_path, monkeypatch):
     wdir = tmp_path / "weights"
     wdir.mkdir()
     shutil.copy(SAMPLE / "fcn8s-shapes.caffemodel", wdir / "fcn8s-shapes.caffemodel")
-    m = zoo.build_manifest()
+    m = hub.build_manifest()
     m["files"]["fcn8s-shapes.caffemodel"] = {"url": None, "bytes": None, "sha256": None}
-    zoo.write_manifest(m, wdir / "manifest.json")
+    hub.write_manifest(m, wdir / "manifest.json")
     data = make_sample_voc(tmp_path / "voc", ids=("s0001",))
     kw = dict(net="sample", weights=str(wdir / "fcn8s-shapes.caffemodel"), data=str(data), split="val",
               progress=False, out=io.StringIO())
@@ -444,30 +445,15 @@ def test_evaluate_records_no_hash_for_a_file_that_does_not_parse(tmp_path):
     wdir.mkdir()
     good = (SAMPLE / "fcn8s-shapes.caffemodel").read_bytes()
     (wdir / "fcn8s-shapes.caffemodel").write_bytes(good[: len(good) // 2])   # cut short
-    m = zoo.build_manifest()
+    m = hub.build_manifest()
     m["files"]["fcn8s-shapes.caffemodel"] = {"url": None, "bytes": None, "sha256": None}
-    zoo.write_manifest(m, wdir / "manifest.json")
+    hub.write_manifest(m, wdir / "manifest.json")
     data = make_sample_voc(tmp_path / "voc", ids=("s0001",))
     with pytest.raises(ValueError):
         ev.evaluate(net="sample", weights=str(wdir / "fcn8s-shapes.caffemodel"), data=str(data), split="val",
                     progress=False, out=io.StringIO())
     rec = json.loads((wdir / "manifest.json").read_text())["files"]["fcn8s-shapes.caffemodel"]
     assert rec.get("sha256") is None   # recorded only after a complete parse
-
-
-def test_deploy_prototxt_from_checkout_or_generated(tmp_path, monkeypatch):
-    p = zoo.deploy_prototxt("fcn16s")
-    assert p.is_file() and p.name == "deploy.prototxt"
-    if (REPO / "prototxt" / "fcn16s" / "deploy.prototxt").is_file():
-        assert p == REPO / "prototxt" / "fcn16s" / "deploy.prototxt"
-    # a non-editable install has no prototxt/: the net is generated into the cache
-    monkeypatch.setattr(hub, "repo_root", lambda: None)
-    g = zoo.deploy_prototxt("siftflow-fcn32s")
-    assert g == tmp_path / "cache" / "prototxt" / "siftflow-fcn32s" / "deploy.prototxt"
-    assert g.read_text() == fcn_nets.net_text("siftflow-fcn32s", "deploy")
-    assert zoo.deploy_prototxt("sample") == SAMPLE / "fcn8s-shapes.prototxt"
-    with pytest.raises(KeyError, match="known nets"):
-        zoo.deploy_prototxt("fcn4s")
 
 
 def test_reference_lines_print_all_four_scores_against_the_card():

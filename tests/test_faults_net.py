@@ -27,7 +27,7 @@ import pytest
 
 from conftest import caffe_fixture
 from test_hub import FILE, _Handler, _src, env, good  # noqa: F401  (fixtures)
-from fcn_repro import hub, limits, outputs
+from fcn_repro import hub, limits, outputs, zoo
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import read_id_list
 from fcn_repro.errors import FcnReproError, OutputError, PrototxtError
@@ -279,13 +279,13 @@ def test_cli_bounds_options(hostile, env, good, capsys):
     hostile.routes["/t/" + FILE] = {"hostile": "trickle", "every": 0.05, "length": len(good)}
     d = env / "w"
     t0 = time.monotonic()
-    assert hub.main_download([FILE, "--dir", str(d), "--base-url", f"{hostile.url}/t", "--no-progress",
+    assert zoo.main_download([FILE, "--dir", str(d), "--base-url", f"{hostile.url}/t", "--no-progress",
                               "--deadline", "0.8", "--min-rate", "0"]) == 2
     assert time.monotonic() - t0 < 3
     assert "deadline of 0.8 s" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert hub.main_download([FILE, "--deadline", "0"]) == 2
+    assert zoo.main_download([FILE, "--deadline", "0"]) == 2
     assert "deadline" in capsys.readouterr().err
-    assert hub.main_download([FILE, "--min-rate", "nan"]) == 2
+    assert zoo.main_download([FILE, "--min-rate", "nan"]) == 2
 
 
 # ------------------------------------------------------------------ the part file

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import caffe_fixture
-from fcn_repro import hub
+from fcn_repro import hub, zoo
 from fcn_repro.caffe import CaffeModelError
 
 FILE = "fcn8s-heavy-pascal.caffemodel"
@@ -283,16 +283,16 @@ def test_unknown_file_is_not_checked(env, tmp_path):
 def test_cli_one_error_line_and_exit_2(server, env, good, capsys):
     server.routes["/ok/" + FILE] = {"data": good}
     d = env / "w"
-    assert hub.main_download([FILE, "--dir", str(d), "--base-url", f"{server.url}/ok", "--no-progress"]) == 0
+    assert zoo.main_download([FILE, "--dir", str(d), "--base-url", f"{server.url}/ok", "--no-progress"]) == 0
     assert (d / FILE).read_bytes() == good
     capsys.readouterr()
-    assert hub.main_download([FILE, "--dir", str(env / "v"), "--base-url", f"{server.url}/nothing",
+    assert zoo.main_download([FILE, "--dir", str(env / "v"), "--base-url", f"{server.url}/nothing",
                               "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: could not download") and "HTTP 404" in err[-1]
-    assert hub.main_download(["no-such-net"]) == 2
+    assert zoo.main_download(["no-such-net"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no published weights")
-    assert hub.main_download([]) == 2
+    assert zoo.main_download([]) == 2
 
 
 def test_unwritable_manifest_warns_and_says_unrecorded(env, tmp_path):
@@ -370,15 +370,25 @@ def test_registry_pins_refuse_a_file_that_is_not_the_original(server, tmp_path, 
 
 
 def test_evaluate_finds_a_download_in_the_cache(server, env, good, monkeypatch):
-    from fcn_repro import registry, zoo
+    """Outside a checkout, weights are looked for in the cache (never in the working directory),
+    and the listing looks where load() does: a downloaded file is 'present'."""
+    from fcn_repro.resolve import listing, resolve
 
-    monkeypatch.setattr(hub, "repo_root", lambda: None)   # no checkout weights/: ./weights, then the cache
+    monkeypatch.setattr(hub, "repo_root", lambda: None)   # no checkout weights/: the cache
     monkeypatch.chdir(env)
-    card = registry.net("fcn8s")
-    assert zoo.weights_path(card) == env / "weights" / FILE            # not there yet: where to put it
+    (env / "weights").mkdir()
+    (env / "weights" / FILE).write_bytes(good)             # ./weights is not a weights directory
+    m = resolve("fcn8s")
+    assert m.weights is None and str(env / "home" / "weights" / FILE) in m.weights_error
+    assert "python -m fcn_repro.zoo download fcn8s" in m.weights_error
+    assert hub.weights_dirs() == [env / "home" / "weights"]
     server.routes["/ok/" + FILE] = {"data": good}
     p = hub.download([FILE], base_url=f"{server.url}/ok", progress=False, notify=lambda m: None)[0]
-    assert p == env / "home" / "weights" / FILE and zoo.weights_path(card) == p
+    assert p == env / "home" / "weights" / FILE
+    m = resolve("fcn8s")
+    assert m.weights == p and m.weights_how in ("pinned", "recorded")
+    row = next(e for e in listing()["nets"] if e["net"] == "fcn8s")
+    assert row["weights"]["present"] and row["weights"]["path"] == str(p)
 
 
 def test_check_parses_names_a_wrong_shape(env):

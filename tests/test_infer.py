@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcn_repro import registry
 from fcn_repro import infer as inf
 from fcn_repro.data import resource_path
 from fcn_repro.data.transforms import voc_palette
@@ -106,12 +107,11 @@ def test_summarize():
 
 
 def test_means_follow_the_dataset():
-    from fcn_repro import zoo
     from fcn_repro.predict import Transforms
 
-    assert Transforms.for_net(zoo.get("siftflow-fcn8s")).mean[0] == pytest.approx(114.578)
-    assert Transforms.for_net(zoo.get("fcn8s")).mean[2] == pytest.approx(122.67891434)
-    assert Transforms.for_net(zoo.get("pascalcontext-fcn8s")).mean.dtype == np.float32
+    assert Transforms.for_net(registry.net("siftflow-fcn8s")).mean[0] == pytest.approx(114.578)
+    assert Transforms.for_net(registry.net("fcn8s")).mean[2] == pytest.approx(122.67891434)
+    assert Transforms.for_net(registry.net("pascalcontext-fcn8s")).mean.dtype == np.float32
 
 
 def _jpeg(path, h=40, w=56, seed=0, exif_orientation=None):

@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 import fcn_repro
-from fcn_repro import hub, zoo
+from fcn_repro import hub, registry
 from fcn_repro.data import resource_path
 from fcn_repro.registry import MEAN_NYUD_COLOR, MEAN_NYUD_HHA, MEAN_NYUD_LOGD, MEAN_VOC
 from fcn_repro.data.transforms import preprocess
-from fcn_repro.predict import MissingWeightsError, Prediction, Predictor, Transforms, expand_images
+from fcn_repro.resolve import WeightsNotFoundError
+from fcn_repro.predict import Prediction, Predictor, Transforms, expand_images
 
 SAMPLE = resource_path("sample")
 CAFFE = np.load(SAMPLE / "sample.caffe.npz")
@@ -104,7 +105,7 @@ def test_unreadable_image_raises_or_is_skipped(model, tmp_path):
 
 
 def test_nyud_transforms_take_color_hha_depth():
-    t = Transforms.for_net(zoo.get("nyud-fcn32s-color-hha"))
+    t = Transforms.for_net(registry.net("nyud-fcn32s-color-hha"))
     assert t.reads == ["color", "hha"] and not t.single_image
     rgb, hha = _img(6, 7, 1), _img(6, 7, 2)
     x = t(color=rgb, hha=hha)
@@ -112,7 +113,7 @@ def test_nyud_transforms_take_color_hha_depth():
     assert np.array_equal(x["hha"], preprocess(hha, MEAN_NYUD_HHA, bgr=False))    # HHA: file channel order
     with pytest.raises(ValueError, match="hha"):
         t(rgb)
-    d = Transforms.for_net(zoo.get("nyud-fcn32s-color-d"))
+    d = Transforms.for_net(registry.net("nyud-fcn32s-color-d"))
     depth = np.full((6, 7), 2500, np.uint16)
     y = d(color=rgb, depth=depth)
     assert y["depth"].shape == (1, 6, 7)
@@ -121,7 +122,7 @@ def test_nyud_transforms_take_color_hha_depth():
 
 def test_load_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("FCN_REPRO_WEIGHTS_DIR", str(tmp_path / "w"))
-    with pytest.raises(MissingWeightsError) as ei:
+    with pytest.raises(WeightsNotFoundError) as ei:
         fcn_repro.load("fcn16s")
     msg = str(ei.value)
     assert "download=True" in msg and "python -m fcn_repro.zoo download fcn16s" in msg
@@ -159,7 +160,7 @@ def test_predictor_feeds_a_two_input_nyud_net():
 
     net = Net(str(caffe_fixture("nyud-fcn32s-color-hha.prototxt")),
               weights=str(caffe_fixture("nyud-fcn32s-color-hha.caffemodel"))).eval()
-    t = Transforms.for_net(zoo.get("nyud-fcn32s-color-hha"))
+    t = Transforms.for_net(registry.net("nyud-fcn32s-color-hha"))
     rgb, hha = _img(21, 26, 4), _img(21, 26, 5)
     got = Predictor(net, t).predict({"color": rgb, "hha": hha}, scores=True)
     x = t(color=rgb, hha=hha)

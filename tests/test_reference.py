@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from fcn_repro import evaluate as ev
-from fcn_repro import zoo
+from fcn_repro import registry
 from fcn_repro.data import resource_path
 from fcn_repro.metrics import scores
 
@@ -40,7 +40,7 @@ def sample_run(tmp_path_factory):
     mp.setenv("FCN_REPRO_WEIGHTS_DIR", str(d / "weights"))
     try:
         out = io.StringIO()
-        rep = ev.evaluate_sample(save_predictions=str(d / "pred"), progress=False, out=out, device="cpu")
+        rep = ev.evaluate(net="sample", save_predictions=str(d / "pred"), progress=False, out=out, device="cpu")
     finally:
         mp.undo()
     return rep, d / "pred", out.getvalue()
@@ -83,17 +83,17 @@ def test_sample_report_says_what_it_is(sample_run):
     _, _, text = sample_run
     assert "NOT PASCAL VOC" in text
     assert "ours vs Caffe's own run" in text and "pixel agreement with Caffe" in text
-    assert "To run the real reproduction" in text and zoo.get("fcn8s").url in text
+    assert "To run the real reproduction" in text and registry.net("fcn8s").url in text
 
 
 # ---------------------------------------------------------------- the published numbers
 
-VOC_NETS = [n for n, e in zoo.NETS.items() if e.dataset == "voc"]
+VOC_NETS = [n for n, e in registry.NETS.items() if e.dataset == "voc"]
 
 
 def _originals(name: str):
     wdir, voc = os.environ.get("FCN_REPRO_WEIGHTS_DIR"), os.environ.get("FCN_REPRO_VOC_DIR")
-    entry = zoo.get(name)
+    entry = registry.net(name)
     if not wdir or not voc:
         pytest.skip("set FCN_REPRO_WEIGHTS_DIR (original caffemodels) and FCN_REPRO_VOC_DIR "
                     "(VOCdevkit/VOC2011) to check the reference mean IU")

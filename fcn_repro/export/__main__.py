@@ -9,13 +9,12 @@ exceeds 1e-4). User errors print one ``error: ...`` line and exit 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
-from fcn_repro import cli, hub, registry, zoo
-from fcn_repro.cli import UsageError
+from fcn_repro import cli
 from fcn_repro.caffe.net import Net
+from fcn_repro.resolve import list_names, resolve
 
 from .onnx_export import DEFAULT_OPSET, to_onnx
 
@@ -32,38 +31,16 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def resolve(net: str, weights: Optional[str]) -> tuple[str, str]:
-    """(prototxt path, weights path) for a prototxt path or a net of the registry."""
-    if os.path.exists(net):
-        if weights is None:
-            raise UsageError(f"{net}: give the weights with --weights (.caffemodel or .h5); an export of "
-                             "untrained filler weights is not a model")
-        return net, weights
-    try:
-        card = registry.net(net)
-    except registry.UnknownNameError as e:
-        raise UsageError(f"{net!r} is neither a prototxt file nor a known net ({e})") from None
-    prototxt = str(zoo.deploy_prototxt(net))
-    if weights is None:
-        if card.weights is None:
-            raise UsageError(f"net {net!r} has no published weights; give --weights")
-        found = zoo.weights_path(card)   # the bundled sample, or the original where it is
-        if not found.is_file():
-            raise UsageError(f"net {net!r}: {card.weights.file} not found in {hub.weights_dir()} or "
-                             f"{hub.download_dir()}; run `python -m fcn_repro.zoo download {net}` or give "
-                             "--weights")
-        weights = str(found)
-    return prototxt, weights
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m fcn_repro.export",
         description="Export a Caffe FCN to ONNX: any batch, height and width by default, Caffe blob names "
                     "as input/output names, checked against our forward with onnxruntime (--check).")
-    ap.add_argument("net", metavar="NET|PROTOTXT", help=f"a net of the registry ({', '.join(registry.names())}, "
-                                                         "sample) or a deploy prototxt")
-    ap.add_argument("--weights", help=".caffemodel / .h5 (default for a known net: its file in the weights dir)")
+    ap.add_argument("net", metavar="NET|PROTOTXT|RUN", help=f"a net of the registry ({', '.join(list_names())}), "
+                                                             "a deploy prototxt (give --weights) or a training run "
+                                                             "directory")
+    ap.add_argument("--weights", help=".caffemodel / .h5 (default: a known net's own file, a run's newest "
+                                      "weights); an export of untrained filler weights is not a model")
     ap.add_argument("-o", "--output", required=True, help="the ONNX file to write (atomically)")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     ap.add_argument("--static", type=_size, metavar="HxW", help="export for this one input size "
@@ -82,8 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(a) -> int:
     cli.check_writable(a.output, "the ONNX file")
     cli.check_writable(a.json, "--json")
-    prototxt, weights = resolve(a.net, a.weights)
-    net = Net(prototxt, weights)
+    model = resolve(a.net, a.weights)
+    net = Net(str(model.deploy), str(model.require_weights()))
     result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
     print(result, file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json:
@@ -95,6 +72,7 @@ def _main(a) -> int:
               f"at {where}", file=sys.stderr)
         return cli.EXIT_FAILED
     return cli.EXIT_OK
+
 
 if __name__ == "__main__":
     sys.exit(main())
