@@ -198,3 +198,29 @@ def test_infer_without_matplotlib_warns_once_and_writes_plain_overlays(tmp_path,
     err = capsys.readouterr().err
     assert rc == 0 and err.count("fcn_repro[report]") == 1 and "legend" in err
     assert Image.open(tmp_path / "o" / "a_overlay.png").size == Image.open(img).size
+
+
+def test_page_shows_a_published_reference_with_its_verdict():
+    pytest.importorskip("matplotlib")
+    from fcn_repro.evaluation import head_result
+    from fcn_repro.report import render
+
+    class Set:   # a reader's protocol: every class scored
+        exclude_absent = False
+
+    rng = np.random.default_rng(1)
+    hist = rng.integers(0, 50, (3, 3)) + np.diag([400, 300, 200])
+    head = head_result(hist, Set(), LabelSet.voc(["background", "cat", "dog"]), "label")
+    head["reference"] = {"source": "the paper", "split": "seg11valid", "decimals": 1, "comparable": True,
+                         "scores": {"mean_iu": 0.62, "overall_acc": 0.9}}
+    report = {"net": "fcn8s", "prototxt": "deploy.prototxt", "weights": "nowhere.caffemodel", "dataset": "voc",
+              "data": "/data/VOC2011", "split": "seg11valid", "split_file": "", "limit": None, "images": 3,
+              "seconds": 1.0, "images_per_s": 3.0, "device": "cpu", "world_size": 1, "time": "2026-01-01T00:00:00Z",
+              "heads": {"score": head}}
+    text = render(report)
+    ours = 100 * head["mean_iu"]
+    assert '<span class="badge DIFFERENT">DIFFERENT</span>' in text    # our random matrix is not the paper's
+    assert f"<td>{ours:.4f}</td><td>62.0000</td><td>{ours - 62:+.4f}</td>" in text
+    assert "published (the paper, seg11valid)" in text and "PASCAL VOC 2011" in text
+    head["reference"]["scores"] = {"mean_iu": head["mean_iu"]}
+    assert '<span class="badge MATCH">MATCH</span>' in render(report)

@@ -68,9 +68,11 @@ def iu_chart(names: Sequence[str], iu: Sequence[float], reference: Optional[Sequ
         rv = np.where([c in skip for c in range(n)], np.nan, ref)
         ax.barh(y + h / 2, np.nan_to_num(rv), height=h, color=_REF, label=ref_label)
     for c in range(n):
-        if c not in skip and math.isfinite(vals[c]):
-            ax.text(vals[c] + 0.8, y[c] - (h / 2 if ref is not None else 0), f"{vals[c]:.1f}",
-                    va="center", fontsize=7, color="#333333")
+        if c not in skip:
+            finite = math.isfinite(vals[c])   # NaN: no pixel of the class in truth or prediction
+            ax.text((vals[c] if finite else 0) + 0.8, y[c] - (h / 2 if ref is not None else 0),
+                    f"{vals[c]:.1f}" if finite else "no pixels", va="center", fontsize=7,
+                    color="#333333" if finite else "#999999")
     ax.set_yticks(y, labels, fontsize=8)
     for c, t in enumerate(ax.get_yticklabels()):
         if c in skip:
@@ -115,9 +117,9 @@ def confusion_heatmap(hist: np.ndarray, names: Sequence[str], title: str = "") -
             for j in range(n):
                 v = norm[i, j]
                 if math.isfinite(v) and v >= 0.5:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9 if n <= 8 else 6,
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9 if n <= 8 else 7,
                             color="white" if v > 55 else "#222222")
-    cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=0.75)
     cb.set_label("% of the ground-truth class's pixels", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10, loc="left")
