@@ -276,8 +276,8 @@ def read_capped(path: str | os.PathLike, what: str = "text", *, cap: str = "text
         if stat.S_ISREG(st.st_mode):
             check(cap, st.st_size, f"{what} of this size", path, error=error, **where)
             os.set_blocking(fd, True)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read(limit + 1)
+            with os.fdopen(os.dup(fd), "rb") as f:   # the declared size (checked) and one byte more:
+                data = f.read(min(st.st_size, limit) + 1)   # growth past the cap is still seen
         else:
             data = _read_stream(fd, limit + 1, path, what, error, where)
     finally:

@@ -32,7 +32,7 @@ from fcn_repro.errors import FcnReproError
 from fcn_repro.labels import LabelSet
 from fcn_repro.rundir import RUN_FILE, RunInfo, write_run
 
-__all__ = ["RunBusyError", "LOCK_FILE", "DEFAULT_KEEP", "claim_out", "holds_run", "latest_state", "RunRecord",
+__all__ = ["RunBusyError", "LOCK_FILE", "DEFAULT_KEEP", "claim_out", "release", "holds_run", "latest_state", "RunRecord",
            "prune_snapshots", "StopOnSignals"]
 
 LOCK_FILE = ".lock"
@@ -55,10 +55,35 @@ def holds_run(path: Path) -> bool:
 
 
 def _lock(path: Path) -> FileLock:
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path / LOCK_FILE))
-    lock.acquire(timeout=0)
+    try:
+        lock.acquire(timeout=0)
+    except BaseException:
+        if created:
+            _remove_if_bare(path)
+        raise
+    lock.created_dir = created      # type: ignore[attr-defined]  # read by release()
     return lock
+
+
+def _remove_if_bare(path: Path) -> None:
+    """Remove ``path`` (a directory this run made) when it holds nothing but its lock file."""
+    try:
+        if {p.name for p in path.iterdir()} <= {LOCK_FILE}:
+            (path / LOCK_FILE).unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass
+
+
+def release(path: str | os.PathLike, lock: FileLock) -> None:
+    """Release a run's lock; a directory :func:`claim_out` created that got nothing (a run refused
+    before its first output) is removed, so a failed start leaves nothing behind."""
+    lock.release()
+    if getattr(lock, "created_dir", False):
+        _remove_if_bare(Path(path))
 
 
 def claim_out(out: str | os.PathLike, resume: bool = False, say: Optional[Callable[[str], None]] = None

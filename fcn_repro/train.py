@@ -227,7 +227,7 @@ def _main(args: argparse.Namespace) -> int:
         return _train(args, own, name, out_dir, rank, world, device, say)
     finally:
         if lock is not None:
-            lock.release()
+            runs.release(out_dir, lock)
 
 
 def _train(args: argparse.Namespace, own: bool, name: str, out_dir: Optional[str], rank: int, world: int,
