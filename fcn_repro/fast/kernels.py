@@ -277,7 +277,7 @@ class ConvKernel:
             xs = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)
             h, w = xs.shape[2], xs.shape[3]
             rows = xs.permute(0, 2, 3, 1).reshape(n * h * w, c)
-            y = rows @ self.w_mat.t()
+            y = _fixed_gemm(self.w_mat, rows, 0)
             if self.b is not None:
                 y += self.b
             if relu:
@@ -287,7 +287,7 @@ class ConvKernel:
         oh = conv_out(x.shape[2], kh, self.stride[0], 0, self.dilation[0])
         ow = conv_out(x.shape[3], kw, self.stride[1], 0, self.dilation[1])
         cols = F.unfold(x, (kh, kw), dilation=self.dilation, stride=self.stride)
-        y = torch.matmul(self.w_mat, cols)                          # (N, Cout, oh*ow)
+        y = torch.stack([_fixed_gemm(self.w_mat, cols[i], 1) for i in range(n)])   # (N, Cout, oh*ow)
         if self.b is not None:
             y += self.b[:, None]
         if relu:
@@ -295,3 +295,35 @@ class ConvKernel:
         return y.view(n, cout, oh, ow)
 
 
+
+
+#: positions per GEMM call (see _fixed_gemm)
+GEMM_BLOCK = 256
+
+
+def _fixed_gemm(w: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """The product with ``w`` (Cout, K) of the positions of ``x``: ``x @ w.T`` for x (P, K) (axis 0),
+    ``w @ x`` for x (K, P) (axis 1), in calls of exactly GEMM_BLOCK positions (the last one zero-padded).
+
+    A BLAS picks its blocking, and so the order of its sums, by the matrices'
+    shapes: one position's score would round differently in a big map and in a
+    window of it. Calls of one shape compute every position the same way, so
+    exact tiles (:mod:`fcn_repro.tiles`) stay exact, at the cost of at most one
+    padded block per layer.
+    """
+    p = x.shape[axis]
+    if p == 0 or not x.is_floating_point() or x.device.type != "cpu":
+        return x @ w.t() if axis == 0 else w @ x
+    out = x.new_empty((p, w.shape[0]) if axis == 0 else (w.shape[0], p))
+    wt = w.t()
+    for i in range(0, p, GEMM_BLOCK):
+        j = min(p, i + GEMM_BLOCK)
+        blk = x[i:j] if axis == 0 else x[:, i:j]
+        if j - i < GEMM_BLOCK:
+            pad = (0, 0, 0, GEMM_BLOCK - (j - i)) if axis == 0 else (0, GEMM_BLOCK - (j - i))
+            blk = F.pad(blk, pad)
+        if axis == 0:
+            out[i:j] = (blk @ wt)[:j - i]
+        else:
+            out[:, i:j] = (w @ blk)[:, :j - i]
+    return out

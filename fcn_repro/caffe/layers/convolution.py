@@ -79,4 +79,24 @@ class Convolution(Layer):
 
     def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
         w, b = self.blobs[0], self.bias()
-        return [F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
+        return [_conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
+
+
+def _conv2d(x, w, b, stride, pad, dilation, groups):
+    """F.conv2d, but a float32 CPU forward without gradients always runs oneDNN.
+
+    F.conv2d picks its CPU kernel by size (oneDNN, or im2col + GEMM for a
+    small batch-1 map), and the two round differently: the same output pixel
+    would differ in its last bits between a big map and a small window of it.
+    One kernel for every size keeps exact tiles (:mod:`fcn_repro.tiles`)
+    exact.
+    """
+    if (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 and _MKLDNN
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                                   or (b is not None and b.requires_grad)))):
+        return torch.mkldnn_convolution(x.contiguous(), w.contiguous(), b, list(pad), list(stride),
+                                        list(dilation), groups)
+    return F.conv2d(x, w, b, stride, pad, dilation, groups)
+
+
+_MKLDNN = torch.backends.mkldnn.is_available()
