@@ -39,7 +39,7 @@ whole-image forward's, and memory is bounded by the tile. ``--tile N``: tiles
 of at most N x N input pixels (a size too small for the net's margins is
 enlarged, and said so); ``--tile 0``: always the whole image; by default an
 image is tiled only when one forward would need more than the memory budget
-(``FCN_REPRO_MAX_FORWARD_BYTES``, 512 MiB), and the output says so. A tiled
+(``FCN_REPRO_MAX_FORWARD_BYTES``, 1 GiB), and the output says so. A tiled
 image shows a progress bar per tile on a terminal, and its scores are written
 to disk tile by tile, never held whole in memory.
 
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
                     help="run each image in exact tiles of at most NxN input pixels (same scores as the whole "
                          "image, memory bounded by the tile; too small for the net: enlarged, said so); 0: "
                          "whole image; default: tiles only when one forward would exceed "
-                         "FCN_REPRO_MAX_FORWARD_BYTES (512 MiB)")
+                         "FCN_REPRO_MAX_FORWARD_BYTES (1 GiB)")
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")

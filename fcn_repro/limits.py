@@ -18,7 +18,7 @@ cap                    environment variable         default
                                                     float32)
 ``image_pixels``       FCN_REPRO_MAX_IMAGE_PIXELS   2**26 (one decoded image,
                                                     67 Mpixel)
-``forward_bytes``      FCN_REPRO_MAX_FORWARD_BYTES  512 MiB (the live blobs of
+``forward_bytes``      FCN_REPRO_MAX_FORWARD_BYTES  1 GiB (the live blobs of
                                                     one inference forward, as
                                                     estimated from the plan;
                                                     over it, ``infer`` and the
@@ -97,7 +97,7 @@ class Limits:
     read_bytes: int = 8 << 30
     blob_elements: int = 1 << 31
     image_pixels: int = 1 << 26
-    forward_bytes: int = 512 << 20
+    forward_bytes: int = 1 << 30
     text_bytes: int = 8 << 20
     text_depth: int = 100
     records: int = 200_000

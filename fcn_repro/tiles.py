@@ -287,9 +287,7 @@ class TilePlan:
     @property
     def margins(self) -> Tuple[int, int]:
         """The widest margin (input pixels computed but not kept, on one side of a tile), rows and columns."""
-        def m(tiles):
-            return max([t.keep0 - t.start for t in tiles] + [t.stop - t.keep1 for t in tiles] + [0])
-        return m(self.rows), m(self.cols)
+        return _margin(self.rows), _margin(self.cols)
 
     @property
     def overhead(self) -> float:
@@ -368,22 +366,49 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
     else:
         wy, wx = min(int(tile), h), min(int(tile), w)
     asked = (wy, wx)
-    while True:
-        try:
-            rows = _plan_axis(geo, 0, h, wy)
-            break
-        except _TooSmall:
-            wy = min(h, wy + geo.stride[0])
-    while True:
-        try:
-            cols = _plan_axis(geo, 1, w, wx)
-            break
-        except _TooSmall:
-            wx = min(w, wx + geo.stride[1])
+    (wy, rows), (wx, cols) = (_fit_axis(geo, ax, n, win) for ax, n, win in ((0, h, wy), (1, w, wx)))
     if (wy, wx) != asked:
-        notes.append(f"tile {asked[1]}x{asked[0]} is too small for this net (its margins and one stride of "
-                     f"output need more): enlarged to {wx}x{wy}")
+        notes.append(f"tile {asked[1]}x{asked[0]} is too small for this net (its margins of up to "
+                     f"{max(minimal_margin(geo, 1, w), 0)}x{max(minimal_margin(geo, 0, h), 0)} pixels a side "
+                     f"would take more than half of it): enlarged to {wx}x{wy}, the margins plus about "
+                     f"{asked[1]}x{asked[0]} kept")
     return TilePlan((h, w), out, (wy, wx), rows, cols, notes)
+
+
+def smallest_window(geo: Geometry, axis: int, size: int) -> int:
+    """The smallest window along ``axis`` (a multiple of the stride, or the whole axis) the planner can use."""
+    step, win = geo.stride[axis], geo.stride[axis]
+    while win < size:
+        try:
+            _plan_axis(geo, axis, size, win)
+            return win
+        except _TooSmall:
+            win += step
+    return size
+
+
+def minimal_margin(geo: Geometry, axis: int, size: int) -> int:
+    """The widest margin (input pixels computed, not kept) of the smallest window's tiles along ``axis``."""
+    return _margin(_plan_axis(geo, axis, size, smallest_window(geo, axis, size)))
+
+
+def _margin(tiles: Sequence[AxisTile]) -> int:
+    return max([t.keep0 - t.start for t in tiles] + [t.stop - t.keep1 for t in tiles] + [0])
+
+
+def _fit_axis(geo: Geometry, axis: int, size: int, window: int) -> Tuple[int, List[AxisTile]]:
+    """(window, tiles) along an axis. ``window`` when its margins (both sides together) take at most half
+    of it; else it is too small (its tiles would compute mostly margins, or nothing at all): enlarged to
+    the smallest window the net allows plus the asked size, so that a tile keeps about what was asked."""
+    try:
+        tiles = _plan_axis(geo, axis, size, window)
+        if len(tiles) == 1 or 4 * _margin(tiles) <= window:
+            return window, tiles
+    except _TooSmall:
+        pass
+    step = geo.stride[axis]
+    win = min(size, smallest_window(geo, axis, size) + max(0, -(-window // step) * step - step))
+    return win, _plan_axis(geo, axis, size, win)
 
 
 def _budget_window(geo: Geometry, h: int, w: int, budget: int) -> Tuple[int, int]:

@@ -44,8 +44,8 @@ def test_predictor_tiles_equal_whole(model):
     assert tiled.tiling is not None and tiled.tiling.count >= 2
     assert any("too small" in str(w.message) for w in caught)       # enlarged, and said so
     assert np.array_equal(tiled.label, whole.label)
-    assert _rel(tiled.scores["score"], whole.scores["score"]) < 5e-6
-    assert _rel(tiled.probabilities["score"], whole.probabilities["score"]) < 5e-6
+    assert _rel(tiled.scores["score"], whole.scores["score"]) < 1e-6
+    assert _rel(tiled.probabilities["score"], whole.probabilities["score"]) < 1e-6
 
 
 def test_predictor_automatic_tiling_over_the_budget(model, tmp_path):
@@ -58,7 +58,7 @@ def test_predictor_automatic_tiling_over_the_budget(model, tmp_path):
     assert pred[1].tiling is None                                        # a small one still runs whole
     whole = model.predictor(tile=0).predict(img, scores=True)
     assert np.array_equal(pred[0].label, whole.label)
-    assert _rel(pred[0].scores["score"], whole.scores["score"]) < 5e-6
+    assert _rel(pred[0].scores["score"], whole.scores["score"]) < 1e-6
 
 
 def test_predictor_scores_to_a_sink(model, tmp_path):
@@ -72,7 +72,7 @@ def test_predictor_scores_to_a_sink(model, tmp_path):
     pred = next(model.predictor(tile=300).iter([img], scores=True, score_sink=sink))
     assert pred.scores["score"] is files[0]
     whole = model.predictor(tile=0).predict(img, scores=True)
-    assert _rel(files[0].read(), whole.scores["score"]) < 5e-6
+    assert _rel(files[0].read(), whole.scores["score"]) < 1e-6
     out = files[0].commit(tmp_path / "x.npy")
     assert np.load(out).shape == whole.scores["score"].shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]       # no temporary file left
@@ -97,7 +97,7 @@ def test_infer_tile_vs_whole_with_a_prototxt_and_weights(tmp_path, capsys):
     assert "tiled:" not in capsys.readouterr().out
     a, b = np.load(tmp_path / "a" / "big.npy"), np.load(tmp_path / "b" / "big.npy")
     assert a.dtype == np.float32 and a.shape == b.shape == (21, 545, 17)
-    assert _rel(a, b) < 5e-6 and np.array_equal(a.argmax(0), b.argmax(0))
+    assert _rel(a, b) < 1e-6 and np.array_equal(a.argmax(0), b.argmax(0))
     assert np.array_equal(np.array(Image.open(tmp_path / "a" / "big.png")),
                           np.array(Image.open(tmp_path / "b" / "big.png")))
     assert not [f for f in (tmp_path / "a").iterdir() if f.name.startswith(".")]
@@ -210,5 +210,5 @@ def test_geometry_of_the_sample_and_fast(model):
     a = fast.predictor(tile=300).predict(img, scores=True)
     b = model.predictor(tile=0).predict(img, scores=True)
     assert a.tiling is not None and np.array_equal(a.label, b.label)
-    assert _rel(a.scores["score"], b.scores["score"]) < 5e-6
+    assert _rel(a.scores["score"], b.scores["score"]) < 1e-6
     assert isinstance(torch.from_numpy(a.scores["score"]), torch.Tensor)

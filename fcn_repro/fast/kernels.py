@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from fcn_repro.caffe.layers.convolution import onednn_conv2d
 from fcn_repro.caffe.shapes import conv_out
 
 __all__ = ["ConvKernel", "Winograd23", "Winograd43", "winograd_matrices", "WINOGRAD_POINTS"]
@@ -259,10 +260,9 @@ class ConvKernel:
             return self._gemm(x, relu) if self.gemm else self.wino(x, self.b, relu)
         w = self.w_cl if self.w_cl is not None else self.weight.detach()
         if self.impl == "mkldnn" and x.dtype == torch.float32 and x.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, w, self.b, list(pad), list(self.stride), list(self.dilation), self.groups,
-                "relu" if relu else "none", [], "")
+            # the same arithmetic for every map size (exact tiles): see onednn_conv2d
+            y = onednn_conv2d(x, self.weight, self.b, self.stride, pad, self.dilation, self.groups)
+            return torch.relu_(y) if relu else y
         if not x.is_contiguous(memory_format=torch.channels_last):
             w = self.weight.detach()
         y = F.conv2d(x, w, self.b, self.stride, tuple(pad), self.dilation, self.groups)

@@ -83,20 +83,33 @@ class Convolution(Layer):
 
 
 def _conv2d(x, w, b, stride, pad, dilation, groups):
-    """F.conv2d, but a float32 CPU forward without gradients always runs oneDNN.
-
-    F.conv2d picks its CPU kernel by size (oneDNN, or im2col + GEMM for a
-    small batch-1 map), and the two round differently: the same output pixel
-    would differ in its last bits between a big map and a small window of it.
-    One kernel for every size keeps exact tiles (:mod:`fcn_repro.tiles`)
-    exact.
-    """
+    """F.conv2d, but a float32 CPU forward without gradients runs :func:`onednn_conv2d`."""
     if (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 and _MKLDNN
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                                    or (b is not None and b.requires_grad)))):
-        return torch.mkldnn_convolution(x.contiguous(), w.contiguous(), b, list(pad), list(stride),
-                                        list(dilation), groups)
+        return onednn_conv2d(x, w, b, stride, pad, dilation, groups)
     return F.conv2d(x, w, b, stride, pad, dilation, groups)
+
+
+def onednn_conv2d(x, w, b, stride, pad, dilation, groups):
+    """A float32 CPU convolution through oneDNN, the same arithmetic for every map size and padding.
+
+    Exact tiles (:mod:`fcn_repro.tiles`) need each output pixel computed the
+    same way in a big map and in a window of it. Three things would change
+    the order of the sums (and so the last bits) with the size: F.conv2d
+    picks oneDNN or im2col + GEMM by the map's size; oneDNN on channels-last
+    maps picks its kernel by the size; and oneDNN leaves its direct kernel for
+    another when a pad exceeds the kernel's extent - 1 (conv1_1's pad 100).
+    So: NCHW maps, and padding beyond extent - 1 written as zeros first.
+    """
+    ext = [d * (k - 1) + 1 for d, k in zip(dilation, w.shape[2:])]
+    pad = list(pad)
+    extra = [max(0, p - (e - 1)) for p, e in zip(pad, ext)]
+    if extra[0] or extra[1]:
+        x = F.pad(x, (extra[1], extra[1], extra[0], extra[0]))
+        pad = [p - e for p, e in zip(pad, extra)]
+    return torch.mkldnn_convolution(x.contiguous(), w.detach().contiguous(), b, pad, list(stride),
+                                    list(dilation), groups)
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()
