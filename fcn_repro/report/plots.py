@@ -158,7 +158,7 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
         it = [t[0] for t in fin]
         ax1.plot(it, [t[1] for t in fin], color=_OURS, alpha=0.4, linewidth=0.9, label="loss")
         ax1.plot(it, [t[2] for t in fin], color=_OURS, linewidth=1.8, label="smoothed loss")
-        ax1.legend(fontsize=8, loc="upper right")
+        ax1.legend(fontsize=8, loc="best")
         ax1.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
     else:
         ax1.text(0.5, 0.5, "no training iterations yet", ha="center", va="center", transform=ax1.transAxes,
