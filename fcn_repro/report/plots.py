@@ -204,7 +204,8 @@ def legend_strip(labels: LabelSet, classes: Sequence[int], width: int,
     for c in classes:
         rgb = tuple(int(v) / 255 for v in labels.palette[c])
         handles.append(Patch(facecolor=rgb, edgecolor="#555555", linewidth=0.6))
-        share = "" if fractions is None or c not in fractions else f" {100 * fractions[c]:.1f}%"
+        f = None if fractions is None else fractions.get(c)
+        share = "" if f is None else " <0.1%" if 0 < f < 0.0005 else f" {100 * f:.1f}%"
         names.append(labels.name(c) + share + (" (not tinted)" if c in untinted else ""))
     ncol = max(1, min(len(classes), width // 230)) if classes else 1
     for _ in range(2):   # a second time only when the names are wider than ``width``: as wide as they need
