@@ -65,7 +65,7 @@ def validation_report(validator: Validator, weights: Any = None, net: Optional[s
     return {"net": net or validator.prototxt, "prototxt": validator.prototxt,
             "weights": str(weights or "(the training net's weights, in memory)"), "weights_check": None,
             "dataset": getattr(ds, "name", "dataset"), "data": str(getattr(ds, "root", "")),
-            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", "")),
+            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", None) or ""),
             "limit": last["limit"], "images": last["images"], "device": str(validator.device),
             "world_size": validator.world, "fast": False, "time": last["time"], "seconds": sec,
             "images_per_s": last["images"] / sec if sec > 0 else None, "heads": heads, "rank": validator.rank}
