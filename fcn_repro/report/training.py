@@ -153,13 +153,16 @@ class TrainingPictures:
     def finish(self, validator: Optional[Validator], weights: Any = None, iteration: Optional[int] = None,
                net: Optional[str] = None) -> Optional[Path]:
         """At the end of a run: the report page of the last validation (None when there was none
-        or matplotlib is missing); the event files are closed."""
+        or matplotlib is missing); the event files are closed. Where they are is said (``say``)."""
         page = None
         if validator is not None and validator.last is not None and self.plots and self.report_wanted:
             report = validation_report(validator, weights, net)
             title = f"{Path(str(net or validator.prototxt)).name}: validation" + (
                 f" at iteration {iteration}" if iteration is not None else "")
             page = write_report(self.out_dir / REPORT_DIR, report, self.gallery, title=title)
+            self.say(f"report: {page}")
+        if self.tb is not None:
+            self.say(f"TensorBoard: tensorboard --logdir {self.out_dir / TB_DIR}")
         self.close()
         return page
 
