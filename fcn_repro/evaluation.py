@@ -205,6 +205,12 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
             "ids": ids, "predictions": preds_kept if keep_predictions else None}
 
 
+def _split_file(dataset) -> Optional[str]:
+    """The list file the split came from (None: the reader made the split, e.g. a folder without val.txt)."""
+    f = getattr(dataset, "split_file", None)
+    return None if f is None else os.fspath(f)
+
+
 def _warn_out_of_range(label: np.ndarray, n: int, sid: str, lab_name: str, dataset) -> bool:
     """Warn (once per run) about label values in [n, 255) or above 255: not scored, not ignore."""
     bad = (label >= n) & (label != registry.IGNORE_LABEL)
@@ -478,7 +484,8 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         "net": model.ref, "prototxt": str(model.deploy), "weights": str(model.weights), "weights_check": check,
         "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
-        "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
+        "split_file": _split_file(dataset),
+        "split_note": getattr(dataset, "split_note", None), "limit": limit, "images": images,
         "device": device, "world_size": world, "fast": fast, "time": started, "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
     }
