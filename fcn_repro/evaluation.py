@@ -35,6 +35,7 @@ from fcn_repro.caffe import Net
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
+from fcn_repro.data.folder import is_folder, is_voc_layout
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
@@ -450,6 +451,16 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     if data is None and dataset_kind in (None, facts.get("dataset")) and facts.get("data"):
         data = str(facts["data"])
         split = split or facts.get("val_split") or facts.get("split")
+    elif data is not None and dataset_kind is None and entry is None:
+        # a user's own net (a run, a prototxt) on a directory given: its layout says the reader; a run's
+        # own-data validation split (val) is the default where that directory has it
+        own = "folder" if is_folder(data) else ("voc" if is_voc_layout(data) and facts.get("dataset") else None)
+        if own is not None:
+            kind = own
+            val = str(facts.get("val_split") or "val")
+            if split is None and (own == "folder" or (Path(data) / "ImageSets" / "Segmentation" / f"{val}.txt")
+                                  .is_file()):
+                split = val
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
     problems = [model.weights_error] if model.weights is None else []
