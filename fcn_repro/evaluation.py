@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
@@ -47,6 +46,7 @@ from fcn_repro.devices import process_group
 from fcn_repro.outputs import child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
            "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
@@ -145,7 +145,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     warned = False
     bar = None
     if progress:
-        bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=len(indices), desc=desc, unit="img", dynamic_ncols=True)
     t0 = time.perf_counter()
     # the dataset's own files (images, ground truth) are never replaced by a prediction
     guard = protect_inputs(p for i in indices for p in dataset.files(i)) if writer is not None else nullcontext()
