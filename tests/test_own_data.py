@@ -142,6 +142,11 @@ def test_voc_layout_with_any_number_of_classes(tmp_path):
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
+    # read as PASCAL (the packaged seg11valid list): the error points at the lists that are there
+    with pytest.raises(FcnReproError, match="seg11valid") as e:
+        make_dataset("voc", voc, "seg11valid").check_files()
+    assert f"{voc / 'ImageSets' / 'Segmentation'} lists the split(s) more, train: give --split more" in str(e.value)
+    make_dataset("voc", voc, "train").check_files()          # a split that is there: no complaint
 
 
 def test_checker_names_each_problem_with_its_file(tmp_path, capsys):
