@@ -95,11 +95,19 @@ def own_net(name: str) -> OwnNet:
     return OwnNet(name, name, None, None, dict(fcn_nets.NETS[name].solver))
 
 
-def is_own_data(data: Optional[str], classes: Optional[str]) -> bool:
-    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset."""
+def is_own_data(data: Optional[str], classes: Optional[str], net: Optional[str] = None) -> bool:
+    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset.
+
+    ``--net sample`` trains on its bundled images; any other directory given to it (no ``--dataset``)
+    is the user's (so its classes are asked for, and its train split read, not the sample's val list)."""
     if data is None:
         return False
-    return classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file()
+    if classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file():
+        return True
+    if net == "sample":
+        bundled = registry.dataset(registry.SAMPLE.train_dataset).bundled
+        return bundled is None or not Path(data).resolve() == registry.resource_path(bundled).resolve()
+    return False
 
 
 def mean_area(dataset: Any, limit: int = AREA_SAMPLE) -> float:
