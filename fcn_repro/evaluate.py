@@ -129,6 +129,8 @@ def _print_report(report: dict, entry, out) -> None:
     p(f"data {report['data']} split {report['split']}: {report['images']} images in {report['seconds']:.1f} s"
       + (f" ({ips:.2f} images/s" if ips else " (") + f", {report['device']}, {report['world_size']} process(es)"
       + (", fast forward)" if report.get("fast") else ")"))
+    if report.get("split_note") and not report.get("split_file"):
+        p(f"split {report['split_note']}")      # a split the reader made (no list file): how
     for blob, head in report["heads"].items():
         p()
         ref = None

@@ -381,6 +381,17 @@ class Pretrained:
     meta: Dict[str, Any]
     _transforms: Transforms = field(repr=False)
 
+    @property
+    def classes(self) -> Optional[List[str]]:
+        """The class names of the first score head (a run's: the user's own), in label-value order."""
+        return self.meta.get("categories")
+
+    def __repr__(self) -> str:
+        heads = self.meta.get("heads") or {}
+        named = (f"classes={self.classes}" if len(heads) <= 1
+                 else "heads={" + ", ".join(f"{b!r}: {n}" for b, n in heads.items()) + "}")
+        return f"Pretrained({self.name!r}, {named}, weights={os.fspath(self.weights)!r})"
+
     def transforms(self) -> Transforms:
         """The preprocessing its weights were trained with (the dataset's mean, BGR)."""
         return self._transforms

@@ -31,7 +31,8 @@ import numpy as np
 __all__ = [
     "Reference", "Weights", "InputSpec", "Head", "DatasetCard", "NetCard", "DATASETS", "NETS",
     "SAMPLE", "INIT_WEIGHTS", "BASE_URL", "DATA_LAYERS", "DATA_TOP_CHANNELS", "IGNORE_LABEL",
-    "net", "dataset", "names", "mean", "classes", "inputs", "class_names", "resource_path",
+    "net", "dataset", "names", "mean", "classes", "inputs", "class_names", "has_background", "NO_BACKGROUND",
+    "resource_path",
     "reader_class", "dataset_for_layer", "MEAN_VOC", "MEAN_CONTEXT", "MEAN_SIFTFLOW",
     "MEAN_NYUD_COLOR", "MEAN_NYUD_HHA", "MEAN_NYUD_LOGD", "UnknownNameError",
 ]
@@ -491,6 +492,16 @@ def resource_path(*parts: str) -> Path:
 
 
 _SAMPLE_CLASSES = ["background", "disc", "square", "triangle", "ring"]
+
+#: class lists whose class 0 is a real class (SIFT Flow's awning and sky, NYUDv2's wall), not
+#: a background: their label 0 in the files means 'unlabelled' and is read as 255
+NO_BACKGROUND = frozenset({"siftflow", "siftflow-geo", "nyud"})
+
+
+def has_background(kind: Optional[str]) -> bool:
+    """Whether class 0 of the class list ``kind`` is a background (PASCAL's, PASCAL-Context's, the
+    sample's; a list not known here is taken to have one, VOC's convention)."""
+    return kind not in NO_BACKGROUND
 
 
 def class_names(kind: str) -> List[str]:

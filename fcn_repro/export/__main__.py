@@ -61,7 +61,8 @@ def _main(a) -> int:
     cli.check_writable(a.json, "--json")
     model = resolve(a.net, a.weights)
     net = Net(str(model.deploy), str(model.require_weights()))
-    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
+    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check,
+                     labels=model.heads)
     print(result, file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json:
         cli.write_json(a.json, result)
