@@ -501,3 +501,31 @@ def test_lrn_scratch_is_inside_the_blob_budget():
             Net(txt % 100_001)
     with pytest.raises(LayerError, match="at most 2\\^31 - 1"):
         Net(txt % (2 ** 31 + 1))
+
+
+# ---------------------------------------------------------------- run files and manifests read to a bound
+
+def test_a_hostile_training_log_is_read_to_a_bound_and_its_odd_lines_dropped(tmp_path):
+    from fcn_repro.trainer import Trainer, TrainError
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "loss": 2.0}\n[1]\nnull\n"s"\n{"iter": "x"}\n{"iter": 1e400}\n{"iter": [2]}\n'
+                   '{"iter": 3}\n{"iter": 9}\n{"iter": 4, "lo')   # the last line torn by a crash
+    assert [r["iter"] for r in Trainer._read_log(log, 5)] == [1, 3]
+    with limits.override(read_bytes=50):
+        with pytest.raises(TrainError, match="training log") as ei:
+            Trainer._read_log(log, 5)
+    assert ei.value.filename == str(log)
+
+
+def test_a_planted_huge_manifest_is_refused_not_read(tmp_path):
+    from fcn_repro import hub
+    m = tmp_path / "manifest.json"
+    m.write_text('{"files": {}, "pad": "' + "x" * 5000 + '"}')
+    assert hub.load_manifest(m)["files"] == {}
+    with limits.override(text_bytes=1000):
+        with pytest.raises(hub.HubError, match="manifest of this size") as ei:
+            hub.load_manifest(m)
+    assert ei.value.filename == str(m)
+    m.write_text("[]")
+    with pytest.raises(hub.HubError, match="not a manifest"):
+        hub.load_manifest(m)
