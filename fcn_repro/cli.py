@@ -43,7 +43,7 @@ from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError
 from fcn_repro.outputs import output_file
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "run", "check_writable",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "add_progress", "HelpFormatter", "run", "check_writable",
            "jsonable", "write_json", "dist_setup", "dist_teardown", "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -62,13 +62,35 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that a text laid out by hand (a description or epilog
+    with line breaks: a docstring, the examples) is printed as written, not re-flowed."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip("\n"):
+            return "\n".join(indent + line if line else line for line in text.strip("\n").splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 def add_common(ap: argparse.ArgumentParser, json_help: Optional[str] = "write the report as JSON to FILE "
-               "('-': stdout)") -> argparse.ArgumentParser:
-    """``--version`` and (unless ``json_help`` is None) ``--json FILE``."""
+               "('-': stdout)", examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``--version``, (unless ``json_help`` is None) ``--json FILE`` and, from ``examples``
+    (command lines, each optionally followed by ``  # what it does``), the epilog of ``--help``."""
     ap.add_argument("--version", action="version", version=f"%(prog)s (fcn_repro {version()})")
     if json_help is not None:
         ap.add_argument("--json", metavar="FILE", help=json_help)
+    if examples:
+        ap.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        if ap.formatter_class is argparse.HelpFormatter:
+            ap.formatter_class = HelpFormatter
     return ap
+
+
+def add_progress(ap, *aliases: str, help: str = "no progress bar (there is one only when stderr is a "
+                 "terminal)") -> None:
+    """The one quiet switch of every tool with a progress bar: ``--no-progress`` (``aliases``: a
+    tool's older spellings, e.g. convert's ``-q``), stored as ``args.no_progress``."""
+    ap.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true", help=help)
 
 
 def error_line(e: BaseException) -> str:

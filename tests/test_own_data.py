@@ -118,16 +118,22 @@ def test_classes_from_file_and_palette_from_the_labels(tmp_path):
     assert ls.colours().tolist() == [[10, 20, 30], [200, 0, 0], [0, 0, 200]]
 
 
-def test_voc_layout_with_any_number_of_classes(tmp_path):
-    src = make_shapes(tmp_path / "src", n=4, val=0)
-    voc = tmp_path / "voc"
+def as_voc(src: Path, voc: Path, splits: dict) -> Path:
+    """The images and labels of ``src`` (a folder) re-laid as a VOC-layout directory; splits: name -> stems."""
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "SegmentationClass").mkdir()
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for i in range(4):
-        Image.open(next((src / "images").glob(f"im{i:03d}.*"))).convert("RGB").save(voc / "JPEGImages" / f"im{i:03d}.jpg")
-        (voc / "SegmentationClass" / f"im{i:03d}.png").write_bytes((src / "labels" / f"im{i:03d}.png").read_bytes())
-    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("im000\nim001\nim002\n")
+    for name, stems in splits.items():
+        for s in stems:
+            Image.open(next((src / "images").glob(f"{s}.*"))).convert("RGB").save(voc / "JPEGImages" / f"{s}.jpg")
+            (voc / "SegmentationClass" / f"{s}.png").write_bytes((src / "labels" / f"{s}.png").read_bytes())
+        (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(stems) + "\n")
+    return voc
+
+
+def test_voc_layout_with_any_number_of_classes(tmp_path):
+    src = make_shapes(tmp_path / "src", n=4, val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "more": ["im003"]})
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
@@ -165,6 +171,16 @@ def test_train_names_a_bad_label_before_any_iteration(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(root / "labels" / "im001.png") in err and "7 outside the 3 classes" in err
     assert not (run / "log.jsonl").exists()
+
+
+def test_missing_init_weights_are_named_before_anything_is_written(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    missing = tmp_path / "nowhere.caffemodel"
+    assert train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--init", str(missing),
+                       "--iters", "1", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {missing}" in err and "image/label pairs" not in err      # before the data are read
+    assert not run.exists()                                                   # a refused start leaves nothing
 
 
 # ------------------------------------------------------------------ nets for N classes
@@ -381,7 +397,7 @@ def _val_images(shapes: Path, k: int = 2):
     return [next((shapes / "images").glob(f"{s}.*")) for s in stems]
 
 
-def test_evaluate_a_run_on_the_folders_val_txt_in_the_users_classes(shapes, trained, capsys):
+def test_evaluate_a_run_on_the_folders_val_txt_in_the_users_classes(shapes, trained, tmp_path, capsys):
     from fcn_repro.evaluate import main as evaluate_main
 
     assert evaluate_main(["--net", str(trained), "--data", str(shapes), "--json", "-", "--no-progress"]) == 0
@@ -397,6 +413,14 @@ def test_evaluate_a_run_on_the_folders_val_txt_in_the_users_classes(shapes, trai
     for c, name in enumerate(CLASSES.split(",")):
         assert f"    {c}  {name}" in text
     assert "aeroplane" not in text and "class 1" not in text
+    # the same images in a VOC layout: its val list, the run's classes
+    voc = as_voc(shapes, tmp_path / "voc", {"val": (shapes / "val.txt").read_text().split()})
+    assert evaluate_main(["--net", str(trained), "--data", str(voc), "--json", "-", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["dataset"], rep["split"], rep["images"]) == ("voc", "val", 8)
+    assert rep["heads"]["score"]["classes"] == CLASSES.split(",")
+    # the same labelled pixels per class (the images are re-encoded: the predictions may differ slightly)
+    assert np.array(rep["heads"]["score"]["hist"]).sum(1).tolist() == np.array(head["hist"]).sum(1).tolist()
 
 
 def test_load_and_infer_a_run_carry_the_users_classes_and_agree(shapes, trained, tmp_path, capsys):

@@ -206,3 +206,7 @@ def test_own_classes_training_run_ends_with_its_report_in_the_browser(tmp_path, 
     assert ">soil<" in text and ">pest<" in text                   # the counts table: the user's names
     found = check_in_browser(page)
     assert found["images"] >= 2 + 4 and min(found["widths"]) > 0
+    # and evaluate on the run directory: its recorded data, classes and colours
+    assert ev.main(["--net", str(run), "--report", str(tmp_path / "again"), "--no-progress", "--workers", "0"]) == 0
+    again = _self_contained(tmp_path / "again" / "index.html")
+    assert 'rgb(30,160,60)"></span>leaf' in again and ">background<" not in again and str(data) in again
