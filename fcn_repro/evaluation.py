@@ -404,17 +404,20 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
 def _head_labels(entry, blob: str, n: Optional[int], dataset: SegDataset, label: str,
                  given: Optional[Dict[str, LabelSet]] = None) -> LabelSet:
     """The classes of score blob ``blob`` (n channels): ``given[blob]`` (a user's run), else the
-    registry net's, else the dataset's, else 'class i' (all in the VOC colours)."""
+    registry net's, else the dataset's, else 'class i' (the VOC colours; shifted by one where
+    class 0 is no background, :func:`fcn_repro.registry.has_background`)."""
     if given and blob in given and n in (None, len(given[blob])):
         return given[blob]
     if entry is not None and blob in entry.classes and n in (None, len(entry.class_names(blob))):
         return labels.for_net(entry, blob)
     names = dataset.heads.get(label)
-    if n is None:   # not known before the first forward: the colours alone (VOC's) matter here
-        return LabelSet.voc(names or ["class 0"])
+    kind = dataset.card.labels.get(label) if dataset.name in registry.DATASETS else None
+    bg = registry.has_background(kind)   # SIFT Flow's, NYUDv2's class 0 is a class: coloured
+    if n is None:   # not known before the first forward: the colours alone matter here
+        return LabelSet.voc(names or ["class 0"], background=bg)
     if names is None or len(names) != n:
         names = [f"class {i}" for i in range(n)]
-    return LabelSet.voc(names)
+    return LabelSet.voc(names, background=bg)
 
 
 def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,

@@ -20,14 +20,17 @@ the image at ``--alpha`` and leaves the background (classes coloured black,
 VOC's) undimmed unless ``--background-alpha`` says otherwise; below it, a
 legend of the classes present (colour, name, share of the pixels; drawn by
 matplotlib, the ``report`` extra: without it one warning and no legend;
-``--no-legend``); ``--side-by-side`` puts the image on its left. Colours
-and names are the head's :class:`~fcn_repro.labels.LabelSet` (the net's
-dataset's, or a user's own).
+``--no-legend``; an untinted background says so); ``--side-by-side`` puts
+the image on its left. Colours and names are the head's
+:class:`~fcn_repro.labels.LabelSet` (the net's dataset's, or a user's own;
+SIFT Flow's and NYUDv2's class 0 is a class, coloured, not a background).
 
 ``<name>`` is the image's stem, or ``<stem>_<ext>`` where two inputs share a
 stem (``x.jpg`` and ``x.png``); when a name is still taken (``a/x.jpg`` and
 ``b/x.jpg``), or would be one of the input files (inputs inside OUTDIR), it
 becomes ``<name>-2`` (``-3``, ...): no output overwrites another or an input.
+A ``--json`` file (or OUTDIR/summary.json) that is one of the inputs is refused
+before any work.
 Nets with two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The
 per-image class summary (class name, fraction of pixels) is printed and
 written to ``OUTDIR/summary.json`` with the output names (``--json FILE``
@@ -73,7 +76,7 @@ from fcn_repro.data.transforms import save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
-from fcn_repro.outputs import check_writable, output_file, protect_inputs, write_json
+from fcn_repro.outputs import check_not_input, check_writable, output_file, protect_inputs, write_json
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
@@ -194,6 +197,9 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     paths = expand_images(list(images))
     if not paths:
         raise MissingError("no image files in " + ", ".join(images))
+    for target in (Path(outdir) / "summary.json", json_path):   # refused before the work, not after it
+        if target and target != "-":
+            check_not_input(target, paths)
     netm, _ = build(model, device, fast=fast, verify=verify)
     heads = list(model.heads) or None
     given = dict(labelsets or {})
@@ -254,9 +260,10 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
-    write_json(outdir_p / "summary.json", report)
-    if json_path:
-        write_json(json_path, report)
+    with protect_inputs(paths):
+        write_json(outdir_p / "summary.json", report)
+        if json_path:
+            write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)

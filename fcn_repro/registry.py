@@ -490,6 +490,16 @@ def resource_path(*parts: str) -> Path:
 
 _SAMPLE_CLASSES = ["background", "disc", "square", "triangle", "ring"]
 
+#: class lists whose class 0 is a real class (SIFT Flow's awning and sky, NYUDv2's wall), not
+#: a background: their label 0 in the files means 'unlabelled' and is read as 255
+NO_BACKGROUND = frozenset({"siftflow", "siftflow-geo", "nyud"})
+
+
+def has_background(kind: Optional[str]) -> bool:
+    """Whether class 0 of the class list ``kind`` is a background (PASCAL's, PASCAL-Context's, the
+    sample's; a list not known here is taken to have one, VOC's convention)."""
+    return kind not in NO_BACKGROUND
+
 
 def class_names(kind: str) -> List[str]:
     """Class names, in model output order, from the packaged lists.

@@ -224,3 +224,76 @@ def test_page_shows_a_published_reference_with_its_verdict():
     assert "published (the paper, seg11valid)" in text and "PASCAL VOC 2011" in text
     head["reference"]["scores"] = {"mean_iu": head["mean_iu"]}
     assert '<span class="badge MATCH">MATCH</span>' in render(report)
+
+
+# ------------------------------------------------------------------ colours, plots, paths, names
+
+def test_class_lists_without_a_background_colour_class_0():
+    """SIFT Flow's awning and sky, NYUDv2's wall are classes, not background: no class of theirs
+    is black (the colour overlays leave untinted), and an overlay tints them; PASCAL's class 0
+    stays black and untinted."""
+    from fcn_repro import registry
+    from fcn_repro.data.transforms import overlay
+    from fcn_repro.labels import for_net
+
+    for name in ("siftflow-fcn8s", "nyud-fcn32s-color"):
+        card = registry.net(name)
+        for h in card.heads:
+            cols = for_net(card, h.blob).colours()
+            assert cols.max(axis=1).min() > 0, (name, h.blob)                  # no black class
+            assert len({tuple(c) for c in cols}) == len(cols)                   # all distinct
+    voc = for_net(registry.net("fcn8s"))
+    assert voc.colours()[0].tolist() == [0, 0, 0] and voc.palette[255].tolist() == [224, 224, 192]
+    geo = for_net(registry.net("siftflow-fcn8s"), "score_geo")
+    img = np.full((4, 4, 3), 200, np.uint8)
+    sky = np.zeros((4, 4), np.uint8)
+    assert not np.array_equal(overlay(img, sky, labels=geo), img)               # sky is tinted
+    assert np.array_equal(overlay(img, sky, labels=voc), img)                   # background is not
+
+
+def test_plots_leave_out_classes_without_pixels_only_when_many():
+    from fcn_repro.report.page import PLOT_ALL_UP_TO, _plotted
+
+    few = np.zeros((5, 5), np.int64)
+    few[0, 0] = few[1, 2] = 3
+    assert _plotted(few) == (list(range(5)), [])                                 # a short list: all shown
+    n = PLOT_ALL_UP_TO + 21
+    many = np.zeros((n, n), np.int64)
+    many[0, 0], many[3, 7], many[n - 1, n - 1] = 5, 2, 1                         # class 7: predicted only
+    shown, hidden = _plotted(many)
+    assert shown == [0, 3, 7, n - 1] and hidden == [c for c in range(n) if c not in shown]
+
+
+def test_page_shows_bundled_paths_inside_the_package(tmp_path):
+    import fcn_repro
+    from fcn_repro.report.page import shown_path
+
+    inside = resource_path("sample", "fcn8s-shapes.prototxt")
+    assert shown_path(inside) == "fcn_repro/resources/sample/fcn8s-shapes.prototxt"
+    assert shown_path(tmp_path / "mine.caffemodel") == str(tmp_path / "mine.caffemodel")
+    assert shown_path("") == "" and shown_path(None) == ""
+    assert str(fcn_repro.__file__) not in shown_path(inside)
+
+
+def test_overlay_legend_widens_for_long_names_and_says_untinted():
+    pytest.importorskip("matplotlib")
+    from fcn_repro.report.overlays import overlay_picture
+
+    img = np.full((30, 40, 3), 120, np.uint8)
+    lab = np.zeros((30, 40), np.uint8)
+    lab[:, 20:] = 1
+    short = overlay_picture(img, lab, LabelSet.voc(["bg", "a"]))
+    long = overlay_picture(img, lab, LabelSet.voc(["bg", "a rather long class name for a legend"]))
+    assert short.shape[1] >= 180 and long.shape[1] > short.shape[1]              # the name is not cut
+    assert np.array_equal(long[:30, :40, :], overlay_picture(img, lab, LabelSet.voc(["bg", "a"]), legend=False))
+    right = long[30:, long.shape[1] - 40:]
+    assert (right < 128).any()                                                    # text reaches the far end
+
+
+def test_infer_refuses_a_json_path_that_is_an_input(tmp_path, capsys):
+    img = _copy("s0006", tmp_path / "a.jpg")
+    before = img.read_bytes()
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o"), "--json", str(img)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is one of the inputs" in err and img.read_bytes() == before
+    assert not (tmp_path / "o" / "a.png").exists()                               # refused before the work

@@ -124,6 +124,9 @@ def test_sample_report_in_the_browser(tmp_path):
     for name in ("background", "disc", "square", "triangle", "ring"):
         assert f">{name}<" in text                               # class names in the counts table
     assert "Worst 4" in text and "Best 4" in text
+    package = str(Path(ev.__file__).resolve().parent)
+    assert package not in text and "fcn_repro/resources/sample/fcn8s-shapes.caffemodel" in text   # no checkout path
+    assert "<h1>bundled sample: reduced FCN-8s on synthetic shapes (not PASCAL), split val</h1>" in text
     found = check_in_browser(out / "index.html")
     # summary + 2 plots + 8 gallery rows of 4 panels
     assert found["images"] == 2 + 8 * 4 and min(found["widths"]) > 0
@@ -141,6 +144,7 @@ def test_siftflow_two_heads_report_in_the_browser(tmp_path):
     assert "score_sem: 33 classes" in text and "score_geo: 3 classes" in text
     assert "Not scored (no ground truth in the set" in text         # SIFT Flow's protocol, said
     assert ">awning<" in text and ">vertical<" in text
+    assert "Not in the plots: the " in text                          # 33 classes, few with pixels: not drawn
     found = check_in_browser(out / "index.html")
     assert found["images"] == 2 * (2 + 2 * 4)
 

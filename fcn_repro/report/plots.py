@@ -29,6 +29,8 @@ __all__ = ["iu_chart", "confusion_heatmap", "learning_curve", "legend_strip", "f
 _OURS = "#1f77b4"
 _REF = "#b0b0b0"
 _DPI = 100
+#: an overlay legend widens to fit its names up to this many pixels
+LEGEND_MAX_WIDTH = 2000
 
 
 def figure(width_in: float, height_in: float, what: str = "this plot"):
@@ -189,29 +191,35 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
 
 
 def legend_strip(labels: LabelSet, classes: Sequence[int], width: int,
-                 fractions: Optional[Dict[int, float]] = None) -> np.ndarray:
-    """(h, width, 3) uint8: a white strip listing ``classes`` (colour swatch, name and, given
-    ``fractions``, the share of pixels), in as many columns as ``width`` holds."""
+                 fractions: Optional[Dict[int, float]] = None, untinted: Sequence[int] = ()) -> np.ndarray:
+    """(h, w, 3) uint8: a white strip listing ``classes`` (colour swatch, name and, given
+    ``fractions``, the share of pixels), in as many columns as ``width`` holds; ``untinted``
+    classes (left as the photo in the overlay) say so. ``w`` is ``width``, or more where a
+    name needs it (at most :data:`LEGEND_MAX_WIDTH`)."""
     from matplotlib.patches import Patch
 
     classes = list(classes)
-    ncol = max(1, min(len(classes), width // 170)) if classes else 1
-    nrow = max(1, math.ceil(len(classes) / ncol))
-    height = 14 + 21 * nrow
-    fig = figure(width / _DPI, height / _DPI, "the overlay legend")
-    fig.patch.set_facecolor("white")
     handles: List = []
     names: List[str] = []
     for c in classes:
         rgb = tuple(int(v) / 255 for v in labels.palette[c])
         handles.append(Patch(facecolor=rgb, edgecolor="#555555", linewidth=0.6))
         share = "" if fractions is None or c not in fractions else f" {100 * fractions[c]:.1f}%"
-        names.append(labels.name(c) + share)
-    if handles:
-        fig.legend(handles, names, loc="upper left", ncol=ncol, frameon=False, fontsize=10,
-                   handlelength=1.2, handleheight=1.0, columnspacing=1.2, borderaxespad=0.3,
-                   bbox_to_anchor=(0, 1))
-    fig.canvas.draw()
+        names.append(labels.name(c) + share + (" (not tinted)" if c in untinted else ""))
+    ncol = max(1, min(len(classes), width // 230)) if classes else 1
+    for _ in range(2):   # a second time only when the names are wider than ``width``: as wide as they need
+        nrow = max(1, math.ceil(len(classes) / ncol))
+        height = 14 + 21 * nrow
+        fig = figure(width / _DPI, height / _DPI, "the overlay legend")
+        fig.patch.set_facecolor("white")
+        leg = fig.legend(handles, names, loc="upper left", ncol=ncol, frameon=False, fontsize=10,
+                         handlelength=1.2, handleheight=1.0, columnspacing=1.2, borderaxespad=0.3,
+                         bbox_to_anchor=(0, 1)) if handles else None
+        fig.canvas.draw()
+        need = 0 if leg is None else math.ceil(leg.get_window_extent().x1) + 6
+        if need <= width or width >= LEGEND_MAX_WIDTH:
+            break
+        width = min(need, LEGEND_MAX_WIDTH)
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     out = np.full((height, width, 3), 255, np.uint8)
     h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])

@@ -65,7 +65,7 @@ def validation_report(validator: Validator, weights: Any = None, net: Optional[s
     return {"net": net or validator.prototxt, "prototxt": validator.prototxt,
             "weights": str(weights or "(the training net's weights, in memory)"), "weights_check": None,
             "dataset": getattr(ds, "name", "dataset"), "data": str(getattr(ds, "root", "")),
-            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", "")),
+            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", None) or ""),
             "limit": last["limit"], "images": last["images"], "device": str(validator.device),
             "world_size": validator.world, "fast": False, "time": last["time"], "seconds": sec,
             "images_per_s": last["images"] / sec if sec > 0 else None, "heads": heads, "rank": validator.rank}
@@ -153,13 +153,16 @@ class TrainingPictures:
     def finish(self, validator: Optional[Validator], weights: Any = None, iteration: Optional[int] = None,
                net: Optional[str] = None) -> Optional[Path]:
         """At the end of a run: the report page of the last validation (None when there was none
-        or matplotlib is missing); the event files are closed."""
+        or matplotlib is missing); the event files are closed. Where they are is said (``say``)."""
         page = None
         if validator is not None and validator.last is not None and self.plots and self.report_wanted:
             report = validation_report(validator, weights, net)
             title = f"{Path(str(net or validator.prototxt)).name}: validation" + (
                 f" at iteration {iteration}" if iteration is not None else "")
             page = write_report(self.out_dir / REPORT_DIR, report, self.gallery, title=title)
+            self.say(f"report: {page}")
+        if self.tb is not None:
+            self.say(f"TensorBoard: tensorboard --logdir {self.out_dir / TB_DIR}")
         self.close()
         return page
 
