@@ -1,7 +1,7 @@
 """The command-line conventions every ``python -m fcn_repro.<tool>`` follows.
 
 - ``--json FILE`` writes the tool's report as JSON (``-``: to stdout); the
-  JSON never holds inf or NaN (they become null, :func:`jsonable`).
+  JSON never holds inf or NaN (they become null, :func:`fcn_repro.outputs.jsonable`).
 - ``--version`` prints the package version.
 - A user error (one of ours, :class:`fcn_repro.errors.FcnReproError`: a bad
   weights file or prototxt, a missing net, file or dataset, a bad argument;
@@ -45,8 +45,8 @@ from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "UsageError", "is_user_error", "debugging",
-           "add_common", "run", "front_door", 
-           "dist_setup", "dist_teardown", "version", "error_line", "say"]
+           "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
+           "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -63,15 +63,37 @@ def version() -> str:
     return fcn_repro.__version__
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that a text laid out by hand (a description or epilog
+    with line breaks: a docstring, the examples) is printed as written, not re-flowed."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip("\n"):
+            return "\n".join(indent + line if line else line for line in text.strip("\n").splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 def add_common(ap: argparse.ArgumentParser, json_help: Optional[str] = "write the report as JSON to FILE "
-               "('-': stdout)") -> argparse.ArgumentParser:
-    """``--version`` and (unless ``json_help`` is None) ``--json FILE``."""
+               "('-': stdout)", examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``--version``, (unless ``json_help`` is None) ``--json FILE`` and, from ``examples``
+    (command lines, each optionally followed by ``  # what it does``), the epilog of ``--help``."""
     ap.add_argument("--version", action="version", version=f"%(prog)s (fcn_repro {version()})")
     ap.add_argument("--traceback", action="store_true",
                     help=f"on an error, print the traceback too (also: {DEBUG_ENV}=1 in the environment)")
     if json_help is not None:
         ap.add_argument("--json", metavar="FILE", help=json_help)
+    if examples:
+        ap.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        if ap.formatter_class is argparse.HelpFormatter:
+            ap.formatter_class = HelpFormatter
     return ap
+
+
+def add_progress(ap, *aliases: str, help: str = "no progress bar (there is one only when stderr is a "
+                 "terminal)") -> None:
+    """The one quiet switch of every tool with a progress bar: ``--no-progress`` (``aliases``: a
+    tool's older spellings, e.g. convert's ``-q``), stored as ``args.no_progress``."""
+    ap.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true", help=help)
 
 
 def error_line(e: BaseException) -> str:

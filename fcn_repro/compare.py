@@ -234,7 +234,9 @@ def format_table(res: CompareResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.compare", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common(ap, "write the result as JSON to FILE ('-': stdout, instead of the table)")
+    cli.add_common(ap, "write the result as JSON to FILE ('-': stdout, instead of the table)", examples=[
+                   'python -m fcn_repro.compare fcn8s.prototxt fcn8s.caffemodel caffe_blobs.npz --tol 1e-5',
+                   'python -m fcn_repro.compare net.prototxt net.caffemodel ref.npz --prefix s0/ --json -   # as JSON'])
     ap.add_argument("prototxt", help="the net (deploy prototxt)")
     ap.add_argument("weights", help=".caffemodel, .caffemodel.h5 or .h5")
     ap.add_argument("reference", help=".npz of reference blobs by Caffe name")
@@ -242,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "default: the one holding the net's inputs and the most blobs")
     ap.add_argument("--tol", type=float, default=1e-5, help="max relative difference allowed (default 1e-5)")
     ap.add_argument("--no-fuse", action="store_true", help="compute the outputs without fused ops too")
-    ap.add_argument("--phase", default="TEST", choices=["TEST", "TRAIN"])
+    ap.add_argument("--phase", default="TEST", choices=["TEST", "TRAIN"],
+                    help="the phase the net is built in (Caffe's include/exclude rules; default: %(default)s)")
     ap.add_argument("--double", action="store_true", help="compute in float64 (a diagnostic)")
     return ap
 

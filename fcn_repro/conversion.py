@@ -36,12 +36,12 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from fcn_repro.caffe.caffemodel import CaffeLayer, CaffeModelContents, caffemodel_layers, write_caffemodel
 from fcn_repro.caffe.hdf5 import save_hdf5
 from fcn_repro.caffe.match import MatchReport, match_weights
 from fcn_repro.caffe.weights import detect_format, load_weights, weights_format_for, weights_info
+from fcn_repro.progress import bar as progress_bar
 
 from fcn_repro.errors import FcnReproError
 
@@ -189,8 +189,9 @@ def _read(path: str) -> tuple[Any, Any]:
 
 def _write(plan: _Plan, contents: Any, out: str, out_fmt: str, quiet: bool) -> None:
     total = sum(r["bytes"] for r in plan.rows)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              desc=f"writing {os.path.basename(out)}", disable=quiet or total < _LARGE, leave=False) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"writing {os.path.basename(out)}", enabled=not (quiet or total < _LARGE),
+                      leave=False) as bar:
         if out_fmt == "hdf5":
             save_hdf5(out, {lay.name: list(lay.blobs) for lay in plan.layers}, progress=bar.update)
         else:

@@ -130,6 +130,8 @@ def _print_report(report: dict, entry, out) -> None:
     p(f"data {report['data']} split {report['split']}: {report['images']} images in {report['seconds']:.1f} s"
       + (f" ({ips:.2f} images/s" if ips else " (") + f", {report['device']}, {report['world_size']} process(es)"
       + (", fast forward)" if report.get("fast") else ")"))
+    if report.get("split_note") and not report.get("split_file"):
+        p(f"split {report['split_note']}")      # a split the reader made (no list file): how
     for blob, head in report["heads"].items():
         p()
         ref = None
@@ -177,7 +179,10 @@ def stand_in(net: str, data: Optional[str], weights: Optional[str], dataset: Opt
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.evaluate",
                                  description="Evaluate an FCN (Caffe prototxt + caffemodel) on a segmentation set.")
-    cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)")
+    cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)", examples=[
+                   "python -m fcn_repro.evaluate --net fcn8s   # the bundled default: scores next to Caffe's",
+                   'python -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011 --report out/report',
+                   'torchrun --nproc_per_node 2 -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011'])
     ap.add_argument("--net", default="fcn8s",
                     help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model), a deploy "
                          "prototxt path or a training run directory (default: %(default)s)")
@@ -200,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "'fcn_repro[report]')")
     ap.add_argument("--gallery", type=int, default=4, metavar="K",
                     help="with --report: show the K worst and K best images by per-image IU (default: %(default)s)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_progress(ap)
     return ap
 
 

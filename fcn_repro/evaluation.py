@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
@@ -37,6 +36,7 @@ from fcn_repro.caffe.net import copy_matched
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
+from fcn_repro.data.folder import is_folder, is_voc_layout
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
@@ -47,6 +47,7 @@ from fcn_repro.devices import process_group
 from fcn_repro.outputs import child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
            "LabelRangeWarning", "MismatchError", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
@@ -149,7 +150,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     warned = False
     bar = None
     if progress:
-        bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=len(indices), desc=desc, unit="img", dynamic_ncols=True)
     t0 = time.perf_counter()
     # the dataset's own files (images, ground truth) are never replaced by a prediction
     guard = protect_inputs(p for i in indices for p in dataset.files(i)) if writer is not None else nullcontext()
@@ -208,6 +209,12 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     seconds = time.perf_counter() - t0
     return {"hists": {b: h.cpu().numpy() for b, h in hists.items()}, "images": len(ids), "seconds": seconds,
             "ids": ids, "predictions": preds_kept if keep_predictions else None}
+
+
+def _split_file(dataset) -> Optional[str]:
+    """The list file the split came from (None: the reader made the split, e.g. a folder without val.txt)."""
+    f = getattr(dataset, "split_file", None)
+    return None if f is None else os.fspath(f)
 
 
 def _warn_out_of_range(label: np.ndarray, n: int, sid: str, lab_name: str, dataset) -> bool:
@@ -449,6 +456,16 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     if data is None and dataset_kind in (None, facts.get("dataset")) and facts.get("data"):
         data = str(facts["data"])
         split = split or facts.get("val_split") or facts.get("split")
+    elif data is not None and dataset_kind is None and entry is None:
+        # a user's own net (a run, a prototxt) on a directory given: its layout says the reader; a run's
+        # own-data validation split (val) is the default where that directory has it
+        own = "folder" if is_folder(data) else ("voc" if is_voc_layout(data) and facts.get("dataset") else None)
+        if own is not None:
+            kind = own
+            val = str(facts.get("val_split") or "val")
+            if split is None and (own == "folder" or (Path(data) / "ImageSets" / "Segmentation" / f"{val}.txt")
+                                  .is_file()):
+                split = val
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
     problems = [model.weights_error] if model.weights is None else []
@@ -483,7 +500,8 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         "net": model.ref, "prototxt": str(model.deploy), "weights": str(model.weights), "weights_check": check,
         "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
-        "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
+        "split_file": _split_file(dataset),
+        "split_note": getattr(dataset, "split_note", None), "limit": limit, "images": images,
         "device": device, "world_size": world, "fast": fast, "time": started, "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
     }

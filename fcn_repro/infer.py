@@ -169,7 +169,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
           background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
           labelsets: Optional[Dict[str, LabelSet]] = None, tile: Optional[int] = None,
-          scores_format: str = ".npy") -> dict:
+          scores_format: str = ".npy", progress: bool = True) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
@@ -178,7 +178,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     '-': stdout). Raises MissingError when the net, its weights or a named
     image file is missing, or nothing matches. tile: see the module
     docstring (None: automatic); scores_format: a file ending of
-    :data:`fcn_repro.scorefile.FORMATS`.
+    :data:`fcn_repro.scorefile.FORMATS`; progress: False, no bar over the tiles (there is
+    one only on a terminal).
 
     Overlays: the head's colours (``labelsets``: score blob -> a user's
     :class:`~fcn_repro.labels.LabelSet`; default the net's dataset's) at
@@ -210,7 +211,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                       "--no-legend says you want none)", stacklevel=2)
         legend = False
     predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
-                          keep_images=True, tile=tile)
+                          keep_images=True, tile=tile, progress=None if progress else False)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
 
@@ -274,7 +275,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.infer",
                                  description="Segment images with an FCN; write label PNGs, overlays, a summary.")
     cli.add_common(ap, "also write the report (summary.json's content) as JSON to FILE ('-': stdout; "
-                   "the per-image lines then go to stderr)")
+                   "the per-image lines then go to stderr)", examples=[
+                   'python -m fcn_repro.infer photo.jpg --net fcn8s -o out   # out/photo.png, the overlay, '
+                   'summary.json',
+                   "python -m fcn_repro.infer 'images/*.jpg' --net sample -o out --save-scores --side-by-side"])
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model), a deploy prototxt path or a "
                                                         "training run directory")
@@ -304,6 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
+    cli.add_progress(ap, help="no progress bar over the tiles of a tiled image (there is one only when stderr "
+                     "is a terminal)")
     return cli.run(_main, ap, argv)
 
 
@@ -327,7 +333,7 @@ def _main(args) -> int:
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
                   background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
-                  tile=args.tile, scores_format=args.scores_format)
+                  tile=args.tile, scores_format=args.scores_format, progress=not args.no_progress)
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

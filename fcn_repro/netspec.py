@@ -55,7 +55,9 @@ def regenerate_command(out_arg: Path | None, nets: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.netspec", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common(ap, "write what was written or checked as JSON to FILE ('-': stdout)")
+    cli.add_common(ap, "write what was written or checked as JSON to FILE ('-': stdout)", examples=[
+                   'python -m fcn_repro.netspec --check   # exit 1 when prototxt/ differs from the generator',
+                   'python -m fcn_repro.netspec --out /tmp/nets fcn8s fcn32s'])
     ap.add_argument("nets", nargs="*", metavar="NET",
                     help=f"nets to generate (default: all: {', '.join(fcn_nets.NETS)})")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default: prototxt/)")

@@ -265,8 +265,12 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
             say(msg)
 
     net_def = own_net(args.net or "sample")
+    init = args.init if args.init is not None else ("sample" if net_def.name == "sample" and not args.weights
+                                                    else None)
+    # the weights to start from are found before anything is read or written (a refused start leaves nothing)
+    init_path = init_weights(init) if init is not None and not args.resume else None
     data = open_data(args.data, args.classes, args.split, args.val_data, args.val_split,
-                     check=args.check and rank == 0, say=say)
+                     check=args.check and rank == 0, say=note)
     n = len(data.labels)
     if rank == 0:
         write_nets(run, net_def, n)
@@ -301,11 +305,9 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
     seed = sp.random_seed if sp.random_seed >= 0 else (args.seed if args.seed is not None else 1337)
     torch.manual_seed(seed)
     net = Net(os.fspath(paths["train"]), phase="TRAIN", seed=seed)
-    init = args.init if args.init is not None else ("sample" if net_def.name == "sample" and not args.weights
-                                                    else None)
     report = None
-    if init is not None and not args.resume:
-        report = class_surgery(net, init_weights(init), say=note)
+    if init_path is not None:
+        report = class_surgery(net, init_path, say=note)
     elif args.weights:
         net.load_weights(args.weights, strict=False)
     elif not args.resume:

@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an FCN with Caffe's solver semantics (see the module docstring). "
                     "Run under torchrun for data-parallel training.")
     cli.add_common(ap, "at the end, write a summary as JSON to FILE ('-': stdout): the last iteration's "
-                   "loss, the last validation scores, the snapshots (log.jsonl has every record)")
+                   "loss, the last validation scores, the snapshots (log.jsonl has every record)", examples=[
+                   'python -m fcn_repro.train --net sample --iters 4 --out out/smoke   # the bundled model, '
+                   'a smoke run',
+                   'python -m fcn_repro.train --net fcn32s --init VGG_ILSVRC_16_layers.caffemodel --data SBD_DIR '
+                   '--out out/fcn32s',
+                   'python -m fcn_repro.train --net sample --data shapes --classes bg,disc,square --iters 40 '
+                   '--out runs/shapes   # your own data',
+                   'torchrun --nproc_per_node 2 -m fcn_repro.train --net sample --iters 4 --out out/ddp'])
     g = ap.add_argument_group("net and solver")
     g.add_argument("--net", help="a registry net: its solver and nets from prototxt/<net>/ or generated from "
                    "the net definitions; 'sample' = the bundled reduced FCN-8s, its weights and images (a smoke "
@@ -83,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reader for --data (default: sbd if DIR has img/ and cls/, else voc)")
     g.add_argument("--split", help="training split (default: the train net's data layer's, else train)")
     g.add_argument("--val-data", help="validation data directory (default: no validation)")
-    g.add_argument("--val-dataset", choices=list(registry.DATASETS))
+    g.add_argument("--val-dataset", choices=list(registry.DATASETS),
+                   help="reader for --val-data (default: from the directory's layout, as for --dataset)")
     g.add_argument("--val-split", help="validation split (default: val.prototxt's data layer's, "
                    "else seg11valid)")
     g.add_argument("--order", choices=["random", "sequential"], default="random",
@@ -94,14 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--feed", help="train on fixed input blobs from this .npz (keys input/<blob>)")
     g = ap.add_argument_group("schedule (overrides of the solver file)")
     g.add_argument("--iters", type=int, help="iterations to run now (default: up to max_iter)")
-    g.add_argument("--max-iter", type=int)
+    g.add_argument("--max-iter", type=int, help="the solver's max_iter: where the run ends and its final "
+                   "snapshot is taken")
     g.add_argument("--base-lr", type=float, help="the solver's base_lr (a finite number > 0)")
-    g.add_argument("--iter-size", type=int)
+    g.add_argument("--iter-size", type=int, help="the solver's iter_size: batches whose gradients are "
+                   "accumulated per update (FCN-AlexNet: 20)")
     g.add_argument("--snapshot-every", type=int, help="snapshot every K iterations (0: never)")
     g.add_argument("--test-every", type=int, help="validate every K iterations (0: never)")
     g.add_argument("--test-iters", type=int, help="images per validation (default: solver test_iter, "
                    "else the whole split)")
-    g.add_argument("--test-initialization", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--test-initialization", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate before the first iteration (default: the solver's test_initialization)")
     g.add_argument("--display", type=int, help="print Caffe's 'Iteration N, loss = X' lines every N "
                    "iterations when not on a terminal (default: the solver's display; 0: never)")
     g = ap.add_argument_group("output")
@@ -116,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights format of snapshots (default both: .caffemodel and .caffemodel.h5); "
                         "the solver state is always .solverstate.h5")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    g.add_argument("--no-progress", action="store_true")
+    cli.add_progress(g, help="no progress bar and no status lines (there are some only on a terminal; "
+                     "off a terminal Caffe's 'Iteration N, loss = X' lines are written instead)")
     ap.set_defaults(**OPTIONS)   # the library's defaults, one place
     return ap
 

@@ -47,6 +47,7 @@ from fcn_repro.evaluation import Validator
 from fcn_repro.outputs import jsonable, output_file
 from fcn_repro.report.training import TrainingPictures, draw_curve
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "objective",
            "draw_curve", "Trainer", "status", "solver_with", "training_net", "place_net", "summary"]
@@ -333,7 +334,7 @@ class Trainer:
         sp = self.solver
         bar = None
         if self.progress and self.interactive:
-            bar = tqdm(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
+            bar = progress_bar(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
         try:
             for _ in range(iters):
                 if (sp.test_interval and self.iter % sp.test_interval == 0

@@ -118,16 +118,22 @@ def test_classes_from_file_and_palette_from_the_labels(tmp_path):
     assert ls.colours().tolist() == [[10, 20, 30], [200, 0, 0], [0, 0, 200]]
 
 
-def test_voc_layout_with_any_number_of_classes(tmp_path):
-    src = make_shapes(tmp_path / "src", n=4, val=0)
-    voc = tmp_path / "voc"
+def as_voc(src: Path, voc: Path, splits: dict) -> Path:
+    """The images and labels of ``src`` (a folder) re-laid as a VOC-layout directory; splits: name -> stems."""
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "SegmentationClass").mkdir()
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for i in range(4):
-        Image.open(next((src / "images").glob(f"im{i:03d}.*"))).convert("RGB").save(voc / "JPEGImages" / f"im{i:03d}.jpg")
-        (voc / "SegmentationClass" / f"im{i:03d}.png").write_bytes((src / "labels" / f"im{i:03d}.png").read_bytes())
-    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("im000\nim001\nim002\n")
+    for name, stems in splits.items():
+        for s in stems:
+            Image.open(next((src / "images").glob(f"{s}.*"))).convert("RGB").save(voc / "JPEGImages" / f"{s}.jpg")
+            (voc / "SegmentationClass" / f"{s}.png").write_bytes((src / "labels" / f"{s}.png").read_bytes())
+        (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(stems) + "\n")
+    return voc
+
+
+def test_voc_layout_with_any_number_of_classes(tmp_path):
+    src = make_shapes(tmp_path / "src", n=4, val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "more": ["im003"]})
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
@@ -165,6 +171,16 @@ def test_train_names_a_bad_label_before_any_iteration(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(root / "labels" / "im001.png") in err and "7 outside the 3 classes" in err
     assert not (run / "log.jsonl").exists()
+
+
+def test_missing_init_weights_are_named_before_anything_is_written(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    missing = tmp_path / "nowhere.caffemodel"
+    assert train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--init", str(missing),
+                       "--iters", "1", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {missing}" in err and "image/label pairs" not in err      # before the data are read
+    assert not run.exists()                                                   # a refused start leaves nothing
 
 
 # ------------------------------------------------------------------ nets for N classes
@@ -257,36 +273,56 @@ def test_second_run_on_a_live_runs_out_refuses_and_a_finished_run_is_kept(shapes
     assert rundir.read_run(second).weights.name == "train_iter_2.caffemodel"
 
 
-def test_sigint_snapshots_and_resume_is_bit_exact(shapes, tmp_path):
-    args = ["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--max-iter", "40", "--no-progress",
+def test_sigint_snapshots_and_resume_is_bit_exact(tmp_path, capsys):
+    """Ctrl-C to a real `python -m fcn_repro.train` once it has logged iterations: a second train on its
+    --out is refused while it lives; it stops with a snapshot; `--resume RUN` ends with the weights of an
+    uninterrupted run, bit for bit. The data have no lists: the log states the deterministic split."""
+    data = make_shapes(tmp_path / "bare", n=10, size=(48, 40), val=0)
+    args = ["--net", "sample", "--data", str(data), "--classes", CLASSES, "--max-iter", "12", "--no-progress",
             "--test-every", "0"]
     whole = tmp_path / "whole"
     assert train_main(args + ["--out", str(whole)]) == 0
+    notes = _records(whole, "setup")[0]["notes"]
+    assert any(n.startswith("training split: 'train': no train.txt") and "every 5th" in n and "(8 images)" in n
+               for n in notes), notes
+    assert f"{data}: 10 image/label pairs, {10 * 48 * 40} labelled pixels" in notes    # the checker's counts
+    assert any(n.strip().startswith("2 square") for n in notes)
     run = tmp_path / "interrupted"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))       # the same threads as this process: the same sums
     proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train"] + args + ["--out", str(run)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and log.read_text().count('"type": "train"') >= 3:
-            os.kill(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.02)
-    out, err = proc.communicate(timeout=120)
+    refused = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.is_file() and log.read_text().count('"type": "train"') >= 3:
+                capsys.readouterr()
+                refused = train_main(args + ["--out", str(run)])        # the run is live: refused, not RUN-2
+                os.kill(proc.pid, signal.SIGINT)
+                break
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert refused == 2 and "a live training run holds this directory" in capsys.readouterr().err
+    assert not run.with_name(run.name + "-2").exists()
     assert proc.returncode == 130, err
     state = runs.latest_state(run)
     stopped = int(state.name.split("_iter_")[1].split(".")[0])
-    assert 3 <= stopped < 40 and "--resume" in err and "Traceback" not in err
+    assert 3 <= stopped < 12 and "--resume" in err and "Traceback" not in err
     info = rundir.read_run(run)
     assert not info.complete and info.iteration == stopped
     assert train_main(args + ["--out", str(run), "--resume", str(run)]) == 0
-    a, b = load_weights(whole / "train_iter_40.caffemodel"), load_weights(run / "train_iter_40.caffemodel")
+    a, b = load_weights(whole / "train_iter_12.caffemodel"), load_weights(run / "train_iter_12.caffemodel")
     assert a.keys() == b.keys()
     for k in a:
         for x, y in zip(a[k], b[k]):
             assert np.array_equal(x, y), k
     assert rundir.read_run(run).complete
+    start = load_weights(owntrain.init_weights("sample"))
+    assert not np.array_equal(a["fc7"][0], start["fc7"][0])          # the runs did train
 
 
 def test_staged_schedule_in_one_command(shapes, tmp_path, monkeypatch):
@@ -352,3 +388,86 @@ def test_the_runs_report_page_shows_the_users_classes(trained):
     assert ">background<" not in text
     if CHROMIUM is not None:
         assert check_in_browser(page)["images"] > 2
+
+
+# ------------------------------------------------------------------ the run is a model: evaluate, infer, load, export
+
+def _val_images(shapes: Path, k: int = 2):
+    stems = (shapes / "val.txt").read_text().split()[:k]
+    return [next((shapes / "images").glob(f"{s}.*")) for s in stems]
+
+
+def test_evaluate_a_run_on_the_folders_val_txt_in_the_users_classes(shapes, trained, tmp_path, capsys):
+    from fcn_repro.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--net", str(trained), "--data", str(shapes), "--json", "-", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["split"] == "val" and rep["split_file"] == str(shapes / "val.txt") and rep["images"] == 8
+    head = rep["heads"]["score"]
+    assert head["classes"] == CLASSES.split(",")
+    assert head["palette"] == rundir.read_run(trained).heads["score"].colours().tolist()
+    last = _records(trained, "test")[-1]["scores"]["score"]
+    assert head["mean_iu"] == pytest.approx(last["mean_iu"], abs=1e-12)      # the run's last validation
+    assert evaluate_main(["--net", str(trained), "--data", str(shapes), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for c, name in enumerate(CLASSES.split(",")):
+        assert f"    {c}  {name}" in text
+    assert "aeroplane" not in text and "class 1" not in text
+    # the same images in a VOC layout: its val list, the run's classes
+    voc = as_voc(shapes, tmp_path / "voc", {"val": (shapes / "val.txt").read_text().split()})
+    assert evaluate_main(["--net", str(trained), "--data", str(voc), "--json", "-", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["dataset"], rep["split"], rep["images"]) == ("voc", "val", 8)
+    assert rep["heads"]["score"]["classes"] == CLASSES.split(",")
+    # the same labelled pixels per class (the images are re-encoded: the predictions may differ slightly)
+    assert np.array(rep["heads"]["score"]["hist"]).sum(1).tolist() == np.array(head["hist"]).sum(1).tolist()
+
+
+def test_load_and_infer_a_run_carry_the_users_classes_and_agree(shapes, trained, tmp_path, capsys):
+    import fcn_repro
+    from fcn_repro.infer import main as infer_main
+
+    m = fcn_repro.load(trained)
+    assert m.classes == CLASSES.split(",") and m.meta["heads"] == {"score": CLASSES.split(",")}
+    assert repr(m).startswith(f"Pretrained('{trained.name}', classes=['bg', 'disc', 'square']")
+    images = _val_images(shapes)
+    out = tmp_path / "inf"
+    assert infer_main([str(p) for p in images] + ["--net", str(trained), "-o", str(out), "--no-legend"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    colours = rundir.read_run(trained).heads["score"].colours()
+    for img in images:
+        pred = m.predict(img)
+        png = Image.open(out / f"{img.stem}.png")
+        assert png.mode == "P" and np.array_equal(np.array(png), pred.labels["score"])      # the same labels
+        assert np.array(png.getpalette()[:9]).reshape(3, 3).tolist() == colours.tolist()
+        names = [c["name"] for c in summary["images"][str(img)]["outputs"]["score"]["classes"]]
+        assert names and set(names) <= set(CLASSES.split(","))
+        assert f"{img} ({pred.size[1]}x{pred.size[0]}):" in printed
+        truth = np.array(Image.open(shapes / "labels" / f"{img.stem}.png"))
+        assert (pred.labels["score"] == truth).mean() > 0.9          # a trained model, not the start
+    assert "bg " in printed and "background" not in printed
+
+
+def test_export_a_run_to_onnx_the_same_argmax_in_onnxruntime(shapes, trained, tmp_path, capsys):
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(mod, reason="ONNX export needs the onnx extra: pip install 'fcn_repro[onnx]'")
+    import onnx
+    import onnxruntime as ort
+    import fcn_repro
+    from fcn_repro.export.__main__ import main as export_main
+
+    path = tmp_path / "model.onnx"
+    assert export_main([str(trained), "-o", str(path)]) == 0
+    assert "score: 3 classes: bg, disc, square" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(os.fspath(path)).metadata_props}
+    assert json.loads(meta["fcn_repro.heads"])["score"]["names"] == CLASSES.split(",")
+    m = fcn_repro.load(trained)
+    sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    for img in _val_images(shapes, 3):
+        x = m.transforms()(img)["data"][None].astype(np.float32)
+        (theirs,) = sess.run(["score"], {"data": x})
+        ours = m.predict(img, scores=True)
+        assert theirs.shape == (1, 3) + ours.labels["score"].shape
+        np.testing.assert_allclose(theirs[0], ours.scores["score"], rtol=0, atol=1e-4 * np.abs(theirs).max())
+        assert np.array_equal(theirs[0].argmax(0), ours.labels["score"])

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from fcn_repro import cli
 from fcn_repro.caffe.net import Net
+from fcn_repro.predict import Transforms
 from fcn_repro.resolve import list_names, resolve
 from fcn_repro.outputs import check_writable, write_json
 
@@ -53,7 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="run the file in onnxruntime against our forward: max relative difference, argmax "
                          "agreement")
-    cli.add_common(ap)
+    cli.add_common(ap, examples=[
+                   'python -m fcn_repro.export sample -o sample.onnx --check',
+                   'python -m fcn_repro.export fcn8s -o fcn8s.onnx --static 500x500 --fast'])
     return cli.run(_main, ap, argv)
 
 
@@ -62,7 +65,10 @@ def _main(a) -> int:
     check_writable(a.json, "--json")
     model = resolve(a.net, a.weights)
     net = Net(str(model.deploy), str(model.require_weights()))
-    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
+    # the file carries what a consumer needs besides the graph: class names, and each input's
+    # channel order, mean and scale
+    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check,
+                     labels=model.heads, preprocessing=Transforms.for_model(model).describe())
     print(result, file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json:
         write_json(a.json, result)

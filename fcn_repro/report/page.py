@@ -73,6 +73,7 @@ th{background:#f0f2f5;font-weight:600}td.l,th.l{text-align:left}
 code{font:12px ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 .plots{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .plots img{max-width:100%;height:auto;border:1px solid #eceef1;background:#fff}
+.scroll{max-width:100%;overflow-x:auto}.scroll img{max-width:none}
 .row{display:grid;grid-template-columns:110px repeat(var(--n),minmax(0,1fr));gap:8px;align-items:start;
  margin:8px 0 14px}
 .row figure{margin:0}.row figcaption{font-size:11px;color:#555;text-align:center}
@@ -270,7 +271,8 @@ def _head_html(report: dict, blob: str, head: dict, gallery: Optional[Gallery], 
                            title="per-class IU")
     heat = plots.confusion_heatmap(hist[np.ix_(sel, sel)], names, title="confusion matrix (row-normalised, %)")
     out += ['<div class="card"><div class="plots">', _img(chart, f"{blob}: per-class IU"),
-            _img(heat, f"{blob}: confusion matrix"), "</div>"]
+            # many classes: the heatmap at its own size (names stay legible), scrolled sideways
+            f'<div class="scroll">{_img(heat, f"{blob}: confusion matrix")}</div>', "</div>"]
     if hidden:
         out.append(f'<p class="note">Not in the plots: the {len(hidden)} classes with no pixel in the ground '
                    "truth or the prediction: " + _esc(", ".join(head["classes"][c] for c in hidden)) + ".</p>")

@@ -158,7 +158,7 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
         it = [t[0] for t in fin]
         ax1.plot(it, [t[1] for t in fin], color=_OURS, alpha=0.4, linewidth=0.9, label="loss")
         ax1.plot(it, [t[2] for t in fin], color=_OURS, linewidth=1.8, label="smoothed loss")
-        ax1.legend(fontsize=8, loc="upper right")
+        ax1.legend(fontsize=8, loc="best")
         ax1.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
     else:
         ax1.text(0.5, 0.5, "no training iterations yet", ha="center", va="center", transform=ax1.transAxes,
@@ -204,7 +204,8 @@ def legend_strip(labels: LabelSet, classes: Sequence[int], width: int,
     for c in classes:
         rgb = tuple(int(v) / 255 for v in labels.palette[c])
         handles.append(Patch(facecolor=rgb, edgecolor="#555555", linewidth=0.6))
-        share = "" if fractions is None or c not in fractions else f" {100 * fractions[c]:.1f}%"
+        f = None if fractions is None else fractions.get(c)
+        share = "" if f is None else " <0.1%" if 0 < f < 0.0005 else f" {100 * f:.1f}%"
         names.append(labels.name(c) + share + (" (not tinted)" if c in untinted else ""))
     ncol = max(1, min(len(classes), width // 230)) if classes else 1
     for _ in range(2):   # a second time only when the names are wider than ``width``: as wide as they need

@@ -157,7 +157,7 @@ class TrainingPictures:
         page = None
         if validator is not None and validator.last is not None and self.plots and self.report_wanted:
             report = validation_report(validator, weights, net)
-            title = f"{Path(str(net or validator.prototxt)).name}: validation" + (
+            title = f"run {self.out_dir.resolve().name} ({Path(str(net or validator.prototxt)).name}): validation" + (
                 f" at iteration {iteration}" if iteration is not None else "")
             page = write_report(self.out_dir / REPORT_DIR, report, self.gallery, title=title)
             self.say(f"report: {page}")
