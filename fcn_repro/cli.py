@@ -178,6 +178,8 @@ def front_door(module: str, call: str) -> None:
     ``fcn_repro.train``); the tool module then forwards a call to that
     function, so both spellings mean the same whatever was imported first.
     """
+    if module == "__main__":   # run as a script (python -m): not bound to the package
+        return
     mod = sys.modules[module]
     mod.__front_door__ = fcn_repro._CALLS[call]
     mod.__class__ = _FrontDoorTool
