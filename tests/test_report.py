@@ -312,3 +312,11 @@ def test_plots_draw_any_class_name_letter_for_letter():
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     strip = plots.legend_strip(LabelSet.voc(names), range(4), 300)
     assert strip.shape[1] <= plots.LEGEND_MAX_WIDTH and strip.shape[0] > 0
+
+
+def test_gallery_zero_leaves_the_gallery_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert ev.main(["--net", "sample", "--limit", "2", "--report", str(tmp_path / "r"), "--gallery", "0",
+                    "--no-progress", "--workers", "0"]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Gallery" not in text and "No image with labelled pixels" not in text and "per-class IU" in text
