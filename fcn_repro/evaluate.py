@@ -82,7 +82,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours)."""
     if report_dir is not None:
         require("matplotlib", "the evaluation report (--report)")
-    pics = Gallery(gallery) if report_dir is not None else None
+    pics = Gallery(gallery) if report_dir is not None and gallery > 0 else None   # 0: no gallery
     model = resolve(net, weights)
     report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "matrix heatmap, worst/best images, the run's facts (needs pip install "
                          "'fcn_repro[report]')")
     ap.add_argument("--gallery", type=int, default=4, metavar="K",
-                    help="with --report: show the K worst and K best images by per-image IU (default: %(default)s)")
+                    help="with --report: show the K worst and K best images by per-image IU (0: no gallery; "
+                         "default: %(default)s)")
     cli.add_progress(ap)
     return ap
 

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import registry
+from fcn_repro import limits, registry
 from fcn_repro.caffe import load_weights, save_weights
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
 from fcn_repro.caffe.net import Net, copy_matched, transplant
@@ -227,12 +227,16 @@ class Trainer:
         out = []
         if not path.is_file():
             return out
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # read to a bound (a log is its run's own, but a planted or runaway one must not fill memory);
+        # lines that are not whole records of an iteration (a torn last line, anything else) are dropped
+        text = limits.read_capped(path, "training log", cap="read_bytes", error=TrainError)
+        for line in text.decode("utf-8", errors="replace").splitlines():
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+                it = int(r.get("iter", 0))
+            except (ValueError, TypeError, AttributeError, OverflowError):
                 continue
-            if int(r.get("iter", 0)) <= upto_iter:
+            if it <= upto_iter:
                 out.append(r)
         return out
 

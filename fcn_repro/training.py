@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
-from fcn_repro import owntrain, registry, runs
+from fcn_repro import limits, owntrain, registry, runs
 from fcn_repro.caffe import save_weights
 from fcn_repro.devices import check_device, process_group
 from fcn_repro.labels import for_net
@@ -270,7 +270,8 @@ def _paper_record(args: Any, sp, out_dir: str):
     except TrainError:
         return None
     deploy = Path(out_dir) / "deploy.prototxt"
-    text = src.read_text(encoding="utf-8")
+    raw = limits.read_capped(src, "prototxt", error=TrainError)   # bounded, as its parse was (a FIFO, /dev/zero)
+    text = raw.decode("utf-8", errors="replace")
     with output_file(deploy, len(text.encode()), "w") as f:
         f.write(text)
     heads = {h.blob: for_net(card, h.blob) for h in card.heads}

@@ -297,3 +297,26 @@ def test_infer_refuses_a_json_path_that_is_an_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "is one of the inputs" in err and img.read_bytes() == before
     assert not (tmp_path / "o" / "a.png").exists()                               # refused before the work
+
+
+def test_plots_draw_any_class_name_letter_for_letter():
+    """A '$' in a user's class name is not mathtext (a malformed formula would fail the plot), and
+    a very long name is cut on the axes (the legend, bounded in width, keeps what fits)."""
+    pytest.importorskip("matplotlib")
+    from fcn_repro.report import plots
+
+    names = ["bg", r"$\frac$", "a$b$c", "x" * 500]
+    assert plots.plain("a$b$c") == r"a\$b\$c" and len(plots.tick("x" * 500)) == 32
+    for png in (plots.iu_chart(names, [0.1, 0.2, 0.3, 0.4]), plots.confusion_heatmap(np.eye(4) * 10, names),
+                plots.learning_curve([{"type": "train", "iter": 0, "loss": 1.0}], title=r"run $\x$")):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    strip = plots.legend_strip(LabelSet.voc(names), range(4), 300)
+    assert strip.shape[1] <= plots.LEGEND_MAX_WIDTH and strip.shape[0] > 0
+
+
+def test_gallery_zero_leaves_the_gallery_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert ev.main(["--net", "sample", "--limit", "2", "--report", str(tmp_path / "r"), "--gallery", "0",
+                    "--no-progress", "--workers", "0"]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Gallery" not in text and "No image with labelled pixels" not in text and "per-class IU" in text

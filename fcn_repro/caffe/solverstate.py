@@ -16,7 +16,6 @@ byte offset (and the history blob).
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 from typing import Any, Callable
 
@@ -89,22 +88,15 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
 
     Errors (:class:`CaffeModelError`) name the file and byte offset, like the
     caffemodel reader's; history values come back as float32 arrays in the
-    stored shapes (copied out of a read-only mapping of the file, so the file
-    is never held in memory twice).
+    stored shapes (copied out of the file's bytes, read into memory once and
+    let go; never memory-mapped, so a file truncated meanwhile is an error,
+    not SIGBUS).
     """
     path = os.fspath(path)
-    limits.require_regular(path, "solver state", error=CaffeModelError)
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise CaffeModelError("empty file", path, offset=0)
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        return decode_solverstate(buf, path)
-    finally:
-        try:
-            buf.close()
-        except BufferError:  # a view is still alive somewhere: the GC unmaps later
-            pass
+    buf = limits.read_regular(path, "solver state", error=CaffeModelError)
+    if not buf:
+        raise CaffeModelError("empty file", path, offset=0)
+    return decode_solverstate(buf, path)
 
 
 def _solverstate_pieces(state: SolverStateContents) -> tuple[list[Any], int]:
