@@ -40,6 +40,7 @@ from fcn_repro.evaluation import evaluate_set, reference_comparison
 from fcn_repro.metrics import format_scores
 from fcn_repro.report import Gallery, require, write_report
 from fcn_repro.resolve import list_names, resolve
+from fcn_repro.outputs import check_writable, write_json
 
 __all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
 
@@ -92,7 +93,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
         pics = pics.gathered(report["world_size"])
     if report["rank"] == 0:
         if json_path:
-            cli.write_json(json_path, report)
+            write_json(json_path, report)
         if json_path != "-":
             _print_report(report, model.card, out or sys.stdout)
         if report_dir is not None:
@@ -222,9 +223,9 @@ def _main(args) -> int:
     if args.workers < 0:
         raise cli.UsageError(f"--workers {args.workers}: must be >= 0")
     # Outputs are checked before the work, so a bad path does not cost a whole evaluation.
-    cli.check_writable(args.json, "--json")
-    cli.check_writable(args.save_predictions, "--save-predictions", directory=True)
-    cli.check_writable(args.report, "--report", directory=True)
+    check_writable(args.json, "--json")
+    check_writable(args.save_predictions, "--save-predictions", directory=True)
+    check_writable(args.report, "--report", directory=True)
     if args.gallery < 0:
         raise cli.UsageError(f"--gallery {args.gallery}: must be >= 0")
     if args.report is not None:
@@ -241,6 +242,8 @@ def _main(args) -> int:
                  voc_dir=args.voc_dir, **kw)
     return 0
 
+
+cli.front_door(__name__, "evaluate")   # fcn_repro.evaluate(...) stays the library call
 
 if __name__ == "__main__":
     sys.exit(main())

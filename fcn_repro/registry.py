@@ -28,18 +28,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = [
-    "Reference", "Weights", "InputSpec", "Head", "DatasetCard", "NetCard", "DATASETS", "NETS",
-    "SAMPLE", "INIT_WEIGHTS", "BASE_URL", "DATA_LAYERS", "DATA_TOP_CHANNELS", "IGNORE_LABEL",
-    "net", "dataset", "names", "mean", "classes", "inputs", "class_names", "has_background", "NO_BACKGROUND",
-    "resource_path",
-    "reader_class", "dataset_for_layer", "MEAN_VOC", "MEAN_CONTEXT", "MEAN_SIFTFLOW",
-    "MEAN_NYUD_COLOR", "MEAN_NYUD_HHA", "MEAN_NYUD_LOGD", "UnknownNameError",
-]
+from fcn_repro.errors import FcnReproError
+
+__all__ = ["net", "dataset", "names", "class_names", "NetCard", "DatasetCard", "NETS", "DATASETS", "SAMPLE",
+           "UnknownNameError"]
 
 
-class UnknownNameError(KeyError, ValueError):
-    """A net or dataset name the registry does not know (the message lists the known ones)."""
+class UnknownNameError(FcnReproError, KeyError):
+    """A net or dataset name the registry does not know (the message lists the known ones); one of our
+    errors (a user error), and a KeyError for callers that look names up."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

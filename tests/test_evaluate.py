@@ -18,7 +18,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from fcn_repro import evaluate as ev
+import fcn_repro.evaluate as ev
 from fcn_repro import evaluation, hub, registry
 from fcn_repro.caffe import fcn_nets, save_weights
 from fcn_repro.data import Sample, resource_path
@@ -219,7 +219,8 @@ def test_weights_of_another_net_are_refused(tmp_path, capsys):
 _DRIVER = """
 import json, sys
 import torch.distributed as dist
-from fcn_repro import cli, evaluate as ev
+from fcn_repro import cli
+import fcn_repro.evaluate as ev
 data, out = sys.argv[1], sys.argv[2]
 cli.dist_setup("cpu")   # the entry point starts the process group; the library never does
 # 1. --limit 1 on 2 processes: rank 1 has no image and no matrix of its own
