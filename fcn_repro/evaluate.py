@@ -78,7 +78,8 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     """:func:`fcn_repro.evaluation.evaluate_set`, then (rank 0) the report printed to
     ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table), and with
     ``report_dir`` the HTML page (:func:`fcn_repro.report.write_report`; its gallery shows the
-    ``gallery`` worst and best images of this process's share). ``labelsets``: score blob ->
+    ``gallery`` worst and best images of the whole set, every process's share gathered on
+    rank 0). ``labelsets``: score blob ->
     :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours)."""
     if report_dir is not None:
         require("matplotlib", "the evaluation report (--report)")
@@ -88,6 +89,8 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
                           observe=None if pics is None else pics.observe, labelsets=labelsets)
+    if pics is not None:   # every process's share: the worst and best of the whole set (rank 0)
+        pics = pics.gathered(report["world_size"])
     if report["rank"] == 0:
         if json_path:
             write_json(json_path, report)
