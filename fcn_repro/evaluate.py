@@ -40,6 +40,7 @@ from fcn_repro.evaluation import evaluate_set, reference_comparison
 from fcn_repro.metrics import format_scores
 from fcn_repro.report import Gallery, require, write_report
 from fcn_repro.resolve import list_names, resolve
+from fcn_repro.outputs import check_writable, write_json
 
 __all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
 
@@ -77,19 +78,22 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
     """:func:`fcn_repro.evaluation.evaluate_set`, then (rank 0) the report printed to
     ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table), and with
     ``report_dir`` the HTML page (:func:`fcn_repro.report.write_report`; its gallery shows the
-    ``gallery`` worst and best images of this process's share). ``labelsets``: score blob ->
+    ``gallery`` worst and best images of the whole set, every process's share gathered on
+    rank 0). ``labelsets``: score blob ->
     :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours)."""
     if report_dir is not None:
         require("matplotlib", "the evaluation report (--report)")
-    pics = Gallery(gallery) if report_dir is not None else None
+    pics = Gallery(gallery) if report_dir is not None and gallery > 0 else None   # 0: no gallery
     model = resolve(net, weights)
     report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
                           observe=None if pics is None else pics.observe, labelsets=labelsets)
+    if pics is not None:   # every process's share: the worst and best of the whole set (rank 0)
+        pics = pics.gathered(report["world_size"])
     if report["rank"] == 0:
         if json_path:
-            cli.write_json(json_path, report)
+            write_json(json_path, report)
         if json_path != "-":
             _print_report(report, model.card, out or sys.stdout)
         if report_dir is not None:
@@ -203,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "matrix heatmap, worst/best images, the run's facts (needs pip install "
                          "'fcn_repro[report]')")
     ap.add_argument("--gallery", type=int, default=4, metavar="K",
-                    help="with --report: show the K worst and K best images by per-image IU (default: %(default)s)")
+                    help="with --report: show the K worst and K best images by per-image IU (0: no gallery; "
+                         "default: %(default)s)")
     cli.add_progress(ap)
     return ap
 
@@ -218,9 +223,9 @@ def _main(args) -> int:
     if args.workers < 0:
         raise cli.UsageError(f"--workers {args.workers}: must be >= 0")
     # Outputs are checked before the work, so a bad path does not cost a whole evaluation.
-    cli.check_writable(args.json, "--json")
-    cli.check_writable(args.save_predictions, "--save-predictions", directory=True)
-    cli.check_writable(args.report, "--report", directory=True)
+    check_writable(args.json, "--json")
+    check_writable(args.save_predictions, "--save-predictions", directory=True)
+    check_writable(args.report, "--report", directory=True)
     if args.gallery < 0:
         raise cli.UsageError(f"--gallery {args.gallery}: must be >= 0")
     if args.report is not None:
@@ -237,6 +242,8 @@ def _main(args) -> int:
                  voc_dir=args.voc_dir, **kw)
     return 0
 
+
+cli.front_door(__name__, "evaluate")   # fcn_repro.evaluate(...) stays the library call
 
 if __name__ == "__main__":
     sys.exit(main())

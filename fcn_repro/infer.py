@@ -76,7 +76,7 @@ from fcn_repro.data.transforms import save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
-from fcn_repro.outputs import check_not_input, output_file, protect_inputs
+from fcn_repro.outputs import check_not_input, check_writable, output_file, protect_inputs, write_json
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
@@ -262,9 +262,9 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     with protect_inputs(paths):
-        cli.write_json(outdir_p / "summary.json", report)
+        write_json(outdir_p / "summary.json", report)
         if json_path:
-            cli.write_json(json_path, report)
+            write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
@@ -324,8 +324,8 @@ def _main(args) -> int:
         raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
-    cli.check_writable(args.outdir, "-o", directory=True)
-    cli.check_writable(args.json, "--json")
+    check_writable(args.outdir, "-o", directory=True)
+    check_writable(args.json, "--json")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

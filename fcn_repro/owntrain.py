@@ -98,16 +98,20 @@ def own_net(name: str) -> OwnNet:
 def is_own_data(data: Optional[str], classes: Optional[str], net: Optional[str] = None) -> bool:
     """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset.
 
-    ``--net sample`` trains on its bundled images; any other directory given to it (no ``--dataset``)
-    is the user's (so its classes are asked for, and its train split read, not the sample's val list)."""
+    ``net``: a net that trains on images bundled with the package (the sample): any other directory
+    given to it is the user's (so its classes are asked for, and its train split read, not the bundled
+    images' split). The train CLI passes it only without ``--dataset``."""
     if data is None:
         return False
     if classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file():
         return True
-    if net == "sample":
-        bundled = registry.dataset(registry.SAMPLE.train_dataset).bundled
-        return bundled is None or not Path(data).resolve() == registry.resource_path(bundled).resolve()
-    return False
+    if net is None:
+        return False
+    try:
+        bundled = registry.dataset(registry.net(net).train_dataset).bundled
+    except registry.UnknownNameError:
+        return False           # not a registry name (the resolver says so later)
+    return bundled is not None and Path(data).resolve() != registry.resource_path(bundled).resolve()
 
 
 def mean_area(dataset: Any, limit: int = AREA_SAMPLE) -> float:

@@ -411,6 +411,18 @@ class Net(nn.Module):
             self.blobs, self.layer_tops = blobs, tops_rec
         return {n: env[n] for n in self.outputs}
 
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Top blob -> loss weight, the nonzero ones (Caffe's rule, applied once when the net is built:
+        ``loss_weight`` per top where given, else a loss layer's (:attr:`Layer.is_loss`) first top
+        weighs 1, LossLayer::LayerSetUp). The forward sums these into :attr:`loss`; training uses them."""
+        out: dict[str, float] = {}
+        for name, lw in self._loss_weights.items():
+            for top, w in zip(self._by_name[name].top_names, lw):
+                if w != 0:
+                    out[top] = out.get(top, 0.0) + w
+        return out
+
     # ------------------------------------------------------------ weights
     def load_weights(self, weights: Any, strict: bool = False) -> WeightsReport:
         """Copy weights into the net by layer name (Caffe's CopyTrainedLayersFrom).

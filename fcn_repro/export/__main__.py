@@ -16,6 +16,7 @@ from fcn_repro import cli
 from fcn_repro.caffe.net import Net
 from fcn_repro.predict import Transforms
 from fcn_repro.resolve import list_names, resolve
+from fcn_repro.outputs import check_writable, write_json
 
 from .onnx_export import DEFAULT_OPSET, to_onnx
 
@@ -60,8 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(a) -> int:
-    cli.check_writable(a.output, "the ONNX file")
-    cli.check_writable(a.json, "--json")
+    check_writable(a.output, "the ONNX file")
+    check_writable(a.json, "--json")
     model = resolve(a.net, a.weights)
     net = Net(str(model.deploy), str(model.require_weights()))
     # the file carries what a consumer needs besides the graph: class names, and each input's
@@ -70,7 +71,7 @@ def _main(a) -> int:
                      labels=model.heads, preprocessing=Transforms.for_model(model).describe())
     print(result, file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json:
-        cli.write_json(a.json, result)
+        write_json(a.json, result)
     bad = [c for c in result.checks if not c["max_rel"] <= CHECK_TOLERANCE]
     if bad:
         where = ", ".join(f"{c['size'][0]}x{c['size'][1]} {c['output']}" for c in bad)
