@@ -577,3 +577,26 @@ def test_a_corrupt_mat_file_is_that_files_error(tmp_path):
     with pytest.raises(FcnReproError, match="cannot read label") as ei:
         read_mat(bad, "GTcls")
     assert ei.value.filename == str(bad)
+
+
+# ---------------------------------------------------------------- second derivatives through the loss
+
+@pytest.mark.parametrize("ignore", [None, 1])
+def test_softmax_loss_second_derivative_is_right(ignore):
+    """The loss's own autograd Function kept the softmax as a constant for its backward: a second
+    derivative (create_graph=True) came out wrong without a word. It is checked by gradgradcheck."""
+    import torch
+    from fcn_repro.caffe import Net
+    loss_param = f"loss_param {{ ignore_label: {ignore} }}" if ignore is not None else ""
+    txt = ('layer { name: "x" type: "Input" top: "x" top: "l" input_param { shape { dim: 2 dim: 3 dim: 2 dim: 2 } '
+           'shape { dim: 2 dim: 1 dim: 2 dim: 2 } } }\n'
+           f'layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "l" top: "loss" {loss_param} }}\n')
+    net = Net(txt, phase="TRAIN").double()
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(0))
+    lab = torch.tensor([0.0, 1, 2, 1, 2, 0, 1, 1], dtype=torch.float64).reshape(2, 1, 2, 2)
+
+    def loss(x):
+        net(x=x, l=lab)
+        return net.loss
+    assert torch.autograd.gradcheck(loss, (x,))
+    assert torch.autograd.gradgradcheck(loss, (x,))
