@@ -22,11 +22,13 @@ run step for step: ``--solver S --weights W --feed F --iters N --save OUT``.
 Smoke test on the bundled sample (a reduced FCN-8s, its Caffe-trained weights,
 24 images; seconds on a CPU): ``python -m fcn_repro.train --net sample --iters 4 --out out/smoke``.
 
-The library (each step above in detail): :mod:`fcn_repro.trainer` (surgery,
-the solver loop, snapshots, setting up the net and solver),
-:mod:`fcn_repro.sources` (data feeding, validation set-up),
-:class:`fcn_repro.evaluation.Validator` (the evaluation loop). This module is
-the command line (conventions: :mod:`fcn_repro.cli`).
+This module is the command line (conventions: :mod:`fcn_repro.cli`): it sets
+up the device (and the process group under torchrun) and calls the library's
+:func:`fcn_repro.training.train` (``fcn_repro.train(...)``) with its options.
+Each step in detail: :mod:`fcn_repro.trainer` (surgery, the solver loop,
+snapshots, setting up the net and solver), :mod:`fcn_repro.sources` (data
+feeding, validation set-up), :class:`fcn_repro.evaluation.Validator` (the
+evaluation loop).
 """
 from __future__ import annotations
 

@@ -529,3 +529,51 @@ def test_a_planted_huge_manifest_is_refused_not_read(tmp_path):
     m.write_text("[]")
     with pytest.raises(hub.HubError, match="not a manifest"):
         hub.load_manifest(m)
+
+
+# ---------------------------------------------------------------- every reader: a FIFO is refused, not waited on
+
+_FIFO_READERS = """
+    import os, sys
+    from fcn_repro.errors import FcnReproError
+    kind, path = sys.argv[1], sys.argv[2]
+    if kind == "state":
+        from fcn_repro.caffe.solverstate import read_state as read
+    elif kind == "image":
+        from fcn_repro.data.transforms import read_image as read
+    elif kind == "label":
+        from fcn_repro.data.transforms import read_label_png as read
+    elif kind == "mat":
+        from fcn_repro.data.base import read_mat
+        read = lambda p: read_mat(p, "GTcls")
+    else:
+        from fcn_repro.caffe import load_weights as read
+    try:
+        read(path)
+    except FcnReproError as e:
+        print("ours:", e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind, name", [("state", "s.solverstate.h5"), ("state", "s.solverstate"),
+                                        ("image", "photo.png"), ("label", "l.png"), ("mat", "l.mat"),
+                                        ("weights", "w.caffemodel.h5")])
+def test_a_fifo_in_place_of_any_input_is_refused_at_once(tmp_path, kind, name):
+    """Opening a FIFO for reading waits for a writer: each reader refuses it before opening
+    (train --resume, infer, evaluate's labels, SBD's .mat labels, weights)."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = run_py(_FIFO_READERS, kind, str(fifo), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"ours: {fifo}: is a pipe (FIFO)"), r.stdout
+
+
+def test_a_corrupt_mat_file_is_that_files_error(tmp_path):
+    pytest.importorskip("scipy")
+    from fcn_repro.data.base import read_mat
+    from fcn_repro.errors import FcnReproError
+    bad = tmp_path / "l.mat"
+    bad.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)) * 2)
+    with pytest.raises(FcnReproError, match="cannot read label") as ei:
+        read_mat(bad, "GTcls")
+    assert ei.value.filename == str(bad)

@@ -270,3 +270,24 @@ def test_tools_do_not_re_export_library_names():
             if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets):
                 offenders += [f"{m}.{x}" for x in ast.literal_eval(n.value) if x not in defined]
     assert not offenders, f"tools re-exporting library names: {offenders}"
+
+
+#: modules that still compare a name with 'sample' -> why (the sample is otherwise data: its cards)
+SAMPLE_BRANCHES = {
+    "fcn_repro.owntrain": "own classes: the sample's reduced widths and fine-tuning recipe (the own-data issue's)",
+}
+
+
+def test_the_sample_is_data_not_a_branch():
+    """The bundled sample is a card (registry.SAMPLE, its dataset card, `resource:` entries), read like
+    every other card: no module compares a name with "sample" (`== "sample"`, `in ("sample", ...)`)."""
+    found = {}
+    for m, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(c, ast.Constant) and c.value == "sample" for c in [node.left, *node.comparators]):
+                found.setdefault(m, []).append(node.lineno)
+    unexpected = {m: lines for m, lines in found.items() if m not in SAMPLE_BRANCHES}
+    assert not unexpected, f"branches on the name 'sample': {unexpected}"
+    assert not set(SAMPLE_BRANCHES) - set(found), f"stale SAMPLE_BRANCHES: {set(SAMPLE_BRANCHES) - set(found)}"
