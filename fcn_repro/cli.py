@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import fcn_repro
 from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
+from fcn_repro.outputs import protect_inputs
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "UsageError", "is_user_error", "debugging",
            "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
@@ -151,8 +152,6 @@ def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
     the run (``-o``, ``--json``, ...) may replace one of them (the same file by
     any name: :func:`fcn_repro.outputs.protect_inputs`).
     """
-    from fcn_repro.outputs import protect_inputs
-
     args = ap.parse_args(argv)
     try:
         with protect_inputs(input_files(args, inputs)):
