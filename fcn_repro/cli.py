@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import fcn_repro
 from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
+from fcn_repro.outputs import protect_inputs
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error", "debugging",
            "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
@@ -134,12 +135,29 @@ def _error_text(e: BaseException) -> str:
     return "\n".join([line] + ["  " + n for n in notes])
 
 
+def input_files(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The regular files the arguments ``names`` (dests; a value or a list of them) name."""
+    out = []
+    for n in names:
+        v = getattr(args, n, None)
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (str, os.PathLike)) and str(x) != "-" and os.path.isfile(x):
+                out.append(os.fspath(x))
+    return out
+
+
 def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
-        argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``argv`` and call ``fn(args)`` under the conventions above."""
+        argv: Optional[Sequence[str]] = None, inputs: Sequence[str] = ()) -> int:
+    """Parse ``argv`` and call ``fn(args)`` under the conventions above.
+
+    ``inputs``: the dests of the arguments that name input files; no output of
+    the run (``-o``, ``--json``, ...) may replace one of them (the same file by
+    any name: :func:`fcn_repro.outputs.protect_inputs`).
+    """
     args = ap.parse_args(argv)
     try:
-        return int(fn(args) or 0)
+        with protect_inputs(input_files(args, inputs)):
+            return int(fn(args) or 0)
     except BrokenPipeError:
         # The reader went away (| head): no traceback, nothing more to write.
         with contextlib.suppress(OSError):

@@ -626,3 +626,24 @@ def test_a_non_finite_lr_mult_is_refused_before_any_step(key):
     with pytest.raises(SolverError, match=f"parameter c/0: {key} must be a finite number, got inf"):
         CaffeSGD(param_groups(net), SolverParameter(base_lr=0.01))
     assert torch.isfinite(net.params["c"][0]).all()
+
+
+# ---------------------------------------------------------------- a tool's outputs never replace its inputs
+
+@pytest.mark.parametrize("how", ["-o", "--json", "-o-link"])
+def test_convert_never_replaces_its_input(tmp_path, capsys, how):
+    from fcn_repro.convert import main
+    src = tmp_path / "in.caffemodel.h5"
+    save_hdf5(src, {"l": [np.ones((2, 3), np.float32)]})
+    before = src.read_bytes()
+    link = tmp_path / "link.caffemodel.h5"
+    link.symlink_to(src)
+    other = tmp_path / "out.caffemodel"
+    argv = {"-o": [str(src), "-o", str(src)],
+            "--json": [str(src), "-o", str(other), "--json", str(src)],
+            "-o-link": [str(link), "-o", str(src)]}[how]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {src}: is one of the inputs"), err
+    assert src.read_bytes() == before and not other.exists()   # refused before any work
+    assert leftovers(tmp_path) == ["in.caffemodel.h5", "link.caffemodel.h5"]
