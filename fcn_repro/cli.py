@@ -45,11 +45,13 @@ from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
 from fcn_repro.outputs import protect_inputs
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "UsageError", "is_user_error", "debugging",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error", "debugging",
            "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
            "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+#: stopped by Ctrl-C (SIGINT; 128 + 2, the shell's convention)
+EXIT_INTERRUPTED = 130
 
 #: set to 1 (or true/yes/on) to see the traceback of every error, user errors included
 DEBUG_ENV = "FCN_REPRO_DEBUG"
@@ -162,6 +164,13 @@ def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Ctrl-C where nothing catches it (train: a second Ctrl-C): a line, no traceback; outputs are
+        # atomic, so nothing half-written is left
+        if debugging(args):
+            traceback.print_exc(file=sys.stderr)
+        print("interrupted (Ctrl-C): stopped at once; nothing half-written is left", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a user error is a line, anything else a bug with its traceback
         user = is_user_error(e)
         if not user or debugging(args):
