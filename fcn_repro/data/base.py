@@ -128,7 +128,12 @@ class SegDataset:
             raise DataMissingError(
                 f"{len(missing)} file(s) of {self.name} split {getattr(self, 'split', '?')!r}"
                 + (f" ({where})" if where else "") + " are missing:\n  "
-                + "\n  ".join(missing[:5]) + more + ("\n" + self.layout if self.layout else ""))
+                + "\n  ".join(missing[:5]) + more + self.missing_hint()
+                + ("\n" + self.layout if self.layout else ""))
+
+    def missing_hint(self) -> str:
+        """A line for :meth:`check_files`' error: what the directory holds instead (readers say)."""
+        return ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images)"
