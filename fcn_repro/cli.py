@@ -43,12 +43,15 @@ from typing import Any, Callable, Optional, Sequence
 import fcn_repro
 from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
+from fcn_repro.outputs import protect_inputs
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "UsageError", "is_user_error", "debugging",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error", "debugging",
            "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
            "version", "error_line", "say"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+#: stopped by Ctrl-C (SIGINT; 128 + 2, the shell's convention)
+EXIT_INTERRUPTED = 130
 
 #: set to 1 (or true/yes/on) to see the traceback of every error, user errors included
 DEBUG_ENV = "FCN_REPRO_DEBUG"
@@ -132,18 +135,42 @@ def _error_text(e: BaseException) -> str:
     return "\n".join([line] + ["  " + n for n in notes])
 
 
+def input_files(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The regular files the arguments ``names`` (dests; a value or a list of them) name."""
+    out = []
+    for n in names:
+        v = getattr(args, n, None)
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (str, os.PathLike)) and str(x) != "-" and os.path.isfile(x):
+                out.append(os.fspath(x))
+    return out
+
+
 def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
-        argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``argv`` and call ``fn(args)`` under the conventions above."""
+        argv: Optional[Sequence[str]] = None, inputs: Sequence[str] = ()) -> int:
+    """Parse ``argv`` and call ``fn(args)`` under the conventions above.
+
+    ``inputs``: the dests of the arguments that name input files; no output of
+    the run (``-o``, ``--json``, ...) may replace one of them (the same file by
+    any name: :func:`fcn_repro.outputs.protect_inputs`).
+    """
     args = ap.parse_args(argv)
     try:
-        return int(fn(args) or 0)
+        with protect_inputs(input_files(args, inputs)):
+            return int(fn(args) or 0)
     except BrokenPipeError:
         # The reader went away (| head): no traceback, nothing more to write.
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Ctrl-C where nothing catches it (train: a second Ctrl-C): a line, no traceback; outputs are
+        # atomic, so nothing half-written is left
+        if debugging(args):
+            traceback.print_exc(file=sys.stderr)
+        print("interrupted (Ctrl-C): stopped at once; nothing half-written is left", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a user error is a line, anything else a bug with its traceback
         user = is_user_error(e)
         if not user or debugging(args):

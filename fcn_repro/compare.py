@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("prototxt", "weights", "reference"))
 
 
 def _main(args: argparse.Namespace) -> int:

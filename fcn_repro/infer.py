@@ -81,6 +81,7 @@ from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
 from fcn_repro.report.overlays import overlay_picture
+from fcn_repro.report.plots import percent
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
@@ -254,7 +255,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             rec["classes"] = classes
             per[blob] = rec
             head = f"  {blob}: " if len(blobs) > 1 else "  "
-            print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
+            print(head + ", ".join(f"{c['name']} {percent(c['fraction'])}" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
         if pred.tiling is not None:
             my, mx = pred.tiling.margins

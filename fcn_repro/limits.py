@@ -257,7 +257,8 @@ def _regular(st: os.stat_result, path, what: str, error: type[FcnReproError], wh
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise error(f"is {kind}: a {what} must be a regular file (it is read to its size or seeked, not "
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise error(f"is {kind}: {article} {what} must be a regular file (it is read to its size or seeked, not "
                     "streamed)", path, **where)
 
 

@@ -421,10 +421,14 @@ def check_writable(path: Optional[str | os.PathLike], what: str = "output", dire
     ``-`` (stdout) and None pass. A file path must not be a directory and
     its nearest existing ancestor must be a writable directory; a directory
     path must be a directory (or creatable) and writable. Nothing is created.
+    A file path that is one of the inputs (:func:`protect_inputs`) is refused
+    too, before any work.
     """
     if path is None or str(path) == "-":
         return
     p = Path(path)
+    if not directory:
+        check_not_input(p)
     if directory:
         if p.exists() and not p.is_dir():
             raise NotADirectoryError(f"{what} {p}: exists and is not a directory")

@@ -144,7 +144,7 @@ def _main(args: argparse.Namespace) -> int:
     _, _, args.device = cli.dist_setup(args.device)
     result = train(**{k: v for k, v in vars(args).items() if k in OPTIONS})
     stopped = result["stopped"]
-    return 0 if stopped is None else (143 if stopped == "SIGTERM" else 130)
+    return 0 if stopped is None else (143 if stopped == "SIGTERM" else cli.EXIT_INTERRUPTED)
 
 
 cli.front_door(__name__, "train")   # fcn_repro.train(...) stays the library call

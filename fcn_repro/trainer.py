@@ -45,7 +45,7 @@ from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
 from fcn_repro.outputs import jsonable, output_file
-from fcn_repro.report.training import TrainingPictures, draw_curve
+from fcn_repro.report.training import TrainingPictures, draw_curve, validation_gallery
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
 from fcn_repro.progress import bar as progress_bar
 
@@ -293,8 +293,11 @@ class Trainer:
         if self.validator is None:
             return None
         t0 = time.time()
-        observe = self.pictures.observer() if self.pictures is not None else None
-        res = self.validator.run(self.net, progress=self.progress and self.interactive, observe=observe)
+        gallery = validation_gallery(self.pictures, self.world)   # collective under torchrun
+        res = self.validator.run(self.net, progress=self.progress and self.interactive,
+                                 observe=None if gallery is None else gallery.observe)
+        if gallery is not None:
+            gallery.gathered(self.world)   # the whole set's worst and best, on rank 0
         self.last_test_iter = self.iter
         rec = {"type": "test", "iter": self.iter, "scores": res, "seconds": time.time() - t0}
         self._log(rec)

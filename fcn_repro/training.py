@@ -109,7 +109,8 @@ def _run(args: Any) -> dict:
         raise TrainError(f"--keep-snapshots {args.keep_snapshots}: must be >= 0")
     if args.staged:
         return _staged(args)
-    own = args.feed is None and owntrain.is_own_data(args.data, args.classes)
+    own = args.feed is None and owntrain.is_own_data(args.data, args.classes,
+                                                     args.net if args.dataset is None else None)
     if own and (args.solver or args.train_net):
         raise TrainError("own classes: the nets and solver are generated from --net (drop --solver/--train-net)")
     if args.net and not own:

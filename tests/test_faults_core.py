@@ -529,3 +529,121 @@ def test_a_planted_huge_manifest_is_refused_not_read(tmp_path):
     m.write_text("[]")
     with pytest.raises(hub.HubError, match="not a manifest"):
         hub.load_manifest(m)
+
+
+# ---------------------------------------------------------------- every reader: a FIFO is refused, not waited on
+
+_FIFO_READERS = """
+    import os, sys
+    from fcn_repro.errors import FcnReproError
+    kind, path = sys.argv[1], sys.argv[2]
+    if kind == "state":
+        from fcn_repro.caffe.solverstate import read_state as read
+    elif kind == "image":
+        from fcn_repro.data.transforms import read_image as read
+    elif kind == "label":
+        from fcn_repro.data.transforms import read_label_png as read
+    elif kind == "mat":
+        from fcn_repro.data.base import read_mat
+        read = lambda p: read_mat(p, "GTcls")
+    else:
+        from fcn_repro.caffe import load_weights as read
+    try:
+        read(path)
+    except FcnReproError as e:
+        print("ours:", e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind, name", [("state", "s.solverstate.h5"), ("state", "s.solverstate"),
+                                        ("image", "photo.png"), ("label", "l.png"), ("mat", "l.mat"),
+                                        ("weights", "w.caffemodel.h5")])
+def test_a_fifo_in_place_of_any_input_is_refused_at_once(tmp_path, kind, name):
+    """Opening a FIFO for reading waits for a writer: each reader refuses it before opening
+    (train --resume, infer, evaluate's labels, SBD's .mat labels, weights)."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = run_py(_FIFO_READERS, kind, str(fifo), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"ours: {fifo}: is a pipe (FIFO)"), r.stdout
+
+
+def test_a_corrupt_mat_file_is_that_files_error(tmp_path):
+    pytest.importorskip("scipy")
+    from fcn_repro.data.base import read_mat
+    from fcn_repro.errors import FcnReproError
+    bad = tmp_path / "l.mat"
+    bad.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)) * 2)
+    with pytest.raises(FcnReproError, match="cannot read label") as ei:
+        read_mat(bad, "GTcls")
+    assert ei.value.filename == str(bad)
+
+
+# ---------------------------------------------------------------- second derivatives through the loss
+
+@pytest.mark.parametrize("ignore", [None, 1])
+def test_softmax_loss_second_derivative_is_right(ignore):
+    """The loss's own autograd Function kept the softmax as a constant for its backward: a second
+    derivative (create_graph=True) came out wrong without a word. It is checked by gradgradcheck."""
+    import torch
+    from fcn_repro.caffe import Net
+    loss_param = f"loss_param {{ ignore_label: {ignore} }}" if ignore is not None else ""
+    txt = ('layer { name: "x" type: "Input" top: "x" top: "l" input_param { shape { dim: 2 dim: 3 dim: 2 dim: 2 } '
+           'shape { dim: 2 dim: 1 dim: 2 dim: 2 } } }\n'
+           f'layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "l" top: "loss" {loss_param} }}\n')
+    net = Net(txt, phase="TRAIN").double()
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(0))
+    lab = torch.tensor([0.0, 1, 2, 1, 2, 0, 1, 1], dtype=torch.float64).reshape(2, 1, 2, 2)
+
+    def loss(x):
+        net(x=x, l=lab)
+        return net.loss
+    assert torch.autograd.gradcheck(loss, (x,))
+    assert torch.autograd.gradgradcheck(loss, (x,))
+
+
+@pytest.mark.parametrize("field", ["momentum", "weight_decay"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_solver_file_refuses_non_finite_update_factors(tmp_path, field, value):
+    from fcn_repro.solver import SolverError, read_solver
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "train.prototxt"\nbase_lr: 0.01\n{field}: {value}\n')
+    with pytest.raises(SolverError, match=f"{field} must be a finite number") as e:
+        read_solver(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["lr_mult", "decay_mult"])
+def test_a_non_finite_lr_mult_is_refused_before_any_step(key):
+    """One parameter's lr_mult: inf would make its weights NaN at the first update, without a word."""
+    import torch
+    from fcn_repro.caffe import Net
+    from fcn_repro.solver import CaffeSGD, SolverError, SolverParameter, param_groups
+    txt = ('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 3 dim: 3 } } }\n'
+           f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" param {{ {key}: inf }} '
+           'convolution_param { num_output: 1 kernel_size: 1 } }\n')
+    net = Net(txt, phase="TRAIN")
+    with pytest.raises(SolverError, match=f"parameter c/0: {key} must be a finite number, got inf"):
+        CaffeSGD(param_groups(net), SolverParameter(base_lr=0.01))
+    assert torch.isfinite(net.params["c"][0]).all()
+
+
+# ---------------------------------------------------------------- a tool's outputs never replace its inputs
+
+@pytest.mark.parametrize("how", ["-o", "--json", "-o-link"])
+def test_convert_never_replaces_its_input(tmp_path, capsys, how):
+    from fcn_repro.convert import main
+    src = tmp_path / "in.caffemodel.h5"
+    save_hdf5(src, {"l": [np.ones((2, 3), np.float32)]})
+    before = src.read_bytes()
+    link = tmp_path / "link.caffemodel.h5"
+    link.symlink_to(src)
+    other = tmp_path / "out.caffemodel"
+    argv = {"-o": [str(src), "-o", str(src)],
+            "--json": [str(src), "-o", str(other), "--json", str(src)],
+            "-o-link": [str(link), "-o", str(src)]}[how]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {src}: is one of the inputs"), err
+    assert src.read_bytes() == before and not other.exists()   # refused before any work
+    assert leftovers(tmp_path) == ["in.caffemodel.h5", "link.caffemodel.h5"]

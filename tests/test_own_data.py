@@ -142,6 +142,28 @@ def test_voc_layout_with_any_number_of_classes(tmp_path):
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
+    # read as PASCAL (the packaged seg11valid list): the error points at the lists that are there
+    with pytest.raises(FcnReproError, match="seg11valid") as e:
+        make_dataset("voc", voc, "seg11valid").check_files()
+    assert f"{voc / 'ImageSets' / 'Segmentation'} lists the split(s) more, train: give --split more" in str(e.value)
+    make_dataset("voc", voc, "train").check_files()          # a split that is there: no complaint
+
+
+def test_sample_on_a_voc_layout_asks_for_classes_and_trains_on_its_train_list(tmp_path, capsys):
+    """`train --net sample --data DIR` reads DIR as the user's data: classes asked for, not the sample's
+    five; the train list read, not the sample's val split."""
+    src = make_shapes(tmp_path / "src", n=5, size=(48, 40), val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "val": ["im003", "im004"]})
+    run = tmp_path / "run"
+    common = ["--net", "sample", "--data", str(voc), "--iters", "1", "--test-every", "0", "--no-progress"]
+    assert train_main(common + ["--out", str(run)]) == 2
+    assert f"{voc}: no class names: pass --classes" in capsys.readouterr().err and not run.exists()
+    assert train_main(common + ["--classes", CLASSES, "--out", str(run)]) == 0
+    info = rundir.read_run(run)
+    assert (info.extra["dataset"], info.extra["split"], info.extra["val_split"]) == ("voc", "train", "val")
+    assert info.heads["score"].names == tuple(CLASSES.split(","))
+    notes = _records(run, "setup")[0]["notes"]
+    assert f"training split: {voc / 'ImageSets' / 'Segmentation' / 'train.txt'} (3 images)" in notes
 
 
 def test_checker_names_each_problem_with_its_file(tmp_path, capsys):

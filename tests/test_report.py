@@ -307,6 +307,7 @@ def test_plots_draw_any_class_name_letter_for_letter():
 
     names = ["bg", r"$\frac$", "a$b$c", "x" * 500]
     assert plots.plain("a$b$c") == r"a\$b\$c" and len(plots.tick("x" * 500)) == 32
+    assert [plots.percent(f) for f in (0.0, 0.0001, 0.0005, 0.5)] == ["0.0%", "<0.1%", "0.1%", "50.0%"]
     for png in (plots.iu_chart(names, [0.1, 0.2, 0.3, 0.4]), plots.confusion_heatmap(np.eye(4) * 10, names),
                 plots.learning_curve([{"type": "train", "iter": 0, "loss": 1.0}], title=r"run $\x$")):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"

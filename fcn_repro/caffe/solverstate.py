@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from typing import Any, Callable
 
 import numpy as np
@@ -149,11 +150,16 @@ def state_format(path: str | os.PathLike, sniff: bool = False) -> str:
     """
     path = os.fspath(path)
     if sniff:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
+        head = b""
+        try:   # only a regular file is looked into: the open of a FIFO would wait for a writer
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    head = os.pread(fd, 8, 0)
+            finally:
+                os.close(fd)
         except OSError:
-            head = b""
+            pass
         if head == HDF5_MAGIC:
             return "h5"
         if head[:4] == b"PK\x03\x04":
@@ -288,6 +294,7 @@ def read_state(path: str | os.PathLike) -> StateFile:
     anything is read. A missing file is ``FileNotFoundError``.
     """
     path = os.fspath(path)
+    limits.require_regular(path, "solver state", error=CaffeModelError)   # a FIFO or device: refused at once
     fmt = state_format(path, sniff=True)
     if fmt == "binary":
         return StateFile(read_solverstate(path), None, {}, "binary")

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("classes",))
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.add_common(ap, examples=[
                    'python -m fcn_repro.export sample -o sample.onnx --check',
                    'python -m fcn_repro.export fcn8s -o fcn8s.onnx --static 500x500 --fast'])
-    return cli.run(_main, ap, argv)
+    return cli.run(_main, ap, argv, inputs=("net", "weights"))
 
 
 def _main(a) -> int:

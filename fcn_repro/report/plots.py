@@ -24,7 +24,7 @@ import numpy as np
 from fcn_repro.labels import LabelSet
 from fcn_repro.report.extra import require
 
-__all__ = ["iu_chart", "confusion_heatmap", "learning_curve", "legend_strip", "figure", "png_bytes", "plain"]
+__all__ = ["iu_chart", "confusion_heatmap", "learning_curve", "legend_strip", "figure", "png_bytes", "plain", "percent"]
 
 _OURS = "#1f77b4"
 _REF = "#b0b0b0"
@@ -37,6 +37,13 @@ def plain(text) -> str:
     """``text`` as matplotlib shall draw it, letter for letter: a '$' in a user's class or run
     name would otherwise start mathtext (and a malformed formula fails the whole plot)."""
     return str(text).replace("$", r"\$")
+
+
+def percent(fraction: float) -> str:
+    """A share of the pixels as a legend or summary shows it: one decimal, and '<0.1%' rather
+    than '0.0%' for a class that is there."""
+    f = float(fraction)
+    return "<0.1%" if 0 < f < 0.0005 else f"{100 * f:.1f}%"
 
 
 def tick(name, longest: int = 32) -> str:
@@ -218,7 +225,7 @@ def legend_strip(labels: LabelSet, classes: Sequence[int], width: int,
         rgb = tuple(int(v) / 255 for v in labels.palette[c])
         handles.append(Patch(facecolor=rgb, edgecolor="#555555", linewidth=0.6))
         f = None if fractions is None else fractions.get(c)
-        share = "" if f is None else " <0.1%" if 0 < f < 0.0005 else f" {100 * f:.1f}%"
+        share = "" if f is None else " " + percent(f)
         names.append(plain(labels.name(c) + share + (" (not tinted)" if c in untinted else "")))
     ncol = max(1, min(len(classes), width // 230)) if classes else 1
     for _ in range(2):   # a second time only when the names are wider than ``width``: as wide as they need
