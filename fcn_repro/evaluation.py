@@ -432,13 +432,14 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
-                 observe: Optional[Callable[..., None]] = None) -> dict:
+                 observe: Optional[Callable[..., None]] = None, classes: Optional[Sequence[str]] = None) -> dict:
     """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
     :class:`fcn_repro.resolve.Model`) on a dataset.
 
     ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
     run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
-    (the reader then keeps each image's RGB for it). Each head of the report carries its class
+    (the reader then keeps each image's RGB for it). ``classes``: names for every score head
+    (a deploy prototxt of your own classes; colours: the VOC map). Each head of the report carries its class
     ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
     Returns the report (scores per score blob, per-class IU, the card's
@@ -486,6 +487,8 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     indices = shard_indices(len(dataset), rank, world, limit)
     netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
+    if classes is not None:
+        given = {b: LabelSet.own(classes, where="--classes") for b in heads}
     # bundled data may come with Caffe's own predictions to compare against
     reference = registry.dataset(kind).caffe_reference if data is None else None
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

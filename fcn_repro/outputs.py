@@ -59,7 +59,8 @@ import filelock
 
 from fcn_repro.errors import OutputError
 
-__all__ = ["check_writable", "jsonable", "write_json", "output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX",
+__all__ = ["check_writable", "jsonable", "write_json", "output_path", "output_file", "check_free_space",
+           "clean_stale", "temp_name", "as_output_error", "TEMP_SUFFIX",
            "side_name", "locked", "protect_inputs", "check_not_input", "child",
            "is_plain_name"]
 
@@ -137,7 +138,10 @@ def _writer_tag() -> str:
     return f"{os.getpid()}-{start}" if start is not None else str(os.getpid())
 
 
-def _temp_name(path: str) -> str:
+def temp_name(path: str | os.PathLike) -> str:
+    """A new temporary name for a write of ``path`` (beside it, within NAME_MAX), tagged with this
+    process's pid and start time so that :func:`clean_stale` tells a killed writer's leftover from
+    a live writer's file even after the pid is reused."""
     return side_name(path, f".{_writer_tag()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
@@ -346,7 +350,7 @@ def output_path(path: str | os.PathLike, expected_bytes: int = 0) -> Iterator[st
         raise OutputError(f"can not create its directory ({e.strerror or e})", path) from None
     clean_stale(path)
     check_free_space(path, expected_bytes)
-    tmp = _temp_name(os.path.abspath(path))
+    tmp = temp_name(os.path.abspath(path))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)

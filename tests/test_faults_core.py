@@ -331,6 +331,15 @@ def test_many_net_inputs_build(tmp_path):
     net = Net(tmp_path / "n.prototxt")
     assert net.inputs == [f"s{i}" for i in range(n)] and net.blob_shapes["y"] == (1, n, 1, 1)
     assert len(net.plan[0].drop) == n
+    # the forward's check of its inputs is linear too (it searched the input list once per input:
+    # 100k inputs took ~270 s)
+    import torch
+    net.inputs = [_CountingName(b) for b in net.inputs]
+    feed = {f"s{i}": torch.full((1, 1, 1, 1), float(i)) for i in range(n)}
+    _CountingName.compared = 0
+    y = net(**feed)["y"]
+    assert _CountingName.compared < 10 * n, _CountingName.compared
+    assert torch.equal(y.flatten(), torch.arange(n, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------- op arguments
@@ -647,3 +656,23 @@ def test_convert_never_replaces_its_input(tmp_path, capsys, how):
     assert err.startswith(f"error: {src}: is one of the inputs"), err
     assert src.read_bytes() == before and not other.exists()   # refused before any work
     assert leftovers(tmp_path) == ["in.caffemodel.h5", "link.caffemodel.h5"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+def test_score_file_temporaries_are_named_with_the_writers_start(tmp_path):
+    """A tiled run's score file is named as every other temporary (pid and start time): a leftover of
+    a killed run whose pid now belongs to a live process is still removed by the next run."""
+    from fcn_repro import outputs
+    from fcn_repro.scorefile import ScoreFile
+    sf = ScoreFile(tmp_path, (2, 3, 4))
+    try:
+        name = os.path.basename(sf.path)
+        assert name.startswith(f".scores.{outputs._writer_tag()}.") and name.endswith(outputs.TEMP_SUFFIX)
+        parent = os.getppid()   # alive: a killed run's pid, reused by it (another start time)
+        stale = tmp_path / name.replace(outputs._writer_tag(), f"{parent}-{outputs._start_ticks(parent) + 7}")
+        stale.write_bytes(b"half")
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
+        assert outputs.clean_stale(tmp_path / "scores") == [str(stale)] and os.path.exists(sf.path)
+    finally:
+        sf.discard()
+    assert leftovers(tmp_path) == []

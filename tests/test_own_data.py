@@ -536,3 +536,32 @@ def test_export_a_run_to_onnx_the_same_argmax_in_onnxruntime(shapes, trained, tm
         assert theirs.shape == (1, 3) + ours.labels["score"].shape
         np.testing.assert_allclose(theirs[0], ours.scores["score"], rtol=0, atol=1e-4 * np.abs(theirs).max())
         assert np.array_equal(theirs[0].argmax(0), ours.labels["score"])
+
+
+def test_a_deploy_prototxt_with_weights_and_classes_prints_the_names(shapes, trained, tmp_path, capsys,
+                                                                       monkeypatch):
+    """The run's files without the run: `--net deploy.prototxt --weights W --classes a,b,c`."""
+    from fcn_repro.evaluate import main as evaluate_main
+    from fcn_repro.export import __main__ as export_cli
+    from fcn_repro.infer import main as infer_main
+
+    info = rundir.read_run(trained)
+    files = ["--net", str(info.deploy), "--weights", str(info.weights)]
+    assert evaluate_main(files + ["--classes", CLASSES, "--data", str(shapes), "--limit", "2", "--json", "-",
+                                  "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["heads"]["score"]["classes"] == CLASSES.split(",")
+    img = _val_images(shapes, 1)[0]
+    assert infer_main([str(img)] + files + ["--classes", CLASSES, "-o", str(tmp_path / "o"), "--no-legend"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert {c["name"] for c in summary["images"][str(img)]["outputs"]["score"]["classes"]} <= set(CLASSES.split(","))
+    assert infer_main([str(img)] + files + ["-o", str(tmp_path / "p"), "--no-legend"]) == 0
+    assert "class 0" in capsys.readouterr().out                        # without names: numbers
+    seen = {}
+
+    def fake_to_onnx(net, path, **kw):
+        seen.update(kw["labels"])
+        raise export_cli.cli.UsageError("stop here")                    # the names are what is checked
+    monkeypatch.setattr(export_cli, "to_onnx", fake_to_onnx)
+    assert export_cli.main([str(info.deploy), "--weights", str(info.weights), "--classes", CLASSES,
+                            "-o", str(tmp_path / "m.onnx")]) == 2
+    assert {b: ls.names for b, ls in seen.items()} == {"score": tuple(CLASSES.split(","))}

@@ -374,7 +374,8 @@ class Net(nn.Module):
                            "sizes depend on the input size and would be frozen at the example's); use "
                            "torch.export.export with dynamic shapes, or fcn_repro.export.to_onnx")
         missing = [n for n in self.inputs if n not in inputs]
-        unknown = [n for n in inputs if n not in self.inputs]
+        known = set(self.inputs)   # a set: a net of 100k inputs is checked in linear time
+        unknown = [n for n in inputs if n not in known]
         if missing or unknown:
             raise NetError(f"{self.filename}: forward() needs the inputs {self.inputs}; "
                            + (f"missing {missing}" if missing else "")
