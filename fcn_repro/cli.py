@@ -45,7 +45,8 @@ from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError, context_of
 from fcn_repro.outputs import protect_inputs
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error", "debugging",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error",
+           "debugging",
            "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
            "version", "error_line", "say"]
 
