@@ -91,7 +91,7 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
                           observe=None if pics is None else pics.observe, labelsets=labelsets,
-                          classes=classes)
+                          classes=classes, outputs=[json_path] if json_path and json_path != "-" else [])
     if pics is not None:   # every process's share: the worst and best of the whole set (rank 0)
         pics = pics.gathered(report["world_size"])
     if report["rank"] == 0:

@@ -44,7 +44,7 @@ from fcn_repro.labels import LabelSet
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
 from fcn_repro.devices import process_group
-from fcn_repro.outputs import child, protect_inputs
+from fcn_repro.outputs import check_not_input, child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
 from fcn_repro.progress import bar as progress_bar
@@ -432,14 +432,17 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
-                 observe: Optional[Callable[..., None]] = None, classes: Optional[Sequence[str]] = None) -> dict:
+                 observe: Optional[Callable[..., None]] = None, classes: Optional[Sequence[str]] = None,
+                 outputs: Sequence[str] = ()) -> dict:
     """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
     :class:`fcn_repro.resolve.Model`) on a dataset.
 
     ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
     run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
     (the reader then keeps each image's RGB for it). ``classes``: names for every score head
-    (a deploy prototxt of your own classes; colours: the VOC map). Each head of the report carries its class
+    (a deploy prototxt of your own classes; colours: the VOC map). ``outputs``: files the caller
+    will write (``--json``): refused at once when one is a file of the dataset (an image, a label,
+    the split list). Each head of the report carries its class
     ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
     Returns the report (scores per score blob, per-class IU, the card's
@@ -485,6 +488,10 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         raise MissingError("\n\n".join(problems))
     rank, world = process_group()
     indices = shard_indices(len(dataset), rank, world, limit)
+    if outputs:   # never replaced by a report: checked before the work, not after it
+        ours = [p for i in indices for p in dataset.files(i)] + [f for f in [_split_file(dataset)] if f]
+        for o in outputs:
+            check_not_input(o, ours)
     netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
     if classes is not None:

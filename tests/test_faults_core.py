@@ -676,3 +676,16 @@ def test_score_file_temporaries_are_named_with_the_writers_start(tmp_path):
     finally:
         sf.discard()
     assert leftovers(tmp_path) == []
+
+
+def test_evaluate_json_never_replaces_a_file_of_the_dataset(tmp_path):
+    from test_evaluate import make_sample_voc
+    from fcn_repro import evaluate as ev
+    data = make_sample_voc(tmp_path / "voc")
+    label = sorted((data / "SegmentationClass").iterdir())[0]
+    lst = data / "ImageSets" / "Segmentation" / "val.txt"
+    before = {p: p.read_bytes() for p in (label, lst)}
+    for target in (label, lst):
+        with pytest.raises(OutputError, match="is one of the inputs"):
+            ev.evaluate(net="sample", data=str(data), split="val", progress=False, json_path=str(target))
+    assert {p: p.read_bytes() for p in (label, lst)} == before
