@@ -31,10 +31,10 @@ from typing import Sequence
 
 from fcn_repro import cli
 # the library this CLI has always exported (tests and callers import them from here)
-from fcn_repro.conversion import (check_failed, check_messages, check_weights, convert,  # noqa: F401
-                                  expected_shapes, shape_str)
+from fcn_repro.conversion import check_failed, check_messages, convert, shape_str
+from fcn_repro.outputs import check_writable, write_json
 
-__all__ = ["check_weights", "check_failed", "expected_shapes", "convert", "main"]
+__all__ = ["main"]
 
 UsageError = cli.UsageError
 
@@ -83,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("input", "prototxt"))
 
 
 def _main(a: argparse.Namespace) -> int:
-    cli.check_writable(a.json, "--json")
-    cli.check_writable(a.output, "-o")
+    check_writable(a.json, "--json")
+    check_writable(a.output, "-o")
     report = convert(a.input, a.output, a.prototxt, strict=a.strict, phase=a.phase,
                      keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.no_progress)
     if a.json:
-        cli.write_json(a.json, report)
+        write_json(a.json, report)
     if a.json != "-":
         print(f"{a.input}: {report['input_format']}"
               + (f", net {report['net_name']!r}" if report["net_name"] else ""))

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
+from fcn_repro.caffe.net import copy_matched
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
@@ -43,16 +44,20 @@ from fcn_repro.labels import LabelSet
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
 from fcn_repro.devices import process_group
-from fcn_repro.outputs import child, protect_inputs
+from fcn_repro.outputs import check_not_input, child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
 from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
+           "LabelRangeWarning", "MismatchError", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
            "load_net", "load_checked", "build", "open_dataset", "evaluate_set", "head_result"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
+
+
+class MismatchError(FcnReproError):
+    """A net and its data that do not fit each other (inputs, outputs, labels, sizes, class counts)."""
 
 
 class LabelRangeWarning(UserWarning):
@@ -82,7 +87,7 @@ def net_inputs(net_input_names: Sequence[str], sample, card=None,
         elif len(net_input_names) == 1 and len(sample.inputs) == 1:
             out[b] = next(iter(sample.inputs.values()))
         else:
-            raise ValueError(f"net input blob {b!r}: the dataset provides {sorted(sample.inputs)}; "
+            raise MismatchError(f"net input blob {b!r}: the dataset provides {sorted(sample.inputs)}; "
                              "no rule says which feeds it")
     return out
 
@@ -96,7 +101,7 @@ def score_heads(net_outputs: Sequence[str], label_names: Sequence[str], card=Non
     if card is not None and card.heads:
         missing = [b for b in card.pairing if b not in net_outputs]
         if missing:
-            raise ValueError(f"{card.name}: expected output blob(s) {missing}; the net outputs {list(net_outputs)}")
+            raise MismatchError(f"{card.name}: expected output blob(s) {missing}; the net outputs {list(net_outputs)}")
         return dict(card.pairing)
     outs = list(net_outputs)
     if len(outs) == 1 and len(label_names) == 1:
@@ -108,7 +113,7 @@ def score_heads(net_outputs: Sequence[str], label_names: Sequence[str], card=Non
                 pairs[cand] = lab
                 break
     if not pairs:
-        raise ValueError(f"cannot pair the net's outputs {outs} with the dataset's labels {list(label_names)} "
+        raise MismatchError(f"cannot pair the net's outputs {outs} with the dataset's labels {list(label_names)} "
                          "(name a score blob score_<label>)")
     return pairs
 
@@ -158,14 +163,14 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                 ids.append(sample.id)
                 for blob, lab_name in heads.items():
                     if blob not in out:
-                        raise ValueError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
+                        raise MismatchError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
                     if lab_name not in sample.labels:
-                        raise ValueError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
+                        raise MismatchError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
                                          f"(labels: {sorted(sample.labels)})")
                     score = out[blob]
                     label = sample.labels[lab_name]
                     if tuple(score.shape[2:]) != label.shape:
-                        raise ValueError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
+                        raise MismatchError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
                                          f"label {lab_name!r} is {label.shape}")
                     n = int(score.shape[1])
                     pred = score[0].argmax(0)
@@ -178,7 +183,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                                 h.cpu().numpy().copy())
                     if blob in hists:
                         if hists[blob].shape[0] != n:
-                            raise ValueError(f"score blob {blob!r} changed from {hists[blob].shape[0]} to {n} channels")
+                            raise MismatchError(f"score blob {blob!r} changed from {hists[blob].shape[0]} to {n} channels")
                         hists[blob] += h
                     else:
                         hists[blob] = h
@@ -427,13 +432,17 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
-                 observe: Optional[Callable[..., None]] = None) -> dict:
+                 observe: Optional[Callable[..., None]] = None, classes: Optional[Sequence[str]] = None,
+                 outputs: Sequence[str] = ()) -> dict:
     """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
     :class:`fcn_repro.resolve.Model`) on a dataset.
 
     ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
     run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
-    (the reader then keeps each image's RGB for it). Each head of the report carries its class
+    (the reader then keeps each image's RGB for it). ``classes``: names for every score head
+    (a deploy prototxt of your own classes; colours: the VOC map). ``outputs``: files the caller
+    will write (``--json``): refused at once when one is a file of the dataset (an image, a label,
+    the split list). Each head of the report carries its class
     ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
     Returns the report (scores per score blob, per-class IU, the card's
@@ -479,8 +488,14 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         raise MissingError("\n\n".join(problems))
     rank, world = process_group()
     indices = shard_indices(len(dataset), rank, world, limit)
+    if outputs:   # never replaced by a report: checked before the work, not after it
+        ours = [p for i in indices for p in dataset.files(i)] + [f for f in [_split_file(dataset)] if f]
+        for o in outputs:
+            check_not_input(o, ours)
     netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
+    if classes is not None:
+        given = {b: LabelSet.own(classes, where="--classes") for b in heads}
     # bundled data may come with Caffe's own predictions to compare against
     reference = registry.dataset(kind).caffe_reference if data is None else None
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -598,7 +613,7 @@ class Validator:
         self.input_map = {k: tuple(v) for k, v in input_map.items() if k in self.net.inputs}
         missing = [b for b in self.net.inputs if b not in self.input_map]
         if missing:
-            raise ValueError(f"{self.prototxt}: no data for validation net input(s) {missing}")
+            raise MismatchError(f"{self.prototxt}: no data for validation net input(s) {missing}")
         self.device, self.rank, self.world, self.workers = device, rank, world, workers
 
     def share(self, train_net: Any) -> None:
@@ -607,9 +622,7 @@ class Validator:
         # the one matcher (exact shapes: both nets come from the same definitions)
         rep = match_weights(src, self.net.params, source="the training net", target=self.prototxt,
                             legacy=False).check()
-        with torch.no_grad():
-            for name, i in rep.copies:
-                self.net.params[name][i].copy_(src[name][i].detach())
+        copy_matched(rep, src, self.net.params)
 
     def run(self, train_net: Any, progress: bool = False, observe: Optional[Callable[..., None]] = None) -> dict:
         """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, iu (per class), images,
@@ -632,7 +645,7 @@ class Validator:
         out = {}
         for blob in self.heads:
             if blob not in hists:
-                raise ValueError("validation ran on no image")
+                raise MismatchError("validation ran on no image")
             sc = head_scores(hists[blob], self.dataset)
             out[blob] = {k: sc[k] for k in SCORE_KEYS}
             out[blob]["iu"] = sc["iu"]

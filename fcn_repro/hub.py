@@ -213,10 +213,11 @@ def load_manifest(path: Optional[os.PathLike] = None) -> dict:
     registry when the file does not exist."""
     p = Path(path) if path else manifest_path()
     if p.is_file():
-        try:
-            with open(p, "r", encoding="utf-8") as f:
-                m = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        try:   # bounded: a manifest is a few KB (a planted huge file is refused, not read into memory)
+            m = json.loads(limits.read_capped(p, "manifest", error=HubError).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, HubError):
+                raise
             raise HubError(f"{p}: not a readable manifest ({e}); delete it to start a new one") from None
         if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict):
             raise HubError(f"{p}: not a manifest (no 'files' table); delete it to start a new one")

@@ -72,15 +72,17 @@ import numpy as np
 from PIL import Image
 
 from fcn_repro import cli
+from fcn_repro.data.folder import parse_classes
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
-from fcn_repro.outputs import check_not_input, output_file, protect_inputs
+from fcn_repro.outputs import check_not_input, check_writable, output_file, protect_inputs, write_json
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
 from fcn_repro.report.overlays import overlay_picture
+from fcn_repro.report.plots import percent
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
@@ -169,7 +171,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
           background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
           labelsets: Optional[Dict[str, LabelSet]] = None, tile: Optional[int] = None,
-          scores_format: str = ".npy", progress: bool = True) -> dict:
+          scores_format: str = ".npy", progress: bool = True, classes: Optional[Sequence[str]] = None) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
@@ -186,7 +188,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     ``alpha``, background (black) classes at ``background_alpha``; with
     ``legend`` the classes present below it (needs matplotlib: without it,
     one warning naming the extra and no legend); ``side_by_side``: the image
-    on the left.
+    on the left. ``classes``: names for every score head (a deploy prototxt of
+    your own classes; a run directory knows its own).
     """
     out = out or sys.stdout
     device = check_device(device)
@@ -204,6 +207,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     netm, _ = build(model, device, fast=fast, verify=verify)
     heads = list(model.heads) or None
     given = dict(labelsets or {})
+    if classes is not None:     # names for every score head (a deploy prototxt of the user's classes)
+        given = {b: LabelSet.own(classes, where="--classes") for b in (heads or netm.outputs)}
     if heads:
         given = {h: given.get(h) or model.heads[h] for h in heads}   # read once, not per image
     if legend and not available("matplotlib"):
@@ -254,7 +259,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             rec["classes"] = classes
             per[blob] = rec
             head = f"  {blob}: " if len(blobs) > 1 else "  "
-            print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
+            print(head + ", ".join(f"{c['name']} {percent(c['fraction'])}" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
         if pred.tiling is not None:
             my, mx = pred.tiling.margins
@@ -262,9 +267,9 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     with protect_inputs(paths):
-        cli.write_json(outdir_p / "summary.json", report)
+        write_json(outdir_p / "summary.json", report)
         if json_path:
-            cli.write_json(json_path, report)
+            write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
@@ -283,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model), a deploy prototxt path or a "
                                                         "training run directory")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
+    ap.add_argument("--classes", help="class names, comma-separated in label-value order, for a deploy prototxt "
+                                      "of your own classes (a run directory knows its own)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ap.add_argument("--alpha", type=float, default=0.5,
@@ -324,8 +331,8 @@ def _main(args) -> int:
         raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
-    cli.check_writable(args.outdir, "-o", directory=True)
-    cli.check_writable(args.json, "--json")
+    check_writable(args.outdir, "-o", directory=True)
+    check_writable(args.json, "--json")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -333,7 +340,8 @@ def _main(args) -> int:
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
                   background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
-                  tile=args.tile, scores_format=args.scores_format, progress=not args.no_progress)
+                  tile=args.tile, scores_format=args.scores_format, progress=not args.no_progress,
+                  classes=parse_classes(args.classes))
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

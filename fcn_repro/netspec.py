@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fcn_repro import cli
 from fcn_repro.caffe import fcn_nets
-from fcn_repro.outputs import output_file
+from fcn_repro.outputs import check_writable, output_file, write_json
 
 
 def default_out() -> Path:
@@ -75,15 +75,15 @@ def _main(args: argparse.Namespace) -> int:
     unknown = [n for n in args.nets if n not in fcn_nets.NETS]
     if unknown:
         raise cli.UsageError(f"unknown net(s) {', '.join(unknown)}; known: {', '.join(fcn_nets.NETS)}")
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     if not args.check:
-        cli.check_writable(out, "--out", directory=True)
+        check_writable(out, "--out", directory=True)
     files = fcn_nets.generate_files(args.nets or None)
     say = sys.stderr if args.json == "-" else sys.stdout
     if args.check:
         problems = check(out, files, all_nets=not args.nets)
         if args.json:
-            cli.write_json(args.json, {"out": str(out), "files": sorted(files), "ok": not problems,
+            write_json(args.json, {"out": str(out), "files": sorted(files), "ok": not problems,
                                        "problems": problems})
         for p in problems:
             print(p, file=sys.stderr)
@@ -97,7 +97,7 @@ def _main(args: argparse.Namespace) -> int:
         with output_file(out / rel, len(text.encode()), "w") as f:
             f.write(text)
     if args.json:
-        cli.write_json(args.json, {"out": str(out), "files": sorted(files), "written": True})
+        write_json(args.json, {"out": str(out), "files": sorted(files), "written": True})
     print(f"wrote {len(files)} files for {len(args.nets or fcn_nets.NETS)} nets to {out}", file=say)
     return 0
 

@@ -95,11 +95,23 @@ def own_net(name: str) -> OwnNet:
     return OwnNet(name, name, None, None, dict(fcn_nets.NETS[name].solver))
 
 
-def is_own_data(data: Optional[str], classes: Optional[str]) -> bool:
-    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset."""
+def is_own_data(data: Optional[str], classes: Optional[str], net: Optional[str] = None) -> bool:
+    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset.
+
+    ``net``: a net that trains on images bundled with the package (the sample): any other directory
+    given to it is the user's (so its classes are asked for, and its train split read, not the bundled
+    images' split). The train CLI passes it only without ``--dataset``."""
     if data is None:
         return False
-    return classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file()
+    if classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file():
+        return True
+    if net is None:
+        return False
+    try:
+        bundled = registry.dataset(registry.net(net).train_dataset).bundled
+    except registry.UnknownNameError:
+        return False           # not a registry name (the resolver says so later)
+    return bundled is not None and Path(data).resolve() != registry.resource_path(bundled).resolve()
 
 
 def mean_area(dataset: Any, limit: int = AREA_SAMPLE) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fcn_repro import cli, hub
 from fcn_repro.resolve import listing
+from fcn_repro.outputs import check_writable, write_json
 
 __all__ = ["main", "main_download"]
 
@@ -68,15 +69,15 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     if args.write_manifest:
         p = hub.manifest_path(Path(args.weights_dir) if args.weights_dir else hub.weights_dir())
-        cli.check_writable(p, "manifest")
+        check_writable(p, "manifest")
         print(f"wrote {hub.update_manifest(hub.build_manifest, p)}")   # under the manifest's lock
         return 0
     info = listing(args.weights_dir)
     if args.json:
-        cli.write_json(args.json, info)
+        write_json(args.json, info)
     if args.json != "-":
         _print_listing(info)
     return 0

@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = "bg,disc,square"
 
 
-def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8) -> Path:
-    """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt."""
+def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8, palette=None) -> Path:
+    """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt.
+    Labels: mode L, or mode P with ``palette`` (a colour per class)."""
     rng = np.random.RandomState(seed)
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -51,7 +52,11 @@ def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int 
             lab[m] = cls
         suffix = ".png" if i % 7 == 3 else ".jpg"      # any suffix PIL reads
         Image.fromarray(img).save(root / "images" / f"im{i:03d}{suffix}")
-        Image.fromarray(lab, "L").save(root / "labels" / f"im{i:03d}.png")
+        out = Image.fromarray(lab, "L")
+        if palette is not None:
+            out = out.convert("P")
+            out.putpalette([v for c in palette for v in c] + [0] * (3 * (256 - len(palette))))
+        out.save(root / "labels" / f"im{i:03d}.png")
     if val:
         ids = [f"im{i:03d}" for i in range(n)]
         (root / "train.txt").write_text("\n".join(ids[:-val]) + "\n")
@@ -137,6 +142,28 @@ def test_voc_layout_with_any_number_of_classes(tmp_path):
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
+    # read as PASCAL (the packaged seg11valid list): the error points at the lists that are there
+    with pytest.raises(FcnReproError, match="seg11valid") as e:
+        make_dataset("voc", voc, "seg11valid").check_files()
+    assert f"{voc / 'ImageSets' / 'Segmentation'} lists the split(s) more, train: give --split more" in str(e.value)
+    make_dataset("voc", voc, "train").check_files()          # a split that is there: no complaint
+
+
+def test_sample_on_a_voc_layout_asks_for_classes_and_trains_on_its_train_list(tmp_path, capsys):
+    """`train --net sample --data DIR` reads DIR as the user's data: classes asked for, not the sample's
+    five; the train list read, not the sample's val split."""
+    src = make_shapes(tmp_path / "src", n=5, size=(48, 40), val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "val": ["im003", "im004"]})
+    run = tmp_path / "run"
+    common = ["--net", "sample", "--data", str(voc), "--iters", "1", "--test-every", "0", "--no-progress"]
+    assert train_main(common + ["--out", str(run)]) == 2
+    assert f"{voc}: no class names: pass --classes" in capsys.readouterr().err and not run.exists()
+    assert train_main(common + ["--classes", CLASSES, "--out", str(run)]) == 0
+    info = rundir.read_run(run)
+    assert (info.extra["dataset"], info.extra["split"], info.extra["val_split"]) == ("voc", "train", "val")
+    assert info.heads["score"].names == tuple(CLASSES.split(","))
+    notes = _records(run, "setup")[0]["notes"]
+    assert f"training split: {voc / 'ImageSets' / 'Segmentation' / 'train.txt'} (3 images)" in notes
 
 
 def test_checker_names_each_problem_with_its_file(tmp_path, capsys):
@@ -227,6 +254,42 @@ def test_class_surgery_copies_what_fits_and_reinitialises_the_class_layers(tmp_p
     assert net.param_specs["upscore8"][0][0] == 0                                     # frozen
 
 
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
+def test_surgery_from_the_21_class_net_to_3_classes(name, tmp_path):
+    """From a VOC net (fixture widths, filler weights standing in for the published ones) to 3 classes:
+    the report's copied layers hold the source's weights, its re-initialised ones are exactly the layers
+    whose shape depends on the class count and start as the 3-class train net's fillers start them;
+    its bilinear ones are the upsampling layers, frozen."""
+    from fcn_repro.caffe import save_weights
+
+    widths = fcn_nets.NETS[name].fixture_widths
+    nets = {}
+    for n in (21, 3):
+        d = tmp_path / f"c{n}"
+        d.mkdir()
+        nets[n] = owntrain.write_nets(d, owntrain.OwnNet(name, name, widths), n)["train"]
+    src = Net(str(nets[21]), phase="TRAIN", seed=5)
+    init = tmp_path / "voc.caffemodel"
+    save_weights(init, {k: [p.detach().numpy() for p in v] for k, v in src.params.items()})
+    net, fresh = Net(str(nets[3]), phase="TRAIN", seed=9), Net(str(nets[3]), phase="TRAIN", seed=9)
+    rep = owntrain.class_surgery(net, str(init))
+    differ = {k for k, v in net.params.items() if [p.shape for p in v] != [p.shape for p in src.params[k]]}
+    assert differ and set(rep["reinitialised"]) == differ
+    assert set(rep["copied"]) == set(net.params) - differ and not rep["left_to_fillers"]
+    deconv = {k for k, t in zip(net.layer_names, net.layer_types) if t == "Deconvolution"}
+    assert deconv and set(rep["bilinear"]) == deconv
+    for k, v in net.params.items():
+        for i, p in enumerate(v):
+            got = p.detach().numpy()
+            if k in deconv:
+                assert got.shape[:2] == (3, 3) and got[0, 0].max() > 0 and not got[0, 1].any(), k
+                assert net.param_specs[k][i][0] == 0, k                          # frozen
+            elif k in differ:
+                assert np.array_equal(got, fresh.params[k][i].detach().numpy()), k   # the train net's filler
+            else:
+                assert np.array_equal(got, src.params[k][i].detach().numpy()), k     # copied
+
+
 def test_learning_rate_rule():
     vgg = owntrain.own_net("fcn8s")
     lr, why = owntrain.own_rate(vgg, False, 1e-10, 100 * 100)
@@ -276,8 +339,9 @@ def test_second_run_on_a_live_runs_out_refuses_and_a_finished_run_is_kept(shapes
 def test_sigint_snapshots_and_resume_is_bit_exact(tmp_path, capsys):
     """Ctrl-C to a real `python -m fcn_repro.train` once it has logged iterations: a second train on its
     --out is refused while it lives; it stops with a snapshot; `--resume RUN` ends with the weights of an
-    uninterrupted run, bit for bit. The data have no lists: the log states the deterministic split."""
-    data = make_shapes(tmp_path / "bare", n=10, size=(48, 40), val=0)
+    uninterrupted run, bit for bit. The data have no lists: the log states the deterministic split; the labels' own palette is the run's."""
+    palette = [(20, 30, 40), (250, 200, 0), (0, 90, 255)]
+    data = make_shapes(tmp_path / "bare", n=10, size=(48, 40), val=0, palette=palette)
     args = ["--net", "sample", "--data", str(data), "--classes", CLASSES, "--max-iter", "12", "--no-progress",
             "--test-every", "0"]
     whole = tmp_path / "whole"
@@ -287,6 +351,7 @@ def test_sigint_snapshots_and_resume_is_bit_exact(tmp_path, capsys):
                for n in notes), notes
     assert f"{data}: 10 image/label pairs, {10 * 48 * 40} labelled pixels" in notes    # the checker's counts
     assert any(n.strip().startswith("2 square") for n in notes)
+    assert rundir.read_run(whole).heads["score"].colours().tolist() == [list(c) for c in palette]   # the PNGs'
     run = tmp_path / "interrupted"
     env = dict(os.environ, PYTHONPATH=str(ROOT))       # the same threads as this process: the same sums
     proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train"] + args + ["--out", str(run)], cwd=ROOT,
@@ -471,3 +536,32 @@ def test_export_a_run_to_onnx_the_same_argmax_in_onnxruntime(shapes, trained, tm
         assert theirs.shape == (1, 3) + ours.labels["score"].shape
         np.testing.assert_allclose(theirs[0], ours.scores["score"], rtol=0, atol=1e-4 * np.abs(theirs).max())
         assert np.array_equal(theirs[0].argmax(0), ours.labels["score"])
+
+
+def test_a_deploy_prototxt_with_weights_and_classes_prints_the_names(shapes, trained, tmp_path, capsys,
+                                                                       monkeypatch):
+    """The run's files without the run: `--net deploy.prototxt --weights W --classes a,b,c`."""
+    from fcn_repro.evaluate import main as evaluate_main
+    from fcn_repro.export import __main__ as export_cli
+    from fcn_repro.infer import main as infer_main
+
+    info = rundir.read_run(trained)
+    files = ["--net", str(info.deploy), "--weights", str(info.weights)]
+    assert evaluate_main(files + ["--classes", CLASSES, "--data", str(shapes), "--limit", "2", "--json", "-",
+                                  "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["heads"]["score"]["classes"] == CLASSES.split(",")
+    img = _val_images(shapes, 1)[0]
+    assert infer_main([str(img)] + files + ["--classes", CLASSES, "-o", str(tmp_path / "o"), "--no-legend"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert {c["name"] for c in summary["images"][str(img)]["outputs"]["score"]["classes"]} <= set(CLASSES.split(","))
+    assert infer_main([str(img)] + files + ["-o", str(tmp_path / "p"), "--no-legend"]) == 0
+    assert "class 0" in capsys.readouterr().out                        # without names: numbers
+    seen = {}
+
+    def fake_to_onnx(net, path, **kw):
+        seen.update(kw["labels"])
+        raise export_cli.cli.UsageError("stop here")                    # the names are what is checked
+    monkeypatch.setattr(export_cli, "to_onnx", fake_to_onnx)
+    assert export_cli.main([str(info.deploy), "--weights", str(info.weights), "--classes", CLASSES,
+                            "-o", str(tmp_path / "m.onnx")]) == 2
+    assert {b: ls.names for b, ls in seen.items()} == {"score": tuple(CLASSES.split(","))}

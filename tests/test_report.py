@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_repro import evaluate as ev
+import fcn_repro.evaluate as ev
 from fcn_repro import infer as inf
 from fcn_repro.data import resource_path
 from fcn_repro.evaluation import reference_comparison
@@ -297,3 +297,47 @@ def test_infer_refuses_a_json_path_that_is_an_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "is one of the inputs" in err and img.read_bytes() == before
     assert not (tmp_path / "o" / "a.png").exists()                               # refused before the work
+
+
+def test_plots_draw_any_class_name_letter_for_letter():
+    """A '$' in a user's class name is not mathtext (a malformed formula would fail the plot), and
+    a very long name is cut on the axes (the legend, bounded in width, keeps what fits)."""
+    pytest.importorskip("matplotlib")
+    from fcn_repro.report import plots
+
+    names = ["bg", r"$\frac$", "a$b$c", "x" * 500]
+    assert plots.plain("a$b$c") == r"a\$b\$c" and len(plots.tick("x" * 500)) == 32
+    assert [plots.percent(f) for f in (0.0, 0.0001, 0.0005, 0.5)] == ["0.0%", "<0.1%", "0.1%", "50.0%"]
+    for png in (plots.iu_chart(names, [0.1, 0.2, 0.3, 0.4]), plots.confusion_heatmap(np.eye(4) * 10, names),
+                plots.learning_curve([{"type": "train", "iter": 0, "loss": 1.0}], title=r"run $\x$")):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    strip = plots.legend_strip(LabelSet.voc(names), range(4), 300)
+    assert strip.shape[1] <= plots.LEGEND_MAX_WIDTH and strip.shape[0] > 0
+
+
+def test_gallery_zero_leaves_the_gallery_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert ev.main(["--net", "sample", "--limit", "2", "--report", str(tmp_path / "r"), "--gallery", "0",
+                    "--no-progress", "--workers", "0"]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Gallery" not in text and "No image with labelled pixels" not in text and "per-class IU" in text
+
+
+def test_gallery_of_several_processes_equals_one_process():
+    """evaluate under torchrun: each process keeps its share's worst and best; rank 0 absorbs the
+    others' and shows the whole set's (the same images as one process keeping them all)."""
+    rng = np.random.default_rng(5)
+    one, shards = Gallery(k=3, longest=8), [Gallery(k=3, longest=8) for _ in range(3)]
+    for i in range(31):
+        lab = rng.integers(0, 4, (8, 10)).astype(np.uint8)
+        pred = np.where(rng.random(lab.shape) < rng.random(), lab, rng.integers(0, 4, lab.shape)).astype(np.uint8)
+        h = fast_hist(lab, pred, 4)
+        for g in (one, shards[i % 3]):
+            g.observe(f"im{i}", "score", None, lab, pred, h)
+    merged = shards[0]
+    for other in shards[1:]:
+        merged.absorb(other.heads)
+    assert [e.id for e in merged.worst("score")] == [e.id for e in one.worst("score")]
+    assert [e.id for e in merged.best("score")] == [e.id for e in one.best("score")]
+    assert merged.ranked("score") == one.ranked("score") == 31
+    assert merged.gathered(1) is merged                                  # one process: itself

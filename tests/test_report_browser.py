@@ -29,7 +29,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib: pip insta
 from conftest import caffe_fixture  # noqa: E402
 from test_evaluate import _siftflow_layout, make_sample_voc  # noqa: E402
 
-from fcn_repro import evaluate as ev  # noqa: E402
+import fcn_repro.evaluate as ev  # noqa: E402
 from fcn_repro.labels import LabelSet  # noqa: E402
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

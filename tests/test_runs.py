@@ -202,3 +202,57 @@ def test_sigterm_to_a_training_process_snapshots_and_exits_143(tmp_path):
     assert [r["iter"] for r in snaps if r["type"] == "snapshot"] == [it]
     got, lock = runs.claim_out(run, resume=True)          # the stopped run released its lock
     runs.release(got, lock)
+
+
+def test_a_keyboard_interrupt_nothing_catches_is_one_line_and_130(capsys):
+    import argparse
+
+    from fcn_repro import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, argparse.ArgumentParser(), []) == cli.EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted (Ctrl-C): stopped at once; nothing half-written is left\n"
+
+
+def test_a_second_sigint_stops_training_at_once_without_a_snapshot(tmp_path):
+    """Two Ctrl-C inside one (long) iteration: the first asks for a stop and a snapshot, the second stops
+    at once: exit 130, one line, no traceback, no snapshot, the lock released."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_own_data import CLASSES, make_shapes
+
+    data = make_shapes(tmp_path / "data", n=2, size=(800, 600), val=0)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train", "--net", "sample", "--data", str(data),
+                             "--classes", CLASSES, "--iters", "1000", "--test-every", "0", "--snapshot-every",
+                             "0", "--no-progress", "--out", str(run)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            log = run / "log.jsonl"
+            if log.is_file() and '"type": "train"' in log.read_text():
+                proc.send_signal(signal.SIGINT)      # an iteration has just begun: a long one at this size
+                break
+            time.sleep(0.01)
+        # the second once the first was handled (two signals before Python looks are one)
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("SIGINT: stopping"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=120)
+        err = "".join(seen) + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGINT: stopping at the end of iteration" in err
+    assert "interrupted (Ctrl-C): stopped at once" in err and "Traceback" not in err
+    assert runs.latest_state(run) is None and not list(run.glob("*.caffemodel*"))
+    got, lock = runs.claim_out(run, resume=True)
+    runs.release(got, lock)

@@ -19,6 +19,7 @@ from fcn_repro.progress import bar as progress_bar
 from fcn_repro import cli
 from fcn_repro.data.check import check_dataset
 from fcn_repro.data.folder import OwnDataError, own_labels, parse_classes
+from fcn_repro.outputs import check_writable, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("classes",))
 
 
 def _main(args: argparse.Namespace) -> int:
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     try:
         classes = list(own_labels(args.dir, parse_classes(args.classes)).names)
     except OwnDataError:
@@ -59,7 +60,7 @@ def _main(args: argparse.Namespace) -> int:
         print(line, file=out)
     print(f"{len(rep.problems)} problem(s)" if rep.problems else "no problems", file=out)
     if args.json:
-        cli.write_json(args.json, rep.to_json())
+        write_json(args.json, rep.to_json())
     return 0 if rep.ok else 1
 
 

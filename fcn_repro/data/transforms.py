@@ -60,7 +60,16 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open an image with PIL, reading only its header, and check its declared
     size against the pixel cap (``fcn_repro.limits``: image_pixels) BEFORE any
-    pixel is decoded. The caller closes it (``with``)."""
+    pixel is decoded. The caller closes it (``with``). A path that is not a
+    regular file (a FIFO, whose open would wait for a writer; a device) is
+    refused before it is opened."""
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            limits.require_regular(path, f"{what} file", error=ImageReadError)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what} not found: {path}") from None
+        except OSError:   # not stat-able (permissions): PIL's open says what is wrong
+            pass
     try:
         im = Image.open(path)
     except FileNotFoundError:

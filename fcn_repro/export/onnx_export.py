@@ -38,8 +38,8 @@ from fcn_repro import ops
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_path
 
-from .program import (ExportError, check_exportable, example_inputs, export_program, input_channels,
-                      quiet_shape_solver)
+from .program import (ExportError, check_exportable, check_static_size, example_inputs, export_program,
+                      input_channels, quiet_shape_solver)
 
 __all__ = ["to_onnx", "check_onnx", "OnnxExport", "DEFAULT_OPSET", "translation_table", "HEADS_KEY", "INPUTS_KEY",
            "read_metadata"]
@@ -189,12 +189,21 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
     shape that follows them. :func:`read_metadata` reads the metadata back.
 
     Raises :class:`ExportError` for a TRAIN-phase net, a layer without a
-    translation or a missing optional dependency; nothing is written then.
+    translation, an opset the exporter can not write for this net (it is
+    checked in the file, not taken on trust) or a missing optional
+    dependency, and :class:`~fcn_repro.caffe.layers.base.BlobLimitError` for a
+    ``static`` size at which a blob would pass the blob budget; nothing is
+    written then.
     """
     _require("onnx")
     _require("onnxscript")
     static = (int(static[0]), int(static[1])) if static is not None else None
     check_exportable(net, dynamic=static is None)
+    if int(opset) < 1:
+        raise ExportError(f"opset {opset}: an ONNX opset is a positive number (default {DEFAULT_OPSET})",
+                          net.filename)
+    if static is not None:
+        check_static_size(net, static)
     if example is None:
         example = example_inputs(net, static)
     if fast and program is not None:
@@ -217,6 +226,11 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
     import onnx
 
     proto = onnx_program.model_proto
+    wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if wrote != int(opset):   # the exporter converts from its own opset and keeps its own where it can not
+        raise ExportError(f"opset {opset} is not available for this net: the exporter could only write opset "
+                          f"{wrote} (its version converter has no way from {wrote} to {opset} for one of the "
+                          f"net's ops); nothing was written. Export with --opset {wrote}", net.filename)
     _name_dynamic_axes(proto, list(net.inputs))
     heads = {b: ls for b, ls in (labels or {}).items() if b in net.outputs}
     props = {}

@@ -95,6 +95,4 @@ from .sblob import SBlob, materialize, region, structured_from_tensor
 from .schedule import FastStep, fast_steps, schedule, walk
 from .structured import sconv, spool_max, srelu
 
-__all__ = ["optimize", "FastNet", "SBlob", "Axis", "Geo", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
-           "region", "sconv", "spool_max", "srelu", "ConvKernel", "Winograd23", "Winograd43", "winograd_matrices",
-           "count_flops", "FastStep", "fast_steps", "walk", "schedule", "conv_geo", "input_geo", "pool_geo"]
+__all__ = ["optimize", "FastNet", "FAST_DEFAULTS", "count_flops"]

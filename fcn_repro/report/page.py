@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro import cli, hub, registry
+from fcn_repro import __version__, hub, registry
 from fcn_repro.evaluation import SCORE_LABELS, reference_comparison
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file
@@ -331,7 +331,7 @@ def _facts_html(report: dict) -> str:
             ("device", f"{_esc(report['device'])}, {report['world_size']} process(es)"
              + (", fast forward" if report.get("fast") else "")),
             ("time", _esc(report.get("time", ""))),
-            ("versions", f"fcn_repro {_esc(cli.version())}" + (f", torch {_esc(torch.__version__)}" if torch else ""))]
+            ("versions", f"fcn_repro {_esc(__version__)}" + (f", torch {_esc(torch.__version__)}" if torch else ""))]
     return ('<table class="facts">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
 
 
