@@ -1,15 +1,20 @@
 """The command-line conventions every ``python -m fcn_repro.<tool>`` follows.
 
 - ``--json FILE`` writes the tool's report as JSON (``-``: to stdout); the
-  JSON never holds inf or NaN (they become null, :func:`jsonable`).
+  JSON never holds inf or NaN (they become null, :func:`fcn_repro.outputs.jsonable`).
 - ``--version`` prints the package version.
-- A user error (a project error: a ValueError subclass such as a bad
-  weights file or prototxt, a missing file or dataset, a bad argument) prints
-  ONE ``error: ...`` line (hints may follow on indented lines) and exits
-  with status 2, without a traceback (with ``--json -`` stdout also gets
-  ``{"ok": false, "error": ...}``). A tool's own failed check exits 1.
+- A user error (one of ours, :class:`fcn_repro.errors.FcnReproError`: a bad
+  weights file or prototxt, a missing net, file or dataset, a bad argument;
+  or an ``OSError``: a missing or unwritable file) prints ONE ``error: ...``
+  line (hints may follow on indented lines) and exits with status 2,
+  without a traceback (with ``--json -`` stdout also gets
+  ``{"ok": false, "error": ...}``). Anything else is a bug of ours: the
+  traceback is printed, then a line saying so, and the exit status is 3.
+  ``--traceback`` (or ``FCN_REPRO_DEBUG=1`` in the environment) prints the
+  traceback of a user error too. A tool's own failed check exits 1.
 - Output paths (``--json``, ``-o``, ``--save-predictions``, ``--out``) are
-  checked writable before the work starts (:func:`check_writable`), and
+  checked writable before the work starts
+  (:func:`fcn_repro.outputs.check_writable`), and
   written atomically (:mod:`fcn_repro.outputs`), so a refused or failed run
   leaves nothing half-written.
 - A closed stdout (``| head``) ends the tool quietly.
@@ -28,25 +33,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import sys
-import tempfile
-from pathlib import Path
+import traceback
+import types
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
-
+import fcn_repro
 from fcn_repro.devices import check_device
-from fcn_repro.errors import FcnReproError
-from fcn_repro.outputs import output_file
+from fcn_repro.errors import FcnReproError, context_of
+from fcn_repro.outputs import protect_inputs
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "UsageError", "add_common", "run", "check_writable",
-           "jsonable", "write_json", "dist_setup", "dist_teardown", "version", "error_line", "say"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "UsageError", "is_user_error",
+           "debugging",
+           "add_common", "add_progress", "HelpFormatter", "run", "front_door", "dist_setup", "dist_teardown",
+           "version", "error_line", "say"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+#: stopped by Ctrl-C (SIGINT; 128 + 2, the shell's convention)
+EXIT_INTERRUPTED = 130
+
+#: set to 1 (or true/yes/on) to see the traceback of every error, user errors included
+DEBUG_ENV = "FCN_REPRO_DEBUG"
 
 
 class UsageError(FcnReproError):
@@ -54,21 +63,41 @@ class UsageError(FcnReproError):
 
 
 def version() -> str:
-    try:
-        from importlib.metadata import version as v
+    """The version of the code running (``fcn_repro.__version__``)."""
+    return fcn_repro.__version__
 
-        return v("fcn_repro")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
-        return "unknown (not installed)"
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that a text laid out by hand (a description or epilog
+    with line breaks: a docstring, the examples) is printed as written, not re-flowed."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip("\n"):
+            return "\n".join(indent + line if line else line for line in text.strip("\n").splitlines())
+        return super()._fill_text(text, width, indent)
 
 
 def add_common(ap: argparse.ArgumentParser, json_help: Optional[str] = "write the report as JSON to FILE "
-               "('-': stdout)") -> argparse.ArgumentParser:
-    """``--version`` and (unless ``json_help`` is None) ``--json FILE``."""
+               "('-': stdout)", examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``--version``, (unless ``json_help`` is None) ``--json FILE`` and, from ``examples``
+    (command lines, each optionally followed by ``  # what it does``), the epilog of ``--help``."""
     ap.add_argument("--version", action="version", version=f"%(prog)s (fcn_repro {version()})")
+    ap.add_argument("--traceback", action="store_true",
+                    help=f"on an error, print the traceback too (also: {DEBUG_ENV}=1 in the environment)")
     if json_help is not None:
         ap.add_argument("--json", metavar="FILE", help=json_help)
+    if examples:
+        ap.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        if ap.formatter_class is argparse.HelpFormatter:
+            ap.formatter_class = HelpFormatter
     return ap
+
+
+def add_progress(ap, *aliases: str, help: str = "no progress bar (there is one only when stderr is a "
+                 "terminal)") -> None:
+    """The one quiet switch of every tool with a progress bar: ``--no-progress`` (``aliases``: a
+    tool's older spellings, e.g. convert's ``-q``), stored as ``args.no_progress``."""
+    ap.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true", help=help)
 
 
 def error_line(e: BaseException) -> str:
@@ -82,39 +111,106 @@ def error_line(e: BaseException) -> str:
     return "\n".join([f"error: {lines[0]}"] + [ln if ln.startswith(" ") else "  " + ln for ln in lines[1:]])
 
 
-def _user_error(e: BaseException) -> bool:
-    # Our errors are FcnReproError (a ValueError: formats, registry, data,
-    # solver, usage; evaluation.MissingError is also a FileNotFoundError);
-    # other missing files are FileNotFoundError (DataMissingError too);
-    # an unwritable path is PermissionError / IsADirectoryError / NotADirectoryError.
-    return isinstance(e, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
-                          NotADirectoryError))
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is the user's to fix (a line, exit 2) rather than a bug of ours (a traceback, exit 3).
+
+    Ours are :class:`FcnReproError` (formats, registry, data, solver, usage,
+    missing nets and weights); the system's are ``OSError`` (a missing or
+    unwritable file, a full disk). A bare ``ValueError``, ``KeyError``,
+    ``RuntimeError``, ... raised anywhere is a bug: a refusal of an input
+    is one of our errors, naming the input.
+    """
+    return isinstance(e, (FcnReproError, OSError))
+
+
+def debugging(args: Optional[argparse.Namespace] = None) -> bool:
+    """``--traceback`` given, or ``FCN_REPRO_DEBUG`` set to 1/true/yes/on."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(getattr(args, "traceback", False))
+
+
+def _error_text(e: BaseException) -> str:
+    """error_line plus the context notes added on the way up (the layer a forward failed in)."""
+    line = error_line(e)
+    notes = [n for n in context_of(e) if n not in line]
+    return "\n".join([line] + ["  " + n for n in notes])
+
+
+def input_files(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The regular files the arguments ``names`` (dests; a value or a list of them) name."""
+    out = []
+    for n in names:
+        v = getattr(args, n, None)
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (str, os.PathLike)) and str(x) != "-" and os.path.isfile(x):
+                out.append(os.fspath(x))
+    return out
 
 
 def run(fn: Callable[[argparse.Namespace], int], ap: argparse.ArgumentParser,
-        argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``argv`` and call ``fn(args)`` under the conventions above."""
+        argv: Optional[Sequence[str]] = None, inputs: Sequence[str] = ()) -> int:
+    """Parse ``argv`` and call ``fn(args)`` under the conventions above.
+
+    ``inputs``: the dests of the arguments that name input files; no output of
+    the run (``-o``, ``--json``, ...) may replace one of them (the same file by
+    any name: :func:`fcn_repro.outputs.protect_inputs`).
+    """
     args = ap.parse_args(argv)
     try:
-        return int(fn(args) or 0)
+        with protect_inputs(input_files(args, inputs)):
+            return int(fn(args) or 0)
     except BrokenPipeError:
         # The reader went away (| head): no traceback, nothing more to write.
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
-    except Exception as e:  # noqa: BLE001 - only user errors are turned into a line
-        if not _user_error(e):
-            raise
-        line = error_line(e)
-        print(line, file=sys.stderr)
+    except KeyboardInterrupt:
+        # Ctrl-C where nothing catches it (train: a second Ctrl-C): a line, no traceback; outputs are
+        # atomic, so nothing half-written is left
+        if debugging(args):
+            traceback.print_exc(file=sys.stderr)
+        print("interrupted (Ctrl-C): stopped at once; nothing half-written is left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a user error is a line, anything else a bug with its traceback
+        user = is_user_error(e)
+        if not user or debugging(args):
+            traceback.print_exc(file=sys.stderr)
+        text = _error_text(e)
+        if not user:
+            text = (f"{text}\n  this is a bug in fcn_repro {version()} (an unexpected {type(e).__name__}), not "
+                    "something in your input: please report it with the traceback above")
+        print(text, file=sys.stderr)
         if getattr(args, "json", None) == "-":
             # a machine reading the JSON gets the failure as JSON too
             with contextlib.suppress(OSError):
-                print(json.dumps({"ok": False, "error": line.splitlines()[0][len("error: "):]}))
-        return EXIT_USAGE
+                print(json.dumps({"ok": False, "error": text.splitlines()[0][len("error: "):],
+                                  "bug": not user}))
+        return EXIT_USAGE if user else EXIT_BUG
     finally:
         dist_teardown()
+
+
+class _FrontDoorTool(types.ModuleType):
+    """A tool module that is also the front-door call of its name (see :func:`front_door`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__front_door__(*args, **kwargs)
+
+
+def front_door(module: str, call: str) -> None:
+    """Keep ``fcn_repro.<call>(...)`` callable after ``import fcn_repro.<call>`` (the tool module).
+
+    Importing a submodule binds it to the package's attribute of the same
+    name, replacing the front door's function there (``fcn_repro.evaluate``,
+    ``fcn_repro.train``); the tool module then forwards a call to that
+    function, so both spellings mean the same whatever was imported first.
+    """
+    if module == "__main__":   # run as a script (python -m): not bound to the package
+        return
+    mod = sys.modules[module]
+    mod.__front_door__ = fcn_repro._CALLS[call]
+    mod.__class__ = _FrontDoorTool
 
 
 def say(msg: str = "", file: Any = None) -> None:
@@ -122,74 +218,6 @@ def say(msg: str = "", file: Any = None) -> None:
 
 
 # ------------------------------------------------------------------ outputs
-
-def check_writable(path: Optional[str | os.PathLike], what: str = "output", directory: bool = False) -> None:
-    """Raise (a user error naming ``path``) unless ``path`` can be written.
-
-    ``-`` (stdout) and None pass. A file path must not be a directory and
-    its nearest existing ancestor must be a writable directory; a directory
-    path must be a directory (or creatable) and writable. Nothing is created.
-    """
-    if path is None or str(path) == "-":
-        return
-    p = Path(path)
-    if directory:
-        if p.exists() and not p.is_dir():
-            raise NotADirectoryError(f"{what} {p}: exists and is not a directory")
-    elif p.is_dir():
-        raise IsADirectoryError(f"{what} {p}: is a directory (a file path is expected)")
-    elif p.exists() and not os.access(p, os.W_OK):
-        raise PermissionError(f"{what} {p}: not writable")
-    anc = p if directory and p.is_dir() else p.parent
-    while not anc.exists():
-        if anc.parent == anc:
-            break
-        anc = anc.parent
-    if not anc.is_dir():
-        raise NotADirectoryError(f"{what} {p}: {anc} is not a directory")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what} {p}: directory {anc} is not writable")
-    # access() says yes to root on a read-only file system: try a real file.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".fcn_repro-check-", dir=anc)
-    except OSError as e:
-        raise PermissionError(f"{what} {p}: cannot write in {anc} ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def jsonable(x: Any) -> Any:
-    """Plain JSON data: arrays to lists, NumPy scalars to Python, inf/NaN to None,
-    paths to str, dataclasses to dicts."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (np.integer, int)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return jsonable(dataclasses.asdict(x))
-    return x
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    """``obj`` as JSON (through :func:`jsonable`) to ``path``, atomically; ``-``: stdout."""
-    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with output_file(path, len(text.encode()), "w") as f:
-        f.write(text)
-
 
 # ------------------------------------------------------------------ processes
 

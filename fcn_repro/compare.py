@@ -33,9 +33,15 @@ import torch
 
 from fcn_repro import cli
 from fcn_repro.caffe import Net
+from fcn_repro.errors import FcnReproError
 from fcn_repro.npz import npz_members, read_npz
+from fcn_repro.outputs import check_writable, jsonable, write_json
 
-__all__ = ["BlobReport", "CompareResult", "compare", "main", "split_blob_source", "pick_prefix"]
+__all__ = ["BlobReport", "CompareResult", "CompareError", "compare", "main", "split_blob_source", "pick_prefix"]
+
+
+class CompareError(FcnReproError):
+    """A reference that does not hold what the net needs (its inputs, a blob)."""
 
 
 @dataclass
@@ -74,7 +80,7 @@ class CompareResult:
         d = asdict(self)
         d["ok"] = self.ok
         d["worst_rel"] = max((b.max_rel for b in self.blobs if math.isfinite(b.max_rel)), default=0.0)
-        return cli.jsonable(d)
+        return jsonable(d)
 
 
 def split_blob_source(net, blob: str) -> Optional[tuple[str, int]]:
@@ -99,7 +105,7 @@ def pick_prefix(keys: Sequence[str], inputs: Sequence[str], prefix: Optional[str
             prefix += "/"
         missing = [n for n in inputs if prefix + n not in keys]
         if missing:
-            raise ValueError(f"the reference has no {[prefix + n for n in missing]} (the net's inputs under "
+            raise CompareError(f"the reference has no {[prefix + n for n in missing]} (the net's inputs under "
                              f"prefix {prefix!r}); prefixes present: {_prefixes(keys)}")
         return prefix
     cands = []
@@ -107,7 +113,7 @@ def pick_prefix(keys: Sequence[str], inputs: Sequence[str], prefix: Optional[str
         if all(p + n in keys for n in inputs):
             cands.append((-sum(k.startswith(p) and "/" not in k[len(p):] for k in keys), p))
     if not cands:
-        raise ValueError(f"no prefix of the reference holds every net input {list(inputs)}; "
+        raise CompareError(f"no prefix of the reference holds every net input {list(inputs)}; "
                          f"prefixes present: {_prefixes(keys)}")
     return sorted(cands)[0][1]
 
@@ -228,7 +234,9 @@ def format_table(res: CompareResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.compare", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common(ap, "write the result as JSON to FILE ('-': stdout, instead of the table)")
+    cli.add_common(ap, "write the result as JSON to FILE ('-': stdout, instead of the table)", examples=[
+                   'python -m fcn_repro.compare fcn8s.prototxt fcn8s.caffemodel caffe_blobs.npz --tol 1e-5',
+                   'python -m fcn_repro.compare net.prototxt net.caffemodel ref.npz --prefix s0/ --json -   # as JSON'])
     ap.add_argument("prototxt", help="the net (deploy prototxt)")
     ap.add_argument("weights", help=".caffemodel, .caffemodel.h5 or .h5")
     ap.add_argument("reference", help=".npz of reference blobs by Caffe name")
@@ -236,17 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "default: the one holding the net's inputs and the most blobs")
     ap.add_argument("--tol", type=float, default=1e-5, help="max relative difference allowed (default 1e-5)")
     ap.add_argument("--no-fuse", action="store_true", help="compute the outputs without fused ops too")
-    ap.add_argument("--phase", default="TEST", choices=["TEST", "TRAIN"])
+    ap.add_argument("--phase", default="TEST", choices=["TEST", "TRAIN"],
+                    help="the phase the net is built in (Caffe's include/exclude rules; default: %(default)s)")
     ap.add_argument("--double", action="store_true", help="compute in float64 (a diagnostic)")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("prototxt", "weights", "reference"))
 
 
 def _main(args: argparse.Namespace) -> int:
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     for what, path in (("prototxt", args.prototxt), ("weights", args.weights), ("reference", args.reference)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such {what} file")
@@ -255,9 +264,9 @@ def _main(args: argparse.Namespace) -> int:
                       fuse=not args.no_fuse, phase=args.phase,
                       dtype=torch.float64 if args.double else torch.float32)
     except KeyError as e:  # a blob the reference lacks
-        raise ValueError(f"{args.reference}: {e.args[0] if e.args else e}") from None
+        raise CompareError(f"{args.reference}: {e.args[0] if e.args else e}") from None
     if args.json:
-        cli.write_json(args.json, res.to_dict())
+        write_json(args.json, res.to_dict())
     if args.json != "-":
         print(format_table(res))
     return 0 if res.ok else 1

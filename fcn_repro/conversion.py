@@ -36,15 +36,22 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from fcn_repro.caffe.caffemodel import CaffeLayer, CaffeModelContents, caffemodel_layers, write_caffemodel
 from fcn_repro.caffe.hdf5 import save_hdf5
 from fcn_repro.caffe.match import MatchReport, match_weights
 from fcn_repro.caffe.weights import detect_format, load_weights, weights_format_for, weights_info
-from fcn_repro.cli import UsageError
+from fcn_repro.progress import bar as progress_bar
 
-__all__ = ["check_weights", "check_failed", "check_messages", "expected_shapes", "convert", "shape_str"]
+from fcn_repro.errors import FcnReproError
+
+__all__ = ["check_weights", "check_failed", "check_messages", "expected_shapes", "convert", "shape_str",
+           "ConversionError"]
+
+
+class ConversionError(FcnReproError):
+    """A conversion asked for that can not be done as asked (options that do not go together, legacy
+    shapes without a net to say the real ones)."""
 
 _LARGE = 64 << 20     # progress bar from this many bytes on
 
@@ -162,7 +169,7 @@ def _plan(contents: Any, info: Any, out_fmt: str | None, check: MatchReport | No
         extras = rec.extras if out_fmt == "caffemodel" else ()
         layers.append(CaffeLayer(rec.name, ltype, blobs, rec.bottom, rec.top, legacy, extras))
     if blocked:
-        raise UsageError(
+        raise ConversionError(
             "these blobs have legacy 4-D shapes that Caffe's HDF5 loader would refuse, and their layer "
             "types do not say the real shapes: " + ", ".join(blocked)
             + "; pass --prototxt NET to give the net's shapes, or --keep-legacy-shapes to write them as stored")
@@ -182,8 +189,9 @@ def _read(path: str) -> tuple[Any, Any]:
 
 def _write(plan: _Plan, contents: Any, out: str, out_fmt: str, quiet: bool) -> None:
     total = sum(r["bytes"] for r in plan.rows)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              desc=f"writing {os.path.basename(out)}", disable=quiet or total < _LARGE, leave=False) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"writing {os.path.basename(out)}", enabled=not (quiet or total < _LARGE),
+                      leave=False) as bar:
         if out_fmt == "hdf5":
             save_hdf5(out, {lay.name: list(lay.blobs) for lay in plan.layers}, progress=bar.update)
         else:
@@ -199,14 +207,14 @@ def convert(inp: str, out: str | None = None, prototxt: str | None = None, *, st
     """Library form of the CLI: returns the JSON report (``report["ok"]``).
 
     Raises :class:`~fcn_repro.caffe.WeightsError` / ``PrototxtError`` /
-    ``OSError`` for bad input, :class:`UsageError` for bad usage; a failed
+    ``OSError`` for bad input, :class:`ConversionError` for bad usage; a failed
     check returns ``ok: False`` and writes nothing.
     """
     out_fmt = weights_format_for(out) if out else None
     if strict and not prototxt:
-        raise UsageError("--strict needs --prototxt (it makes missing/unused layers failures)")
+        raise ConversionError("--strict needs --prototxt (it makes missing/unused layers failures)")
     if out and os.path.isdir(out):
-        raise UsageError(f"{out}: is a directory")
+        raise ConversionError(f"{out}: is a directory")
     contents, info = _read(inp)
     check, net_types = None, {}
     if prototxt:

@@ -31,10 +31,10 @@ from typing import Sequence
 
 from fcn_repro import cli
 # the library this CLI has always exported (tests and callers import them from here)
-from fcn_repro.conversion import (check_failed, check_messages, check_weights, convert,  # noqa: F401
-                                  expected_shapes, shape_str)
+from fcn_repro.conversion import check_failed, check_messages, convert, shape_str
+from fcn_repro.outputs import check_writable, write_json
 
-__all__ = ["check_weights", "check_failed", "expected_shapes", "convert", "main"]
+__all__ = ["main"]
 
 UsageError = cli.UsageError
 
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m fcn_repro.convert",
         description="List, check and convert Caffe weights (.caffemodel V1/V2 <-> Caffe HDF5 .h5).")
-    cli.add_common(ap, "write the report as JSON to FILE ('-': stdout, instead of the table)")
+    cli.add_common(ap, "write the report as JSON to FILE ('-': stdout, instead of the table)", examples=[
+                   'python -m fcn_repro.convert fcn8s-heavy-pascal.caffemodel -o fcn8s.caffemodel.h5   # to Caffe HDF5',
+                   'python -m fcn_repro.convert fcn8s.caffemodel.h5 --prototxt deploy.prototxt --strict   # check only'])
     ap.add_argument("input", help=".caffemodel (V1 or V2) or .caffemodel.h5 / .h5")
     ap.add_argument("-o", "--output", help="write to this .caffemodel or .h5 / .caffemodel.h5 (atomically)")
     ap.add_argument("--prototxt", help="check every blob against this net's parameter shapes")
@@ -76,21 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --prototxt: layers of the file the net lacks fail the check too")
     ap.add_argument("--keep-legacy-shapes", action="store_true",
                     help="write legacy 4-D blob shapes to .h5 as stored (Caffe's HDF5 loader refuses them)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cli.add_progress(ap, "-q", "--quiet")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("input", "prototxt"))
 
 
 def _main(a: argparse.Namespace) -> int:
-    cli.check_writable(a.json, "--json")
-    cli.check_writable(a.output, "-o")
+    check_writable(a.json, "--json")
+    check_writable(a.output, "-o")
     report = convert(a.input, a.output, a.prototxt, strict=a.strict, phase=a.phase,
-                     keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.quiet)
+                     keep_legacy_shapes=a.keep_legacy_shapes, quiet=a.no_progress)
     if a.json:
-        cli.write_json(a.json, report)
+        write_json(a.json, report)
     if a.json != "-":
         print(f"{a.input}: {report['input_format']}"
               + (f", net {report['net_name']!r}" if report["net_name"] else ""))

@@ -22,7 +22,26 @@ import os
 from typing import Any
 
 __all__ = ["FcnReproError", "LimitError", "OutputError", "PrototxtError", "WeightsError",
-           "CaffeModelError", "HDF5WeightsError"]
+           "CaffeModelError", "HDF5WeightsError", "add_context", "context_of"]
+
+
+def add_context(e: BaseException, note: str) -> BaseException:
+    """Add where ``e`` happened (a layer, a file) to it as a note, keeping its type.
+
+    Python 3.11+ prints notes under the traceback (``BaseException.add_note``);
+    on 3.10 the note is kept in ``__notes__`` all the same, and
+    :func:`context_of` reads it on every version.
+    """
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+    else:   # Python 3.10
+        e.__notes__ = [*getattr(e, "__notes__", []), note]
+    return e
+
+
+def context_of(e: BaseException) -> list[str]:
+    """The notes :func:`add_context` added to ``e`` (oldest first)."""
+    return [str(n) for n in getattr(e, "__notes__", ())]
 
 
 class FcnReproError(ValueError):

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from fcn_repro import cli, registry
+from fcn_repro.data.folder import parse_classes
 from fcn_repro.evaluation import evaluate_set, reference_comparison
 from fcn_repro.metrics import format_scores
 from fcn_repro.report import Gallery, require, write_report
 from fcn_repro.resolve import list_names, resolve
+from fcn_repro.outputs import check_writable, write_json
 
 __all__ = ["evaluate", "stand_in", "main", "EXIT_MISSING"]
 
@@ -73,23 +75,28 @@ def evaluate(net: str = "fcn8s", weights: Optional[str] = None, data: Optional[s
              json_path: Optional[str] = None, limit: Optional[int] = None, workers: int = 2,
              dataset_kind: Optional[str] = None, voc_dir: Optional[str] = None, progress: bool = True,
              verify: bool = True, fast: bool = False, out=None, report_dir: Optional[str] = None,
-             gallery: int = 4, labelsets=None) -> dict:
+             gallery: int = 4, labelsets=None, classes: Optional[Sequence[str]] = None) -> dict:
     """:func:`fcn_repro.evaluation.evaluate_set`, then (rank 0) the report printed to
     ``out`` (default stdout) and written to ``json_path`` ('-': stdout, no table), and with
     ``report_dir`` the HTML page (:func:`fcn_repro.report.write_report`; its gallery shows the
-    ``gallery`` worst and best images of this process's share). ``labelsets``: score blob ->
-    :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours)."""
+    ``gallery`` worst and best images of the whole set, every process's share gathered on
+    rank 0). ``labelsets``: score blob ->
+    :class:`fcn_repro.labels.LabelSet` (a user's own classes and colours); ``classes``: names for every
+    score head (a deploy prototxt of your own classes)."""
     if report_dir is not None:
         require("matplotlib", "the evaluation report (--report)")
-    pics = Gallery(gallery) if report_dir is not None else None
+    pics = Gallery(gallery) if report_dir is not None and gallery > 0 else None   # 0: no gallery
     model = resolve(net, weights)
     report = evaluate_set(model, data=data, split=split, device=device,
                           save_predictions=save_predictions, limit=limit, workers=workers,
                           dataset_kind=dataset_kind, voc_dir=voc_dir, progress=progress, verify=verify, fast=fast,
-                          observe=None if pics is None else pics.observe, labelsets=labelsets)
+                          observe=None if pics is None else pics.observe, labelsets=labelsets,
+                          classes=classes, outputs=[json_path] if json_path and json_path != "-" else [])
+    if pics is not None:   # every process's share: the worst and best of the whole set (rank 0)
+        pics = pics.gathered(report["world_size"])
     if report["rank"] == 0:
         if json_path:
-            cli.write_json(json_path, report)
+            write_json(json_path, report)
         if json_path != "-":
             _print_report(report, model.card, out or sys.stdout)
         if report_dir is not None:
@@ -129,6 +136,8 @@ def _print_report(report: dict, entry, out) -> None:
     p(f"data {report['data']} split {report['split']}: {report['images']} images in {report['seconds']:.1f} s"
       + (f" ({ips:.2f} images/s" if ips else " (") + f", {report['device']}, {report['world_size']} process(es)"
       + (", fast forward)" if report.get("fast") else ")"))
+    if report.get("split_note") and not report.get("split_file"):
+        p(f"split {report['split_note']}")      # a split the reader made (no list file): how
     for blob, head in report["heads"].items():
         p()
         ref = None
@@ -176,11 +185,16 @@ def stand_in(net: str, data: Optional[str], weights: Optional[str], dataset: Opt
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.evaluate",
                                  description="Evaluate an FCN (Caffe prototxt + caffemodel) on a segmentation set.")
-    cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)")
+    cli.add_common(ap, "write the full report as JSON to FILE ('-': stdout, and no table)", examples=[
+                   "python -m fcn_repro.evaluate --net fcn8s   # the bundled default: scores next to Caffe's",
+                   'python -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011 --report out/report',
+                   'torchrun --nproc_per_node 2 -m fcn_repro.evaluate --net fcn8s --data /path/to/VOCdevkit/VOC2011'])
     ap.add_argument("--net", default="fcn8s",
                     help="known net (python -m fcn_repro.zoo lists them; 'sample' = bundled model), a deploy "
                          "prototxt path or a training run directory (default: %(default)s)")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel under weights/)")
+    ap.add_argument("--classes", help="class names, comma-separated in label-value order, for a deploy prototxt "
+                                      "of your own classes (a run directory knows its own)")
     ap.add_argument("--data", help="dataset directory (VOC: the year directory, e.g. VOCdevkit/VOC2011); "
                                    "none: the bundled sample (fcn8s/sample only)")
     ap.add_argument("--split", help="split list name or .txt path (default: the net's reference split)")
@@ -198,13 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "matrix heatmap, worst/best images, the run's facts (needs pip install "
                          "'fcn_repro[report]')")
     ap.add_argument("--gallery", type=int, default=4, metavar="K",
-                    help="with --report: show the K worst and K best images by per-image IU (default: %(default)s)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+                    help="with --report: show the K worst and K best images by per-image IU (0: no gallery; "
+                         "default: %(default)s)")
+    cli.add_progress(ap)
     return ap
 
 
 def main(argv=None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("weights",))
 
 
 def _main(args) -> int:
@@ -213,9 +228,9 @@ def _main(args) -> int:
     if args.workers < 0:
         raise cli.UsageError(f"--workers {args.workers}: must be >= 0")
     # Outputs are checked before the work, so a bad path does not cost a whole evaluation.
-    cli.check_writable(args.json, "--json")
-    cli.check_writable(args.save_predictions, "--save-predictions", directory=True)
-    cli.check_writable(args.report, "--report", directory=True)
+    check_writable(args.json, "--json")
+    check_writable(args.save_predictions, "--save-predictions", directory=True)
+    check_writable(args.report, "--report", directory=True)
     if args.gallery < 0:
         raise cli.UsageError(f"--gallery {args.gallery}: must be >= 0")
     if args.report is not None:
@@ -223,7 +238,7 @@ def _main(args) -> int:
     _, _, device = cli.dist_setup(args.device)   # the entry point sets up the device and processes
     kw = dict(device=device, save_predictions=args.save_predictions, json_path=args.json, limit=args.limit,
               workers=args.workers, progress=not args.no_progress, split=args.split, fast=args.fast,
-              report_dir=args.report, gallery=args.gallery)
+              report_dir=args.report, gallery=args.gallery, classes=parse_classes(args.classes))
     bundled = stand_in(args.net, args.data, args.weights, args.dataset)
     if bundled is not None:
         evaluate(net=bundled, **kw)
@@ -232,6 +247,8 @@ def _main(args) -> int:
                  voc_dir=args.voc_dir, **kw)
     return 0
 
+
+cli.front_door(__name__, "evaluate")   # fcn_repro.evaluate(...) stays the library call
 
 if __name__ == "__main__":
     sys.exit(main())

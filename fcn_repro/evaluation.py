@@ -29,13 +29,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from fcn_repro import hub, labels, registry
 from fcn_repro.caffe import Net
+from fcn_repro.caffe.net import copy_matched
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import parse_prototxt
 from fcn_repro.data import READERS, DataMissingError, SampleLoader, SegDataset, make_dataset, shard_indices
+from fcn_repro.data.folder import is_folder, is_voc_layout
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.errors import FcnReproError
 from fcn_repro.fast import optimize
@@ -43,15 +44,20 @@ from fcn_repro.labels import LabelSet
 from fcn_repro.metrics import ConfusionMatrix, absent_classes, all_reduce_hist, fast_hist, fast_hist_torch, scores
 from fcn_repro.npz import read_npz
 from fcn_repro.devices import process_group
-from fcn_repro.outputs import child, protect_inputs
+from fcn_repro.outputs import check_not_input, child, protect_inputs
 from fcn_repro.registry import resource_path
 from fcn_repro.resolve import MissingError, Model, resolve
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["net_inputs", "score_heads", "run", "merge", "sum_scalar", "head_scores", "Validator",
-           "LabelRangeWarning", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
+           "LabelRangeWarning", "MismatchError", "SCORE_KEYS", "SCORE_LABELS", "reference_comparison", "WeightsIncompleteError",
            "load_net", "load_checked", "build", "open_dataset", "evaluate_set", "head_result"]
 
 SCORE_KEYS = ("overall_acc", "mean_acc", "mean_iu", "fwavacc")
+
+
+class MismatchError(FcnReproError):
+    """A net and its data that do not fit each other (inputs, outputs, labels, sizes, class counts)."""
 
 
 class LabelRangeWarning(UserWarning):
@@ -81,7 +87,7 @@ def net_inputs(net_input_names: Sequence[str], sample, card=None,
         elif len(net_input_names) == 1 and len(sample.inputs) == 1:
             out[b] = next(iter(sample.inputs.values()))
         else:
-            raise ValueError(f"net input blob {b!r}: the dataset provides {sorted(sample.inputs)}; "
+            raise MismatchError(f"net input blob {b!r}: the dataset provides {sorted(sample.inputs)}; "
                              "no rule says which feeds it")
     return out
 
@@ -95,7 +101,7 @@ def score_heads(net_outputs: Sequence[str], label_names: Sequence[str], card=Non
     if card is not None and card.heads:
         missing = [b for b in card.pairing if b not in net_outputs]
         if missing:
-            raise ValueError(f"{card.name}: expected output blob(s) {missing}; the net outputs {list(net_outputs)}")
+            raise MismatchError(f"{card.name}: expected output blob(s) {missing}; the net outputs {list(net_outputs)}")
         return dict(card.pairing)
     outs = list(net_outputs)
     if len(outs) == 1 and len(label_names) == 1:
@@ -107,7 +113,7 @@ def score_heads(net_outputs: Sequence[str], label_names: Sequence[str], card=Non
                 pairs[cand] = lab
                 break
     if not pairs:
-        raise ValueError(f"cannot pair the net's outputs {outs} with the dataset's labels {list(label_names)} "
+        raise MismatchError(f"cannot pair the net's outputs {outs} with the dataset's labels {list(label_names)} "
                          "(name a score blob score_<label>)")
     return pairs
 
@@ -144,7 +150,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     warned = False
     bar = None
     if progress:
-        bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=len(indices), desc=desc, unit="img", dynamic_ncols=True)
     t0 = time.perf_counter()
     # the dataset's own files (images, ground truth) are never replaced by a prediction
     guard = protect_inputs(p for i in indices for p in dataset.files(i)) if writer is not None else nullcontext()
@@ -157,14 +163,14 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                 ids.append(sample.id)
                 for blob, lab_name in heads.items():
                     if blob not in out:
-                        raise ValueError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
+                        raise MismatchError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
                     if lab_name not in sample.labels:
-                        raise ValueError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
+                        raise MismatchError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
                                          f"(labels: {sorted(sample.labels)})")
                     score = out[blob]
                     label = sample.labels[lab_name]
                     if tuple(score.shape[2:]) != label.shape:
-                        raise ValueError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
+                        raise MismatchError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
                                          f"label {lab_name!r} is {label.shape}")
                     n = int(score.shape[1])
                     pred = score[0].argmax(0)
@@ -177,7 +183,7 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
                                 h.cpu().numpy().copy())
                     if blob in hists:
                         if hists[blob].shape[0] != n:
-                            raise ValueError(f"score blob {blob!r} changed from {hists[blob].shape[0]} to {n} channels")
+                            raise MismatchError(f"score blob {blob!r} changed from {hists[blob].shape[0]} to {n} channels")
                         hists[blob] += h
                     else:
                         hists[blob] = h
@@ -203,6 +209,12 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     seconds = time.perf_counter() - t0
     return {"hists": {b: h.cpu().numpy() for b, h in hists.items()}, "images": len(ids), "seconds": seconds,
             "ids": ids, "predictions": preds_kept if keep_predictions else None}
+
+
+def _split_file(dataset) -> Optional[str]:
+    """The list file the split came from (None: the reader made the split, e.g. a folder without val.txt)."""
+    f = getattr(dataset, "split_file", None)
+    return None if f is None else os.fspath(f)
 
 
 def _warn_out_of_range(label: np.ndarray, n: int, sid: str, lab_name: str, dataset) -> bool:
@@ -399,17 +411,20 @@ def open_dataset(kind: str, data: Optional[str], split: str, tops: Sequence[str]
 def _head_labels(entry, blob: str, n: Optional[int], dataset: SegDataset, label: str,
                  given: Optional[Dict[str, LabelSet]] = None) -> LabelSet:
     """The classes of score blob ``blob`` (n channels): ``given[blob]`` (a user's run), else the
-    registry net's, else the dataset's, else 'class i' (all in the VOC colours)."""
+    registry net's, else the dataset's, else 'class i' (the VOC colours; shifted by one where
+    class 0 is no background, :func:`fcn_repro.registry.has_background`)."""
     if given and blob in given and n in (None, len(given[blob])):
         return given[blob]
     if entry is not None and blob in entry.classes and n in (None, len(entry.class_names(blob))):
         return labels.for_net(entry, blob)
     names = dataset.heads.get(label)
-    if n is None:   # not known before the first forward: the colours alone (VOC's) matter here
-        return LabelSet.voc(names or ["class 0"])
+    kind = dataset.card.labels.get(label) if dataset.name in registry.DATASETS else None
+    bg = registry.has_background(kind)   # SIFT Flow's, NYUDv2's class 0 is a class: coloured
+    if n is None:   # not known before the first forward: the colours alone matter here
+        return LabelSet.voc(names or ["class 0"], background=bg)
     if names is None or len(names) != n:
         names = [f"class {i}" for i in range(n)]
-    return LabelSet.voc(names)
+    return LabelSet.voc(names, background=bg)
 
 
 def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data: Optional[str] = None,
@@ -417,13 +432,17 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
                  limit: Optional[int] = None, workers: int = 2, dataset_kind: Optional[str] = None,
                  voc_dir: Optional[str] = None, progress: bool = True, verify: bool = True,
                  fast: bool = False, labelsets: Optional[Dict[str, LabelSet]] = None,
-                 observe: Optional[Callable[..., None]] = None) -> dict:
+                 observe: Optional[Callable[..., None]] = None, classes: Optional[Sequence[str]] = None,
+                 outputs: Sequence[str] = ()) -> dict:
     """Evaluate ``net`` (a registry name, a deploy prototxt, a run directory, or a resolved
     :class:`fcn_repro.resolve.Model`) on a dataset.
 
     ``labelsets``: score blob -> :class:`~fcn_repro.labels.LabelSet` (default: the net's own, a
     run's or a registry net's, else the dataset's). ``observe``: :func:`run`'s per-image hook
-    (the reader then keeps each image's RGB for it). Each head of the report carries its class
+    (the reader then keeps each image's RGB for it). ``classes``: names for every score head
+    (a deploy prototxt of your own classes; colours: the VOC map). ``outputs``: files the caller
+    will write (``--json``): refused at once when one is a file of the dataset (an image, a label,
+    the split list). Each head of the report carries its class
     ``names`` and ``palette`` ((N, 3) colours); the report its start ``time`` (UTC, ISO 8601).
 
     Returns the report (scores per score blob, per-class IU, the card's
@@ -441,6 +460,16 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
     if data is None and dataset_kind in (None, facts.get("dataset")) and facts.get("data"):
         data = str(facts["data"])
         split = split or facts.get("val_split") or facts.get("split")
+    elif data is not None and dataset_kind is None and entry is None:
+        # a user's own net (a run, a prototxt) on a directory given: its layout says the reader; a run's
+        # own-data validation split (val) is the default where that directory has it
+        own = "folder" if is_folder(data) else ("voc" if is_voc_layout(data) and facts.get("dataset") else None)
+        if own is not None:
+            kind = own
+            val = str(facts.get("val_split") or "val")
+            if split is None and (own == "folder" or (Path(data) / "ImageSets" / "Segmentation" / f"{val}.txt")
+                                  .is_file()):
+                split = val
     split = split or registry.dataset(kind).split
     # Report every missing piece at once (weights and data), not one per run.
     problems = [model.weights_error] if model.weights is None else []
@@ -459,8 +488,14 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         raise MissingError("\n\n".join(problems))
     rank, world = process_group()
     indices = shard_indices(len(dataset), rank, world, limit)
+    if outputs:   # never replaced by a report: checked before the work, not after it
+        ours = [p for i in indices for p in dataset.files(i)] + [f for f in [_split_file(dataset)] if f]
+        for o in outputs:
+            check_not_input(o, ours)
     netm, check = build(model, device, fast=fast, verify=verify and rank == 0, progress=progress)
     heads = score_heads(list(netm.outputs), list(dataset.heads), entry)
+    if classes is not None:
+        given = {b: LabelSet.own(classes, where="--classes") for b in heads}
     # bundled data may come with Caffe's own predictions to compare against
     reference = registry.dataset(kind).caffe_reference if data is None else None
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -475,7 +510,8 @@ def evaluate_set(net: str | Model = "fcn8s", weights: Optional[str] = None, data
         "net": model.ref, "prototxt": str(model.deploy), "weights": str(model.weights), "weights_check": check,
         "weights_how": model.weights_how,
         "dataset": kind, "data": str(getattr(dataset, "root", data)), "split": split,
-        "split_file": str(getattr(dataset, "split_file", "")), "limit": limit, "images": images,
+        "split_file": _split_file(dataset),
+        "split_note": getattr(dataset, "split_note", None), "limit": limit, "images": images,
         "device": device, "world_size": world, "fast": fast, "time": started, "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else None, "heads": {},
     }
@@ -577,7 +613,7 @@ class Validator:
         self.input_map = {k: tuple(v) for k, v in input_map.items() if k in self.net.inputs}
         missing = [b for b in self.net.inputs if b not in self.input_map]
         if missing:
-            raise ValueError(f"{self.prototxt}: no data for validation net input(s) {missing}")
+            raise MismatchError(f"{self.prototxt}: no data for validation net input(s) {missing}")
         self.device, self.rank, self.world, self.workers = device, rank, world, workers
 
     def share(self, train_net: Any) -> None:
@@ -586,9 +622,7 @@ class Validator:
         # the one matcher (exact shapes: both nets come from the same definitions)
         rep = match_weights(src, self.net.params, source="the training net", target=self.prototxt,
                             legacy=False).check()
-        with torch.no_grad():
-            for name, i in rep.copies:
-                self.net.params[name][i].copy_(src[name][i].detach())
+        copy_matched(rep, src, self.net.params)
 
     def run(self, train_net: Any, progress: bool = False, observe: Optional[Callable[..., None]] = None) -> dict:
         """{score blob: {overall_acc, mean_acc, mean_iu, fwavacc, iu (per class), images,
@@ -611,7 +645,7 @@ class Validator:
         out = {}
         for blob in self.heads:
             if blob not in hists:
-                raise ValueError("validation ran on no image")
+                raise MismatchError("validation ran on no image")
             sc = head_scores(hists[blob], self.dataset)
             out[blob] = {k: sc[k] for k in SCORE_KEYS}
             out[blob]["iu"] = sc["iu"]

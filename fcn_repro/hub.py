@@ -49,7 +49,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-from tqdm import tqdm
 
 from fcn_repro.caffe import weights_info
 from fcn_repro.caffe.fcn_nets import net_text
@@ -58,6 +57,7 @@ from fcn_repro.caffe.match import blob_fits
 from fcn_repro.errors import FcnReproError, OutputError
 from fcn_repro.outputs import locked, output_file
 from fcn_repro.transfer import Bounds, SourceFailed, part_size, reason, transfer
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["HubError", "DownloadError", "WeightsMismatchError", "Bounds", "home", "weights_dir", "download_dir",
            "weights_dirs", "find_weights", "download", "verify_or_record"]
@@ -213,10 +213,11 @@ def load_manifest(path: Optional[os.PathLike] = None) -> dict:
     registry when the file does not exist."""
     p = Path(path) if path else manifest_path()
     if p.is_file():
-        try:
-            with open(p, "r", encoding="utf-8") as f:
-                m = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        try:   # bounded: a manifest is a few KB (a planted huge file is refused, not read into memory)
+            m = json.loads(limits.read_capped(p, "manifest", error=HubError).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, HubError):
+                raise
             raise HubError(f"{p}: not a readable manifest ({e}); delete it to start a new one") from None
         if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict):
             raise HubError(f"{p}: not a manifest (no 'files' table); delete it to start a new one")
@@ -255,8 +256,8 @@ def hash_file(path: os.PathLike, progress: bool = True, sha1: bool = False) -> T
     h, h1 = hashlib.sha256(), (hashlib.sha1() if sha1 else None)
     bar = None
     if progress and size > (64 << 20):
-        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"checking {Path(path).name}",
-                   leave=False)
+        bar = progress_bar(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                           desc=f"checking {Path(path).name}", leave=False)
     with open(path, "rb") as f:
         while True:
             chunk = f.read(1 << 22)

@@ -20,14 +20,17 @@ the image at ``--alpha`` and leaves the background (classes coloured black,
 VOC's) undimmed unless ``--background-alpha`` says otherwise; below it, a
 legend of the classes present (colour, name, share of the pixels; drawn by
 matplotlib, the ``report`` extra: without it one warning and no legend;
-``--no-legend``); ``--side-by-side`` puts the image on its left. Colours
-and names are the head's :class:`~fcn_repro.labels.LabelSet` (the net's
-dataset's, or a user's own).
+``--no-legend``; an untinted background says so); ``--side-by-side`` puts
+the image on its left. Colours and names are the head's
+:class:`~fcn_repro.labels.LabelSet` (the net's dataset's, or a user's own;
+SIFT Flow's and NYUDv2's class 0 is a class, coloured, not a background).
 
 ``<name>`` is the image's stem, or ``<stem>_<ext>`` where two inputs share a
 stem (``x.jpg`` and ``x.png``); when a name is still taken (``a/x.jpg`` and
 ``b/x.jpg``), or would be one of the input files (inputs inside OUTDIR), it
 becomes ``<name>-2`` (``-3``, ...): no output overwrites another or an input.
+A ``--json`` file (or OUTDIR/summary.json) that is one of the inputs is refused
+before any work.
 Nets with two score blobs (SIFT Flow) write ``<name>_<blob>.*`` per blob. The
 per-image class summary (class name, fraction of pixels) is printed and
 written to ``OUTDIR/summary.json`` with the output names (``--json FILE``
@@ -69,15 +72,17 @@ import numpy as np
 from PIL import Image
 
 from fcn_repro import cli
+from fcn_repro.data.folder import parse_classes
 from fcn_repro.data.transforms import save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
-from fcn_repro.outputs import output_file, protect_inputs
+from fcn_repro.outputs import check_not_input, check_writable, output_file, protect_inputs, write_json
 from fcn_repro.predict import Predictor, Transforms, expand_images
 from fcn_repro.registry import IGNORE_LABEL
 from fcn_repro.report import available
 from fcn_repro.report.overlays import overlay_picture
+from fcn_repro.report.plots import percent
 from fcn_repro.resolve import MissingError, WeightsNotFoundError, resolve
 from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores as save_scores_file
 
@@ -166,7 +171,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
           background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
           labelsets: Optional[Dict[str, LabelSet]] = None, tile: Optional[int] = None,
-          scores_format: str = ".npy") -> dict:
+          scores_format: str = ".npy", progress: bool = True, classes: Optional[Sequence[str]] = None) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
@@ -175,14 +180,16 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     '-': stdout). Raises MissingError when the net, its weights or a named
     image file is missing, or nothing matches. tile: see the module
     docstring (None: automatic); scores_format: a file ending of
-    :data:`fcn_repro.scorefile.FORMATS`.
+    :data:`fcn_repro.scorefile.FORMATS`; progress: False, no bar over the tiles (there is
+    one only on a terminal).
 
     Overlays: the head's colours (``labelsets``: score blob -> a user's
     :class:`~fcn_repro.labels.LabelSet`; default the net's dataset's) at
     ``alpha``, background (black) classes at ``background_alpha``; with
     ``legend`` the classes present below it (needs matplotlib: without it,
     one warning naming the extra and no legend); ``side_by_side``: the image
-    on the left.
+    on the left. ``classes``: names for every score head (a deploy prototxt of
+    your own classes; a run directory knows its own).
     """
     out = out or sys.stdout
     device = check_device(device)
@@ -194,9 +201,14 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     paths = expand_images(list(images))
     if not paths:
         raise MissingError("no image files in " + ", ".join(images))
+    for target in (Path(outdir) / "summary.json", json_path):   # refused before the work, not after it
+        if target and target != "-":
+            check_not_input(target, paths)
     netm, _ = build(model, device, fast=fast, verify=verify)
     heads = list(model.heads) or None
     given = dict(labelsets or {})
+    if classes is not None:     # names for every score head (a deploy prototxt of the user's classes)
+        given = {b: LabelSet.own(classes, where="--classes") for b in (heads or netm.outputs)}
     if heads:
         given = {h: given.get(h) or model.heads[h] for h in heads}   # read once, not per image
     if legend and not available("matplotlib"):
@@ -204,7 +216,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                       "--no-legend says you want none)", stacklevel=2)
         legend = False
     predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
-                          keep_images=True, tile=tile)
+                          keep_images=True, tile=tile, progress=None if progress else False)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
 
@@ -247,16 +259,17 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
             rec["classes"] = classes
             per[blob] = rec
             head = f"  {blob}: " if len(blobs) > 1 else "  "
-            print(head + ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in classes), file=out)
+            print(head + ", ".join(f"{c['name']} {percent(c['fraction'])}" for c in classes), file=out)
         summary[str(path)] = {"outputs": per, "size": [int(rgb.shape[0]), int(rgb.shape[1])]}
         if pred.tiling is not None:
             my, mx = pred.tiling.margins
             summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
-    cli.write_json(outdir_p / "summary.json", report)
-    if json_path:
-        cli.write_json(json_path, report)
+    with protect_inputs(paths):
+        write_json(outdir_p / "summary.json", report)
+        if json_path:
+            write_json(json_path, report)
     nfiles = sum(len(v["outputs"]) for v in summary.values()) * (3 if save_scores else 2)
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
@@ -267,11 +280,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.infer",
                                  description="Segment images with an FCN; write label PNGs, overlays, a summary.")
     cli.add_common(ap, "also write the report (summary.json's content) as JSON to FILE ('-': stdout; "
-                   "the per-image lines then go to stderr)")
+                   "the per-image lines then go to stderr)", examples=[
+                   'python -m fcn_repro.infer photo.jpg --net fcn8s -o out   # out/photo.png, the overlay, '
+                   'summary.json',
+                   "python -m fcn_repro.infer 'images/*.jpg' --net sample -o out --save-scores --side-by-side"])
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
     ap.add_argument("--net", default="fcn8s", help="known net, 'sample' (bundled model), a deploy prototxt path or a "
                                                         "training run directory")
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
+    ap.add_argument("--classes", help="class names, comma-separated in label-value order, for a deploy prototxt "
+                                      "of your own classes (a run directory knows its own)")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ap.add_argument("--alpha", type=float, default=0.5,
@@ -297,6 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
+    cli.add_progress(ap, help="no progress bar over the tiles of a tiled image (there is one only when stderr "
+                     "is a terminal)")
     return cli.run(_main, ap, argv)
 
 
@@ -311,8 +331,8 @@ def _main(args) -> int:
         raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = check_device(args.device, "--device")
     # Outputs are checked before the work, so a bad path does not cost a whole run.
-    cli.check_writable(args.outdir, "-o", directory=True)
-    cli.check_writable(args.json, "--json")
+    check_writable(args.outdir, "-o", directory=True)
+    check_writable(args.json, "--json")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -320,7 +340,8 @@ def _main(args) -> int:
                   alpha=args.alpha, fast=args.fast, save_scores=args.save_scores, batch_size=args.batch_size,
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
                   background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
-                  tile=args.tile, scores_format=args.scores_format)
+                  tile=args.tile, scores_format=args.scores_format, progress=not args.no_progress,
+                  classes=parse_classes(args.classes))
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

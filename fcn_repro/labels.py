@@ -4,7 +4,10 @@ The single home of "what does output channel c mean and how is it drawn":
 evaluation tables, reports, overlays, legends, label PNGs, run directories and
 ONNX metadata all read a LabelSet. Where one comes from:
 
-* a registry net: :func:`for_net` (the dataset's class list, the VOC colour map);
+* a registry net: :func:`for_net` (the dataset's class list, the VOC colour map,
+  whose class 0 is black: the background, which overlays leave untinted; for a
+  list whose class 0 is a real class, SIFT Flow's and NYUDv2's, the map shifted
+  by one, so no class is black);
 * a user's own data: :meth:`LabelSet.own` (names given once; the colours of the
   label PNGs' own palette where they have one, else the VOC colour map, whose
   first colours are distinct);
@@ -25,9 +28,9 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from fcn_repro.errors import FcnReproError
-from fcn_repro.registry import IGNORE_LABEL
+from fcn_repro.registry import IGNORE_LABEL, class_names, has_background
 
-__all__ = ["LabelSet", "voc_palette", "for_net", "LabelsError", "MAX_CLASSES"]
+__all__ = ["LabelSet", "voc_palette", "for_net", "for_kind", "LabelsError", "MAX_CLASSES"]
 
 #: class indices must fit a palette PNG with 255 kept for "ignore"
 MAX_CLASSES = IGNORE_LABEL
@@ -105,9 +108,14 @@ class LabelSet:
 
     # ------------------------------------------------------------ makers
     @classmethod
-    def voc(cls, names: Sequence[str]) -> "LabelSet":
-        """``names`` coloured by the VOC colour map."""
-        return cls(tuple(names), _VOC)
+    def voc(cls, names: Sequence[str], background: bool = True) -> "LabelSet":
+        """``names`` coloured by the VOC colour map. ``background=False`` (class 0 is a real class:
+        SIFT Flow's, NYUDv2's) shifts the map by one, so that no class is black, the colour
+        overlays leave untinted as background."""
+        if background:
+            return cls(tuple(names), _VOC)
+        n = min(len(names), IGNORE_LABEL)
+        return cls(tuple(names), _VOC[1:n + 1])
 
     @classmethod
     def own(cls, names: Sequence[str], png_palette: Optional[Sequence[int]] = None,
@@ -174,5 +182,11 @@ class LabelSet:
 
 
 def for_net(card, head: Optional[str] = None) -> LabelSet:
-    """The LabelSet of a registry net's score head (its dataset's classes, the VOC map)."""
-    return LabelSet.voc(card.class_names(head))
+    """The LabelSet of a registry net's score head (its dataset's classes, the VOC colour map;
+    shifted by one where class 0 is not a background, :func:`fcn_repro.registry.has_background`)."""
+    return for_kind(card.head(head).classes)
+
+
+def for_kind(kind: str) -> LabelSet:
+    """The LabelSet of a registry class list (``'pascal'``, ``'siftflow-geo'``, ...)."""
+    return LabelSet.voc(class_names(kind), background=has_background(kind))

@@ -68,8 +68,11 @@ Files that are not regular files say nothing true about their size
 (``fstat`` gives 0 for /dev/zero, a FIFO, ``<(cmd)``): text inputs (prototxts,
 split lists) are read through :func:`read_capped`, which reads such a file
 only up to its cap and waits at most :data:`PIPE_WAIT` seconds for each part
-of it; readers that map or seek (weights, solver states, archives) refuse
-them before opening (:func:`require_regular`).
+of it; readers that seek (weights, solver states, archives) refuse them before
+opening (:func:`require_regular`). Binary weights and solver states are read
+into memory (:func:`read_regular`), never memory-mapped: a mapped file that
+another program truncates kills the reader with SIGBUS, while a read sees it
+shrink and says so.
 
 Environment variables are read when a cap is looked up (so a subprocess sees
 its own); ``configure`` wins over them and ``override`` over both.
@@ -88,7 +91,7 @@ from typing import Iterator
 from fcn_repro.errors import FcnReproError, LimitError
 
 __all__ = ["Limits", "current", "override", "configure", "check", "refusal", "Budget", "ENV",
-           "expansion_allowance", "read_capped", "require_regular"]
+           "expansion_allowance", "read_capped", "read_regular", "require_regular"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +248,49 @@ def require_regular(path: str | os.PathLike, what: str = "file", *,
     it is opened: readers that map or seek a file (weights, archives) need one of known size, and
     opening a FIFO would wait for a writer. A missing file raises FileNotFoundError as ``os.stat``."""
     st = os.stat(path)
+    _regular(st, path, what, error, where)
+    return st
+
+
+def _regular(st: os.stat_result, path, what: str, error: type[FcnReproError], where: dict) -> None:
     if not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise error(f"is {kind}: a {what} must be a regular file (it is mapped or seeked, not streamed)", path,
-                    **where)
-    return st
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise error(f"is {kind}: {article} {what} must be a regular file (it is read to its size or seeked, not "
+                    "streamed)", path, **where)
+
+
+def read_regular(path: str | os.PathLike, what: str = "file", *, error: type[FcnReproError] = FcnReproError,
+                 **where) -> bytearray:
+    """The whole regular file ``path`` in a new (writable) buffer, checked against ``read_bytes``.
+
+    Not a pipe or device (:func:`require_regular`, checked again on the open
+    descriptor, which is opened without waiting for a FIFO's writer). A file
+    that shrinks while it is read (another program truncating or rewriting
+    it) is ``error``, never a crash: readers use this instead of a memory
+    mapping, whose pages vanish under a truncation (SIGBUS).
+    """
+    require_regular(path, what, error=error, **where)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        _regular(st, path, what, error, where)   # again: it may have been replaced since the check
+        check("read_bytes", st.st_size, f"a {what} of this size", path, error=error, **where)
+        os.set_blocking(fd, True)
+        buf = bytearray(st.st_size)
+        view, got = memoryview(buf), 0
+        while got < st.st_size:
+            n = os.readv(fd, [view[got:]])
+            if not n:
+                raise error(f"the file shrank from {st.st_size:,} to {got:,} bytes while it was read (another "
+                            "program is writing it?)", path, **where)
+            got += n
+        view.release()
+    finally:
+        os.close(fd)
+    return buf
 
 
 #: seconds a reader waits for a pipe or device to give its next bytes (a FIFO nobody writes to, a

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fcn_repro import cli
 from fcn_repro.caffe import fcn_nets
-from fcn_repro.outputs import output_file
+from fcn_repro.outputs import check_writable, output_file, write_json
 
 
 def default_out() -> Path:
@@ -55,7 +55,9 @@ def regenerate_command(out_arg: Path | None, nets: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.netspec", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common(ap, "write what was written or checked as JSON to FILE ('-': stdout)")
+    cli.add_common(ap, "write what was written or checked as JSON to FILE ('-': stdout)", examples=[
+                   'python -m fcn_repro.netspec --check   # exit 1 when prototxt/ differs from the generator',
+                   'python -m fcn_repro.netspec --out /tmp/nets fcn8s fcn32s'])
     ap.add_argument("nets", nargs="*", metavar="NET",
                     help=f"nets to generate (default: all: {', '.join(fcn_nets.NETS)})")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default: prototxt/)")
@@ -73,15 +75,15 @@ def _main(args: argparse.Namespace) -> int:
     unknown = [n for n in args.nets if n not in fcn_nets.NETS]
     if unknown:
         raise cli.UsageError(f"unknown net(s) {', '.join(unknown)}; known: {', '.join(fcn_nets.NETS)}")
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     if not args.check:
-        cli.check_writable(out, "--out", directory=True)
+        check_writable(out, "--out", directory=True)
     files = fcn_nets.generate_files(args.nets or None)
     say = sys.stderr if args.json == "-" else sys.stdout
     if args.check:
         problems = check(out, files, all_nets=not args.nets)
         if args.json:
-            cli.write_json(args.json, {"out": str(out), "files": sorted(files), "ok": not problems,
+            write_json(args.json, {"out": str(out), "files": sorted(files), "ok": not problems,
                                        "problems": problems})
         for p in problems:
             print(p, file=sys.stderr)
@@ -95,7 +97,7 @@ def _main(args: argparse.Namespace) -> int:
         with output_file(out / rel, len(text.encode()), "w") as f:
             f.write(text)
     if args.json:
-        cli.write_json(args.json, {"out": str(out), "files": sorted(files), "written": True})
+        write_json(args.json, {"out": str(out), "files": sorted(files), "written": True})
     print(f"wrote {len(files)} files for {len(args.nets or fcn_nets.NETS)} nets to {out}", file=say)
     return 0
 

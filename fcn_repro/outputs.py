@@ -37,21 +37,30 @@ lock file beside a target so that processes updating one file take turns
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
+import json
+import math
 import os
 import re
 import secrets
 import shutil
+import sys
+import tempfile
 import threading
 import time
-from typing import IO, Callable, Iterable, Iterator, Optional
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
 
 import filelock
 
 from fcn_repro.errors import OutputError
 
-__all__ = ["output_path", "output_file", "check_free_space", "clean_stale", "as_output_error", "TEMP_SUFFIX",
+__all__ = ["check_writable", "jsonable", "write_json", "output_path", "output_file", "check_free_space",
+           "clean_stale", "temp_name", "as_output_error", "TEMP_SUFFIX",
            "side_name", "locked", "protect_inputs", "check_not_input", "child",
            "is_plain_name"]
 
@@ -129,7 +138,10 @@ def _writer_tag() -> str:
     return f"{os.getpid()}-{start}" if start is not None else str(os.getpid())
 
 
-def _temp_name(path: str) -> str:
+def temp_name(path: str | os.PathLike) -> str:
+    """A new temporary name for a write of ``path`` (beside it, within NAME_MAX), tagged with this
+    process's pid and start time so that :func:`clean_stale` tells a killed writer's leftover from
+    a live writer's file even after the pid is reused."""
     return side_name(path, f".{_writer_tag()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
@@ -338,7 +350,7 @@ def output_path(path: str | os.PathLike, expected_bytes: int = 0) -> Iterator[st
         raise OutputError(f"can not create its directory ({e.strerror or e})", path) from None
     clean_stale(path)
     check_free_space(path, expected_bytes)
-    tmp = _temp_name(os.path.abspath(path))
+    tmp = temp_name(os.path.abspath(path))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
@@ -368,3 +380,79 @@ def output_file(path: str | os.PathLike, expected_bytes: int = 0, mode: str = "w
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------ JSON
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON data: arrays to lists, NumPy scalars to Python, inf/NaN to None,
+    paths to str, dataclasses to dicts."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    return x
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """``obj`` as JSON (through :func:`jsonable`) to ``path``, atomically; ``-``: stdout."""
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with output_file(path, len(text.encode()), "w") as f:
+        f.write(text)
+
+
+# ------------------------------------------------------------------ checks before the work
+
+def check_writable(path: Optional[str | os.PathLike], what: str = "output", directory: bool = False) -> None:
+    """Raise (a user error naming ``path``) unless ``path`` can be written.
+
+    ``-`` (stdout) and None pass. A file path must not be a directory and
+    its nearest existing ancestor must be a writable directory; a directory
+    path must be a directory (or creatable) and writable. Nothing is created.
+    A file path that is one of the inputs (:func:`protect_inputs`) is refused
+    too, before any work.
+    """
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if not directory:
+        check_not_input(p)
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"{what} {p}: exists and is not a directory")
+    elif p.is_dir():
+        raise IsADirectoryError(f"{what} {p}: is a directory (a file path is expected)")
+    elif p.exists() and not os.access(p, os.W_OK):
+        raise PermissionError(f"{what} {p}: not writable")
+    anc = p if directory and p.is_dir() else p.parent
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if not anc.is_dir():
+        raise NotADirectoryError(f"{what} {p}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {p}: directory {anc} is not writable")
+    # access() says yes to root on a read-only file system: try a real file.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fcn_repro-check-", dir=anc)
+    except OSError as e:
+        raise PermissionError(f"{what} {p}: cannot write in {anc} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)

@@ -95,11 +95,23 @@ def own_net(name: str) -> OwnNet:
     return OwnNet(name, name, None, None, dict(fcn_nets.NETS[name].solver))
 
 
-def is_own_data(data: Optional[str], classes: Optional[str]) -> bool:
-    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset."""
+def is_own_data(data: Optional[str], classes: Optional[str], net: Optional[str] = None) -> bool:
+    """Whether ``--data`` (with ``--classes``) is a user's own data rather than a paper dataset.
+
+    ``net``: a net that trains on images bundled with the package (the sample): any other directory
+    given to it is the user's (so its classes are asked for, and its train split read, not the bundled
+    images' split). The train CLI passes it only without ``--dataset``."""
     if data is None:
         return False
-    return classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file()
+    if classes is not None or is_folder(data) or (Path(data) / "classes.txt").is_file():
+        return True
+    if net is None:
+        return False
+    try:
+        bundled = registry.dataset(registry.net(net).train_dataset).bundled
+    except registry.UnknownNameError:
+        return False           # not a registry name (the resolver says so later)
+    return bundled is not None and Path(data).resolve() != registry.resource_path(bundled).resolve()
 
 
 def mean_area(dataset: Any, limit: int = AREA_SAMPLE) -> float:
@@ -265,8 +277,12 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
             say(msg)
 
     net_def = own_net(args.net or "sample")
+    init = args.init if args.init is not None else ("sample" if net_def.name == "sample" and not args.weights
+                                                    else None)
+    # the weights to start from are found before anything is read or written (a refused start leaves nothing)
+    init_path = init_weights(init) if init is not None and not args.resume else None
     data = open_data(args.data, args.classes, args.split, args.val_data, args.val_split,
-                     check=args.check and rank == 0, say=say)
+                     check=args.check and rank == 0, say=note)
     n = len(data.labels)
     if rank == 0:
         write_nets(run, net_def, n)
@@ -301,11 +317,9 @@ def prepare(args: Any, run: Path, *, rank: int = 0, world: int = 1, device: Any 
     seed = sp.random_seed if sp.random_seed >= 0 else (args.seed if args.seed is not None else 1337)
     torch.manual_seed(seed)
     net = Net(os.fspath(paths["train"]), phase="TRAIN", seed=seed)
-    init = args.init if args.init is not None else ("sample" if net_def.name == "sample" and not args.weights
-                                                    else None)
     report = None
-    if init is not None and not args.resume:
-        report = class_surgery(net, init_weights(init), say=note)
+    if init_path is not None:
+        report = class_surgery(net, init_path, say=note)
     elif args.weights:
         net.load_weights(args.weights, strict=False)
     elif not args.resume:

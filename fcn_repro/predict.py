@@ -120,6 +120,27 @@ class Transforms:
         """The mean of the first input (BGR for colour)."""
         return self.inputs[0][1][0][1]
 
+    def describe(self) -> Dict[str, List[Dict[str, Any]]]:
+        """{input blob: [one dict per image it reads]} in plain JSON values: what
+        :meth:`__call__` does, for a consumer without this package (the ONNX file's
+        ``fcn_repro.inputs`` metadata). Each part: ``read`` (the image kind), ``channels``
+        (the channel order the net sees), ``mean`` (subtracted, in that order), ``scale``
+        (the factor after the subtraction: 1, no division) and ``value`` (the formula)."""
+        out: Dict[str, List[Dict[str, Any]]] = {}
+        for blob, reads in self.inputs:
+            parts = []
+            for r, m in reads:
+                if r == "depth":
+                    part = {"channels": "log-depth", "value": "log(depth) - mean"}
+                elif r == "hha":
+                    part = {"channels": "HHA (the file's order)", "value": "(pixel - mean) * scale, pixels 0-255"}
+                else:
+                    part = {"channels": "BGR", "value": "(pixel - mean) * scale, pixels 0-255, RGB images reversed"}
+                parts.append({"read": r, **part, "mean": np.atleast_1d(np.asarray(m, dtype=np.float64)).tolist(),
+                              "scale": 1.0})
+            out[blob] = parts
+        return out
+
     def _one(self, read: str, value: Any, mean: np.ndarray) -> np.ndarray:
         if read == "depth":
             if _is_path(value):
@@ -380,6 +401,17 @@ class Pretrained:
     weights: Path
     meta: Dict[str, Any]
     _transforms: Transforms = field(repr=False)
+
+    @property
+    def classes(self) -> Optional[List[str]]:
+        """The class names of the first score head (a run's: the user's own), in label-value order."""
+        return self.meta.get("categories")
+
+    def __repr__(self) -> str:
+        heads = self.meta.get("heads") or {}
+        named = (f"classes={self.classes}" if len(heads) <= 1
+                 else "heads={" + ", ".join(f"{b!r}: {n}" for b, n in heads.items()) + "}")
+        return f"Pretrained({self.name!r}, {named}, weights={os.fspath(self.weights)!r})"
 
     def transforms(self) -> Transforms:
         """The preprocessing its weights were trained with (the dataset's mean, BGR)."""

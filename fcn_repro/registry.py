@@ -28,17 +28,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = [
-    "Reference", "Weights", "InputSpec", "Head", "DatasetCard", "NetCard", "DATASETS", "NETS",
-    "SAMPLE", "INIT_WEIGHTS", "BASE_URL", "DATA_LAYERS", "DATA_TOP_CHANNELS", "IGNORE_LABEL",
-    "net", "dataset", "names", "mean", "classes", "inputs", "class_names", "resource_path",
-    "reader_class", "dataset_for_layer", "MEAN_VOC", "MEAN_CONTEXT", "MEAN_SIFTFLOW",
-    "MEAN_NYUD_COLOR", "MEAN_NYUD_HHA", "MEAN_NYUD_LOGD", "UnknownNameError",
-]
+from fcn_repro.errors import FcnReproError
+
+__all__ = ["net", "dataset", "names", "class_names", "NetCard", "DatasetCard", "NETS", "DATASETS", "SAMPLE",
+           "UnknownNameError"]
 
 
-class UnknownNameError(KeyError, ValueError):
-    """A net or dataset name the registry does not know (the message lists the known ones)."""
+class UnknownNameError(FcnReproError, KeyError):
+    """A net or dataset name the registry does not know (the message lists the known ones); one of our
+    errors (a user error), and a KeyError for callers that look names up."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -410,6 +408,9 @@ SAMPLE = NetCard("sample", "bundled sample: reduced FCN-8s on synthetic shapes (
                         ("val", "resource:sample/fcn8s-shapes.prototxt")),
                  definition="fcn8s")
 
+#: every net card by name: the nets of prototxt/ and the bundled sample
+_CARDS: Dict[str, NetCard] = {**NETS, SAMPLE.name: SAMPLE}
+
 #: weights that training starts from
 INIT_WEIGHTS: Dict[str, Weights] = {
     "vgg16": Weights("VGG_ILSVRC_16_layers.caffemodel",
@@ -426,13 +427,11 @@ def names() -> List[str]:
 
 
 def net(name: str) -> NetCard:
-    """The card of net ``name`` ('sample' is the bundled model)."""
-    if name == "sample":
-        return SAMPLE
+    """The card of net ``name`` (the nets of prototxt/ and the bundled ``sample``)."""
     try:
-        return NETS[name]
+        return _CARDS[name]
     except KeyError:
-        raise UnknownNameError(f"unknown net {name!r}; known nets: {', '.join(NETS)}, sample") from None
+        raise UnknownNameError(f"unknown net {name!r}; known nets: {', '.join(_CARDS)}") from None
 
 
 def dataset(key: str) -> DatasetCard:
@@ -490,7 +489,18 @@ def resource_path(*parts: str) -> Path:
     return base.joinpath(*parts)
 
 
-_SAMPLE_CLASSES = ["background", "disc", "square", "triangle", "ring"]
+#: class lists written here (the others are read from the packaged files below)
+_CLASS_LISTS: Dict[str, Tuple[str, ...]] = {"sample": ("background", "disc", "square", "triangle", "ring")}
+
+#: class lists whose class 0 is a real class (SIFT Flow's awning and sky, NYUDv2's wall), not
+#: a background: their label 0 in the files means 'unlabelled' and is read as 255
+NO_BACKGROUND = frozenset({"siftflow", "siftflow-geo", "nyud"})
+
+
+def has_background(kind: Optional[str]) -> bool:
+    """Whether class 0 of the class list ``kind`` is a background (PASCAL's, PASCAL-Context's, the
+    sample's; a list not known here is taken to have one, VOC's convention)."""
+    return kind not in NO_BACKGROUND
 
 
 def class_names(kind: str) -> List[str]:
@@ -521,8 +531,8 @@ def class_names(kind: str) -> List[str]:
             elif cur is not None and s[:2].isdigit():
                 cur.append(s.split(None, 1)[1])
         return sem if kind == "siftflow" else geo
-    if kind == "sample":
-        return list(_SAMPLE_CLASSES)
+    if kind in _CLASS_LISTS:
+        return list(_CLASS_LISTS[kind])
     raise UnknownNameError(f"no class list named {kind!r}")
 
 

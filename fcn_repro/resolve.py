@@ -177,7 +177,7 @@ def _card_weights(card: registry.NetCard, download: bool, progress: bool
 def _given(weights: os.PathLike) -> Path:
     p = Path(weights)
     if not p.is_file():
-        raise WeightsNotFoundError(f"weights file not found: {p}", os.fspath(p))
+        raise WeightsNotFoundError("weights file not found", os.fspath(p))
     return p
 
 
@@ -198,7 +198,7 @@ def resolve(net: str | os.PathLike, weights: Optional[str | os.PathLike] = None,
     """
     ref = os.fspath(net)
     if _is_path(ref) and not os.path.exists(ref):
-        raise MissingError(f"deploy prototxt not found (nor a run directory): {ref}\n  a net is a known name "
+        raise MissingError(f"deploy prototxt not found (nor a run directory)\n  a net is a known name "
                            f"({', '.join(list_names())}), a deploy prototxt or a run directory", ref)
     given = _given(weights) if weights is not None else None
     if is_run_dir(ref) or (os.path.isdir(ref) and not ref.endswith(".prototxt")):

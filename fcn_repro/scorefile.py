@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import weakref
 import zipfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Tuple, Union
 import numpy as np
 
 from fcn_repro.errors import FcnReproError
-from fcn_repro.outputs import TEMP_SUFFIX, check_free_space, clean_stale, output_file, output_path
+from fcn_repro.outputs import check_free_space, clean_stale, output_file, output_path, temp_name
 
 __all__ = ["FORMATS", "ScoreFile", "save_scores", "format_dtype"]
 
@@ -81,7 +80,7 @@ class ScoreFile:
         # directory, so a killed run's leftovers are removed by the next one
         clean_stale(os.path.join(d, "scores"))
         check_free_space(os.path.join(d, "scores"), nbytes)
-        self.path = os.path.join(d, f".scores.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        self.path = temp_name(os.path.join(d, "scores"))   # pid and start time: see clean_stale
         self._f = open(self.path, "x+b")
         # never committed (an error, an interrupt): removed when dropped or at exit
         self._finalizer = weakref.finalize(self, _remove, self._f, self.path)

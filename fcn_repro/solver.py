@@ -154,6 +154,7 @@ def read_solver(path_or_text: str | os.PathLike | Message, base_dir: str | os.Pa
     if sp.type != "SGD":
         raise SolverError(f"{where}: solver type {sp.type!r} is not supported (only Caffe's SGD)")
     check_base_lr(sp.base_lr, f"{where}: base_lr")
+    check_update_factors(sp, where=where)
     if sp.lr_policy not in LR_POLICIES:
         raise SolverError(f"{where}: unknown lr_policy {sp.lr_policy!r} (expected one of "
                           f"{', '.join(LR_POLICIES)})")
@@ -231,6 +232,22 @@ def check_base_lr(value: Any, what: str) -> float:
     return v
 
 
+def check_update_factors(sp: "SolverParameter", groups: Iterable[dict] = (), where: str = "") -> None:
+    """Refuse a non-finite momentum, weight_decay or clip_gradients, and a non-finite lr_mult or
+    decay_mult of a parameter: each multiplies every update, so one NaN or inf there makes every
+    weight it touches NaN at the first step (Caffe trains on in NaN; this is said at set-up)."""
+    where = where or sp.source or "<solver>"
+    for k in ("momentum", "weight_decay", "clip_gradients"):
+        v = float(getattr(sp, k))
+        if not math.isfinite(v):
+            raise SolverError(f"{where}: {k} must be a finite number, got {v}")
+    for g in groups:
+        for k in ("lr_mult", "decay_mult"):
+            v = float(g.get(k, 1.0))
+            if not math.isfinite(v):
+                raise SolverError(f"{where}: parameter {g.get('name', '?')}: {k} must be a finite number, got {v}")
+
+
 def param_groups(net: Any, names: Iterable[str] | None = None) -> list[dict]:
     """One optimizer param group per learnable Caffe parameter blob of ``net``.
 
@@ -295,6 +312,7 @@ class CaffeSGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for i, g in enumerate(self.param_groups):
             g.setdefault("name", str(i))
+        check_update_factors(sp, self.param_groups)
         self.iter = 0           # Caffe's iter_: the iteration the next step() applies
         self.current_step = 0   # Caffe's current_step_ (multistep policy)
         self.last_rate = float("nan")

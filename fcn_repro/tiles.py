@@ -51,12 +51,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fcn_repro import limits
 from fcn_repro.caffe.coord_map import blob_coord_maps
 from fcn_repro.caffe.shapes import caffe_pool_out, conv_out, deconv_out
 from fcn_repro.errors import FcnReproError
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["TilingError", "Span", "Geometry", "AxisTile", "TilePlan", "plan_tiles", "run_tiled",
            "POINTWISE"]
@@ -458,8 +458,8 @@ def run_tiled(net, feed: Mapping[str, np.ndarray], plan: TilePlan, heads: Sequen
     sc: Dict[str, np.ndarray] = {}
     pr: Dict[str, np.ndarray] = {}
     show = (sys.stderr.isatty() and plan.count > 1) if progress is None else progress
-    with tqdm(total=plan.count, desc=desc, unit="tile", disable=not show, file=sys.stderr,
-              dynamic_ncols=True, leave=False) as bar:
+    with progress_bar(total=plan.count, desc=desc, unit="tile", enabled=show, dynamic_ncols=True,
+                      leave=False) as bar:
         for r in plan.rows:
             for c in plan.cols:
                 x = {b: torch.from_numpy(np.ascontiguousarray(v[:, r.start:r.stop, c.start:c.stop]))[None]

@@ -36,19 +36,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fcn_repro import cli, registry
+from fcn_repro import limits, registry
 from fcn_repro.caffe import load_weights, save_weights
 from fcn_repro.caffe.fillers import bilinear_weight, fill_params
-from fcn_repro.caffe.net import Net, transplant
+from fcn_repro.caffe.net import Net, copy_matched, transplant
 from fcn_repro.caffe.match import match_weights
 from fcn_repro.caffe.prototxt import Message
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import Validator
-from fcn_repro.outputs import output_file
-from fcn_repro.report.training import TrainingPictures, draw_curve
+from fcn_repro.outputs import jsonable, output_file
+from fcn_repro.report.training import TrainingPictures, draw_curve, validation_gallery
 from fcn_repro.solver import CaffeSGD, SmoothedLoss, SolverParameter, param_groups, read_solver, sync_gradients
+from fcn_repro.progress import bar as progress_bar
 
-__all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "loss_weights", "objective",
+__all__ = ["TrainError", "RECIPES", "surgery", "interp_layers", "apply_interp", "objective",
            "draw_curve", "Trainer", "status", "solver_with", "training_net", "place_net", "summary"]
 
 
@@ -125,29 +126,6 @@ def surgery(net: Any, netparam: Optional[Message] = None, init: Any = None, *, s
 
 # ---------------------------------------------------------------- objective
 
-def loss_weights(net: Any, netparam: Message) -> dict[str, float]:
-    """Top blob -> Caffe loss weight, for the layers of ``net`` (its phase).
-
-    Caffe's rule: ``loss_weight`` per top when given; otherwise a layer whose
-    type ends in "Loss" weighs its first top by 1 (LossLayer::LayerSetUp);
-    every other top weighs 0.
-    """
-    names = set(getattr(net, "layer_names", None) or _layer_msgs(netparam))
-    out: dict[str, float] = {}
-    for layer in netparam.getall("layer"):
-        name = str(layer.get("name", ""))
-        if name not in names:
-            continue
-        tops = [str(t) for t in layer.getall("top")]
-        lw = [float(x) for x in layer.getall("loss_weight")]
-        if not lw and str(layer.get("type", "")).endswith("Loss"):
-            lw = [1.0]
-        for top, w in zip(tops, lw):
-            if w != 0:
-                out[top] = out.get(top, 0.0) + w
-    return out
-
-
 def objective(outputs: dict[str, torch.Tensor], weights: dict[str, float], where: str = "net"
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Caffe's total loss: sum over loss tops of loss_weight * sum(top).
@@ -198,7 +176,7 @@ class Trainer:
         self.name = name
         self.formats = tuple(formats)
         self.opt = CaffeSGD(param_groups(net), solver)
-        self.loss_weights = loss_weights(net, netparam)
+        self.loss_weights = net.loss_weights   # top -> weight: Caffe's rule, the builder's (Net.loss_weights)
         self.smoothed = SmoothedLoss(solver.average_loss)
         self.records: list[dict] = []
         self.where = os.path.basename(str(getattr(net, "filename", "") or solver.train_net_path or "net"))
@@ -235,7 +213,7 @@ class Trainer:
         return self.out_dir / "log.jsonl" if self.out_dir is not None else None
 
     def _log(self, rec: dict) -> None:
-        rec = cli.jsonable(rec)
+        rec = jsonable(rec)
         self.records.append(rec)
         if self.writer:
             # One complete line per write, flushed: a crash leaves whole records
@@ -249,12 +227,16 @@ class Trainer:
         out = []
         if not path.is_file():
             return out
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # read to a bound (a log is its run's own, but a planted or runaway one must not fill memory);
+        # lines that are not whole records of an iteration (a torn last line, anything else) are dropped
+        text = limits.read_capped(path, "training log", cap="read_bytes", error=TrainError)
+        for line in text.decode("utf-8", errors="replace").splitlines():
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+                it = int(r.get("iter", 0))
+            except (ValueError, TypeError, AttributeError, OverflowError):
                 continue
-            if int(r.get("iter", 0)) <= upto_iter:
+            if it <= upto_iter:
                 out.append(r)
         return out
 
@@ -311,8 +293,11 @@ class Trainer:
         if self.validator is None:
             return None
         t0 = time.time()
-        observe = self.pictures.observer() if self.pictures is not None else None
-        res = self.validator.run(self.net, progress=self.progress and self.interactive, observe=observe)
+        gallery = validation_gallery(self.pictures, self.world)   # collective under torchrun
+        res = self.validator.run(self.net, progress=self.progress and self.interactive,
+                                 observe=None if gallery is None else gallery.observe)
+        if gallery is not None:
+            gallery.gathered(self.world)   # the whole set's worst and best, on rank 0
         self.last_test_iter = self.iter
         rec = {"type": "test", "iter": self.iter, "scores": res, "seconds": time.time() - t0}
         self._log(rec)
@@ -356,7 +341,7 @@ class Trainer:
         sp = self.solver
         bar = None
         if self.progress and self.interactive:
-            bar = tqdm(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
+            bar = progress_bar(total=iters, desc=self.name, unit="it", dynamic_ncols=True)
         try:
             for _ in range(iters):
                 if (sp.test_interval and self.iter % sp.test_interval == 0
@@ -468,10 +453,7 @@ class Trainer:
         rep = match_weights(weights, self.net.params, source=str(wpath), target=self.where).check()
         if rep.missing:
             raise TrainError(f"{wpath}: no weights for layer(s) {rep.missing} of the training net {self.where}")
-        with torch.no_grad():
-            for name, i in rep.copies:
-                p = self.net.params[name][i]
-                p.copy_(torch.from_numpy(np.ascontiguousarray(weights[name][i]).reshape(p.shape)).to(p))
+        copy_matched(rep, weights, self.net.params)
         extra = info["extra"]
         if "smoothed_losses" in extra:
             self.smoothed = SmoothedLoss(self.solver.average_loss, extra["smoothed_losses"].tolist())

@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
 
 from fcn_repro import limits
 from fcn_repro.errors import FcnReproError, OutputError
+from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["Bounds", "SourceFailed", "transfer", "part_size", "open_part", "reason"]
 
@@ -314,8 +314,8 @@ def _copy(resp, part, append, have, cap, total, label, progress, bounds, watch) 
     """The body into the part, at most ``cap`` bytes in all; returns the bytes the part holds."""
     got = have
     window_t, window_got = time.monotonic(), got
-    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-               disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                       enabled=progress, leave=False, dynamic_ncols=True)
     try:
         with open_part(part, append) as f:
             while True:

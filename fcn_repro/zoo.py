@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fcn_repro import cli, hub
 from fcn_repro.resolve import listing
+from fcn_repro.outputs import check_writable, write_json
 
 __all__ = ["main", "main_download"]
 
@@ -54,7 +55,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["download"]:
         return main_download(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo", description=__doc__.split("\n\n")[0])
-    cli.add_common(ap)
+    cli.add_common(ap, examples=[
+                   'python -m fcn_repro.zoo   # every net, its weights files and whether they are here',
+                   'python -m fcn_repro.zoo download fcn8s   # the original weights, verified',
+                   'python -m fcn_repro.zoo --json -'])
     ap.add_argument("--write-manifest", action="store_true",
                     help="regenerate the weights directory's manifest.json from the registry (keeps recorded "
                          "checksums)")
@@ -65,15 +69,15 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     if args.write_manifest:
         p = hub.manifest_path(Path(args.weights_dir) if args.weights_dir else hub.weights_dir())
-        cli.check_writable(p, "manifest")
+        check_writable(p, "manifest")
         print(f"wrote {hub.update_manifest(hub.build_manifest, p)}")   # under the manifest's lock
         return 0
     info = listing(args.weights_dir)
     if args.json:
-        cli.write_json(args.json, info)
+        write_json(args.json, info)
     if args.json != "-":
         _print_listing(info)
     return 0
@@ -84,7 +88,10 @@ def main_download(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.zoo download",
                                  description="Download the original FCN weights from their sources (the original "
                                              "host, then mirrors), resuming and verifying them.")
-    cli.add_common(ap, json_help=None)
+    cli.add_common(ap, json_help=None, examples=[
+                   'python -m fcn_repro.zoo download fcn8s fcn32s',
+                   'python -m fcn_repro.zoo download --all --dir /data/weights',
+                   'python -m fcn_repro.zoo download fcn8s --base-url https://mirror.example.org/fcn'])
     ap.add_argument("nets", nargs="*", help="nets (python -m fcn_repro.zoo lists them), file names, or vgg16")
     ap.add_argument("--all", action="store_true", help="every net with published weights")
     ap.add_argument("--dir", default=None, help="where to put them (default: $FCN_REPRO_WEIGHTS_DIR, else "
@@ -99,7 +106,7 @@ def main_download(argv=None) -> int:
                          "(default: %(default)g KiB/s; 0: no minimum)")
     ap.add_argument("--stall-timeout", type=float, default=d.timeout, metavar="SECONDS",
                     help="give up on a source when nothing arrives for this long (default: %(default)g)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_progress(ap, help="no progress bars (there are some only when stderr is a terminal)")
     return cli.run(_main_download, ap, argv)
 
 

@@ -130,7 +130,7 @@ def test_read_caffemodel_message():
 
 # ---------------------------------------------------------------- zero copy
 
-def test_views_are_zero_copy_and_copy_on_write(tmp_path):
+def test_views_are_zero_copy_and_private(tmp_path):
     src = caffe_fixture("fcn8s.caffemodel")
     path = tmp_path / "w.caffemodel"
     path.write_bytes(src.read_bytes())
@@ -138,13 +138,13 @@ def test_views_are_zero_copy_and_copy_on_write(tmp_path):
     w = load_weights(path)
     a = w["conv1_1"][0]
     assert not a.flags.owndata and a.flags.writeable
-    # the array is a view of the mapped file, not a copy
+    # the array is a view of the file's bytes (read once into memory), not a copy of its own
     base = a
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
     assert not isinstance(base, np.ndarray)
     old = a.copy()
-    a[...] = 7.0          # private mapping: this process sees the write...
+    a[...] = 7.0          # private buffer: this process sees the write...
     assert (w["conv1_1"][0] == 7).all()
     del w, a, base
     assert path.read_bytes() == before   # ...the file does not

@@ -13,7 +13,8 @@ import pytest
 from conftest import caffe_fixture
 from fcn_repro.caffe import load_weights, save_weights, weights_info
 from fcn_repro.caffe.match import legacy_fits
-from fcn_repro.convert import check_weights, main
+from fcn_repro.conversion import check_weights
+from fcn_repro.convert import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

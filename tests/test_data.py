@@ -395,3 +395,34 @@ def test_python_data_layers_map_to_readers(tmp_path):
     assert isinstance(make_dataset("voc", root, "seg11valid"), VOCSegmentation)
     with pytest.raises(ValueError, match="unknown dataset"):
         make_dataset("coco", root, "val")
+
+
+def test_opening_images_in_threads_keeps_a_once_warning_once(tmp_path):
+    """open_checked runs in loader threads: it must not touch the warning filters
+    (warnings.catch_warnings() is not thread-safe, and each entry made Python forget which
+    warnings it had shown, so the ops' FallbackWarning came once per image)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    for i in range(8):
+        Image.new("RGB", (4, 3), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    code = textwrap.dedent(f"""
+        import glob, warnings
+        from concurrent.futures import ThreadPoolExecutor
+        from fcn_repro.data.transforms import open_checked, read_rgb
+        from fcn_repro.ops import FallbackWarning
+        paths = sorted(glob.glob({str(tmp_path)!r} + "/*.png"))
+        def load(p):
+            with open_checked(p) as im:
+                im.load()
+            return read_rgb(p).shape
+        with ThreadPoolExecutor(4) as pool:
+            for p in paths:
+                warnings.warn("the same warning from the same line", FallbackWarning)
+                list(pool.map(load, paths))
+                open_checked(p).close()
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("the same warning from the same line") == 1, r.stderr

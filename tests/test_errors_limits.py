@@ -77,7 +77,8 @@ def test_tools_errors_join_the_family():
     from fcn_repro.caffe.netspec import NetSpecError
     from fcn_repro.cli import UsageError, error_line
     from fcn_repro.data.layers import ParamStrError
-    from fcn_repro.evaluation import MissingError, WeightsIncompleteError
+    from fcn_repro.evaluation import WeightsIncompleteError
+    from fcn_repro.resolve import MissingError
     from fcn_repro.trainer import TrainError
 
     for cls in (UsageError, MissingError, WeightsIncompleteError, CoordMapError, NetSpecError, TrainError,

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from fcn_repro import evaluate as ev
+import fcn_repro.evaluate as ev
 from fcn_repro import evaluation, hub, registry
 from fcn_repro.caffe import fcn_nets, save_weights
 from fcn_repro.data import Sample, resource_path
@@ -217,7 +219,8 @@ def test_weights_of_another_net_are_refused(tmp_path, capsys):
 _DRIVER = """
 import json, sys
 import torch.distributed as dist
-from fcn_repro import cli, evaluate as ev
+from fcn_repro import cli
+import fcn_repro.evaluate as ev
 data, out = sys.argv[1], sys.argv[2]
 cli.dist_setup("cpu")   # the entry point starts the process group; the library never does
 # 1. --limit 1 on 2 processes: rank 1 has no image and no matrix of its own
@@ -227,7 +230,8 @@ if dist.get_rank() == 0:
     json.dump({"hist": r["heads"]["score"]["hist"].tolist(), "images": r["images"]}, open(out + "/limit1.json", "w"))
 # 2. the CLI as a user runs it under torchrun (tears the process group down at the end)
 sys.exit(ev.main(["--net", "sample", "--data", data, "--split", "val", "--no-progress", "--device", "cpu",
-                  "--json", out + "/two.json", "--save-predictions", out + "/p2"]))
+                  "--json", out + "/two.json", "--save-predictions", out + "/p2"]
+                 + (["--report", out + "/rep", "--gallery", "1"] if len(sys.argv) > 3 else [])))
 """
 
 
@@ -237,8 +241,9 @@ def test_distributed_two_processes_equal_one(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(_DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    report = importlib.util.find_spec("matplotlib") is not None   # the page's gallery: both shards
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(driver), str(data), str(tmp_path)]
+           str(driver), str(data), str(tmp_path)] + (["report"] if report else [])
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("mean IU") == 1  # only rank 0 reports
@@ -252,6 +257,13 @@ def test_distributed_two_processes_equal_one(tmp_path):
     lab = read_label_png(data / "SegmentationClass" / "img0_s0000.png")
     assert lim["images"] == 1
     assert lim["hist"] == fast_hist(lab, CAFFE["pred/s0000"], 5).tolist()
+    if report:   # the worst and best of all 5 images, not of rank 0's 3: as one process finds them
+        ev.evaluate(net="sample", data=str(data), split="val", progress=False, out=io.StringIO(), workers=0,
+                    report_dir=str(tmp_path / "rep1"), gallery=1)
+        page = (tmp_path / "rep" / "index.html").read_text()
+        page1 = (tmp_path / "rep1" / "index.html").read_text()
+        ids = lambda t: re.findall(r'<div class="rowhead">([^<]*)<b>', t)  # noqa: E731
+        assert ids(page) == ids(page1) and len(ids(page)) == 2 and "(5 images ranked)" in page
 
 
 # ---------------------------------------------------------------- two heads (SIFT Flow), two inputs (NYUDv2)

@@ -283,3 +283,30 @@ def test_opencv_onnx_importer_runs_the_file(tmp_path):
     got = dnn.forward("score")
     assert got.shape == io_npz["s1/score"].shape
     assert _rel(got, io_npz["s1/score"]) < 1e-4
+
+
+def test_cli_file_carries_classes_preprocessing_and_named_axes(tmp_path):
+    """A consumer without fcn_repro reads from the file what the net needs: the class names,
+    each input's channel order, mean and scale; the dynamic axes have readable names."""
+    import fcn_repro
+    from fcn_repro.export.onnx_export import read_metadata
+
+    out = tmp_path / "sample.onnx"
+    r = subprocess.run([sys.executable, "-m", "fcn_repro.export", "sample", "-o", str(out)],
+                       capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr
+    model = fcn_repro.load("sample")
+    meta = read_metadata(out)
+    assert meta["heads"]["score"]["names"] == model.meta["categories"]
+    (part,) = meta["inputs"]["data"]
+    assert part["channels"] == "BGR" and part["scale"] == 1.0
+    np.testing.assert_allclose(part["mean"], model.transforms().mean)
+    # the formula the metadata states is what the package feeds the net
+    rgb = (np.arange(4 * 5 * 3) % 256).astype(np.uint8).reshape(4, 5, 3)
+    stated = ((rgb[:, :, ::-1].astype(np.float64) - np.asarray(part["mean"])) * part["scale"]).transpose(2, 0, 1)
+    np.testing.assert_allclose(model.transforms()(rgb)["data"], stated, rtol=0, atol=1e-4)
+    proto = onnx.load(str(out))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*proto.graph.input, *proto.graph.output]}
+    assert dims["data"] == ["batch", 3, "height", "width"]
+    assert dims["score"] == ["batch", len(model.meta["categories"]), "height", "width"]

@@ -192,7 +192,9 @@ def test_options_are_checked():
         optimize(net, conv="cuda-magic")
     with pytest.raises(ValueError, match="winograd must be"):
         optimize(net, winograd="f6")
-    assert optimize(net, winograd=True).options["winograd"] == "f4"
+    # True is the safe variant F(2x2); the F(4x4) that can flip a near-tie pixel only by name
+    assert optimize(net, winograd=True).options["winograd"] == "f2"
+    assert optimize(net, winograd="f4").options["winograd"] == "f4"
     f = optimize(optimize(net))                      # optimizing a FastNet wraps the same net
     assert isinstance(f, FastNet) and f.net is net
 

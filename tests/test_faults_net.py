@@ -568,7 +568,7 @@ def test_a_split_id_climbing_out_is_refused_with_file_and_line(tmp_path):
 
 def test_evaluate_save_predictions_stays_inside_and_never_replaces_labels(tmp_path):
     from test_evaluate import make_sample_voc
-    from fcn_repro import evaluate as ev
+    import fcn_repro.evaluate as ev
 
     data = make_sample_voc(tmp_path / "voc")
     labels = data / "SegmentationClass"

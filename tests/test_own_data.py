@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = "bg,disc,square"
 
 
-def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8) -> Path:
-    """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt."""
+def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8, palette=None) -> Path:
+    """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt.
+    Labels: mode L, or mode P with ``palette`` (a colour per class)."""
     rng = np.random.RandomState(seed)
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -51,7 +52,11 @@ def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int 
             lab[m] = cls
         suffix = ".png" if i % 7 == 3 else ".jpg"      # any suffix PIL reads
         Image.fromarray(img).save(root / "images" / f"im{i:03d}{suffix}")
-        Image.fromarray(lab, "L").save(root / "labels" / f"im{i:03d}.png")
+        out = Image.fromarray(lab, "L")
+        if palette is not None:
+            out = out.convert("P")
+            out.putpalette([v for c in palette for v in c] + [0] * (3 * (256 - len(palette))))
+        out.save(root / "labels" / f"im{i:03d}.png")
     if val:
         ids = [f"im{i:03d}" for i in range(n)]
         (root / "train.txt").write_text("\n".join(ids[:-val]) + "\n")
@@ -118,19 +123,47 @@ def test_classes_from_file_and_palette_from_the_labels(tmp_path):
     assert ls.colours().tolist() == [[10, 20, 30], [200, 0, 0], [0, 0, 200]]
 
 
-def test_voc_layout_with_any_number_of_classes(tmp_path):
-    src = make_shapes(tmp_path / "src", n=4, val=0)
-    voc = tmp_path / "voc"
+def as_voc(src: Path, voc: Path, splits: dict) -> Path:
+    """The images and labels of ``src`` (a folder) re-laid as a VOC-layout directory; splits: name -> stems."""
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "SegmentationClass").mkdir()
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for i in range(4):
-        Image.open(next((src / "images").glob(f"im{i:03d}.*"))).convert("RGB").save(voc / "JPEGImages" / f"im{i:03d}.jpg")
-        (voc / "SegmentationClass" / f"im{i:03d}.png").write_bytes((src / "labels" / f"im{i:03d}.png").read_bytes())
-    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("im000\nim001\nim002\n")
+    for name, stems in splits.items():
+        for s in stems:
+            Image.open(next((src / "images").glob(f"{s}.*"))).convert("RGB").save(voc / "JPEGImages" / f"{s}.jpg")
+            (voc / "SegmentationClass" / f"{s}.png").write_bytes((src / "labels" / f"{s}.png").read_bytes())
+        (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(stems) + "\n")
+    return voc
+
+
+def test_voc_layout_with_any_number_of_classes(tmp_path):
+    src = make_shapes(tmp_path / "src", n=4, val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "more": ["im003"]})
     ds = open_own(voc, "train", ["bg", "disc", "square"])
     assert len(ds) == 3 and ds.heads == {"label": ["bg", "disc", "square"]}
     assert check_dataset(voc, ["bg", "disc", "square"]).ok
+    # read as PASCAL (the packaged seg11valid list): the error points at the lists that are there
+    with pytest.raises(FcnReproError, match="seg11valid") as e:
+        make_dataset("voc", voc, "seg11valid").check_files()
+    assert f"{voc / 'ImageSets' / 'Segmentation'} lists the split(s) more, train: give --split more" in str(e.value)
+    make_dataset("voc", voc, "train").check_files()          # a split that is there: no complaint
+
+
+def test_sample_on_a_voc_layout_asks_for_classes_and_trains_on_its_train_list(tmp_path, capsys):
+    """`train --net sample --data DIR` reads DIR as the user's data: classes asked for, not the sample's
+    five; the train list read, not the sample's val split."""
+    src = make_shapes(tmp_path / "src", n=5, size=(48, 40), val=0)
+    voc = as_voc(src, tmp_path / "voc", {"train": ["im000", "im001", "im002"], "val": ["im003", "im004"]})
+    run = tmp_path / "run"
+    common = ["--net", "sample", "--data", str(voc), "--iters", "1", "--test-every", "0", "--no-progress"]
+    assert train_main(common + ["--out", str(run)]) == 2
+    assert f"{voc}: no class names: pass --classes" in capsys.readouterr().err and not run.exists()
+    assert train_main(common + ["--classes", CLASSES, "--out", str(run)]) == 0
+    info = rundir.read_run(run)
+    assert (info.extra["dataset"], info.extra["split"], info.extra["val_split"]) == ("voc", "train", "val")
+    assert info.heads["score"].names == tuple(CLASSES.split(","))
+    notes = _records(run, "setup")[0]["notes"]
+    assert f"training split: {voc / 'ImageSets' / 'Segmentation' / 'train.txt'} (3 images)" in notes
 
 
 def test_checker_names_each_problem_with_its_file(tmp_path, capsys):
@@ -165,6 +198,16 @@ def test_train_names_a_bad_label_before_any_iteration(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(root / "labels" / "im001.png") in err and "7 outside the 3 classes" in err
     assert not (run / "log.jsonl").exists()
+
+
+def test_missing_init_weights_are_named_before_anything_is_written(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    missing = tmp_path / "nowhere.caffemodel"
+    assert train_main(["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--init", str(missing),
+                       "--iters", "1", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {missing}" in err and "image/label pairs" not in err      # before the data are read
+    assert not run.exists()                                                   # a refused start leaves nothing
 
 
 # ------------------------------------------------------------------ nets for N classes
@@ -209,6 +252,42 @@ def test_class_surgery_copies_what_fits_and_reinitialises_the_class_layers(tmp_p
     up = net.params["upscore8"][0].detach().numpy()
     assert up.shape == (3, 3, 16, 16) and up[0, 0].max() > 0 and not up[0, 1].any()   # bilinear, diagonal
     assert net.param_specs["upscore8"][0][0] == 0                                     # frozen
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
+def test_surgery_from_the_21_class_net_to_3_classes(name, tmp_path):
+    """From a VOC net (fixture widths, filler weights standing in for the published ones) to 3 classes:
+    the report's copied layers hold the source's weights, its re-initialised ones are exactly the layers
+    whose shape depends on the class count and start as the 3-class train net's fillers start them;
+    its bilinear ones are the upsampling layers, frozen."""
+    from fcn_repro.caffe import save_weights
+
+    widths = fcn_nets.NETS[name].fixture_widths
+    nets = {}
+    for n in (21, 3):
+        d = tmp_path / f"c{n}"
+        d.mkdir()
+        nets[n] = owntrain.write_nets(d, owntrain.OwnNet(name, name, widths), n)["train"]
+    src = Net(str(nets[21]), phase="TRAIN", seed=5)
+    init = tmp_path / "voc.caffemodel"
+    save_weights(init, {k: [p.detach().numpy() for p in v] for k, v in src.params.items()})
+    net, fresh = Net(str(nets[3]), phase="TRAIN", seed=9), Net(str(nets[3]), phase="TRAIN", seed=9)
+    rep = owntrain.class_surgery(net, str(init))
+    differ = {k for k, v in net.params.items() if [p.shape for p in v] != [p.shape for p in src.params[k]]}
+    assert differ and set(rep["reinitialised"]) == differ
+    assert set(rep["copied"]) == set(net.params) - differ and not rep["left_to_fillers"]
+    deconv = {k for k, t in zip(net.layer_names, net.layer_types) if t == "Deconvolution"}
+    assert deconv and set(rep["bilinear"]) == deconv
+    for k, v in net.params.items():
+        for i, p in enumerate(v):
+            got = p.detach().numpy()
+            if k in deconv:
+                assert got.shape[:2] == (3, 3) and got[0, 0].max() > 0 and not got[0, 1].any(), k
+                assert net.param_specs[k][i][0] == 0, k                          # frozen
+            elif k in differ:
+                assert np.array_equal(got, fresh.params[k][i].detach().numpy()), k   # the train net's filler
+            else:
+                assert np.array_equal(got, src.params[k][i].detach().numpy()), k     # copied
 
 
 def test_learning_rate_rule():
@@ -257,36 +336,58 @@ def test_second_run_on_a_live_runs_out_refuses_and_a_finished_run_is_kept(shapes
     assert rundir.read_run(second).weights.name == "train_iter_2.caffemodel"
 
 
-def test_sigint_snapshots_and_resume_is_bit_exact(shapes, tmp_path):
-    args = ["--net", "sample", "--data", str(shapes), "--classes", CLASSES, "--max-iter", "40", "--no-progress",
+def test_sigint_snapshots_and_resume_is_bit_exact(tmp_path, capsys):
+    """Ctrl-C to a real `python -m fcn_repro.train` once it has logged iterations: a second train on its
+    --out is refused while it lives; it stops with a snapshot; `--resume RUN` ends with the weights of an
+    uninterrupted run, bit for bit. The data have no lists: the log states the deterministic split; the labels' own palette is the run's."""
+    palette = [(20, 30, 40), (250, 200, 0), (0, 90, 255)]
+    data = make_shapes(tmp_path / "bare", n=10, size=(48, 40), val=0, palette=palette)
+    args = ["--net", "sample", "--data", str(data), "--classes", CLASSES, "--max-iter", "12", "--no-progress",
             "--test-every", "0"]
     whole = tmp_path / "whole"
     assert train_main(args + ["--out", str(whole)]) == 0
+    notes = _records(whole, "setup")[0]["notes"]
+    assert any(n.startswith("training split: 'train': no train.txt") and "every 5th" in n and "(8 images)" in n
+               for n in notes), notes
+    assert f"{data}: 10 image/label pairs, {10 * 48 * 40} labelled pixels" in notes    # the checker's counts
+    assert any(n.strip().startswith("2 square") for n in notes)
+    assert rundir.read_run(whole).heads["score"].colours().tolist() == [list(c) for c in palette]   # the PNGs'
     run = tmp_path / "interrupted"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))       # the same threads as this process: the same sums
     proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train"] + args + ["--out", str(run)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and log.read_text().count('"type": "train"') >= 3:
-            os.kill(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.02)
-    out, err = proc.communicate(timeout=120)
+    refused = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.is_file() and log.read_text().count('"type": "train"') >= 3:
+                capsys.readouterr()
+                refused = train_main(args + ["--out", str(run)])        # the run is live: refused, not RUN-2
+                os.kill(proc.pid, signal.SIGINT)
+                break
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert refused == 2 and "a live training run holds this directory" in capsys.readouterr().err
+    assert not run.with_name(run.name + "-2").exists()
     assert proc.returncode == 130, err
     state = runs.latest_state(run)
     stopped = int(state.name.split("_iter_")[1].split(".")[0])
-    assert 3 <= stopped < 40 and "--resume" in err and "Traceback" not in err
+    assert 3 <= stopped < 12 and "--resume" in err and "Traceback" not in err
     info = rundir.read_run(run)
     assert not info.complete and info.iteration == stopped
     assert train_main(args + ["--out", str(run), "--resume", str(run)]) == 0
-    a, b = load_weights(whole / "train_iter_40.caffemodel"), load_weights(run / "train_iter_40.caffemodel")
+    a, b = load_weights(whole / "train_iter_12.caffemodel"), load_weights(run / "train_iter_12.caffemodel")
     assert a.keys() == b.keys()
     for k in a:
         for x, y in zip(a[k], b[k]):
             assert np.array_equal(x, y), k
     assert rundir.read_run(run).complete
+    start = load_weights(owntrain.init_weights("sample"))
+    assert not np.array_equal(a["fc7"][0], start["fc7"][0])          # the runs did train
 
 
 def test_staged_schedule_in_one_command(shapes, tmp_path, monkeypatch):
@@ -352,3 +453,115 @@ def test_the_runs_report_page_shows_the_users_classes(trained):
     assert ">background<" not in text
     if CHROMIUM is not None:
         assert check_in_browser(page)["images"] > 2
+
+
+# ------------------------------------------------------------------ the run is a model: evaluate, infer, load, export
+
+def _val_images(shapes: Path, k: int = 2):
+    stems = (shapes / "val.txt").read_text().split()[:k]
+    return [next((shapes / "images").glob(f"{s}.*")) for s in stems]
+
+
+def test_evaluate_a_run_on_the_folders_val_txt_in_the_users_classes(shapes, trained, tmp_path, capsys):
+    from fcn_repro.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--net", str(trained), "--data", str(shapes), "--json", "-", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["split"] == "val" and rep["split_file"] == str(shapes / "val.txt") and rep["images"] == 8
+    head = rep["heads"]["score"]
+    assert head["classes"] == CLASSES.split(",")
+    assert head["palette"] == rundir.read_run(trained).heads["score"].colours().tolist()
+    last = _records(trained, "test")[-1]["scores"]["score"]
+    assert head["mean_iu"] == pytest.approx(last["mean_iu"], abs=1e-12)      # the run's last validation
+    assert evaluate_main(["--net", str(trained), "--data", str(shapes), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for c, name in enumerate(CLASSES.split(",")):
+        assert f"    {c}  {name}" in text
+    assert "aeroplane" not in text and "class 1" not in text
+    # the same images in a VOC layout: its val list, the run's classes
+    voc = as_voc(shapes, tmp_path / "voc", {"val": (shapes / "val.txt").read_text().split()})
+    assert evaluate_main(["--net", str(trained), "--data", str(voc), "--json", "-", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["dataset"], rep["split"], rep["images"]) == ("voc", "val", 8)
+    assert rep["heads"]["score"]["classes"] == CLASSES.split(",")
+    # the same labelled pixels per class (the images are re-encoded: the predictions may differ slightly)
+    assert np.array(rep["heads"]["score"]["hist"]).sum(1).tolist() == np.array(head["hist"]).sum(1).tolist()
+
+
+def test_load_and_infer_a_run_carry_the_users_classes_and_agree(shapes, trained, tmp_path, capsys):
+    import fcn_repro
+    from fcn_repro.infer import main as infer_main
+
+    m = fcn_repro.load(trained)
+    assert m.classes == CLASSES.split(",") and m.meta["heads"] == {"score": CLASSES.split(",")}
+    assert repr(m).startswith(f"Pretrained('{trained.name}', classes=['bg', 'disc', 'square']")
+    images = _val_images(shapes)
+    out = tmp_path / "inf"
+    assert infer_main([str(p) for p in images] + ["--net", str(trained), "-o", str(out), "--no-legend"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    colours = rundir.read_run(trained).heads["score"].colours()
+    for img in images:
+        pred = m.predict(img)
+        png = Image.open(out / f"{img.stem}.png")
+        assert png.mode == "P" and np.array_equal(np.array(png), pred.labels["score"])      # the same labels
+        assert np.array(png.getpalette()[:9]).reshape(3, 3).tolist() == colours.tolist()
+        names = [c["name"] for c in summary["images"][str(img)]["outputs"]["score"]["classes"]]
+        assert names and set(names) <= set(CLASSES.split(","))
+        assert f"{img} ({pred.size[1]}x{pred.size[0]}):" in printed
+        truth = np.array(Image.open(shapes / "labels" / f"{img.stem}.png"))
+        assert (pred.labels["score"] == truth).mean() > 0.9          # a trained model, not the start
+    assert "bg " in printed and "background" not in printed
+
+
+def test_export_a_run_to_onnx_the_same_argmax_in_onnxruntime(shapes, trained, tmp_path, capsys):
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(mod, reason="ONNX export needs the onnx extra: pip install 'fcn_repro[onnx]'")
+    import onnx
+    import onnxruntime as ort
+    import fcn_repro
+    from fcn_repro.export.__main__ import main as export_main
+
+    path = tmp_path / "model.onnx"
+    assert export_main([str(trained), "-o", str(path)]) == 0
+    assert "score: 3 classes: bg, disc, square" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(os.fspath(path)).metadata_props}
+    assert json.loads(meta["fcn_repro.heads"])["score"]["names"] == CLASSES.split(",")
+    m = fcn_repro.load(trained)
+    sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    for img in _val_images(shapes, 3):
+        x = m.transforms()(img)["data"][None].astype(np.float32)
+        (theirs,) = sess.run(["score"], {"data": x})
+        ours = m.predict(img, scores=True)
+        assert theirs.shape == (1, 3) + ours.labels["score"].shape
+        np.testing.assert_allclose(theirs[0], ours.scores["score"], rtol=0, atol=1e-4 * np.abs(theirs).max())
+        assert np.array_equal(theirs[0].argmax(0), ours.labels["score"])
+
+
+def test_a_deploy_prototxt_with_weights_and_classes_prints_the_names(shapes, trained, tmp_path, capsys,
+                                                                       monkeypatch):
+    """The run's files without the run: `--net deploy.prototxt --weights W --classes a,b,c`."""
+    from fcn_repro.evaluate import main as evaluate_main
+    from fcn_repro.export import __main__ as export_cli
+    from fcn_repro.infer import main as infer_main
+
+    info = rundir.read_run(trained)
+    files = ["--net", str(info.deploy), "--weights", str(info.weights)]
+    assert evaluate_main(files + ["--classes", CLASSES, "--data", str(shapes), "--limit", "2", "--json", "-",
+                                  "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["heads"]["score"]["classes"] == CLASSES.split(",")
+    img = _val_images(shapes, 1)[0]
+    assert infer_main([str(img)] + files + ["--classes", CLASSES, "-o", str(tmp_path / "o"), "--no-legend"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert {c["name"] for c in summary["images"][str(img)]["outputs"]["score"]["classes"]} <= set(CLASSES.split(","))
+    assert infer_main([str(img)] + files + ["-o", str(tmp_path / "p"), "--no-legend"]) == 0
+    assert "class 0" in capsys.readouterr().out                        # without names: numbers
+    seen = {}
+
+    def fake_to_onnx(net, path, **kw):
+        seen.update(kw["labels"])
+        raise export_cli.cli.UsageError("stop here")                    # the names are what is checked
+    monkeypatch.setattr(export_cli, "to_onnx", fake_to_onnx)
+    assert export_cli.main([str(info.deploy), "--weights", str(info.weights), "--classes", CLASSES,
+                            "-o", str(tmp_path / "m.onnx")]) == 2
+    assert {b: ls.names for b, ls in seen.items()} == {"score": tuple(CLASSES.split(","))}

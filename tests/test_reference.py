@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_repro import evaluate as ev
+import fcn_repro.evaluate as ev
 from fcn_repro import registry
 from fcn_repro.data import resource_path
 from fcn_repro.metrics import scores

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_repro import evaluate as ev
+import fcn_repro.evaluate as ev
 from fcn_repro import infer as inf
 from fcn_repro.data import resource_path
 from fcn_repro.evaluation import reference_comparison
@@ -224,3 +224,120 @@ def test_page_shows_a_published_reference_with_its_verdict():
     assert "published (the paper, seg11valid)" in text and "PASCAL VOC 2011" in text
     head["reference"]["scores"] = {"mean_iu": head["mean_iu"]}
     assert '<span class="badge MATCH">MATCH</span>' in render(report)
+
+
+# ------------------------------------------------------------------ colours, plots, paths, names
+
+def test_class_lists_without_a_background_colour_class_0():
+    """SIFT Flow's awning and sky, NYUDv2's wall are classes, not background: no class of theirs
+    is black (the colour overlays leave untinted), and an overlay tints them; PASCAL's class 0
+    stays black and untinted."""
+    from fcn_repro import registry
+    from fcn_repro.data.transforms import overlay
+    from fcn_repro.labels import for_net
+
+    for name in ("siftflow-fcn8s", "nyud-fcn32s-color"):
+        card = registry.net(name)
+        for h in card.heads:
+            cols = for_net(card, h.blob).colours()
+            assert cols.max(axis=1).min() > 0, (name, h.blob)                  # no black class
+            assert len({tuple(c) for c in cols}) == len(cols)                   # all distinct
+    voc = for_net(registry.net("fcn8s"))
+    assert voc.colours()[0].tolist() == [0, 0, 0] and voc.palette[255].tolist() == [224, 224, 192]
+    geo = for_net(registry.net("siftflow-fcn8s"), "score_geo")
+    img = np.full((4, 4, 3), 200, np.uint8)
+    sky = np.zeros((4, 4), np.uint8)
+    assert not np.array_equal(overlay(img, sky, labels=geo), img)               # sky is tinted
+    assert np.array_equal(overlay(img, sky, labels=voc), img)                   # background is not
+
+
+def test_plots_leave_out_classes_without_pixels_only_when_many():
+    from fcn_repro.report.page import PLOT_ALL_UP_TO, _plotted
+
+    few = np.zeros((5, 5), np.int64)
+    few[0, 0] = few[1, 2] = 3
+    assert _plotted(few) == (list(range(5)), [])                                 # a short list: all shown
+    n = PLOT_ALL_UP_TO + 21
+    many = np.zeros((n, n), np.int64)
+    many[0, 0], many[3, 7], many[n - 1, n - 1] = 5, 2, 1                         # class 7: predicted only
+    shown, hidden = _plotted(many)
+    assert shown == [0, 3, 7, n - 1] and hidden == [c for c in range(n) if c not in shown]
+
+
+def test_page_shows_bundled_paths_inside_the_package(tmp_path):
+    import fcn_repro
+    from fcn_repro.report.page import shown_path
+
+    inside = resource_path("sample", "fcn8s-shapes.prototxt")
+    assert shown_path(inside) == "fcn_repro/resources/sample/fcn8s-shapes.prototxt"
+    assert shown_path(tmp_path / "mine.caffemodel") == str(tmp_path / "mine.caffemodel")
+    assert shown_path("") == "" and shown_path(None) == ""
+    assert str(fcn_repro.__file__) not in shown_path(inside)
+
+
+def test_overlay_legend_widens_for_long_names_and_says_untinted():
+    pytest.importorskip("matplotlib")
+    from fcn_repro.report.overlays import overlay_picture
+
+    img = np.full((30, 40, 3), 120, np.uint8)
+    lab = np.zeros((30, 40), np.uint8)
+    lab[:, 20:] = 1
+    short = overlay_picture(img, lab, LabelSet.voc(["bg", "a"]))
+    long = overlay_picture(img, lab, LabelSet.voc(["bg", "a rather long class name for a legend"]))
+    assert short.shape[1] >= 180 and long.shape[1] > short.shape[1]              # the name is not cut
+    assert np.array_equal(long[:30, :40, :], overlay_picture(img, lab, LabelSet.voc(["bg", "a"]), legend=False))
+    right = long[30:, long.shape[1] - 40:]
+    assert (right < 128).any()                                                    # text reaches the far end
+
+
+def test_infer_refuses_a_json_path_that_is_an_input(tmp_path, capsys):
+    img = _copy("s0006", tmp_path / "a.jpg")
+    before = img.read_bytes()
+    rc = inf.main([str(img), "--net", "sample", "-o", str(tmp_path / "o"), "--json", str(img)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is one of the inputs" in err and img.read_bytes() == before
+    assert not (tmp_path / "o" / "a.png").exists()                               # refused before the work
+
+
+def test_plots_draw_any_class_name_letter_for_letter():
+    """A '$' in a user's class name is not mathtext (a malformed formula would fail the plot), and
+    a very long name is cut on the axes (the legend, bounded in width, keeps what fits)."""
+    pytest.importorskip("matplotlib")
+    from fcn_repro.report import plots
+
+    names = ["bg", r"$\frac$", "a$b$c", "x" * 500]
+    assert plots.plain("a$b$c") == r"a\$b\$c" and len(plots.tick("x" * 500)) == 32
+    assert [plots.percent(f) for f in (0.0, 0.0001, 0.0005, 0.5)] == ["0.0%", "<0.1%", "0.1%", "50.0%"]
+    for png in (plots.iu_chart(names, [0.1, 0.2, 0.3, 0.4]), plots.confusion_heatmap(np.eye(4) * 10, names),
+                plots.learning_curve([{"type": "train", "iter": 0, "loss": 1.0}], title=r"run $\x$")):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    strip = plots.legend_strip(LabelSet.voc(names), range(4), 300)
+    assert strip.shape[1] <= plots.LEGEND_MAX_WIDTH and strip.shape[0] > 0
+
+
+def test_gallery_zero_leaves_the_gallery_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert ev.main(["--net", "sample", "--limit", "2", "--report", str(tmp_path / "r"), "--gallery", "0",
+                    "--no-progress", "--workers", "0"]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "Gallery" not in text and "No image with labelled pixels" not in text and "per-class IU" in text
+
+
+def test_gallery_of_several_processes_equals_one_process():
+    """evaluate under torchrun: each process keeps its share's worst and best; rank 0 absorbs the
+    others' and shows the whole set's (the same images as one process keeping them all)."""
+    rng = np.random.default_rng(5)
+    one, shards = Gallery(k=3, longest=8), [Gallery(k=3, longest=8) for _ in range(3)]
+    for i in range(31):
+        lab = rng.integers(0, 4, (8, 10)).astype(np.uint8)
+        pred = np.where(rng.random(lab.shape) < rng.random(), lab, rng.integers(0, 4, lab.shape)).astype(np.uint8)
+        h = fast_hist(lab, pred, 4)
+        for g in (one, shards[i % 3]):
+            g.observe(f"im{i}", "score", None, lab, pred, h)
+    merged = shards[0]
+    for other in shards[1:]:
+        merged.absorb(other.heads)
+    assert [e.id for e in merged.worst("score")] == [e.id for e in one.worst("score")]
+    assert [e.id for e in merged.best("score")] == [e.id for e in one.best("score")]
+    assert merged.ranked("score") == one.ranked("score") == 31
+    assert merged.gathered(1) is merged                                  # one process: itself

@@ -29,7 +29,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib: pip insta
 from conftest import caffe_fixture  # noqa: E402
 from test_evaluate import _siftflow_layout, make_sample_voc  # noqa: E402
 
-from fcn_repro import evaluate as ev  # noqa: E402
+import fcn_repro.evaluate as ev  # noqa: E402
 from fcn_repro.labels import LabelSet  # noqa: E402
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -124,6 +124,9 @@ def test_sample_report_in_the_browser(tmp_path):
     for name in ("background", "disc", "square", "triangle", "ring"):
         assert f">{name}<" in text                               # class names in the counts table
     assert "Worst 4" in text and "Best 4" in text
+    package = str(Path(ev.__file__).resolve().parent)
+    assert package not in text and "fcn_repro/resources/sample/fcn8s-shapes.caffemodel" in text   # no checkout path
+    assert "<h1>bundled sample: reduced FCN-8s on synthetic shapes (not PASCAL), split val</h1>" in text
     found = check_in_browser(out / "index.html")
     # summary + 2 plots + 8 gallery rows of 4 panels
     assert found["images"] == 2 + 8 * 4 and min(found["widths"]) > 0
@@ -141,6 +144,7 @@ def test_siftflow_two_heads_report_in_the_browser(tmp_path):
     assert "score_sem: 33 classes" in text and "score_geo: 3 classes" in text
     assert "Not scored (no ground truth in the set" in text         # SIFT Flow's protocol, said
     assert ">awning<" in text and ">vertical<" in text
+    assert "Not in the plots: the " in text                          # 33 classes, few with pixels: not drawn
     found = check_in_browser(out / "index.html")
     assert found["images"] == 2 * (2 + 2 * 4)
 
@@ -169,3 +173,40 @@ def test_user_classes_report_in_the_browser(tmp_path):
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
             seen = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
         assert seen <= allowed and len(seen - {tuple(mine.palette[255])}) > 1, seen
+
+
+@needs_chromium
+def test_own_classes_training_run_ends_with_its_report_in_the_browser(tmp_path, monkeypatch):
+    """``train --net sample --data DIR --classes ...`` on a user's folder (label PNGs with their own
+    palette): the report the run writes at its end names the user's classes, in their colours."""
+    from fcn_repro.registry import resource_path
+    from fcn_repro.train import main as train_main
+
+    monkeypatch.setenv("FCN_REPRO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("FCN_REPRO_HOME", str(tmp_path / "cache"))
+    sample = resource_path("sample", "sample")
+    data = tmp_path / "garden"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    colours = [(250, 250, 250), (30, 160, 60), (120, 70, 20), (240, 200, 0), (200, 0, 160)]
+    flat = [v for c in colours for v in c] + [0] * (3 * (256 - len(colours)))
+    for i in ("s0000", "s0003", "s0004", "s0009", "s0012"):
+        shutil.copy(sample / "JPEGImages" / f"{i}.jpg", data / "images" / f"{i}.jpg")
+        with Image.open(sample / "SegmentationClass" / f"{i}.png") as lab:
+            lab = lab.copy()
+        lab.putpalette(flat)
+        lab.save(data / "labels" / f"{i}.png")
+    run = tmp_path / "run"
+    assert train_main(["--net", "sample", "--data", str(data), "--classes", "soil,leaf,stem,flower,pest",
+                       "--iters", "1", "--test-every", "1", "--out", str(run), "--no-progress"]) == 0
+    page = run / "report" / "index.html"
+    text = _self_contained(page)
+    assert "validation at iteration 1" in text and "train_iter_1.caffemodel" in text
+    assert 'rgb(30,160,60)"></span>leaf' in text and ">background<" not in text
+    assert ">soil<" in text and ">pest<" in text                   # the counts table: the user's names
+    found = check_in_browser(page)
+    assert found["images"] >= 2 + 4 and min(found["widths"]) > 0
+    # and evaluate on the run directory: its recorded data, classes and colours
+    assert ev.main(["--net", str(run), "--report", str(tmp_path / "again"), "--no-progress", "--workers", "0"]) == 0
+    again = _self_contained(tmp_path / "again" / "index.html")
+    assert 'rgb(30,160,60)"></span>leaf' in again and ">background<" not in again and str(data) in again

@@ -21,6 +21,10 @@ LAZY_IMPORTS = {
     ("fcn_repro", "fcn_repro.predict"): "fcn_repro.load: `import fcn_repro` must not import torch",
     ("fcn_repro", "fcn_repro.caffe"): "the package's caffe names on first use: `import fcn_repro` stays "
                                       "free of torch and h5py",
+    ("fcn_repro", "fcn_repro.resolve"): "fcn_repro.list_nets: `import fcn_repro` stays light",
+    ("fcn_repro", "fcn_repro.evaluation"): "fcn_repro.evaluate: `import fcn_repro` must not import torch",
+    ("fcn_repro", "fcn_repro.fast"): "fcn_repro.optimize: `import fcn_repro` must not import torch",
+    ("fcn_repro", "fcn_repro.training"): "fcn_repro.train: `import fcn_repro` must not import torch",
     ("fcn_repro.caffe", "fcn_repro.caffe.net"): "the builder's names on first use: the formats (and the tools "
                                                 "that only read or convert weights) stay free of torch",
     ("fcn_repro.hub", "fcn_repro.caffe.net"): "check_parses builds the net (on the meta device): listing, "
@@ -211,3 +215,79 @@ def test_importing_the_package_and_the_formats_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- library and tools
+
+def _is_tool(module: str) -> bool:
+    """A tool: a ``python -m`` entry point (``if __name__ == "__main__"``, a ``__main__`` module) or the
+    command-line conventions every tool shares (fcn_repro.cli)."""
+    if module == "fcn_repro.cli" or module.split(".")[-1] == "__main__":
+        return True
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    return any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)
+               for n in tree.body)
+
+
+TOOLS = {m for m in MODULES if _is_tool(m)}
+
+
+def test_the_tools_are_found():
+    assert {"fcn_repro.cli", "fcn_repro.evaluate", "fcn_repro.infer", "fcn_repro.convert", "fcn_repro.train",
+            "fcn_repro.zoo", "fcn_repro.compare", "fcn_repro.netspec", "fcn_repro.export.__main__"} <= TOOLS
+    assert not {"fcn_repro.evaluation", "fcn_repro.hub", "fcn_repro.resolve", "fcn_repro.trainer"} & TOOLS
+
+
+def test_no_library_module_imports_a_tool():
+    """The library (everything but the tools) never imports a tool module, at the top or in a function:
+    the tools are shells over the library, and process groups and devices are set up by them only."""
+    offenders = sorted(f"{m} imports {t}" for m, (top, local) in GRAPH.items() if m not in TOOLS
+                       for t in top | {t for _, t in local} if t in TOOLS)
+    assert not offenders, "library modules importing tools:\n  " + "\n  ".join(offenders)
+
+
+def test_the_library_parses_no_command_line_and_starts_no_process_group():
+    offenders = []
+    for m, path in MODULES.items():
+        if m in TOOLS:
+            continue
+        text = path.read_text(encoding="utf-8")
+        for bad in ("import argparse", "init_process_group(", "cuda.set_device(", "sys.argv"):
+            if bad in text:
+                offenders.append(f"{m}: {bad}")
+    assert not offenders, offenders
+
+
+def test_tools_do_not_re_export_library_names():
+    """A library name has one import path: a tool's ``__all__`` lists only what the tool defines."""
+    offenders = []
+    for m in sorted(TOOLS):
+        tree = ast.parse(MODULES[m].read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for tt in n.targets
+                    for t in (tt.elts if isinstance(tt, ast.Tuple) else [tt]) if isinstance(t, ast.Name)}
+        for n in tree.body:
+            if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets):
+                offenders += [f"{m}.{x}" for x in ast.literal_eval(n.value) if x not in defined]
+    assert not offenders, f"tools re-exporting library names: {offenders}"
+
+
+#: modules that still compare a name with 'sample' -> why (the sample is otherwise data: its cards)
+SAMPLE_BRANCHES = {
+    "fcn_repro.owntrain": "own classes: the sample's reduced widths and fine-tuning recipe (the own-data issue's)",
+}
+
+
+def test_the_sample_is_data_not_a_branch():
+    """The bundled sample is a card (registry.SAMPLE, its dataset card, `resource:` entries), read like
+    every other card: no module compares a name with "sample" (`== "sample"`, `in ("sample", ...)`)."""
+    found = {}
+    for m, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(c, ast.Constant) and c.value == "sample" for c in [node.left, *node.comparators]):
+                found.setdefault(m, []).append(node.lineno)
+    unexpected = {m: lines for m, lines in found.items() if m not in SAMPLE_BRANCHES}
+    assert not unexpected, f"branches on the name 'sample': {unexpected}"
+    assert not set(SAMPLE_BRANCHES) - set(found), f"stale SAMPLE_BRANCHES: {set(SAMPLE_BRANCHES) - set(found)}"

@@ -74,3 +74,11 @@ def test_two_processes_equal_iter_size_two(tmp_path):
     for k in ("mean_iu", "overall_acc", "fwavacc"):
         assert t2[0]["score"][k] == pytest.approx(t1[0]["score"][k], rel=1e-6, abs=1e-9)
     assert t2[0]["score"]["images"] == 3
+    # the end-of-run report's gallery: every process's share gathered (3 images ranked, not rank 0's 2)
+    if (tmp_path / "one" / "report" / "index.html").is_file():
+        import re
+
+        ids = [re.findall(r'<div class="rowhead">([^<]*)<b>', (tmp_path / d / "report" / "index.html").read_text())
+               for d in ("one", "two")]
+        assert "(3 images ranked)" in (tmp_path / "two" / "report" / "index.html").read_text()
+        assert sorted(ids[1]) == sorted(ids[0]) and len(ids[0]) == 3

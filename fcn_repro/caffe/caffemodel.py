@@ -19,18 +19,17 @@ unchanged.
 
 Memory
 ------
-The file is memory-mapped private and copy-on-write (``mmap.ACCESS_COPY``)
-and a packed float field becomes an ``np.frombuffer`` view of the mapping: no
-copy, no read until a value is used, and the arrays are writable, but a write
-only changes this process's page, never the file. The mapping lives as long as
-any returned array. Copies are made only where the stored layout is not one
-contiguous little-endian float run: unpacked (one tag per value) or split
-packed fields, and ``double_data``. ``copy=True`` reads every blob into fresh
-arrays instead (read into ``np.empty``, so peak memory stays one copy)
-and lets the mapping go; use it when the file may be rewritten in place by
-another program while the arrays are in use (a mapped file truncated under a
-process raises SIGBUS). Our own writers replace files by renaming, which is
-safe.
+The file is read into memory once (:func:`fcn_repro.limits.read_regular`),
+and a packed float field becomes an ``np.frombuffer`` view of that buffer: no
+second copy, and the arrays are writable (a write never reaches the file).
+The buffer lives as long as any returned array. The file is not
+memory-mapped: a mapping whose file another program truncates kills the
+process with SIGBUS at the next read of a vanished page, while a read sees
+the file shrink and raises :class:`CaffeModelError`. Copies are made only
+where the stored layout is not one contiguous little-endian float run:
+unpacked (one tag per value) or split packed fields, and ``double_data``.
+``copy=True`` returns arrays that own their memory instead (copied out of the
+buffer, which is then let go).
 
 Arrays are in the stored shapes: the BlobShape, or, where the blob gives any
 of the legacy ``num``/``channels``/``height``/``width`` fields, that 4-D shape
@@ -49,7 +48,6 @@ than the file's size, loop, or recurse.
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -65,7 +63,7 @@ from fcn_repro.caffe.solverstate import (  # noqa: F401  (importable from here, 
 )
 from fcn_repro.caffe.weightfile import BlobInfo, LayerInfo, ModelInfo, as_array, check_kind
 from fcn_repro.caffe.wire import (
-    BlobPlan, BlobRecord, Wire, blob_array, blob_array_read, decode_blob, encode_str, expect_wire, int32,
+    BlobPlan, BlobRecord, Wire, blob_array, decode_blob, encode_str, expect_wire, int32,
     key, length_delimited, pieces_size, varint_bytes, write_pieces,
 )
 from fcn_repro.errors import CaffeModelError, WeightsError
@@ -186,42 +184,34 @@ def _decode_net(w: Wire) -> _Net:
 
 # ------------------------------------------------------------ value access
 
-class _Mapped:
-    """An open caffemodel: its mapping (or bytes) and decoded structure."""
+class _Loaded:
+    """A caffemodel read into memory (or given as bytes) and its decoded structure."""
 
     def __init__(self, path: str | os.PathLike | None = None, data: bytes | None = None,
                  filename: str | None = None):
         if data is not None:
             self.filename = filename or "<bytes>"
             self.buf: Any = data
-            self.size = len(data)
         else:
             self.filename = os.fspath(path)  # type: ignore[arg-type]
-            limits.require_regular(self.filename, "caffemodel", error=CaffeModelError)
-            with open(self.filename, "rb") as f:
-                self.size = os.fstat(f.fileno()).st_size
-                if self.size == 0:
-                    raise CaffeModelError("empty file", self.filename, offset=0)
-                self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.buf = limits.read_regular(self.filename, "caffemodel", error=CaffeModelError)
+        self.size = len(self.buf)
+        if self.size == 0:
+            raise CaffeModelError("empty file", self.filename, offset=0)
         self.net = _decode_net(Wire(self.buf, self.filename))
         self.budget = limits.Budget(self.filename, error=CaffeModelError)
+        if data is None:
+            self.budget.charge(self.size, "the file's bytes")   # read into memory: copies come on top
 
-    def arrays(self, layer: _Layer, keep_dtype: bool, f: Any = None) -> list[np.ndarray]:
+    def arrays(self, layer: _Layer, keep_dtype: bool, copy: bool = False) -> list[np.ndarray]:
         for i, b in enumerate(layer.blobs):
-            if f is not None or _materialized(b, keep_dtype):   # a new array, not a view of the file
+            if copy or _materialized(b, keep_dtype):   # a new array, not a view of the buffer
                 self.budget.charge(b.count * (8 if b.dtype == "float64" and keep_dtype else 4),
                                    f"blob of shape {b.shape}", offset=b.tagpos, layer=layer.name, blob=i)
-        if f is not None:
-            return [blob_array_read(f, b, keep_dtype, self.filename) for b in layer.blobs]
-        return [blob_array(self.buf, b, keep_dtype) for b in layer.blobs]
-
-    def release(self) -> None:
-        """Unmap now (only when no view of the mapping was handed out: ``copy=True``)."""
-        if isinstance(self.buf, mmap.mmap):
-            try:
-                self.buf.close()
-            except BufferError:  # a view is still alive somewhere: the GC unmaps later
-                pass
+        out = [blob_array(self.buf, b, keep_dtype) for b in layer.blobs]
+        if copy:
+            out = [a if _materialized(b, keep_dtype) else a.copy() for a, b in zip(out, layer.blobs)]
+        return out
 
     def info(self) -> ModelInfo:
         return ModelInfo(self.filename, "caffemodel-" + self.net.version, self.net.name,
@@ -231,9 +221,9 @@ class _Mapped:
         return memoryview(self.buf)[start:end]
 
 
-def _open(path: str | os.PathLike) -> _Mapped:
+def _open(path: str | os.PathLike) -> _Loaded:
     check_kind(path, expect="caffemodel")
-    return _Mapped(path)
+    return _Loaded(path)
 
 
 def _materialized(b: BlobRecord, keep_dtype: bool) -> bool:
@@ -241,20 +231,15 @@ def _materialized(b: BlobRecord, keep_dtype: bool) -> bool:
     return len(b.segments) != 1 or b.segments[0][0] != "p" or (b.dtype == "float64" and not keep_dtype)
 
 
-def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[str, list[np.ndarray]]:
+def _load(m: _Loaded, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     repeats: list[_Layer] = []
-    f = open(m.filename, "rb", buffering=0) if copy else None
-    try:
-        for layer in m.net.layers:
-            if not layer.blobs and not keep_empty:
-                continue
-            if layer.name in out:
-                repeats.append(layer)
-            out[layer.name] = m.arrays(layer, keep_dtype, f)
-    finally:
-        if f is not None:
-            f.close()
+    for layer in m.net.layers:
+        if not layer.blobs and not keep_empty:
+            continue
+        if layer.name in out:
+            repeats.append(layer)
+        out[layer.name] = m.arrays(layer, keep_dtype, copy)
     if repeats:
         # Caffe's CopyTrainedLayersFrom copies source layers by name in file
         # order, so of two layers with one name the last one wins. One warning
@@ -263,8 +248,6 @@ def _load(m: _Mapped, copy: bool, keep_dtype: bool, keep_empty: bool) -> dict[st
         more = f" and {len(repeats) - 1} more" if len(repeats) > 1 else ""
         warnings.warn(f"{m.filename}: byte {first.tagpos}: a second layer named {first.name!r}{more}; "
                       "the later layer's blobs replace the earlier one's, as in Caffe", stacklevel=3)
-    if copy:
-        m.release()
     return out
 
 
@@ -272,8 +255,8 @@ def load_caffemodel(path: str | os.PathLike, *, copy: bool = False, keep_dtype: 
                     keep_empty: bool = False) -> dict[str, list[np.ndarray]]:
     """Layer name -> blobs (float32 arrays in stored shapes), in file order.
 
-    ``copy=False`` (default): views of a private copy-on-write mapping (see the
-    module docstring); ``copy=True``: fresh arrays, no mapping kept.
+    ``copy=False`` (default): views of the file's bytes read into memory (see the
+    module docstring); ``copy=True``: arrays that own their memory.
     ``keep_dtype``: ``double_data`` blobs stay float64. ``keep_empty``: also
     list layers without blobs (ReLU, Pooling, ... have none).
     """
@@ -284,7 +267,7 @@ def load_caffemodel(path: str | os.PathLike, *, copy: bool = False, keep_dtype: 
 def decode_caffemodel(data: bytes, filename: str = "<bytes>", *, keep_dtype: bool = False,
                       keep_empty: bool = False) -> dict[str, list[np.ndarray]]:
     """:func:`load_caffemodel` for bytes in memory (arrays are read-only views)."""
-    return _load(_Mapped(data=data, filename=filename), False, keep_dtype, keep_empty)
+    return _load(_Loaded(data=data, filename=filename), False, keep_dtype, keep_empty)
 
 
 def caffemodel_info(path: str | os.PathLike) -> ModelInfo:
@@ -303,22 +286,15 @@ def read_caffemodel(path: str | os.PathLike, *, copy: bool = False, keep_dtype: 
     net = Message()
     if m.net.has_name:
         net.add("name", m.net.name)
-    f = open(m.filename, "rb", buffering=0) if copy else None
-    try:
-        for layer in m.net.layers:
-            lm = Message(name=layer.name)
-            if layer.type:
-                lm.add("type", layer.type)
-            lm.add("bottom", layer.bottom)
-            lm.add("top", layer.top)
-            for a in m.arrays(layer, keep_dtype, f):
-                lm.fields.append(("blobs", a))
-            net.add("layer", lm)
-    finally:
-        if f is not None:
-            f.close()
-    if copy:
-        m.release()
+    for layer in m.net.layers:
+        lm = Message(name=layer.name)
+        if layer.type:
+            lm.add("type", layer.type)
+        lm.add("bottom", layer.bottom)
+        lm.add("top", layer.top)
+        for a in m.arrays(layer, keep_dtype, copy):
+            lm.fields.append(("blobs", a))
+        net.add("layer", lm)
     return net
 
 
@@ -390,7 +366,7 @@ def write_caffemodel(path: str | os.PathLike, layers: Iterable[CaffeLayer], net_
 
     Blobs get a BlobShape and packed ``data`` (float32) or ``double_data``
     (float64 arrays), as Caffe's ``Net::ToProto`` writes them; fields are
-    emitted in field-number order, so a file read with :func:`_Mapped` and
+    emitted in field-number order, so a file read with :func:`_Loaded` and
     written back with its extras is byte-identical to what Caffe wrote.
     ``progress(n)`` is called with each chunk's byte count.
     """

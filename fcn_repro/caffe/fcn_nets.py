@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from fcn_repro import registry
-from fcn_repro.caffe.netspec import L, NetSpec, Top, to_message
+from fcn_repro.caffe.netspec import L, NetSpec, NetSpecError, Top, to_message
 from fcn_repro.caffe.prototxt import Message, format_text
 
 __all__ = [
@@ -172,7 +172,7 @@ def fcn_head(n: NetSpec, tops: dict[str, Top], data: Top, num_classes: int, stri
         return base + suffix
 
     if stride not in (2, 4, 8, 16, 32):
-        raise ValueError(f"FCN stride must be 2, 4, 8, 16 or 32, got {stride}")
+        raise NetSpecError(f"FCN stride must be 2, 4, 8, 16 or 32, got {stride}")
     n[nm("score_fr")] = score_conv(tops["fc7"], num_classes)
     if stride == 32:
         n[nm("upscore")] = upsample(n[nm("score_fr")], num_classes, final_ks or 64, 32)
@@ -314,7 +314,7 @@ def _nyud_color_hha(n, inputs, widths, dropout_ratio, loss, nc):
 
 def _single_head(name: str, nc: Optional[int]) -> None:
     if nc is not None:
-        raise ValueError(f"{name}: a net with several score heads keeps its own class counts "
+        raise NetSpecError(f"{name}: a net with several score heads keeps its own class counts "
                          "(own classes need a single-head net: fcn32s, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet)")
 
 
@@ -377,7 +377,7 @@ def _netdef(name: str) -> NetDef:
     try:
         return NETS[name]
     except KeyError:
-        raise KeyError(f"unknown net {name!r}; known: {', '.join(NETS)}") from None
+        raise registry.UnknownNameError(f"unknown net {name!r}; known: {', '.join(NETS)}") from None
 
 
 def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None = None,
@@ -396,13 +396,13 @@ def build_net(name: str, phase: str = "deploy", *, widths: Sequence[int] | None 
     """
     d = _netdef(name)
     if num_classes is not None and not 1 <= int(num_classes) <= registry.IGNORE_LABEL:
-        raise ValueError(f"num_classes must be 1..{registry.IGNORE_LABEL}, got {num_classes}")
+        raise NetSpecError(f"num_classes must be 1..{registry.IGNORE_LABEL}, got {num_classes}")
     norm = d.normalize if normalize is None else bool(normalize)
     if phase not in PHASES:
-        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        raise NetSpecError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     widths = tuple(widths or d.full_widths)
     if len(widths) != len(d.full_widths):
-        raise ValueError(f"{name}: {len(d.full_widths)} widths expected, got {len(widths)}")
+        raise NetSpecError(f"{name}: {len(d.full_widths)} widths expected, got {len(widths)}")
     h, w = input_shape or d.dataset.image_shape
     n = NetSpec()
     inputs: dict[str, Top] = {}

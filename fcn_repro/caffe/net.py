@@ -374,7 +374,8 @@ class Net(nn.Module):
                            "sizes depend on the input size and would be frozen at the example's); use "
                            "torch.export.export with dynamic shapes, or fcn_repro.export.to_onnx")
         missing = [n for n in self.inputs if n not in inputs]
-        unknown = [n for n in inputs if n not in self.inputs]
+        known = set(self.inputs)   # a set: a net of 100k inputs is checked in linear time
+        unknown = [n for n in inputs if n not in known]
         if missing or unknown:
             raise NetError(f"{self.filename}: forward() needs the inputs {self.inputs}; "
                            + (f"missing {missing}" if missing else "")
@@ -410,6 +411,18 @@ class Net(nn.Module):
         if keep:
             self.blobs, self.layer_tops = blobs, tops_rec
         return {n: env[n] for n in self.outputs}
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Top blob -> loss weight, the nonzero ones (Caffe's rule, applied once when the net is built:
+        ``loss_weight`` per top where given, else a loss layer's (:attr:`Layer.is_loss`) first top
+        weighs 1, LossLayer::LayerSetUp). The forward sums these into :attr:`loss`; training uses them."""
+        out: dict[str, float] = {}
+        for name, lw in self._loss_weights.items():
+            for top, w in zip(self._by_name[name].top_names, lw):
+                if w != 0:
+                    out[top] = out.get(top, 0.0) + w
+        return out
 
     # ------------------------------------------------------------ weights
     def load_weights(self, weights: Any, strict: bool = False) -> WeightsReport:

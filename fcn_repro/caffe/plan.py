@@ -31,7 +31,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import torch
 
 from fcn_repro import ops
-from fcn_repro.caffe.layers.base import Layer, LayerError, NetError, fmt_shape
+from fcn_repro.caffe.layers.base import Layer, fmt_shape
+from fcn_repro.errors import add_context
 from fcn_repro.caffe.layers.crop import Crop
 from fcn_repro.caffe.layers.deconvolution import Deconvolution
 from fcn_repro.caffe.layers.eltwise import Eltwise
@@ -96,18 +97,17 @@ class Step:
               filename: str = "<net>") -> list:
         """Run on ``env`` (blob name -> value): read the bottoms (through ``read``), write the tops.
 
-        Errors other than the net's own become a :class:`LayerError` naming
-        the step and its bottoms' shapes. Does not drop anything.
+        An error of the layer's computation keeps its type (a bug stays a bug,
+        a net's own error stays one); the step and its bottoms'
+        shapes are added to it as a note (:func:`add_context`).
         """
         xs = [env[b.name] if read is None else read(env[b.name]) for b in self.bottoms]
         try:
             ys = self.run(xs, inplace)
-        except NetError:
-            raise
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        except Exception as e:
             shapes = ", ".join(f"{b.name!r} {fmt_shape(tuple(x.shape))}" for b, x in zip(self.bottoms, xs))
-            raise LayerError(f"{filename}: layer {self.name!r} ({self.type_name}) failed on bottoms "
-                             f"{shapes}: {e}") from e
+            add_context(e, f"{filename}: in layer {self.name!r} ({self.type_name}), bottoms {shapes}")
+            raise
         for t, y in zip(self.tops, ys):
             env[t.name] = y
         return ys

@@ -16,8 +16,8 @@ byte offset (and the history blob).
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
+import stat
 from typing import Any, Callable
 
 import numpy as np
@@ -89,22 +89,15 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateContents:
 
     Errors (:class:`CaffeModelError`) name the file and byte offset, like the
     caffemodel reader's; history values come back as float32 arrays in the
-    stored shapes (copied out of a read-only mapping of the file, so the file
-    is never held in memory twice).
+    stored shapes (copied out of the file's bytes, read into memory once and
+    let go; never memory-mapped, so a file truncated meanwhile is an error,
+    not SIGBUS).
     """
     path = os.fspath(path)
-    limits.require_regular(path, "solver state", error=CaffeModelError)
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise CaffeModelError("empty file", path, offset=0)
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        return decode_solverstate(buf, path)
-    finally:
-        try:
-            buf.close()
-        except BufferError:  # a view is still alive somewhere: the GC unmaps later
-            pass
+    buf = limits.read_regular(path, "solver state", error=CaffeModelError)
+    if not buf:
+        raise CaffeModelError("empty file", path, offset=0)
+    return decode_solverstate(buf, path)
 
 
 def _solverstate_pieces(state: SolverStateContents) -> tuple[list[Any], int]:
@@ -157,11 +150,16 @@ def state_format(path: str | os.PathLike, sniff: bool = False) -> str:
     """
     path = os.fspath(path)
     if sniff:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
+        head = b""
+        try:   # only a regular file is looked into: the open of a FIFO would wait for a writer
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    head = os.pread(fd, 8, 0)
+            finally:
+                os.close(fd)
         except OSError:
-            head = b""
+            pass
         if head == HDF5_MAGIC:
             return "h5"
         if head[:4] == b"PK\x03\x04":
@@ -296,6 +294,7 @@ def read_state(path: str | os.PathLike) -> StateFile:
     anything is read. A missing file is ``FileNotFoundError``.
     """
     path = os.fspath(path)
+    limits.require_regular(path, "solver state", error=CaffeModelError)   # a FIFO or device: refused at once
     fmt = state_format(path, sniff=True)
     if fmt == "binary":
         return StateFile(read_solverstate(path), None, {}, "binary")

@@ -34,9 +34,11 @@ def make_dataset(kind: str, root, split: Optional[str] = None, **kwargs) -> SegD
     """Reader of dataset ``kind`` (a registry key: 'voc', 'sbd', 'siftflow', 'nyud',
     'context', 'sample') on ``root``; ``split`` defaults to the card's."""
     card = registry.dataset(kind)
-    if kind == "sample":
-        kwargs.setdefault("classes", registry.class_names(card.labels["label"]))
-    return READERS[kind](root, split=split or card.split, **kwargs)
+    reader = READERS[kind]
+    if reader.name != kind and len(card.labels) == 1:
+        # a card read by another card's reader (the bundled sample: the VOC reader) has its own classes
+        kwargs.setdefault("classes", registry.class_names(next(iter(card.labels.values()))))
+    return reader(root, split=split or card.split, **kwargs)
 
 
 __all__ = ["Sample", "SegDataset", "DataMissingError", "VOCSegmentation", "SBDSegmentation",

@@ -14,33 +14,36 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from tqdm import tqdm
+from fcn_repro.progress import bar as progress_bar
 
 from fcn_repro import cli
 from fcn_repro.data.check import check_dataset
 from fcn_repro.data.folder import OwnDataError, own_labels, parse_classes
+from fcn_repro.outputs import check_writable, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fcn_repro.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common(ap, None)
+    cli.add_common(ap, None, examples=[
+                   'python -m fcn_repro.data check shapes --classes bg,disc,square',
+                   'python -m fcn_repro.data check /path/to/VOCdevkit/VOC2011 --json report.json'])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check", help="check a dataset folder: problems with their files, pixels per class")
     c.add_argument("dir", metavar="DIR", help="images/ + labels/ folder, or a VOC-layout directory")
     c.add_argument("--classes", help="class names, comma-separated, in label-value order (default: "
                    "DIR/classes.txt; without either, label values are counted but none is refused)")
     c.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-': stdout)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar (there is one only on a terminal)")
+    cli.add_progress(c)
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.run(_main, build_parser(), argv)
+    return cli.run(_main, build_parser(), argv, inputs=("classes",))
 
 
 def _main(args: argparse.Namespace) -> int:
-    cli.check_writable(args.json, "--json")
+    check_writable(args.json, "--json")
     try:
         classes = list(own_labels(args.dir, parse_classes(args.classes)).names)
     except OwnDataError:
@@ -48,16 +51,16 @@ def _main(args: argparse.Namespace) -> int:
             raise
         classes = None   # no names anywhere: count every value
     bar = None
-    if not args.no_progress and sys.stderr.isatty():
+    if not args.no_progress:
         def bar(items):
-            return tqdm(items, desc="checking", unit="pair", file=sys.stderr)
+            return progress_bar(items, desc="checking", unit="pair")
     rep = check_dataset(args.dir, classes, progress=bar)
     out = sys.stderr if args.json == "-" else sys.stdout
     for line in rep.lines():
         print(line, file=out)
     print(f"{len(rep.problems)} problem(s)" if rep.problems else "no problems", file=out)
     if args.json:
-        cli.write_json(args.json, rep.to_json())
+        write_json(args.json, rep.to_json())
     return 0 if rep.ok else 1
 
 

@@ -128,7 +128,12 @@ class SegDataset:
             raise DataMissingError(
                 f"{len(missing)} file(s) of {self.name} split {getattr(self, 'split', '?')!r}"
                 + (f" ({where})" if where else "") + " are missing:\n  "
-                + "\n  ".join(missing[:5]) + more + ("\n" + self.layout if self.layout else ""))
+                + "\n  ".join(missing[:5]) + more + self.missing_hint()
+                + ("\n" + self.layout if self.layout else ""))
+
+    def missing_hint(self) -> str:
+        """A line for :meth:`check_files`' error: what the directory holds instead (readers say)."""
+        return ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images)"
@@ -139,11 +144,19 @@ def read_mat(path: str | os.PathLike, key: str, what: str = "label") -> np.ndarr
     import scipy.io  # optional: only the .mat-based readers need it
 
     try:
+        limits.require_regular(path, f"{what} file", error=FcnReproError)   # a FIFO's open would wait
         return np.asarray(scipy.io.loadmat(os.fspath(path))[key])
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except KeyError:
         raise FcnReproError(f"no variable {key!r} ({what})", path) from None
+    except FcnReproError:
+        raise
+    except MemoryError:   # a corrupt header declaring a huge variable
+        raise FcnReproError(f"cannot read {what}: the reader ran out of memory (a corrupt file declaring a huge "
+                            "variable)", path) from None
+    except Exception as e:  # noqa: BLE001 - scipy's readers raise many kinds for a corrupt or foreign file
+        raise FcnReproError(f"cannot read {what} (MATLAB file): {type(e).__name__}: {e}", path) from None
 
 
 def read_text_lines(path: str | os.PathLike, what: str = "text") -> List[str]:

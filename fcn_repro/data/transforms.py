@@ -49,14 +49,29 @@ class ImageReadError(FcnReproError):
     the wrong kind of label, or the wrong size. The message names the file."""
 
 
+# PIL's own decompression-bomb warning is replaced by the pixel cap of open_checked (which
+# refuses, naming the file): ignored process-wide, installed once at import. Not with
+# warnings.catch_warnings() around each open: that is not thread-safe (the loaders open
+# images in worker threads) and every entry resets Python's "already shown" records, so a
+# warning meant to be shown once (fcn_repro.ops.FallbackWarning) was shown once per image.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def open_checked(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open an image with PIL, reading only its header, and check its declared
     size against the pixel cap (``fcn_repro.limits``: image_pixels) BEFORE any
-    pixel is decoded. The caller closes it (``with``)."""
+    pixel is decoded. The caller closes it (``with``). A path that is not a
+    regular file (a FIFO, whose open would wait for a writer; a device) is
+    refused before it is opened."""
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            limits.require_regular(path, f"{what} file", error=ImageReadError)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what} not found: {path}") from None
+        except OSError:   # not stat-able (permissions): PIL's open says what is wrong
+            pass
     try:
-        with warnings.catch_warnings():   # PIL's own bomb warning: the cap below decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+        im = Image.open(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except Image.DecompressionBombError as e:

@@ -72,6 +72,18 @@ class VOCSegmentation(SegDataset):
         self.with_labels = labels
         self.heads = ({"label": list(classes)} if classes is not None else self.card_heads()) if labels else {}
 
+    def missing_hint(self) -> str:
+        """The split lists this directory has, when the one read is not among them (the packaged seg11valid
+        list on a directory of other images: a user's own data)."""
+        lists = self.root / "ImageSets" / "Segmentation"
+        own = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else []
+        if not own or (self.split_file is not None and Path(self.split_file).parent == lists):
+            return ""
+        pick = "val" if "val" in own else own[0]
+        return (f"\n  {lists} lists the split(s) {', '.join(own)}: give --split {pick} to read one; for your own "
+                f"classes, train a run (python -m fcn_repro.train --data {self.root} --classes a,b,c --out RUN) "
+                "and evaluate it (--net RUN)")
+
     def image_path(self, i: int) -> Path:
         return self.image_dir / f"{self.ids[i]}.jpg"
 

@@ -14,7 +14,11 @@ from typing import Optional, Sequence
 
 from fcn_repro import cli
 from fcn_repro.caffe.net import Net
+from fcn_repro.data.folder import parse_classes
+from fcn_repro.labels import LabelSet
+from fcn_repro.predict import Transforms
 from fcn_repro.resolve import list_names, resolve
+from fcn_repro.outputs import check_writable, write_json
 
 from .onnx_export import DEFAULT_OPSET, to_onnx
 
@@ -41,6 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                              "directory")
     ap.add_argument("--weights", help=".caffemodel / .h5 (default: a known net's own file, a run's newest "
                                       "weights); an export of untrained filler weights is not a model")
+    ap.add_argument("--classes", help="class names, comma-separated in label-value order, written into the "
+                                      "file's metadata (a run directory or a known net: their own)")
     ap.add_argument("-o", "--output", required=True, help="the ONNX file to write (atomically)")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     ap.add_argument("--static", type=_size, metavar="HxW", help="export for this one input size "
@@ -52,19 +58,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="run the file in onnxruntime against our forward: max relative difference, argmax "
                          "agreement")
-    cli.add_common(ap)
-    return cli.run(_main, ap, argv)
+    cli.add_common(ap, examples=[
+                   'python -m fcn_repro.export sample -o sample.onnx --check',
+                   'python -m fcn_repro.export fcn8s -o fcn8s.onnx --static 500x500 --fast'])
+    return cli.run(_main, ap, argv, inputs=("net", "weights"))
 
 
 def _main(a) -> int:
-    cli.check_writable(a.output, "the ONNX file")
-    cli.check_writable(a.json, "--json")
+    check_writable(a.output, "the ONNX file")
+    check_writable(a.json, "--json")
     model = resolve(a.net, a.weights)
     net = Net(str(model.deploy), str(model.require_weights()))
-    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check)
+    # the file carries what a consumer needs besides the graph: class names, and each input's
+    # channel order, mean and scale
+    names = parse_classes(a.classes)
+    labels = model.heads if names is None else {b: LabelSet.own(names, where="--classes") for b in net.outputs}
+    result = to_onnx(net, a.output, opset=a.opset, static=a.static, fast=a.fast, check=a.check,
+                     labels=labels, preprocessing=Transforms.for_model(model).describe())
     print(result, file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json:
-        cli.write_json(a.json, result)
+        write_json(a.json, result)
     bad = [c for c in result.checks if not c["max_rel"] <= CHECK_TOLERANCE]
     if bad:
         where = ", ".join(f"{c['size'][0]}x{c['size'][1]} {c['output']}" for c in bad)

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from fcn_repro.export.program import ExportError
+
 __all__ = ["TorchvisionStyle"]
 
 
@@ -36,12 +38,12 @@ class TorchvisionStyle(nn.Module):
         outputs = list(net.outputs)
         if out is None:
             if len(outputs) != 1:
-                raise ValueError(f"{net.filename}: the net has the outputs {outputs}; choose one with "
+                raise ExportError(f"{net.filename}: the net has the outputs {outputs}; choose one with "
                                  "TorchvisionStyle(net, out=...)")
             out = outputs[0]
         for role, blob in (("out", out), ("aux", aux)):
             if blob is not None and blob not in outputs:
-                raise ValueError(f"{net.filename}: {role}={blob!r} is not an output of the net {outputs}")
+                raise ExportError(f"{net.filename}: {role}={blob!r} is not an output of the net {outputs}")
         self.net = net
         self.out_blob = out
         self.aux_blob = aux

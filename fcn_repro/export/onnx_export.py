@@ -38,14 +38,18 @@ from fcn_repro import ops
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_path
 
-from .program import (ExportError, check_exportable, example_inputs, export_program, input_channels,
-                      quiet_shape_solver)
+from .program import (ExportError, check_exportable, check_static_size, example_inputs, export_program,
+                      input_channels, quiet_shape_solver)
 
-__all__ = ["to_onnx", "check_onnx", "OnnxExport", "DEFAULT_OPSET", "translation_table", "HEADS_KEY"]
+__all__ = ["to_onnx", "check_onnx", "OnnxExport", "DEFAULT_OPSET", "translation_table", "HEADS_KEY", "INPUTS_KEY",
+           "read_metadata"]
 
 DEFAULT_OPSET = 18
 #: the ONNX metadata key of the classes of each score output (JSON: blob -> LabelSet.to_json())
 HEADS_KEY = "fcn_repro.heads"
+#: the ONNX metadata key of each input's preprocessing (JSON: blob -> [{read, channels, mean, scale,
+#: value}], :meth:`fcn_repro.predict.Transforms.describe`): channel order, mean and input scale
+INPUTS_KEY = "fcn_repro.inputs"
 
 
 def _require(module: str):
@@ -158,7 +162,8 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
             example: Optional[Sequence[torch.Tensor]] = None, fast: bool = False, check: bool = False,
             check_sizes: Optional[Sequence[Sequence[int]]] = None,
             program: Optional[torch.export.ExportedProgram] = None,
-            labels: Optional[Mapping[str, LabelSet]] = None) -> OnnxExport:
+            labels: Optional[Mapping[str, LabelSet]] = None,
+            preprocessing: Optional[Mapping[str, list]] = None) -> OnnxExport:
     """Export ``net`` to an ONNX file at ``path`` (written atomically).
 
     Args:
@@ -176,14 +181,29 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
             with the same ``static``, when the caller has one (no second trace).
         labels: score blob -> :class:`~fcn_repro.labels.LabelSet`: the classes, written
             into the file's metadata as ``fcn_repro.heads`` (JSON: blob -> ``LabelSet.to_json()``).
+        preprocessing: input blob -> its preprocessing (channel order, mean, scale;
+            :meth:`fcn_repro.predict.Transforms.describe`), written as ``fcn_repro.inputs``.
+
+    The dynamic axes are named ``batch``, ``height`` and ``width`` (a second input
+    with sizes of its own: ``<blob>_height``, ...), in the inputs and in every output
+    shape that follows them. :func:`read_metadata` reads the metadata back.
 
     Raises :class:`ExportError` for a TRAIN-phase net, a layer without a
-    translation or a missing optional dependency; nothing is written then.
+    translation, an opset the exporter can not write for this net (it is
+    checked in the file, not taken on trust) or a missing optional
+    dependency, and :class:`~fcn_repro.caffe.layers.base.BlobLimitError` for a
+    ``static`` size at which a blob would pass the blob budget; nothing is
+    written then.
     """
     _require("onnx")
     _require("onnxscript")
     static = (int(static[0]), int(static[1])) if static is not None else None
     check_exportable(net, dynamic=static is None)
+    if int(opset) < 1:
+        raise ExportError(f"opset {opset}: an ONNX opset is a positive number (default {DEFAULT_OPSET})",
+                          net.filename)
+    if static is not None:
+        check_static_size(net, static)
     if example is None:
         example = example_inputs(net, static)
     if fast and program is not None:
@@ -206,9 +226,20 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
     import onnx
 
     proto = onnx_program.model_proto
+    wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if wrote != int(opset):   # the exporter converts from its own opset and keeps its own where it can not
+        raise ExportError(f"opset {opset} is not available for this net: the exporter could only write opset "
+                          f"{wrote} (its version converter has no way from {wrote} to {opset} for one of the "
+                          f"net's ops); nothing was written. Export with --opset {wrote}", net.filename)
+    _name_dynamic_axes(proto, list(net.inputs))
     heads = {b: ls for b, ls in (labels or {}).items() if b in net.outputs}
+    props = {}
     if heads:
-        onnx.helper.set_model_props(proto, {HEADS_KEY: json.dumps({b: ls.to_json() for b, ls in heads.items()})})
+        props[HEADS_KEY] = json.dumps({b: ls.to_json() for b, ls in heads.items()})
+    if preprocessing:
+        props[INPUTS_KEY] = json.dumps({b: v for b, v in preprocessing.items() if b in net.inputs})
+    if props:
+        onnx.helper.set_model_props(proto, props)
     onnx.save_model(proto, buf)
     path = os.fspath(path)
     with output_path(path, buf.getbuffer().nbytes) as tmp:   # room checked first; OSError -> OutputError
@@ -223,6 +254,37 @@ def to_onnx(net, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, static:
             check_sizes = [(h, w)]
         result.checks = check_onnx(path, net, check_sizes)
     return result
+
+
+def _name_dynamic_axes(proto, inputs: Sequence[str]) -> None:
+    """Replace the exporter's symbols (s33, s69, ...) by readable names, everywhere they appear."""
+    import re
+
+    graph = proto.graph
+    rename: dict = {}
+    for k, vi in enumerate(v for v in graph.input if v.name in inputs):
+        for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+            sym = dim.dim_param
+            if not sym or sym in rename or axis not in (0, 2, 3):
+                continue
+            base = {0: "batch", 2: "height", 3: "width"}[axis]
+            name = base if base not in rename.values() else f"{vi.name}_{base}"
+            rename[sym] = name
+    if not rename:
+        return
+    token = re.compile("|".join(rf"\b{re.escape(s)}\b" for s in sorted(rename, key=len, reverse=True)))
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = token.sub(lambda m: rename[m.group(0)], dim.dim_param)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The fcn_repro metadata of an exported ONNX file: {"heads": {blob: LabelSet JSON},
+    "inputs": {blob: preprocessing}} (an absent key: an empty dict)."""
+    onnx = _require("onnx")
+    props = {p.key: p.value for p in onnx.load(os.fspath(path), load_external_data=False).metadata_props}
+    return {"heads": json.loads(props.get(HEADS_KEY, "{}")), "inputs": json.loads(props.get(INPUTS_KEY, "{}"))}
 
 
 def check_onnx(path: str | os.PathLike, net, sizes: Sequence[Sequence[int]], batch: int = 1,

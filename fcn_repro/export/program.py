@@ -25,7 +25,8 @@ from fcn_repro.caffe.layers.input import Input
 from fcn_repro.errors import FcnReproError
 from fcn_repro.caffe.layers.pooling import Pooling
 
-__all__ = ["ExportError", "export_program", "example_inputs", "check_exportable", "DEFAULT_EXAMPLE_SIZE"]
+__all__ = ["ExportError", "export_program", "example_inputs", "check_exportable", "check_static_size",
+           "DEFAULT_EXAMPLE_SIZE"]
 
 # The example size a dynamic export traces at when the prototxt declares none
 # (deploy prototxts declare a placeholder). Not square and not 0/1, so that no
@@ -100,6 +101,39 @@ def example_inputs(net, size: Optional[Sequence[int]] = None, batch: int = EXAMP
                  for b in net.inputs)
 
 
+def check_static_size(net, size: Sequence[int], batch: int = EXAMPLE_BATCH) -> None:
+    """Refuse an export size at which a blob of the net would exceed the blob budget.
+
+    Every blob's shape at ``size`` (H, W) and ``batch`` is worked out by a
+    forward on fake tensors (no memory is allocated) and checked against
+    ``blob_elements`` (:mod:`fcn_repro.limits`) by the layer that makes it,
+    so ``--static 100000x100000`` is refused by name before the example
+    input (and the check's forward) would allocate hundreds of GB.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    h, w = (int(v) for v in size)
+    makers = {t: net.layer(n) for n in net.layer_names for t in net.layer(n).top_names}
+    for b in net.inputs:   # the example input itself, before any layer runs
+        makers[b].check_blob_size((batch, input_channels(net, b), h, w), f"input blob {b!r} at {h}x{w}")
+    keep = net.keep_blobs
+    try:
+        net.keep_blobs = True
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+            net(**{b: torch.empty(batch, input_channels(net, b), h, w) for b in net.inputs})
+            tops = {name: [tuple(t.shape) for t in ts] for name, ts in net.layer_tops.items()}
+    except FcnReproError:
+        raise
+    except Exception:   # fake tensors can not run some op: the trace itself will tell
+        return
+    finally:
+        net.keep_blobs = keep
+    for name, shapes in tops.items():
+        layer = net.layer(name)
+        for t, shape in zip(layer.top_names, shapes):
+            layer.check_blob_size(shape, f"top blob {t!r} at {h}x{w}")
+
+
 @contextlib.contextmanager
 def quiet_shape_solver() -> Iterator[None]:
     """Silence torch's symbolic-shape solver (and ONNX exporter) warnings while tracing.
@@ -108,7 +142,7 @@ def quiet_shape_solver() -> Iterator[None]:
     formula (floor divisions); it then keeps the formula as it is, which is
     what we want: the warning is noise to a user of the exporter.
     """
-    logs = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.onnx")]
+    logs = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.onnx", "onnxscript")]
     old = [log.level for log in logs]
     for log in logs:
         log.setLevel(logging.ERROR)
@@ -134,9 +168,13 @@ def export_program(net, example: Optional[Sequence[torch.Tensor]] = None, *, sta
         dynamic_batch: the batch size stays dynamic (default).
 
     Returns the ExportedProgram; ``program.module()(*inputs)`` returns
-    ``{output blob: tensor}`` for inputs of any size (any batch).
+    ``{output blob: tensor}`` for inputs of any size (any batch). A process that loads
+    a saved program with ``torch.export.load`` imports ``fcn_repro.ops`` first (it
+    registers the custom ops the program calls).
     """
     check_exportable(net, dynamic=static is None)
+    if static is not None:
+        check_static_size(net, static)
     if example is None:
         example = example_inputs(net, static)
     example = tuple(example)

@@ -70,7 +70,8 @@ layer of the eight Caffe fixture nets it keeps every argmax and every
 score within 2e-6 relative. ``winograd="f4"`` (F(4x4, 3x3), 4x fewer
 multiplications) is faster still but rounds more (~2.5e-6 per layer even
 with the low-error points below): forced onto every layer it flips one
-near-tie pixel of 12,000 on the fcn8s fixture, so it is opt-in only.
+near-tie pixel of 12,000 on the fcn8s fixture, so it is opt-in only, by
+that name (``winograd=True`` means ``"f2"``).
 ``winograd=False``: direct convolutions everywhere.
 
 Switching it off: ``optimize(net, enabled=False)`` (or ``fast.enabled =
@@ -94,6 +95,4 @@ from .sblob import SBlob, materialize, region, structured_from_tensor
 from .schedule import FastStep, fast_steps, schedule, walk
 from .structured import sconv, spool_max, srelu
 
-__all__ = ["optimize", "FastNet", "SBlob", "Axis", "Geo", "FAST_DEFAULTS", "structured_from_tensor", "materialize",
-           "region", "sconv", "spool_max", "srelu", "ConvKernel", "Winograd23", "Winograd43", "winograd_matrices",
-           "count_flops", "FastStep", "fast_steps", "walk", "schedule", "conv_geo", "input_geo", "pool_geo"]
+__all__ = ["optimize", "FastNet", "FAST_DEFAULTS", "count_flops"]

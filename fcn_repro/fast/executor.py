@@ -37,8 +37,9 @@ class FastNet(nn.Module):
     F.conv2d), ``channels_last``, ``gemm`` (1x1 convolutions and kernels
     of 25 taps or more run as one GEMM on a view of the weight), ``views``
     (compute a few more pixels where that lets the next layer read its
-    input in place instead of copying it), ``winograd`` ("f2" default,
-    "f4", False) / ``winograd_min_channels``.
+    input in place instead of copying it), ``winograd`` ("f2" default;
+    True is "f2" too, the safe variant; "f4" only by that name; False) /
+    ``winograd_min_channels``.
     """
 
     def __init__(self, net: nn.Module, enabled: bool = True, **options: Any):
@@ -51,8 +52,8 @@ class FastNet(nn.Module):
         self.options = dict(FAST_DEFAULTS, **options)
         if self.options["conv"] not in ("mkldnn", "torch"):
             raise ValueError(f"optimize(): conv must be 'mkldnn' or 'torch', got {self.options['conv']!r}")
-        if self.options["winograd"] is True:
-            self.options["winograd"] = "f4"
+        if self.options["winograd"] is True:   # the safe variant; F(4x4) is asked for by name
+            self.options["winograd"] = "f2"
         if self.options["winograd"] not in (False, None, "f2", "f4"):
             raise ValueError(f"optimize(): winograd must be False, 'f2' (F(2x2,3x3)) or 'f4' (F(4x4,3x3)), "
                              f"got {self.options['winograd']!r}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -129,10 +129,45 @@ class Gallery:
         if iu is None:
             return
         head.ranked += 1
-        if enters_worst:
+        self._offer(head, entry)
+
+    @staticmethod
+    def _offer(head: "_Head", entry: Entry) -> None:
+        """``entry`` (ranked) into the worst and best heaps of ``head`` where it belongs."""
+        iu, order = entry.iu, entry.order
+        if len(head.worst) < head.k or (head.k and -head.worst[0][0] > iu):
             (heapq.heappush if len(head.worst) < head.k else heapq.heapreplace)(head.worst, (-iu, -order, entry))
-        if enters_best:
+        if len(head.best) < head.k or (head.k and head.best[0][0] < iu):
             (heapq.heappush if len(head.best) < head.k else heapq.heapreplace)(head.best, (iu, -order, entry))
+
+    def absorb(self, heads: Dict[str, "_Head"]) -> None:
+        """Take in another gallery's kept images (its ``heads``: another process's share): they
+        compete with these for the worst and best places; its ranked count adds to ours."""
+        for blob, other in heads.items():
+            head = self.heads.setdefault(blob, _Head(self.k, self.first_n))
+            head.ranked += other.ranked
+            seen = set()
+            for _, _, e in other.worst + other.best:
+                if id(e) not in seen:   # an image among both the worst and the best: once
+                    seen.add(id(e))
+                    self._offer(head, replace(e, order=next(self._order)))
+
+    def gathered(self, world: int) -> "Gallery":
+        """Under torch.distributed (``world`` processes, every one calling this): on rank 0, this
+        gallery with every other process's kept images absorbed (the whole set's worst and best);
+        on the others, their own. One process: itself."""
+        if world <= 1:
+            return self
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        parts: Optional[list] = [None] * world if rank == 0 else None
+        dist.gather_object(self.heads, parts, dst=0)
+        if rank == 0:
+            for r, heads in enumerate(parts or []):
+                if r != 0 and heads:
+                    self.absorb(heads)
+        return self
 
     def worst(self, blob: str) -> List[Entry]:
         """The kept worst images of ``blob``, lowest IU first."""

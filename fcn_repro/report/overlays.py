@@ -47,7 +47,10 @@ def overlay_picture(image: np.ndarray, label: np.ndarray, labels: LabelSet, alph
         return ov
     classes, fractions = present_classes(label)
     width = max(ov.shape[1], legend_width or 180)
-    strip = plots.legend_strip(labels, classes, width, fractions)
+    # overlay()'s rule: classes coloured black (the background) are blended at background_alpha
+    untinted = {c for c in classes if not labels.palette[c].any()} if background_alpha == 0 else set()
+    strip = plots.legend_strip(labels, classes, width, fractions, untinted=untinted)
+    width = strip.shape[1]   # wider than asked where the names need it
     if ov.shape[1] < width:
         ov = np.concatenate([ov, np.full((ov.shape[0], width - ov.shape[1], 3), 255, np.uint8)], axis=1)
     return np.concatenate([ov, strip], axis=0)

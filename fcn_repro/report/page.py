@@ -13,14 +13,17 @@ script. Per score head (SIFT Flow: a section each):
   there is one (the sample's Caffe run);
 * the confusion matrix as a row-normalised heatmap with the class names on
   both axes, and the pixel counts in a table below it (each cell's counts
-  also on hover);
+  also on hover); with more than :data:`PLOT_ALL_UP_TO` classes, those
+  without a pixel in the ground truth or the prediction are left out of
+  both plots and named below them;
 * the gallery: the worst and best images by per-image IU (the image, the
   ground truth, the prediction and where they differ), with the legend of
   the classes they show, in the head's colours (a user's own classes and
   palette included: the report's ``names`` and ``palette``).
 
 Then the run's facts: net, prototxt, weights and their sha256, data, split,
-images, device, processes, time, versions. Plots need matplotlib (the
+images, device, processes, time, versions (files of the package shown as
+``fcn_repro/...``, :func:`shown_path`). Plots need matplotlib (the
 ``report`` extra); the page is written atomically (:mod:`fcn_repro.outputs`).
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fcn_repro import cli, hub, registry
+from fcn_repro import __version__, hub, registry
 from fcn_repro.evaluation import SCORE_LABELS, reference_comparison
 from fcn_repro.labels import LabelSet
 from fcn_repro.outputs import output_file
@@ -45,7 +48,7 @@ from fcn_repro.report import plots
 from fcn_repro.report.extra import require
 from fcn_repro.report.gallery import WRONG_RGB, Entry, Gallery, panels
 
-__all__ = ["write_report", "render", "head_labels", "PAGE"]
+__all__ = ["write_report", "render", "head_labels", "shown_path", "PAGE"]
 
 #: the page's file name inside the report directory
 PAGE = "index.html"
@@ -70,6 +73,7 @@ th{background:#f0f2f5;font-weight:600}td.l,th.l{text-align:left}
 code{font:12px ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 .plots{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .plots img{max-width:100%;height:auto;border:1px solid #eceef1;background:#fff}
+.scroll{max-width:100%;overflow-x:auto}.scroll img{max-width:none}
 .row{display:grid;grid-template-columns:110px repeat(var(--n),minmax(0,1fr));gap:8px;align-items:start;
  margin:8px 0 14px}
 .row figure{margin:0}.row figcaption{font-size:11px;color:#555;text-align:center}
@@ -231,6 +235,22 @@ def _gallery_html(gallery: Optional[Gallery], blob: str, labels: LabelSet) -> st
     return "".join(out)
 
 
+#: with more classes than this, the plots leave out the classes without any pixel (a short set)
+PLOT_ALL_UP_TO = 12
+
+
+def _plotted(hist: np.ndarray) -> tuple:
+    """(classes drawn in the plots, classes left out): all of them, unless there are more than
+    :data:`PLOT_ALL_UP_TO` and some have no pixel in the ground truth or the prediction (a
+    subset of a big dataset: the plots would be mostly empty rows); those are left out."""
+    h = np.asarray(hist)
+    n = h.shape[0]
+    used = (h.sum(0) + h.sum(1)) > 0
+    if n <= PLOT_ALL_UP_TO or used.all() or not used.any():
+        return list(range(n)), []
+    return [c for c in range(n) if used[c]], [c for c in range(n) if not used[c]]
+
+
 def _head_html(report: dict, blob: str, head: dict, gallery: Optional[Gallery], several: bool) -> str:
     labels = head_labels(head)
     cmp = _comparison(report, blob, head)
@@ -240,18 +260,44 @@ def _head_html(report: dict, blob: str, head: dict, gallery: Optional[Gallery], 
            f' <span class="note">({head["pixels"]:,} labelled pixels)</span></h2>',
            '<div class="card">', _scores_html(report, blob, head, cmp), "</div>"]
     ref_iu = None if cmp is None else cmp["iu"]
-    chart = plots.iu_chart(head["classes"], head["iu"], reference=ref_iu,
+    hist = np.asarray(head["hist"])
+    sel, hidden = _plotted(hist)
+    names = [head["classes"][c] for c in sel]
+    pos = {c: k for k, c in enumerate(sel)}
+    chart = plots.iu_chart(names, np.asarray(head["iu"], dtype=np.float64)[sel],
+                           reference=None if ref_iu is None else np.asarray(ref_iu)[sel],
                            ref_label=cmp["ref_label"] if cmp else "reference",
-                           excluded=head.get("excluded_classes") or (), title="per-class IU")
-    heat = plots.confusion_heatmap(head["hist"], head["classes"], title="confusion matrix (row-normalised, %)")
+                           excluded=[pos[c] for c in head.get("excluded_classes") or () if c in pos],
+                           title="per-class IU")
+    heat = plots.confusion_heatmap(hist[np.ix_(sel, sel)], names, title="confusion matrix (row-normalised, %)")
     out += ['<div class="card"><div class="plots">', _img(chart, f"{blob}: per-class IU"),
-            _img(heat, f"{blob}: confusion matrix"), "</div>", _counts_table(head["hist"], head["classes"]),
-            "</div>"]
+            # many classes: the heatmap at its own size (names stay legible), scrolled sideways
+            f'<div class="scroll">{_img(heat, f"{blob}: confusion matrix")}</div>', "</div>"]
+    if hidden:
+        out.append(f'<p class="note">Not in the plots: the {len(hidden)} classes with no pixel in the ground '
+                   "truth or the prediction: " + _esc(", ".join(head["classes"][c] for c in hidden)) + ".</p>")
+    out += [_counts_table(head["hist"], head["classes"]), "</div>"]
     if gallery is not None:
         out += ['<div class="card"><h3 style="margin-top:4px">Gallery: the worst and best images</h3>',
                 _gallery_html(gallery, blob, labels), "</div>"]
     out.append("</section>")
     return "".join(out)
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def shown_path(p) -> str:
+    """A path as the page shows it: a file shipped in the package as ``fcn_repro/...`` (not the
+    checkout or site-packages it happens to sit in), any other as recorded."""
+    s = str(p)
+    if not s or s == "None":
+        return ""
+    try:
+        rel = Path(s).resolve().relative_to(_PACKAGE)
+    except (ValueError, OSError):
+        return s
+    return str(Path(_PACKAGE.name) / rel)
 
 
 def _weights_hash(report: dict) -> Optional[str]:
@@ -268,24 +314,24 @@ def _facts_html(report: dict) -> str:
     chk = report.get("weights_check") or {}
     digest = _weights_hash(report)
     status = chk.get("status")
-    wline = f"<code>{_esc(report['weights'])}</code>"
+    wline = f"<code>{_esc(shown_path(report['weights']))}</code>"
     if digest:
         wline += f"<br>sha256 <code>{_esc(digest)}</code>"
     if status in ("verified", "recorded"):
         wline += f" ({_esc(status)}{' against ' + _esc(chk['against']) if chk.get('against') else ''})"
     torch = sys.modules.get("torch")
-    rows = [("net", f"<code>{_esc(report['net'])}</code> (<code>{_esc(report['prototxt'])}</code>)"),
+    rows = [("net", f"<code>{_esc(report['net'])}</code> (<code>{_esc(shown_path(report['prototxt']))}</code>)"),
             ("weights", wline),
-            ("data", f"<code>{_esc(report['data'])}</code> ({_esc(report.get('dataset', ''))})"),
-            ("split", f"{_esc(report['split'])}" + (f" (<code>{_esc(report['split_file'])}</code>)"
-                                                   if report.get("split_file") else "")
+            ("data", f"<code>{_esc(shown_path(report['data']))}</code> ({_esc(report.get('dataset', ''))})"),
+            ("split", f"{_esc(report['split'])}" + (f" (<code>{_esc(shown_path(report['split_file']))}</code>)"
+                                                   if shown_path(report.get("split_file") or "") else "")
              + (f", first {report['limit']} images" if report.get("limit") else "")),
             ("images", f"{report['images']:,} in {report['seconds']:.1f} s"
              + (f" ({report['images_per_s']:.2f} images/s)" if report.get("images_per_s") else "")),
             ("device", f"{_esc(report['device'])}, {report['world_size']} process(es)"
              + (", fast forward" if report.get("fast") else "")),
             ("time", _esc(report.get("time", ""))),
-            ("versions", f"fcn_repro {_esc(cli.version())}" + (f", torch {_esc(torch.__version__)}" if torch else ""))]
+            ("versions", f"fcn_repro {_esc(__version__)}" + (f", torch {_esc(torch.__version__)}" if torch else ""))]
     return ('<table class="facts">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
 
 
@@ -297,8 +343,13 @@ def render(report: dict, gallery: Optional[Gallery] = None, title: Optional[str]
     if title is None:
         kind = report.get("dataset")
         data = registry.DATASETS[kind].title if kind in registry.DATASETS else (kind or "data")
-        title = f"{Path(str(report['net'])).name} on {data}, split {report['split']}"
-    sub = (f"{report['images']:,} images of <code>{_esc(report['data'])}</code> split {_esc(report['split'])}"
+        card = registry.SAMPLE if report["net"] == registry.SAMPLE.name else registry.NETS.get(str(report["net"]))
+        if card is not None and card.data.bundled and card.dataset == kind:   # the sample: its title says all
+            title = f"{card.title}, split {report['split']}"
+        else:
+            title = f"{Path(str(report['net'])).name} on {data}, split {report['split']}"
+    sub = (f"{report['images']:,} images of <code>{_esc(shown_path(report['data']))}</code> split "
+           f"{_esc(report['split'])}"
            f" · {_esc(report['device'])} · {_esc(report.get('time', ''))}")
     parts: List[str] = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",

@@ -24,11 +24,33 @@ import numpy as np
 from fcn_repro.labels import LabelSet
 from fcn_repro.report.extra import require
 
-__all__ = ["iu_chart", "confusion_heatmap", "learning_curve", "legend_strip", "figure", "png_bytes"]
+__all__ = ["iu_chart", "confusion_heatmap", "learning_curve", "legend_strip", "figure", "png_bytes", "plain", "percent"]
 
 _OURS = "#1f77b4"
 _REF = "#b0b0b0"
 _DPI = 100
+#: an overlay legend widens to fit its names up to this many pixels
+LEGEND_MAX_WIDTH = 2000
+
+
+def plain(text) -> str:
+    """``text`` as matplotlib shall draw it, letter for letter: a '$' in a user's class or run
+    name would otherwise start mathtext (and a malformed formula fails the whole plot)."""
+    return str(text).replace("$", r"\$")
+
+
+def percent(fraction: float) -> str:
+    """A share of the pixels as a legend or summary shows it: one decimal, and '<0.1%' rather
+    than '0.0%' for a class that is there."""
+    f = float(fraction)
+    return "<0.1%" if 0 < f < 0.0005 else f"{100 * f:.1f}%"
+
+
+def tick(name, longest: int = 32) -> str:
+    """A class name as an axis label: :func:`plain`, cut to ``longest`` characters (the page's
+    tables carry the whole name)."""
+    name = str(name)
+    return plain(name if len(name) <= longest else name[: longest - 1] + "\u2026")
 
 
 def figure(width_in: float, height_in: float, what: str = "this plot"):
@@ -56,7 +78,7 @@ def iu_chart(names: Sequence[str], iu: Sequence[float], reference: Optional[Sequ
     ours = 100 * np.asarray(iu, dtype=np.float64)
     ref = None if reference is None else 100 * np.asarray(reference, dtype=np.float64)
     skip = set(int(c) for c in excluded)
-    labels = [f"{names[c]} (not scored)" if c in skip else names[c] for c in range(n)]
+    labels = [tick(names[c]) + (" (not scored)" if c in skip else "") for c in range(n)]
     row = 0.34 if ref is not None else 0.26
     fig = figure(5.6, max(2.2, 0.9 + row * n), "the per-class IU chart")
     ax = fig.add_subplot()
@@ -66,7 +88,7 @@ def iu_chart(names: Sequence[str], iu: Sequence[float], reference: Optional[Sequ
     ax.barh(y - (h / 2 if ref is not None else 0), np.nan_to_num(vals), height=h, color=_OURS, label="ours")
     if ref is not None:
         rv = np.where([c in skip for c in range(n)], np.nan, ref)
-        ax.barh(y + h / 2, np.nan_to_num(rv), height=h, color=_REF, label=ref_label)
+        ax.barh(y + h / 2, np.nan_to_num(rv), height=h, color=_REF, label=plain(ref_label))
     for c in range(n):
         if c not in skip:
             finite = math.isfinite(vals[c])   # NaN: no pixel of the class in truth or prediction
@@ -85,7 +107,7 @@ def iu_chart(names: Sequence[str], iu: Sequence[float], reference: Optional[Sequ
     for s in ("top", "right"):
         ax.spines[s].set_visible(False)
     if title:
-        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_title(plain(title), fontsize=10, loc="left")
     ax.legend(loc="lower right", fontsize=8, frameon=True)
     fig.tight_layout()
     return png_bytes(fig)
@@ -108,8 +130,8 @@ def confusion_heatmap(hist: np.ndarray, names: Sequence[str], title: str = "") -
     cmap = colormaps["Blues"].with_extremes(bad="#e4e4e4")   # rows without ground truth: grey
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
     fs = 8 if n <= 25 else 7
-    ax.set_xticks(range(n), list(names), rotation=90, fontsize=fs)
-    ax.set_yticks(range(n), list(names), fontsize=fs)
+    ax.set_xticks(range(n), [tick(x) for x in names], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n), [tick(x) for x in names], fontsize=fs)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     if n <= 25:
@@ -122,7 +144,7 @@ def confusion_heatmap(hist: np.ndarray, names: Sequence[str], title: str = "") -
     cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=0.75)
     cb.set_label("% of the ground-truth class's pixels", fontsize=8)
     if title:
-        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_title(plain(title), fontsize=10, loc="left")
     fig.tight_layout()
     return png_bytes(fig)
 
@@ -156,13 +178,13 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
         it = [t[0] for t in fin]
         ax1.plot(it, [t[1] for t in fin], color=_OURS, alpha=0.4, linewidth=0.9, label="loss")
         ax1.plot(it, [t[2] for t in fin], color=_OURS, linewidth=1.8, label="smoothed loss")
-        ax1.legend(fontsize=8, loc="upper right")
+        ax1.legend(fontsize=8, loc="best")
         ax1.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
     else:
         ax1.text(0.5, 0.5, "no training iterations yet", ha="center", va="center", transform=ax1.transAxes,
                  color="#888888")
     ax1.set_ylabel("training loss")
-    ax1.set_title(title or "learning curve", fontsize=10, loc="left")
+    ax1.set_title(plain(title or "learning curve"), fontsize=10, loc="left")
     styles = {"mean_iu": ("-", "o", "mean IU"), "overall_acc": ("--", "s", "pixel acc")}
     colours = ["#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     any_test = False
@@ -170,7 +192,7 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
         for key, pts in series.items():
             ls, mk, lab = styles[key]
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=ls, marker=mk, markersize=4,
-                     color=colours[k % len(colours)], label=lab + ("" if len(tests) == 1 else f" ({blob})"))
+                     color=colours[k % len(colours)], label=plain(lab + ("" if len(tests) == 1 else f" ({blob})")))
             any_test = True
     if any_test:
         ax2.legend(fontsize=8, loc="lower right")
@@ -189,29 +211,36 @@ def learning_curve(records: Sequence[dict], title: str = "") -> bytes:
 
 
 def legend_strip(labels: LabelSet, classes: Sequence[int], width: int,
-                 fractions: Optional[Dict[int, float]] = None) -> np.ndarray:
-    """(h, width, 3) uint8: a white strip listing ``classes`` (colour swatch, name and, given
-    ``fractions``, the share of pixels), in as many columns as ``width`` holds."""
+                 fractions: Optional[Dict[int, float]] = None, untinted: Sequence[int] = ()) -> np.ndarray:
+    """(h, w, 3) uint8: a white strip listing ``classes`` (colour swatch, name and, given
+    ``fractions``, the share of pixels), in as many columns as ``width`` holds; ``untinted``
+    classes (left as the photo in the overlay) say so. ``w`` is ``width``, or more where a
+    name needs it (at most :data:`LEGEND_MAX_WIDTH`)."""
     from matplotlib.patches import Patch
 
     classes = list(classes)
-    ncol = max(1, min(len(classes), width // 170)) if classes else 1
-    nrow = max(1, math.ceil(len(classes) / ncol))
-    height = 14 + 21 * nrow
-    fig = figure(width / _DPI, height / _DPI, "the overlay legend")
-    fig.patch.set_facecolor("white")
     handles: List = []
     names: List[str] = []
     for c in classes:
         rgb = tuple(int(v) / 255 for v in labels.palette[c])
         handles.append(Patch(facecolor=rgb, edgecolor="#555555", linewidth=0.6))
-        share = "" if fractions is None or c not in fractions else f" {100 * fractions[c]:.1f}%"
-        names.append(labels.name(c) + share)
-    if handles:
-        fig.legend(handles, names, loc="upper left", ncol=ncol, frameon=False, fontsize=10,
-                   handlelength=1.2, handleheight=1.0, columnspacing=1.2, borderaxespad=0.3,
-                   bbox_to_anchor=(0, 1))
-    fig.canvas.draw()
+        f = None if fractions is None else fractions.get(c)
+        share = "" if f is None else " " + percent(f)
+        names.append(plain(labels.name(c) + share + (" (not tinted)" if c in untinted else "")))
+    ncol = max(1, min(len(classes), width // 230)) if classes else 1
+    for _ in range(2):   # a second time only when the names are wider than ``width``: as wide as they need
+        nrow = max(1, math.ceil(len(classes) / ncol))
+        height = 14 + 21 * nrow
+        fig = figure(width / _DPI, height / _DPI, "the overlay legend")
+        fig.patch.set_facecolor("white")
+        leg = fig.legend(handles, names, loc="upper left", ncol=ncol, frameon=False, fontsize=10,
+                         handlelength=1.2, handleheight=1.0, columnspacing=1.2, borderaxespad=0.3,
+                         bbox_to_anchor=(0, 1)) if handles else None
+        fig.canvas.draw()
+        need = 0 if leg is None else math.ceil(leg.get_window_extent().x1) + 6
+        if need <= width or width >= LEGEND_MAX_WIDTH:
+            break
+        width = min(need, LEGEND_MAX_WIDTH)
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     out = np.full((height, width, 3), 255, np.uint8)
     h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])

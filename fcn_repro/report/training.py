@@ -28,20 +28,22 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from fcn_repro.evaluation import SCORE_KEYS, Validator, head_result
+from fcn_repro.evaluation import SCORE_KEYS, Validator, head_result, sum_scalar
 from fcn_repro.outputs import output_file
 from fcn_repro.report import plots
 from fcn_repro.report.extra import EXTRA, available
 from fcn_repro.report.gallery import Gallery, panels
 from fcn_repro.report.page import write_report
 
-__all__ = ["TrainingPictures", "draw_curve", "validation_report", "TB_DIR", "REPORT_DIR"]
+__all__ = ["TrainingPictures", "draw_curve", "validation_report", "validation_gallery", "TB_DIR", "REPORT_DIR"]
 
 #: under the run's directory: the TensorBoard event files and the final report
 TB_DIR = "tensorboard"
 REPORT_DIR = "report"
 #: validation images shown in TensorBoard (the same ones at every validation)
 TB_IMAGES = 3
+#: the worst and best validation images the end-of-run report shows
+GALLERY = 4
 
 
 def draw_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -65,10 +67,27 @@ def validation_report(validator: Validator, weights: Any = None, net: Optional[s
     return {"net": net or validator.prototxt, "prototxt": validator.prototxt,
             "weights": str(weights or "(the training net's weights, in memory)"), "weights_check": None,
             "dataset": getattr(ds, "name", "dataset"), "data": str(getattr(ds, "root", "")),
-            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", "")),
+            "split": str(getattr(ds, "split", "")), "split_file": str(getattr(ds, "split_file", None) or ""),
             "limit": last["limit"], "images": last["images"], "device": str(validator.device),
             "world_size": validator.world, "fast": False, "time": last["time"], "seconds": sec,
             "images_per_s": last["images"] / sec if sec > 0 else None, "heads": heads, "rank": validator.rank}
+
+
+def validation_gallery(pictures: Optional["TrainingPictures"], world: int) -> Optional[Gallery]:
+    """The gallery the next validation feeds on this process, or None. Every process calls it
+    (with ``world`` > 1 it is collective: the processes agree on whether rank 0's pictures want
+    images); the writer gets its pictures' gallery, the others one of their own, which
+    :meth:`Gallery.gathered` after the validation brings to rank 0: the report's worst and best
+    are the whole validation set's, not rank 0's share."""
+    want = pictures is not None and pictures.wants_images()
+    if world > 1:
+        want = sum_scalar(float(want), world, op="max") > 0
+    if not want:
+        return None
+    if pictures is not None:
+        pictures.observer()
+        return pictures.gallery
+    return Gallery(GALLERY)
 
 
 class TrainingPictures:
@@ -77,7 +96,7 @@ class TrainingPictures:
     once-only notes about a missing extra go (default: stderr)."""
 
     def __init__(self, out_dir: str | os.PathLike, *, tensorboard: bool = True, report: bool = True,
-                 gallery: int = 4, say: Optional[Callable[[str], None]] = None):
+                 gallery: int = GALLERY, say: Optional[Callable[[str], None]] = None):
         self.out_dir = Path(out_dir)
         self.say = say or (lambda m: print(m, file=sys.stderr))
         self.plots = available("matplotlib")
@@ -114,10 +133,14 @@ class TrainingPictures:
         for top, v in (rec.get("losses") or {}).items():
             self.tb.add_scalar(f"train/top/{top}", float(v), it)
 
+    def wants_images(self) -> bool:
+        """Whether anything (TensorBoard, the report) would show the validation's images."""
+        return self.tb is not None or (self.plots and self.report_wanted)
+
     def observer(self) -> Optional[Callable[..., None]]:
         """The per-image hook for the next validation (a fresh gallery), or None when nothing
         would show its images."""
-        if not (self.tb is not None or (self.plots and self.report_wanted)):
+        if not self.wants_images():
             return None
         self.gallery = Gallery(self.gallery_k, first=TB_IMAGES if self.tb is not None else 0)
         return self.gallery.observe
@@ -153,13 +176,16 @@ class TrainingPictures:
     def finish(self, validator: Optional[Validator], weights: Any = None, iteration: Optional[int] = None,
                net: Optional[str] = None) -> Optional[Path]:
         """At the end of a run: the report page of the last validation (None when there was none
-        or matplotlib is missing); the event files are closed."""
+        or matplotlib is missing); the event files are closed. Where they are is said (``say``)."""
         page = None
         if validator is not None and validator.last is not None and self.plots and self.report_wanted:
             report = validation_report(validator, weights, net)
-            title = f"{Path(str(net or validator.prototxt)).name}: validation" + (
+            title = f"run {self.out_dir.resolve().name} ({Path(str(net or validator.prototxt)).name}): validation" + (
                 f" at iteration {iteration}" if iteration is not None else "")
             page = write_report(self.out_dir / REPORT_DIR, report, self.gallery, title=title)
+            self.say(f"report: {page}")
+        if self.tb is not None:
+            self.say(f"TensorBoard: tensorboard --logdir {self.out_dir / TB_DIR}")
         self.close()
         return page
 

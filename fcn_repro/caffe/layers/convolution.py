@@ -77,7 +77,21 @@ class Convolution(Layer):
         """The bias blob (Cout,), or None without ``bias_term``."""
         return self.blobs[1] if self.bias_term else None
 
+    @property
+    def in_channels(self) -> int:
+        """The bottom's channel count the weights take."""
+        return int(self.blobs[0].shape[1]) * self.group
+
+    def check_bottoms(self, bottoms) -> None:
+        """A bottom the weights do not take (not 4-D, another channel count) is the input's error:
+        a :class:`LayerError` naming the bottom, its shape and the expected channels."""
+        c = self.in_channels
+        for name, x in zip(self.bottom_names, bottoms):
+            if x.dim() != 4 or x.shape[1] != c:
+                raise self.error(f"bottom {name!r} {fmt_shape(tuple(x.shape))}: expected (N, {c}, H, W)")
+
     def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
+        self.check_bottoms(bottoms)
         w, b = self.blobs[0], self.bias()
         return [_conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
 

@@ -29,7 +29,12 @@ class Deconvolution(Convolution):
         return tuple(deconv_out(n, self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
                      for i, n in enumerate((h, w)))
 
+    @property
+    def in_channels(self) -> int:
+        return int(self.blobs[0].shape[0])
+
     def forward(self, *bottoms: torch.Tensor, inplace: bool = False):
+        self.check_bottoms(bottoms)
         w, b = self.blobs[0], self.bias()
         return [ops.deconv2d(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in bottoms]
 
@@ -41,6 +46,7 @@ class Deconvolution(Convolution):
         input size to the example's, so a traced graph keeps the size symbolic
         as the full deconvolution followed by a slice.
         """
+        self.check_bottoms((x,))
         if torch.compiler.is_compiling() or any(isinstance(n, torch.SymInt) for n in out_size):
             y = ops.deconv2d(x, self.blobs[0], self.bias(), self.stride, self.pad, self.dilation, self.group)
             (oy, ox), (h, w) = offsets, out_size

@@ -76,18 +76,22 @@ class _SoftmaxWithLoss(torch.autograd.Function):
         np_dtype = np.float32 if x.dtype == torch.float32 else np.float64
         value = np_dtype(caffe_sequential_sum(nll)) / np_dtype(norm)
         loss = torch.tensor(float(value), dtype=x.dtype, device=x.device)
-        ctx.save_for_backward(prob, idx, valid if valid is not None else torch.ones(0, dtype=torch.bool))
+        # x, not prob, is kept: the backward recomputes the softmax from it, so that a second
+        # derivative (create_graph=True) flows through the softmax instead of stopping at a
+        # constant (which made it silently wrong)
+        ctx.save_for_backward(x, idx, valid if valid is not None else torch.ones(0, dtype=torch.bool))
         ctx.has_valid = valid is not None
         ctx.norm = norm
+        ctx.axis = axis
         ctx.shape3 = (outer, c, inner)
         ctx.mark_non_differentiable(prob)
         return loss, prob
 
     @staticmethod
     def backward(ctx, gloss, gprob):
-        prob, idx, valid = ctx.saved_tensors
-        g = prob.reshape(ctx.shape3).clone()
-        g.scatter_add_(1, idx, torch.full(idx.shape, -1.0, dtype=g.dtype, device=g.device))
+        x, idx, valid = ctx.saved_tensors
+        prob = torch.softmax(x, ctx.axis)
+        g = prob.reshape(ctx.shape3).scatter_add(1, idx, torch.full(idx.shape, -1.0, dtype=x.dtype, device=x.device))
         if ctx.has_valid:
             g = g * valid.to(g.dtype)
         g = g * (gloss / ctx.norm)
