@@ -366,7 +366,8 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
     else:
         wy, wx = min(int(tile), h), min(int(tile), w)
     asked = (wy, wx)
-    (wy, rows), (wx, cols) = (_fit_axis(geo, ax, n, win) for ax, n, win in ((0, h, wy), (1, w, wx)))
+    (wy, rows), (wx, cols) = (_fit_axis(geo, ax, n, win, asked_by_user=tile is not None)
+                              for ax, n, win in ((0, h, wy), (1, w, wx)))
     if (wy, wx) != asked:
         notes.append(f"tile {asked[1]}x{asked[0]} is too small for this net (its margins of up to "
                      f"{max(minimal_margin(geo, 1, w), 0)}x{max(minimal_margin(geo, 0, h), 0)} pixels a side "
@@ -396,18 +397,22 @@ def _margin(tiles: Sequence[AxisTile]) -> int:
     return max([t.keep0 - t.start for t in tiles] + [t.stop - t.keep1 for t in tiles] + [0])
 
 
-def _fit_axis(geo: Geometry, axis: int, size: int, window: int) -> Tuple[int, List[AxisTile]]:
+def _fit_axis(geo: Geometry, axis: int, size: int, window: int,
+              asked_by_user: bool = True) -> Tuple[int, List[AxisTile]]:
     """(window, tiles) along an axis. ``window`` when its margins (both sides together) take at most half
     of it; else it is too small (its tiles would compute mostly margins, or nothing at all): enlarged to
-    the smallest window the net allows plus the asked size, so that a tile keeps about what was asked."""
+    the smallest window the net allows plus the asked size, so that a tile keeps about what was asked.
+    A window from the memory budget (``asked_by_user`` False) is kept whenever the net allows it, else
+    enlarged to the smallest one only."""
     try:
         tiles = _plan_axis(geo, axis, size, window)
-        if len(tiles) == 1 or 4 * _margin(tiles) <= window:
+        if len(tiles) == 1 or 4 * _margin(tiles) <= window or not asked_by_user:
             return window, tiles
     except _TooSmall:
         pass
     step = geo.stride[axis]
-    win = min(size, smallest_window(geo, axis, size) + max(0, -(-window // step) * step - step))
+    extra = max(0, -(-window // step) * step - step) if asked_by_user else 0
+    win = min(size, smallest_window(geo, axis, size) + extra)
     return win, _plan_axis(geo, axis, size, win)
 
 

@@ -69,7 +69,7 @@ def test_predictor_scores_to_a_sink(model, tmp_path):
         files.append(ScoreFile(tmp_path, shape))
         return files[-1]
 
-    pred = next(model.predictor(tile=300).iter([img], scores=True, score_sink=sink))
+    pred = next(model.predictor(tile=16).iter([img], scores=True, score_sink=sink))
     assert pred.scores["score"] is files[0]
     whole = model.predictor(tile=0).predict(img, scores=True)
     assert _rel(files[0].read(), whole.scores["score"]) < 1e-6
@@ -87,7 +87,7 @@ def _png(tmp_path, arr, name="big.png"):
 
 
 def test_infer_tile_vs_whole_with_a_prototxt_and_weights(tmp_path, capsys):
-    p = _png(tmp_path, _img(545, 17, 3))
+    p = _png(tmp_path, _img(1000, 17, 3))
     proto, w = caffe_fixture("fcn8s.prototxt"), caffe_fixture("fcn8s.caffemodel")
     args = [str(p), "--net", str(proto), "--weights", str(w), "--save-scores"]
     assert infer.main(args + ["--tile", "256", "-o", str(tmp_path / "a")]) == 0
@@ -96,7 +96,7 @@ def test_infer_tile_vs_whole_with_a_prototxt_and_weights(tmp_path, capsys):
     assert infer.main(args + ["--tile", "0", "-o", str(tmp_path / "b")]) == 0
     assert "tiled:" not in capsys.readouterr().out
     a, b = np.load(tmp_path / "a" / "big.npy"), np.load(tmp_path / "b" / "big.npy")
-    assert a.dtype == np.float32 and a.shape == b.shape == (21, 545, 17)
+    assert a.dtype == np.float32 and a.shape == b.shape == (21, 1000, 17)
     assert _rel(a, b) < 1e-6 and np.array_equal(a.argmax(0), b.argmax(0))
     assert np.array_equal(np.array(Image.open(tmp_path / "a" / "big.png")),
                           np.array(Image.open(tmp_path / "b" / "big.png")))
@@ -207,8 +207,8 @@ def test_geometry_of_the_sample_and_fast(model):
     fast = fcn_repro.load("sample", fast=True)
     assert Geometry(fast.net).stride == Geometry(model.net).stride == (32, 32)
     img = _img(545, 11, 6)
-    a = fast.predictor(tile=300).predict(img, scores=True)
-    b = model.predictor(tile=0).predict(img, scores=True)
+    a = fast.predictor(tile=16).predict(img, scores=True)
+    b = fast.predictor(tile=0).predict(img, scores=True)
     assert a.tiling is not None and np.array_equal(a.label, b.label)
     assert _rel(a.scores["score"], b.scores["score"]) < 1e-6
     assert isinstance(torch.from_numpy(a.scores["score"]), torch.Tensor)
