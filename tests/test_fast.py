@@ -366,6 +366,6 @@ def test_weight_changes_reach_the_fast_path(how):
         plain = net(data=x)["score"]
         got = fast(data=x)["score"]
         if how in ("numpy", "data"):
-            assert rel(got, plain) > 100 * REL_TOL     # stale: the old weights' backgrounds and copies
+            assert rel(got, plain) > 10 * REL_TOL      # stale: the backgrounds of the old weights
             got = fast.refresh()(data=x)["score"]
         assert rel(got, plain) <= REL_TOL
