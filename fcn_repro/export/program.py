@@ -168,8 +168,8 @@ def export_program(net, example: Optional[Sequence[torch.Tensor]] = None, *, sta
         dynamic_batch: the batch size stays dynamic (default).
 
     Returns the ExportedProgram; ``program.module()(*inputs)`` returns
-    ``{output blob: tensor}`` for inputs of any size (any batch). A process that
-    ``torch.export.load``\ s a saved program imports ``fcn_repro.ops`` first (it
+    ``{output blob: tensor}`` for inputs of any size (any batch). A process that loads
+    a saved program with ``torch.export.load`` imports ``fcn_repro.ops`` first (it
     registers the custom ops the program calls).
     """
     check_exportable(net, dynamic=static is None)
