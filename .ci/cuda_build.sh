@@ -15,6 +15,9 @@
 #   CUDA_BUILD_DIR       where build temp + lib go, default: a fresh mktemp -d (removed
 #                        on success unless KEEP_CUDA_BUILD=1)
 #   MAX_JOBS             parallel compile jobs (ninja), default 2
+#   CUDA_SO              an extension already built with CUDA in CUDA_VENV (e.g. by the README's
+#                        install under the default CUDA torch, as .ci/run does on Python 3.13):
+#                        step 2 is skipped and that .so is checked instead (it must hold sm_90)
 #   CUDA_BUILD_TESTS     1 (default): also run tests/test_ops*.py on the built module
 #                        (CPU kernels under the venv's torch; CUDA tests skip without a GPU)
 #   CUDA_GATES           1 (default): the static gates of step 5 (every .cu compiled on its own
@@ -47,7 +50,11 @@ export PATH="$CUDA_HOME/bin:$PATH"
 
 # ---- 1. venv with a CUDA build of torch (reused when it already has one) ----
 t0=$SECONDS
-if [ -x "$CUDA_VENV/bin/python" ] && "$CUDA_VENV/bin/python" - <<'PY' 2>/dev/null
+if [ -n "${CUDA_SO:-}" ]; then
+    # the venv the given .so was built in, whatever its CUDA torch
+    [ -x "$CUDA_VENV/bin/python" ] || fail "CUDA_SO given but no venv at CUDA_VENV=$CUDA_VENV"
+    log "using venv $CUDA_VENV (the one CUDA_SO was built in)"
+elif [ -x "$CUDA_VENV/bin/python" ] && "$CUDA_VENV/bin/python" - <<'PY' 2>/dev/null
 import sys, torch
 sys.exit(0 if torch.version.cuda and torch.__version__.startswith("2.14.1") else 1)
 PY
@@ -74,14 +81,24 @@ log "venv ready in ${venv_s}s"
 if [ "${1:-}" = "--venv-only" ]; then exit 0; fi
 
 # ---- 2. build the extension with nvcc into a temporary directory ----
-SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-CU13_INC="$SITE/nvidia/cu13/include"
-[ -d "$CU13_INC" ] || fail "$CU13_INC missing (torch's CUDA headers include cusparse.h from there)"
-export CPATH="$CU13_INC${CPATH:+:$CPATH}"   # seen by both g++ and nvcc's host pass
+# setup.py finds the CUDA headers the pip nvidia packages carry (cusparse.h, ...) and the
+# toolkit behind a wrapper nvcc; the gates below call nvcc directly and ask it for the same.
+PIP_CUDA_INCS="$(cd "$SRC" && "$PY" -c 'import setup; print("\n".join(setup.pip_cuda_include_dirs()))')" \
+    || fail "setup.pip_cuda_include_dirs()"
+[ -n "$PIP_CUDA_INCS" ] || fail "no nvidia/*/include beside torch in $CUDA_VENV (torch's CUDA headers include cusparse.h from there)"
 export FORCE_CUDA=1
 
 BUILD="${CUDA_BUILD_DIR:-$(mktemp -d /tmp/fcn_cuda_build.XXXXXX)}"
 mkdir -p "$BUILD"
+if [ -n "${CUDA_SO:-}" ]; then
+    [ -s "$CUDA_SO" ] || fail "CUDA_SO=$CUDA_SO: no such file"
+    mkdir -p "$BUILD/lib/fcn_repro" "$BUILD/src"
+    cp "$CUDA_SO" "$BUILD/lib/fcn_repro/"
+    ( cd "$SRC" && tar --exclude='__pycache__' --exclude='*.so' --exclude='*.egg-info' \
+          -cf - setup.py csrc fcn_repro ) | tar -C "$BUILD/src" -xf - || fail "copy sources to $BUILD/src"
+    log "checking $CUDA_SO (built elsewhere in this venv) instead of building"
+    build_s=0
+else
 # Build from a copy of the sources (setup.py, csrc/, the package without any
 # .so) so that nothing (egg-info, .so, build/) is written into the source tree.
 mkdir -p "$BUILD/src"
@@ -92,18 +109,20 @@ log "building in $BUILD (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$M
 ( cd "$BUILD/src" && "$PY" setup.py -q build_ext --build-temp "$BUILD/temp" --build-lib "$BUILD/lib" ) \
     > "$BUILD/build.log" 2>&1 || { tail -n 60 "$BUILD/build.log"; fail "build_ext (log: $BUILD/build.log)"; }
 build_s=$((SECONDS - t1))
+grep -q "sm_90" "$BUILD/build.log" || fail "nvcc was not run for sm_90 (see $BUILD/build.log)"
+fi
 
 # ---- 3. checks: the .so exists, holds sm_90 device code with our kernels, and
 #      their host-side launch stubs (only nvcc produces those) ----
 SO="$(ls "$BUILD"/lib/fcn_repro/_C*.so 2>/dev/null | head -n1 || true)"
 [ -n "$SO" ] && [ -s "$SO" ] || fail "no fcn_repro/_C*.so under $BUILD/lib"
 log "built $SO ($(stat -c %s "$SO") bytes) in ${build_s}s"
-grep -q "sm_90" "$BUILD/build.log" || fail "nvcc was not run for sm_90 (see $BUILD/build.log)"
 readelf -S -W "$SO" | grep -q '\.nv_fatbin' || fail "no .nv_fatbin (device code) section in $SO"
 objcopy -O binary --only-section=.nv_fatbin "$SO" "$BUILD/fatbin.bin" || fail "objcopy .nv_fatbin from $SO"
 fatbin_bytes=$(stat -c %s "$BUILD/fatbin.bin")
 [ "$fatbin_bytes" -gt 0 ] || fail "empty .nv_fatbin in $SO"
-log "device code: .nv_fatbin $fatbin_bytes bytes"
+grep -a -q "sm_90" "$BUILD/fatbin.bin" || fail "no sm_90 device code in the .nv_fatbin of $SO"
+log "device code: .nv_fatbin $fatbin_bytes bytes, for $(grep -a -o 'sm_[0-9]*' "$BUILD/fatbin.bin" | sort -u | tr '\n' ' ')"
 nm -C "$SO" > "$BUILD/syms.txt" || fail "nm $SO"
 if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
     "$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" | grep -q sm_90 || fail "cuobjdump: no sm_90 cubin in $SO"
@@ -143,7 +162,7 @@ if [ "${CUDA_GATES:-1}" = 1 ]; then
             -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
             -D__CUDA_NO_HALF2_OPERATORS__ -DFCN_REPRO_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
             -I"$SRC/csrc" -I"$SRC/csrc/include" -isystem "$TORCH_INC" \
-            -isystem "$TORCH_INC/torch/csrc/api/include" -isystem "$PY_INC" -isystem "$CU13_INC" \
+            -isystem "$TORCH_INC/torch/csrc/api/include" -isystem "$PY_INC" $(printf -- '-isystem %s ' $PIP_CUDA_INCS) \
             -Xptxas -v,-warn-spills,-warn-lmem-usage --Werror all-warnings --keep --keep-dir "$keep" \
             > "$keep/nvcc.log" 2>&1 || { tail -n 40 "$keep/nvcc.log"; fail "nvcc gate build of $cu (warnings are errors)"; }
         entries=$(grep -c "Compiling entry function" "$keep/nvcc.log" || true)
