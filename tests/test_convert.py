@@ -223,8 +223,9 @@ def test_interrupted_write_leaves_no_partial_output(tmp_path, capsys, monkeypatc
             raise KeyboardInterrupt
         return real(layer)
     monkeypatch.setattr(cm, "_layer_pieces", pieces)
-    with pytest.raises(KeyboardInterrupt):
-        main([str(caffe_fixture("fcn8s.caffemodel")), "-o", str(out)])
+    from fcn_repro.cli import EXIT_INTERRUPTED
+    assert main([str(caffe_fixture("fcn8s.caffemodel")), "-o", str(out)]) == EXIT_INTERRUPTED   # one line, 130
+    assert len(calls) == 11 and "interrupted (Ctrl-C)" in capsys.readouterr().err
     assert out.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["out.caffemodel"]
 
