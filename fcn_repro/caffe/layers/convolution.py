@@ -97,8 +97,13 @@ class Convolution(Layer):
 
 
 def _conv2d(x, w, b, stride, pad, dilation, groups):
-    """F.conv2d, but a float32 CPU forward without gradients runs :func:`onednn_conv2d`."""
-    if (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 and _MKLDNN
+    """F.conv2d, but a float32 CPU forward without gradients runs :func:`onednn_conv2d`.
+
+    Only on real tensors: traced ones (torch.compile, torch.export, shape
+    walks on fake tensors) take F.conv2d, which every tracer knows.
+    """
+    if (type(x) is torch.Tensor and not torch.compiler.is_compiling()
+            and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 and _MKLDNN
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                                    or (b is not None and b.requires_grad)))):
         return onednn_conv2d(x, w, b, stride, pad, dilation, groups)
