@@ -183,8 +183,19 @@ def test_checker_names_each_problem_with_its_file(tmp_path, capsys):
     assert f"{root / 'labels' / 'im006.png'}: no image" in out
     assert f"{root / 'images' / 'extra.jpg'}: no label" in out
     assert "5 problem(s)" in out
-    rep = check_dataset(make_shapes(tmp_path / "good", n=4, val=0), ["bg", "disc", "square"])
+    good = make_shapes(tmp_path / "good", n=4, val=0)
+    rep = check_dataset(good, ["bg", "disc", "square"])
     assert rep.ok and rep.pairs == 4 and int(rep.pixels.sum()) == 4 * 72 * 96
+    # the report is never written over a file of the dataset (a label, by its own or another name)
+    label = good / "labels" / "im001.png"
+    before = label.read_bytes()
+    os.symlink(label, tmp_path / "alias.json")
+    for target in (label, tmp_path / "alias.json"):
+        assert data_main(["check", str(good), "--classes", CLASSES, "--json", str(target), "--no-progress"]) == 2
+        assert "is one of the inputs" in capsys.readouterr().err
+    assert label.read_bytes() == before
+    assert data_main(["check", str(good), "--classes", CLASSES, "--json", str(good / "report.json"),
+                      "--no-progress"]) == 0 and (good / "report.json").is_file()   # a new file inside DIR is fine
 
 
 def test_train_names_a_bad_label_before_any_iteration(tmp_path, capsys):

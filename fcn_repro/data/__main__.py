@@ -11,6 +11,7 @@ label value is counted, none is refused).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -19,7 +20,7 @@ from fcn_repro.progress import bar as progress_bar
 from fcn_repro import cli
 from fcn_repro.data.check import check_dataset
 from fcn_repro.data.folder import OwnDataError, own_labels, parse_classes
-from fcn_repro.outputs import check_writable, write_json
+from fcn_repro.outputs import check_not_input, check_writable, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     check_writable(args.json, "--json")
+    if args.json and args.json != "-" and _in_dataset(args.json, args.dir):
+        check_not_input(args.json, inputs=[args.json])   # the report never replaces a file of the dataset
     try:
         classes = list(own_labels(args.dir, parse_classes(args.classes)).names)
     except OwnDataError:
@@ -62,6 +65,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, rep.to_json())
     return 0 if rep.ok else 1
+
+
+def _in_dataset(path: str, root: str) -> bool:
+    """Whether ``path`` is an existing file (by any name) inside the dataset directory ``root``."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return os.path.isfile(real) and os.path.commonpath([real, top]) == top
 
 
 if __name__ == "__main__":
