@@ -117,7 +117,10 @@ fi
 SO="$(ls "$BUILD"/lib/fcn_repro/_C*.so 2>/dev/null | head -n1 || true)"
 [ -n "$SO" ] && [ -s "$SO" ] || fail "no fcn_repro/_C*.so under $BUILD/lib"
 log "built $SO ($(stat -c %s "$SO") bytes) in ${build_s}s"
-readelf -S -W "$SO" | grep -q '\.nv_fatbin' || fail "no .nv_fatbin (device code) section in $SO"
+# (listings go to files first: `cmd | grep -q` under pipefail fails when grep's early exit
+#  gives cmd a SIGPIPE, which happened with .nv_fatbin listed near the top)
+readelf -S -W "$SO" > "$BUILD/sections.txt" || fail "readelf $SO"
+grep -q '\.nv_fatbin' "$BUILD/sections.txt" || fail "no .nv_fatbin (device code) section in $SO"
 objcopy -O binary --only-section=.nv_fatbin "$SO" "$BUILD/fatbin.bin" || fail "objcopy .nv_fatbin from $SO"
 fatbin_bytes=$(stat -c %s "$BUILD/fatbin.bin")
 [ "$fatbin_bytes" -gt 0 ] || fail "empty .nv_fatbin in $SO"
@@ -125,7 +128,8 @@ grep -a -q "sm_90" "$BUILD/fatbin.bin" || fail "no sm_90 device code in the .nv_
 log "device code: .nv_fatbin $fatbin_bytes bytes, for $(grep -a -o 'sm_[0-9]*' "$BUILD/fatbin.bin" | sort -u | tr '\n' ' ')"
 nm -C "$SO" > "$BUILD/syms.txt" || fail "nm $SO"
 if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
-    "$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" | grep -q sm_90 || fail "cuobjdump: no sm_90 cubin in $SO"
+    "$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" > "$BUILD/cubins.txt" || fail "cuobjdump $SO"
+    grep -q sm_90 "$BUILD/cubins.txt" || fail "cuobjdump: no sm_90 cubin in $SO"
 fi
 missing=0
 for k in deconv2d_fwd_kernel deconv2d_diag_check_kernel deconv2d_grad_input_kernel \
