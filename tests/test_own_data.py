@@ -33,6 +33,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = "bg,disc,square"
 
 
+def act_when_trained(proc: subprocess.Popen, run: Path, iterations: int, act) -> tuple:
+    """Wait (at most 120 s) until the training process ``proc`` has logged ``iterations`` train records
+    in RUN/log.jsonl, then call ``act()``; return its (stdout, stderr). Killed if it outlives the test."""
+    log = run / "log.jsonl"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.is_file() and log.read_text().count('"type": "train"') >= iterations:
+                act()
+                break
+            time.sleep(0.02)
+        return proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def make_shapes(root: Path, n: int = 24, size=(96, 72), seed: int = 0, val: int = 8, palette=None) -> Path:
     """n images of 1-2 discs (class 1) and squares (class 2) on noise; the last ``val`` are val.txt.
     Labels: mode L, or mode P with ``palette`` (a colour per class)."""
@@ -367,22 +384,14 @@ def test_sigint_snapshots_and_resume_is_bit_exact(tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(ROOT))       # the same threads as this process: the same sums
     proc = subprocess.Popen([sys.executable, "-m", "fcn_repro.train"] + args + ["--out", str(run)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = run / "log.jsonl"
-    refused = None
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if log.is_file() and log.read_text().count('"type": "train"') >= 3:
-                capsys.readouterr()
-                refused = train_main(args + ["--out", str(run)])        # the run is live: refused, not RUN-2
-                os.kill(proc.pid, signal.SIGINT)
-                break
-            time.sleep(0.02)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert refused == 2 and "a live training run holds this directory" in capsys.readouterr().err
+    refused = []
+
+    def second_train_then_sigint():
+        capsys.readouterr()
+        refused.append(train_main(args + ["--out", str(run)]))        # the run is live: refused, not RUN-2
+        os.kill(proc.pid, signal.SIGINT)
+    out, err = act_when_trained(proc, run, 3, second_train_then_sigint)
+    assert refused == [2] and "a live training run holds this directory" in capsys.readouterr().err
     assert not run.with_name(run.name + "-2").exists()
     assert proc.returncode == 130, err
     state = runs.latest_state(run)

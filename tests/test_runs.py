@@ -169,7 +169,7 @@ def test_sigterm_to_a_training_process_snapshots_and_exits_143(tmp_path):
     """A real `python -m fcn_repro.train` on own data, SIGTERM after its first iteration: the snapshot of
     the iteration reached, run.json names it (not complete), exit status 143, no traceback."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_own_data import CLASSES, make_shapes
+    from test_own_data import CLASSES, act_when_trained, make_shapes
 
     data = make_shapes(tmp_path / "data", n=6, size=(48, 40), val=2)
     run = tmp_path / "run"
@@ -178,18 +178,7 @@ def test_sigterm_to_a_training_process_snapshots_and_exits_143(tmp_path):
                              "--classes", CLASSES, "--iters", "100000", "--test-every", "0", "--no-progress",
                              "--out", str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            log = run / "log.jsonl"
-            if log.is_file() and '"type": "train"' in log.read_text():
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.02)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = act_when_trained(proc, run, 1, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "SIGTERM: stopping at the end of iteration" in err
     state = runs.latest_state(run)
@@ -221,7 +210,7 @@ def test_a_second_sigint_stops_training_at_once_without_a_snapshot(tmp_path):
     """Two Ctrl-C inside one (long) iteration: the first asks for a stop and a snapshot, the second stops
     at once: exit 130, one line, no traceback, no snapshot, the lock released."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_own_data import CLASSES, make_shapes
+    from test_own_data import CLASSES, act_when_trained, make_shapes
 
     data = make_shapes(tmp_path / "data", n=2, size=(800, 600), val=0)
     run = tmp_path / "run"
@@ -231,25 +220,17 @@ def test_a_second_sigint_stops_training_at_once_without_a_snapshot(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     seen = []
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            log = run / "log.jsonl"
-            if log.is_file() and '"type": "train"' in log.read_text():
-                proc.send_signal(signal.SIGINT)      # an iteration has just begun: a long one at this size
-                break
-            time.sleep(0.01)
+
+    def two_sigints():
+        proc.send_signal(signal.SIGINT)      # an iteration has just begun: a long one at this size
         # the second once the first was handled (two signals before Python looks are one)
         for line in proc.stderr:
             seen.append(line)
             if line.startswith("SIGINT: stopping"):
                 proc.send_signal(signal.SIGINT)
                 break
-        out, err = proc.communicate(timeout=120)
-        err = "".join(seen) + err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = act_when_trained(proc, run, 1, two_sigints)
+    err = "".join(seen) + err
     assert proc.returncode == 130, err[-2000:]
     assert "SIGINT: stopping at the end of iteration" in err
     assert "interrupted (Ctrl-C): stopped at once" in err and "Traceback" not in err
