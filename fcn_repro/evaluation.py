@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -154,64 +154,61 @@ def run(net, dataset: SegDataset, heads: Dict[str, str], *, card=None, device: s
     t0 = time.perf_counter()
     # the dataset's own files (images, ground truth) are never replaced by a prediction
     guard = protect_inputs(p for i in indices for p in dataset.files(i)) if writer is not None else nullcontext()
-    try:
+    with ExitStack() as stack:   # left in reverse order: the guard last
         # the guard holds until every queued write has run: each one is checked against the inputs
-        with guard:
-            try:
-                with torch.inference_mode():
-                    for sample in SampleLoader(dataset, indices, workers=workers):
-                        feed = {b: torch.from_numpy(a).unsqueeze(0).to(dev, non_blocking=True)
-                                for b, a in net_inputs(input_names, sample, card, input_map).items()}
-                        out = net.forward(**feed)
-                        ids.append(sample.id)
-                        for blob, lab_name in heads.items():
-                            if blob not in out:
-                                raise MismatchError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
-                            if lab_name not in sample.labels:
-                                raise MismatchError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
-                                                 f"(labels: {sorted(sample.labels)})")
-                            score = out[blob]
-                            label = sample.labels[lab_name]
-                            if tuple(score.shape[2:]) != label.shape:
-                                raise MismatchError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
-                                                 f"label {lab_name!r} is {label.shape}")
-                            n = int(score.shape[1])
-                            pred = score[0].argmax(0)
-                            lab_t = torch.from_numpy(label).to(dev, non_blocking=True)
-                            if not warned:
-                                warned = _warn_out_of_range(label, n, sample.id, lab_name, dataset)
-                            h = fast_hist_torch(lab_t, pred, n, check=False)
-                            if observe is not None:
-                                observe(sample.id, blob, sample.image, label, pred.to(torch.uint8).cpu().numpy(),
-                                        h.cpu().numpy().copy())
-                            if blob in hists:
-                                if hists[blob].shape[0] != n:
-                                    raise MismatchError(f"score blob {blob!r} changed from {hists[blob].shape[0]} "
-                                                        f"to {n} channels")
-                                hists[blob] += h
-                            else:
-                                hists[blob] = h
-                            if keep_predictions or writer is not None:
-                                p8 = pred.to(torch.uint8).cpu().numpy()
-                                if keep_predictions:
-                                    preds_kept.setdefault(sample.id, {})[blob] = p8
-                                if writer is not None:
-                                    d = Path(save_predictions) if len(heads) == 1 else Path(save_predictions) / blob
-                                    pending.append(writer.submit(save_label_png, child(d, f"{sample.id}.png"), p8,
-                                                                 (labelsets or {}).get(blob)))
-                                    _raise_done(pending)   # a refused write stops the run at once
-                        if bar is not None:
-                            bar.update(1)
-                        if on_image is not None:
-                            on_image()
-                for f in pending:
-                    f.result()
-            finally:
-                if writer is not None:   # inside the guard; after an error the queued writes are dropped
-                    writer.shutdown(wait=True, cancel_futures=True)
-    finally:
+        stack.enter_context(guard)
+        if writer is not None:   # after an error the queued writes are dropped
+            stack.callback(writer.shutdown, wait=True, cancel_futures=True)
         if bar is not None:
-            bar.close()
+            stack.callback(bar.close)
+        stack.enter_context(torch.inference_mode())
+        for sample in SampleLoader(dataset, indices, workers=workers):
+            feed = {b: torch.from_numpy(a).unsqueeze(0).to(dev, non_blocking=True)
+                    for b, a in net_inputs(input_names, sample, card, input_map).items()}
+            out = net.forward(**feed)
+            ids.append(sample.id)
+            for blob, lab_name in heads.items():
+                if blob not in out:
+                    raise MismatchError(f"the net produced no blob {blob!r} (outputs: {sorted(out)})")
+                if lab_name not in sample.labels:
+                    raise MismatchError(f"{sample.id}: no label {lab_name!r} for score blob {blob!r} "
+                                     f"(labels: {sorted(sample.labels)})")
+                score = out[blob]
+                label = sample.labels[lab_name]
+                if tuple(score.shape[2:]) != label.shape:
+                    raise MismatchError(f"{sample.id}: score blob {blob!r} is {tuple(score.shape[2:])}, "
+                                     f"label {lab_name!r} is {label.shape}")
+                n = int(score.shape[1])
+                pred = score[0].argmax(0)
+                lab_t = torch.from_numpy(label).to(dev, non_blocking=True)
+                if not warned:
+                    warned = _warn_out_of_range(label, n, sample.id, lab_name, dataset)
+                h = fast_hist_torch(lab_t, pred, n, check=False)
+                if observe is not None:
+                    observe(sample.id, blob, sample.image, label, pred.to(torch.uint8).cpu().numpy(),
+                            h.cpu().numpy().copy())
+                if blob in hists:
+                    if hists[blob].shape[0] != n:
+                        raise MismatchError(f"score blob {blob!r} changed from {hists[blob].shape[0]} "
+                                            f"to {n} channels")
+                    hists[blob] += h
+                else:
+                    hists[blob] = h
+                if keep_predictions or writer is not None:
+                    p8 = pred.to(torch.uint8).cpu().numpy()
+                    if keep_predictions:
+                        preds_kept.setdefault(sample.id, {})[blob] = p8
+                    if writer is not None:
+                        d = Path(save_predictions) if len(heads) == 1 else Path(save_predictions) / blob
+                        pending.append(writer.submit(save_label_png, child(d, f"{sample.id}.png"), p8,
+                                                     (labelsets or {}).get(blob)))
+                        _raise_done(pending)   # a refused write stops the run at once
+            if bar is not None:
+                bar.update(1)
+            if on_image is not None:
+                on_image()
+        for f in pending:
+            f.result()
     seconds = time.perf_counter() - t0
     return {"hists": {b: h.cpu().numpy() for b, h in hists.items()}, "images": len(ids), "seconds": seconds,
             "ids": ids, "predictions": preds_kept if keep_predictions else None}
