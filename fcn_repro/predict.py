@@ -366,7 +366,8 @@ class Predictor:
 
         name = Path(src).name if _is_path(src) else "image"
         labels = run_tiled(self.net, x, plan, heads, self.device, to_scores if scores else None,
-                           to_probs if probabilities else None, progress=self.progress, desc=name)
+                           to_probs if probabilities else None, progress=self.progress, desc=name,
+                           geometry=self._geometry)
         return Prediction(src, labels, sc if scores else None, pr if probabilities else None, img, plan)
 
     def _run(self, batch, scores: bool, probabilities: bool) -> Iterator[Prediction]:

@@ -275,14 +275,23 @@ class TilePlan:
     rows: List[AxisTile]
     cols: List[AxisTile]
     notes: List[str] = field(default_factory=list)
+    #: > 0: the rows are streamed layer by layer (:mod:`fcn_repro.streaming`) in bands of this many
+    #: input rows, each row of every map computed once; ``rows`` is then the one whole band
+    stream: int = 0
+
+    @property
+    def bands(self) -> int:
+        """Bands of rows: streamed bands, or rows of tiles."""
+        return -(-self.size[0] // self.stream) if self.stream else len(self.rows)
 
     @property
     def count(self) -> int:
-        return len(self.rows) * len(self.cols)
+        """Units of work (tiles, or streamed bands times column windows): what the progress bar counts."""
+        return self.bands * len(self.cols)
 
     @property
     def tiled(self) -> bool:
-        return self.count > 1
+        return self.count > 1 or self.stream > 0
 
     @property
     def margins(self) -> Tuple[int, int]:
@@ -299,6 +308,12 @@ class TilePlan:
         if not self.tiled:
             return f"{self.size[1]}x{self.size[0]}: whole image"
         my, mx = self.margins
+        if self.stream:
+            cols = ("" if len(self.cols) == 1 else
+                    f", in {len(self.cols)} column windows of at most {self.window[1]} pixels (margins up to "
+                    f"{mx}; {100 * self.overhead:.0f}% of their input is margin)")
+            return (f"{self.size[1]}x{self.size[0]} streamed layer by layer in bands of {self.stream} rows "
+                    f"(every row of every map computed once){cols}")
         return (f"{self.size[1]}x{self.size[0]} in {len(self.rows)}x{len(self.cols)} tiles of at most "
                 f"{self.window[1]}x{self.window[0]} input pixels (margins up to {mx}x{my}; "
                 f"{100 * self.overhead:.0f}% of the tiles' input is margin)")
@@ -334,14 +349,18 @@ def _plan_axis(geo: Geometry, axis: int, size: int, window: int) -> List[AxisTil
 
 
 def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: Optional[int] = None,
-               geometry: Optional[Geometry] = None) -> TilePlan:
+               geometry: Optional[Geometry] = None, stream: Optional[int] = None) -> TilePlan:
     """The tiles for an image of ``size`` (H, W).
 
     tile: the window in input pixels (a window of tile x tile; 0: the whole
-    image; None: the largest square whose estimated forward memory fits
-    ``budget``, default ``fcn_repro.limits``' ``forward_bytes``, and the
-    whole image when that fits). A tile too small for the net's margins is
-    enlarged (said so in ``notes``).
+    image; None: automatic: the whole image when its estimated forward memory
+    fits ``budget``, default ``fcn_repro.limits``' ``forward_bytes``; else
+    streamed layer by layer (:mod:`fcn_repro.streaming`: bands of rows at
+    the full width, or in column windows when the width alone is too much)
+    when the net can be, else the largest square tiles within budget). A tile
+    too small for the net's margins is enlarged (said so in ``notes``).
+    stream: force streaming in bands of this many rows (``tile``, if given,
+    is then the column window).
     """
     geo = geometry or Geometry(net)
     h, w = (int(v) for v in size)
@@ -353,6 +372,13 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
         return TilePlan((h, w), (0, 0), (h, w), [AxisTile(0, h, 0, 0, 0)], [AxisTile(0, w, 0, 0, 0)], notes)
     if tile is not None and tile < 0:
         raise TilingError(f"tile {tile}: must be 0 (whole image) or a size in pixels")
+    if stream is not None:
+        if int(stream) < 1:
+            raise TilingError(f"stream {stream}: rows per band must be at least 1")
+        from fcn_repro.streaming import Stream
+        Stream(net, geo)          # refuses a net it cannot stream, naming the layer
+        win, cols = _fit_axis(geo, 1, w, w if not tile else min(int(tile), w), asked_by_user=bool(tile))
+        return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, notes, int(stream))
     if tile == 0:
         return TilePlan((h, w), out, (h, w), _plan_axis(geo, 0, h, h), _plan_axis(geo, 1, w, w), notes)
     if tile is None:
@@ -360,9 +386,14 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
         est = geo.peak_bytes(h, w)
         if est <= budget:
             return TilePlan((h, w), out, (h, w), _plan_axis(geo, 0, h, h), _plan_axis(geo, 1, w, w), notes)
+        over = (f"the whole {w}x{h} image would need about {est / 2**30:.1f} GiB for one forward, over "
+                f"the budget of {budget / 2**30:.1f} GiB (forward_bytes)")
+        streamed = _stream_plan(net, geo, h, w, out, budget)
+        if streamed is not None:
+            streamed.notes.insert(0, f"{over}: {streamed.describe()}")
+            return streamed
         wy, wx = _budget_window(geo, h, w, budget)
-        notes.append(f"the whole {w}x{h} image would need about {est / 2**30:.1f} GiB for one forward, over "
-                     f"the budget of {budget / 2**30:.1f} GiB (forward_bytes): tiled in windows of {wx}x{wy}")
+        notes.append(f"{over}: tiled in windows of {wx}x{wy}")
     else:
         wy, wx = min(int(tile), h), min(int(tile), w)
     asked = (wy, wx)
@@ -374,6 +405,36 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
                      f"would take more than half of it): enlarged to {wx}x{wy}, the margins plus about "
                      f"{asked[1]}x{asked[0]} kept")
     return TilePlan((h, w), out, (wy, wx), rows, cols, notes)
+
+
+def _stream_plan(net, geo: Geometry, h: int, w: int, out: Tuple[int, int], budget: int) -> Optional[TilePlan]:
+    """Streaming within ``budget`` (half of it for the band buffers): the tallest band (up to 8 strides)
+    at the full width, else one stride's band in the widest column window that fits; None when the
+    net cannot be streamed."""
+    from fcn_repro.streaming import Stream, StreamError
+    try:
+        st = Stream(net, geo)
+    except StreamError:
+        return None
+    half = budget // 2
+    step = geo.stride[0]
+    chunk, win = step, w
+    for k in (8, 6, 4, 3, 2, 1):
+        if st.band_bytes(h, w, 0, w, k * step) <= half:
+            chunk = k * step
+            break
+    else:
+        sx = geo.stride[1]
+        lo, hi = smallest_window(geo, 1, w) // sx, w // sx     # the widest window (in strides) that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if st.band_bytes(h, w, 0, mid * sx, step) <= half:
+                lo = mid
+            else:
+                hi = mid - 1
+        win = max(lo * sx, smallest_window(geo, 1, w))
+    win, cols = _fit_axis(geo, 1, w, win, asked_by_user=False)
+    return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], chunk)
 
 
 def smallest_window(geo: Geometry, axis: int, size: int) -> int:
@@ -451,20 +512,53 @@ Sink = Callable[[str, Tuple[int, int, int]], np.ndarray]
 
 def run_tiled(net, feed: Mapping[str, np.ndarray], plan: TilePlan, heads: Sequence[str],
               device: torch.device, scores: Optional[Sink] = None, probabilities: Optional[Sink] = None,
-              progress: Optional[bool] = None, desc: str = "tiles") -> Dict[str, np.ndarray]:
-    """Run ``net`` tile by tile on one image's preprocessed inputs ``feed`` ({blob: (C, H, W)}).
+              progress: Optional[bool] = None, desc: str = "tiles",
+              geometry: Optional[Geometry] = None) -> Dict[str, np.ndarray]:
+    """Run ``net`` tile by tile (or streamed band by band, ``plan.stream``) on one image's
+    preprocessed inputs ``feed`` ({blob: (C, H, W)}).
 
     Returns {head: (H', W') uint8 labels}. ``scores`` / ``probabilities``:
     sink(head, (C, H', W')) -> a writable float array (in memory or a file)
     that the kept part of each tile is written into. ``progress``: a bar per
-    tile (default: when stderr is a terminal and there is more than one tile).
+    tile or band (default: when stderr is a terminal and there is more than one).
     """
     labels: Dict[str, np.ndarray] = {}
     sc: Dict[str, np.ndarray] = {}
     pr: Dict[str, np.ndarray] = {}
+
+    def put(h: str, o: torch.Tensor, dst: Tuple[slice, slice]) -> None:
+        """The kept part ``o`` (C, rows, cols) of head ``h`` into the outputs at ``dst``."""
+        o = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
+        if h not in labels:
+            labels[h] = np.empty(plan.out_size, np.uint8)
+            if scores is not None:
+                sc[h] = scores(h, (o.shape[0],) + plan.out_size)
+            if probabilities is not None:
+                pr[h] = probabilities(h, (o.shape[0],) + plan.out_size)
+        labels[h][dst] = o.argmax(0).to(torch.uint8).cpu().numpy()
+        if h in sc:
+            sc[h][(slice(None),) + dst] = o.cpu().numpy()
+        if h in pr:
+            pr[h][(slice(None),) + dst] = torch.softmax(o, 0).cpu().numpy()
+
     show = (sys.stderr.isatty() and plan.count > 1) if progress is None else progress
-    with progress_bar(total=plan.count, desc=desc, unit="tile", enabled=show, dynamic_ncols=True,
-                      leave=False) as bar:
+    with progress_bar(total=plan.count, desc=desc, unit="band" if plan.stream else "tile", enabled=show,
+                      dynamic_ncols=True, leave=False) as bar:
+        if plan.stream:
+            from fcn_repro.streaming import Stream
+            stream = Stream(net, geometry)
+            for c in plan.cols:
+                x = {b: torch.from_numpy(np.ascontiguousarray(v[:, :, c.start:c.stop]))[None].to(device)
+                     for b, v in feed.items()}
+                xs = slice(c.at, c.at + c.keep1 - c.keep0)
+
+                def emit(h: str, r0: int, r1: int, y: torch.Tensor, xs=xs, c=c) -> None:
+                    if h in heads:
+                        put(h, y[0, :, :, xs], (slice(r0, r1), slice(c.keep0, c.keep1)))
+
+                stream.run(x, plan.stream, plan.size, (c.start, c.stop), emit, band_done=lambda: bar.update(1))
+                del x
+            return labels
         for r in plan.rows:
             for c in plan.cols:
                 x = {b: torch.from_numpy(np.ascontiguousarray(v[:, r.start:r.stop, c.start:c.stop]))[None]
@@ -473,21 +567,8 @@ def run_tiled(net, feed: Mapping[str, np.ndarray], plan: TilePlan, heads: Sequen
                     out = net(**x)
                 del x
                 ys, xs = slice(r.at, r.at + r.keep1 - r.keep0), slice(c.at, c.at + c.keep1 - c.keep0)
-                dst = (slice(r.keep0, r.keep1), slice(c.keep0, c.keep1))
                 for h in heads:
-                    o = out[h][0, :, ys, xs]
-                    o = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
-                    if h not in labels:
-                        labels[h] = np.empty(plan.out_size, np.uint8)
-                        if scores is not None:
-                            sc[h] = scores(h, (o.shape[0],) + plan.out_size)
-                        if probabilities is not None:
-                            pr[h] = probabilities(h, (o.shape[0],) + plan.out_size)
-                    labels[h][dst] = o.argmax(0).to(torch.uint8).cpu().numpy()
-                    if h in sc:
-                        sc[h][(slice(None),) + dst] = o.cpu().numpy()
-                    if h in pr:
-                        pr[h][(slice(None),) + dst] = torch.softmax(o, 0).cpu().numpy()
+                    put(h, out[h][0, :, ys, xs], (slice(r.keep0, r.keep1), slice(c.keep0, c.keep1)))
                 del out
                 bar.update(1)
     return labels
