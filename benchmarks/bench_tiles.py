@@ -67,7 +67,8 @@ def worker(mode: str, h: int, w: int, tile: str, proto: str, model: str) -> dict
     import torch
     from fcn_repro.caffe import Net
     from fcn_repro.fast import optimize
-    from fcn_repro.tiles import Geometry, plan_tiles, run_tiled
+    from fcn_repro.streaming import plan_image, run_image
+    from fcn_repro.tiles import Geometry
     net = Net(proto, model).eval()
     m = optimize(net) if mode == "fast" else net
     geo = Geometry(net)
@@ -84,10 +85,10 @@ def worker(mode: str, h: int, w: int, tile: str, proto: str, model: str) -> dict
         labels = out[geo.outputs[0]][0].argmax(0)
         info = {"tiles": 1, "window": [h, w], "margin_share": 0.0}
     else:
-        plan = plan_tiles(net, (h, w), tile=None if tile == "auto" else int(tile), geometry=geo)
+        plan = plan_image(net, (h, w), tile=None if tile == "auto" else int(tile), geometry=geo)
         with common.LoadProbe() as probe:
             t0 = time.perf_counter()
-            labels = run_tiled(m, feed, plan, geo.outputs[:1], cpu, progress=False)[geo.outputs[0]]
+            labels = run_image(m, feed, plan, geo.outputs[:1], cpu, progress=False, geometry=geo)[geo.outputs[0]]
             t = time.perf_counter() - t0
         info = {"tiles": plan.count, "window": list(plan.window), "margin_share": plan.overhead,
                 "notes": plan.notes, "plan": plan.describe()}

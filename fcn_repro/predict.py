@@ -55,7 +55,8 @@ from fcn_repro.devices import check_device
 from fcn_repro.errors import FcnReproError
 from fcn_repro.evaluation import build
 from fcn_repro.resolve import Model, resolve
-from fcn_repro.tiles import Geometry, TilePlan, plan_tiles, run_tiled
+from fcn_repro.streaming import plan_image, run_image
+from fcn_repro.tiles import Geometry, TilePlan
 
 __all__ = ["load", "Pretrained", "Predictor", "Prediction", "Transforms", "expand_images", "resolve_device",
            "IMAGE_SUFFIXES"]
@@ -344,7 +345,7 @@ class Predictor:
                     self._geometry = e    # automatic: this net runs whole
             if isinstance(self._geometry, FcnReproError):
                 return None
-            plan = plan_tiles(self.net, size, self.tile, self.tile_budget, geometry=self._geometry)
+            plan = plan_image(self.net, size, self.tile, self.tile_budget, geometry=self._geometry)
             for note in plan.notes:
                 warnings.warn(note, stacklevel=3)
             self._plans = {**dict(list(self._plans.items())[-7:]), size: plan if plan.tiled else None}
@@ -365,7 +366,7 @@ class Predictor:
             return pr[h]
 
         name = Path(src).name if _is_path(src) else "image"
-        labels = run_tiled(self.net, x, plan, heads, self.device, to_scores if scores else None,
+        labels = run_image(self.net, x, plan, heads, self.device, to_scores if scores else None,
                            to_probs if probabilities else None, progress=self.progress, desc=name,
                            geometry=self._geometry)
         return Prediction(src, labels, sc if scores else None, pr if probabilities else None, img, plan)

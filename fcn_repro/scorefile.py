@@ -12,7 +12,7 @@ ending naming the format (:data:`FORMATS`):
 ==============  ==============================================================
 
 A :class:`ScoreFile` is the writable target the tiled forward
-(:func:`fcn_repro.tiles.run_tiled`) fills tile by tile: an .npy file next to
+(:func:`fcn_repro.streaming.run_image`) fills tile by tile or band by band: an .npy file next to
 the output, written with positioned writes (so the process keeps no page of
 it), under a temporary name. :meth:`ScoreFile.commit` puts it in place
 through :mod:`fcn_repro.outputs` (atomic: a reader sees the whole file or

@@ -59,7 +59,7 @@ from fcn_repro.errors import FcnReproError
 from fcn_repro.progress import bar as progress_bar
 
 __all__ = ["TilingError", "Span", "Geometry", "AxisTile", "TilePlan", "plan_tiles", "run_tiled",
-           "POINTWISE"]
+           "POINTWISE", "Outputs"]
 
 #: layer types that act on each spatial position by itself (a position reads only that position of its
 #: bottoms). Unlike coord_map's coordinate-preserving set, MVN (normalizes over the whole map) and
@@ -349,18 +349,15 @@ def _plan_axis(geo: Geometry, axis: int, size: int, window: int) -> List[AxisTil
 
 
 def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: Optional[int] = None,
-               geometry: Optional[Geometry] = None, stream: Optional[int] = None) -> TilePlan:
+               geometry: Optional[Geometry] = None) -> TilePlan:
     """The tiles for an image of ``size`` (H, W).
 
     tile: the window in input pixels (a window of tile x tile; 0: the whole
-    image; None: automatic: the whole image when its estimated forward memory
-    fits ``budget``, default ``fcn_repro.limits``' ``forward_bytes``; else
-    streamed layer by layer (:mod:`fcn_repro.streaming`: bands of rows at
-    the full width, or in column windows when the width alone is too much)
-    when the net can be, else the largest square tiles within budget). A tile
-    too small for the net's margins is enlarged (said so in ``notes``).
-    stream: force streaming in bands of this many rows (``tile``, if given,
-    is then the column window).
+    image; None: the largest square whose estimated forward memory fits
+    ``budget``, default ``fcn_repro.limits``' ``forward_bytes``, and the
+    whole image when that fits). A tile too small for the net's margins is
+    enlarged (said so in ``notes``). :func:`fcn_repro.streaming.plan_image`
+    is the planner the tools use: it streams instead where the net allows.
     """
     geo = geometry or Geometry(net)
     h, w = (int(v) for v in size)
@@ -372,13 +369,6 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
         return TilePlan((h, w), (0, 0), (h, w), [AxisTile(0, h, 0, 0, 0)], [AxisTile(0, w, 0, 0, 0)], notes)
     if tile is not None and tile < 0:
         raise TilingError(f"tile {tile}: must be 0 (whole image) or a size in pixels")
-    if stream is not None:
-        if int(stream) < 1:
-            raise TilingError(f"stream {stream}: rows per band must be at least 1")
-        from fcn_repro.streaming import Stream
-        Stream(net, geo)          # refuses a net it cannot stream, naming the layer
-        win, cols = _fit_axis(geo, 1, w, w if not tile else min(int(tile), w), asked_by_user=bool(tile))
-        return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, notes, int(stream))
     if tile == 0:
         return TilePlan((h, w), out, (h, w), _plan_axis(geo, 0, h, h), _plan_axis(geo, 1, w, w), notes)
     if tile is None:
@@ -386,14 +376,8 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
         est = geo.peak_bytes(h, w)
         if est <= budget:
             return TilePlan((h, w), out, (h, w), _plan_axis(geo, 0, h, h), _plan_axis(geo, 1, w, w), notes)
-        over = (f"the whole {w}x{h} image would need about {est / 2**30:.1f} GiB for one forward, over "
-                f"the budget of {budget / 2**30:.1f} GiB (forward_bytes)")
-        streamed = _stream_plan(net, geo, h, w, out, budget)
-        if streamed is not None:
-            streamed.notes.insert(0, f"{over}: {streamed.describe()}")
-            return streamed
         wy, wx = _budget_window(geo, h, w, budget)
-        notes.append(f"{over}: tiled in windows of {wx}x{wy}")
+        notes.append(f"{over_budget(w, h, est, budget)}: tiled in windows of {wx}x{wy}")
     else:
         wy, wx = min(int(tile), h), min(int(tile), w)
     asked = (wy, wx)
@@ -407,34 +391,10 @@ def plan_tiles(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
     return TilePlan((h, w), out, (wy, wx), rows, cols, notes)
 
 
-def _stream_plan(net, geo: Geometry, h: int, w: int, out: Tuple[int, int], budget: int) -> Optional[TilePlan]:
-    """Streaming within ``budget`` (half of it for the band buffers): the tallest band (up to 8 strides)
-    at the full width, else one stride's band in the widest column window that fits; None when the
-    net cannot be streamed."""
-    from fcn_repro.streaming import Stream, StreamError
-    try:
-        st = Stream(net, geo)
-    except StreamError:
-        return None
-    half = budget // 2
-    step = geo.stride[0]
-    chunk, win = step, w
-    for k in (8, 6, 4, 3, 2, 1):
-        if st.band_bytes(h, w, 0, w, k * step) <= half:
-            chunk = k * step
-            break
-    else:
-        sx = geo.stride[1]
-        lo, hi = smallest_window(geo, 1, w) // sx, w // sx     # the widest window (in strides) that fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if st.band_bytes(h, w, 0, mid * sx, step) <= half:
-                lo = mid
-            else:
-                hi = mid - 1
-        win = max(lo * sx, smallest_window(geo, 1, w))
-    win, cols = _fit_axis(geo, 1, w, win, asked_by_user=False)
-    return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], chunk)
+def over_budget(w: int, h: int, est: int, budget: int) -> str:
+    """What the planners say when an image's whole forward would exceed the memory budget."""
+    return (f"the whole {w}x{h} image would need about {est / 2**30:.1f} GiB for one forward, over "
+            f"the budget of {budget / 2**30:.1f} GiB (forward_bytes)")
 
 
 def smallest_window(geo: Geometry, axis: int, size: int) -> int:
@@ -510,55 +470,56 @@ def _budget_window(geo: Geometry, h: int, w: int, budget: int) -> Tuple[int, int
 Sink = Callable[[str, Tuple[int, int, int]], np.ndarray]
 
 
+class Outputs:
+    """What a tiled or streamed run writes: {head: (H', W') uint8 labels}, and the scores /
+    probabilities through their sinks, sink(head, (C, H', W')) -> a writable float array (in memory or a
+    file), allocated on the first part of each head."""
+
+    def __init__(self, out_size: Tuple[int, int], scores: Optional["Sink"] = None,
+                 probabilities: Optional["Sink"] = None):
+        self.out_size = out_size
+        self.scores, self.probabilities = scores, probabilities
+        self.labels: Dict[str, np.ndarray] = {}
+        self._sc: Dict[str, np.ndarray] = {}
+        self._pr: Dict[str, np.ndarray] = {}
+
+    def put(self, h: str, o: torch.Tensor, dst: Tuple[slice, slice]) -> None:
+        """The kept part ``o`` (C, rows, cols) of head ``h`` into the outputs at ``dst``."""
+        o = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
+        if h not in self.labels:
+            self.labels[h] = np.empty(self.out_size, np.uint8)
+            if self.scores is not None:
+                self._sc[h] = self.scores(h, (o.shape[0],) + self.out_size)
+            if self.probabilities is not None:
+                self._pr[h] = self.probabilities(h, (o.shape[0],) + self.out_size)
+        self.labels[h][dst] = o.argmax(0).to(torch.uint8).cpu().numpy()
+        if h in self._sc:
+            self._sc[h][(slice(None),) + dst] = o.cpu().numpy()
+        if h in self._pr:
+            self._pr[h][(slice(None),) + dst] = torch.softmax(o, 0).cpu().numpy()
+
+
+def show_progress(plan: TilePlan, progress: Optional[bool]) -> bool:
+    """A bar by default when stderr is a terminal and there is more than one tile or band."""
+    return (sys.stderr.isatty() and plan.count > 1) if progress is None else bool(progress)
+
+
 def run_tiled(net, feed: Mapping[str, np.ndarray], plan: TilePlan, heads: Sequence[str],
               device: torch.device, scores: Optional[Sink] = None, probabilities: Optional[Sink] = None,
-              progress: Optional[bool] = None, desc: str = "tiles",
-              geometry: Optional[Geometry] = None) -> Dict[str, np.ndarray]:
-    """Run ``net`` tile by tile (or streamed band by band, ``plan.stream``) on one image's
-    preprocessed inputs ``feed`` ({blob: (C, H, W)}).
+              progress: Optional[bool] = None, desc: str = "tiles") -> Dict[str, np.ndarray]:
+    """Run ``net`` tile by tile on one image's preprocessed inputs ``feed`` ({blob: (C, H, W)}).
 
     Returns {head: (H', W') uint8 labels}. ``scores`` / ``probabilities``:
     sink(head, (C, H', W')) -> a writable float array (in memory or a file)
     that the kept part of each tile is written into. ``progress``: a bar per
-    tile or band (default: when stderr is a terminal and there is more than one).
+    tile (default: when stderr is a terminal and there is more than one tile).
+    A streamed plan (``plan.stream``) runs through :func:`fcn_repro.streaming.run_image`.
     """
-    labels: Dict[str, np.ndarray] = {}
-    sc: Dict[str, np.ndarray] = {}
-    pr: Dict[str, np.ndarray] = {}
-
-    def put(h: str, o: torch.Tensor, dst: Tuple[slice, slice]) -> None:
-        """The kept part ``o`` (C, rows, cols) of head ``h`` into the outputs at ``dst``."""
-        o = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
-        if h not in labels:
-            labels[h] = np.empty(plan.out_size, np.uint8)
-            if scores is not None:
-                sc[h] = scores(h, (o.shape[0],) + plan.out_size)
-            if probabilities is not None:
-                pr[h] = probabilities(h, (o.shape[0],) + plan.out_size)
-        labels[h][dst] = o.argmax(0).to(torch.uint8).cpu().numpy()
-        if h in sc:
-            sc[h][(slice(None),) + dst] = o.cpu().numpy()
-        if h in pr:
-            pr[h][(slice(None),) + dst] = torch.softmax(o, 0).cpu().numpy()
-
-    show = (sys.stderr.isatty() and plan.count > 1) if progress is None else progress
-    with progress_bar(total=plan.count, desc=desc, unit="band" if plan.stream else "tile", enabled=show,
+    if plan.stream:
+        raise TilingError("a streamed plan runs through fcn_repro.streaming.run_image")
+    outs = Outputs(plan.out_size, scores, probabilities)
+    with progress_bar(total=plan.count, desc=desc, unit="tile", enabled=show_progress(plan, progress),
                       dynamic_ncols=True, leave=False) as bar:
-        if plan.stream:
-            from fcn_repro.streaming import Stream
-            stream = Stream(net, geometry)
-            for c in plan.cols:
-                x = {b: torch.from_numpy(np.ascontiguousarray(v[:, :, c.start:c.stop]))[None].to(device)
-                     for b, v in feed.items()}
-                xs = slice(c.at, c.at + c.keep1 - c.keep0)
-
-                def emit(h: str, r0: int, r1: int, y: torch.Tensor, xs=xs, c=c) -> None:
-                    if h in heads:
-                        put(h, y[0, :, :, xs], (slice(r0, r1), slice(c.keep0, c.keep1)))
-
-                stream.run(x, plan.stream, plan.size, (c.start, c.stop), emit, band_done=lambda: bar.update(1))
-                del x
-            return labels
         for r in plan.rows:
             for c in plan.cols:
                 x = {b: torch.from_numpy(np.ascontiguousarray(v[:, r.start:r.stop, c.start:c.stop]))[None]
@@ -568,7 +529,7 @@ def run_tiled(net, feed: Mapping[str, np.ndarray], plan: TilePlan, heads: Sequen
                 del x
                 ys, xs = slice(r.at, r.at + r.keep1 - r.keep0), slice(c.at, c.at + c.keep1 - c.keep0)
                 for h in heads:
-                    put(h, out[h][0, :, ys, xs], (slice(r.keep0, r.keep1), slice(c.keep0, c.keep1)))
+                    outs.put(h, out[h][0, :, ys, xs], (slice(r.keep0, r.keep1), slice(c.keep0, c.keep1)))
                 del out
                 bar.update(1)
-    return labels
+    return outs.labels
