@@ -37,14 +37,17 @@ written to ``OUTDIR/summary.json`` with the output names (``--json FILE``
 writes the same report to FILE as well; ``--json -``: to stdout, and the
 per-image lines go to stderr).
 
-Big images run in exact tiles (:mod:`fcn_repro.tiles`): the scores equal the
-whole-image forward's, and memory is bounded by the tile. ``--tile N``: tiles
-of at most N x N input pixels (a size too small for the net's margins is
-enlarged, and said so); ``--tile 0``: always the whole image; by default an
-image is tiled only when one forward would need more than the memory budget
-(``FCN_REPRO_MAX_FORWARD_BYTES``, 1 GiB), and the output says so. A tiled
-image shows a progress bar per tile on a terminal, and its scores are written
-to disk tile by tile, never held whole in memory.
+Big images give exactly the whole-image scores in bounded memory. By default
+an image whose one forward would need more than the memory budget
+(``FCN_REPRO_MAX_FORWARD_BYTES``, 1 GiB) is *streamed* layer by layer
+(:mod:`fcn_repro.streaming`: bands of rows at the full width, every row of every
+map computed once, memory bounded by a band), or run in exact tiles
+(:mod:`fcn_repro.tiles`) when the net has a layer that cannot be streamed; the
+output says which. ``--tile N``: exact tiles of at most N x N input pixels (a
+size too small for the net's margins is enlarged, and said so; the margins are
+computed twice); ``--tile 0``: always the whole image. A streamed or tiled
+image shows a progress bar per band or tile on a terminal, and its scores are
+written to disk part by part, never held whole in memory.
 
 An image that cannot be read (corrupt, truncated, over the pixel cap) is
 skipped with a warning naming it; the others go on (exit status 1 if any
@@ -264,7 +267,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         if pred.tiling is not None:
             my, mx = pred.tiling.margins
             summary[str(path)]["tiles"] = {"count": pred.tiling.count, "window": list(pred.tiling.window),
-                                           "margins": [my, mx], "margin_fraction": pred.tiling.overhead}
+                                           "margins": [my, mx], "margin_fraction": pred.tiling.overhead,
+                                           "streamed_rows": pred.tiling.stream}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
     with protect_inputs(paths):
         write_json(outdir_p / "summary.json", report)
@@ -310,13 +314,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=None, metavar="N",
                     help="run each image in exact tiles of at most NxN input pixels (same scores as the whole "
                          "image, memory bounded by the tile; too small for the net: enlarged, said so); 0: "
-                         "whole image; default: tiles only when one forward would exceed "
+                         "whole image; default: the whole image, or streamed layer by layer in bands of rows "
+                         "(same scores, every row computed once) when one forward would exceed "
                          "FCN_REPRO_MAX_FORWARD_BYTES (1 GiB)")
     ap.add_argument("--batch-size", type=int, default=2, metavar="N",
                     help="images of equal size run together, at most N (default: %(default)s)")
     ap.add_argument("--fast", action="store_true", help="fast forward (fcn_repro.fast; equal up to float rounding)")
-    cli.add_progress(ap, help="no progress bar over the tiles of a tiled image (there is one only when stderr "
-                     "is a terminal)")
+    cli.add_progress(ap, help="no progress bar over the bands or tiles of a big image (there is one only when "
+                     "stderr is a terminal)")
     return cli.run(_main, ap, argv)
 
 

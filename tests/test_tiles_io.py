@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import struct
 import warnings
 import zlib
@@ -14,6 +15,7 @@ from PIL import Image
 import fcn_repro
 from conftest import caffe_fixture
 from fcn_repro import infer, limits
+from fcn_repro.caffe import Net
 from fcn_repro.data.transforms import ImageReadError, as_rgb_array, read_image, read_rgb
 from fcn_repro.scorefile import FORMATS, ScoreFile, save_scores
 from fcn_repro.tiles import Geometry
@@ -101,6 +103,28 @@ def test_infer_tile_vs_whole_with_a_prototxt_and_weights(tmp_path, capsys):
     assert np.array_equal(np.array(Image.open(tmp_path / "a" / "big.png")),
                           np.array(Image.open(tmp_path / "b" / "big.png")))
     assert not [f for f in (tmp_path / "a").iterdir() if f.name.startswith(".")]
+
+
+def test_infer_streams_an_image_over_the_budget(tmp_path, capsys, monkeypatch):
+    """By default an image over the forward budget is streamed layer by layer: the same labels and scores as
+    the whole image, the output and summary.json say so, the scores are written band by band."""
+    p = _png(tmp_path, _img(700, 41, 5))
+    proto, w = caffe_fixture("fcn8s.prototxt"), caffe_fixture("fcn8s.caffemodel")
+    args = [str(p), "--net", str(proto), "--weights", str(w), "--save-scores", "--no-progress"]
+    need = Geometry(Net(str(proto), str(w))).peak_bytes(700, 41)
+    monkeypatch.setenv("FCN_REPRO_MAX_FORWARD_BYTES", str(need // 3))
+    assert infer.main(args + ["-o", str(tmp_path / "a"), "--fast"]) == 0
+    text = capsys.readouterr()
+    assert "streamed layer by layer in bands of" in text.out and "over the budget" in text.err
+    tiles = json.loads((tmp_path / "a" / "summary.json").read_text())["images"][str(p)]["tiles"]
+    assert tiles["streamed_rows"] > 0 and tiles["count"] >= 2
+    monkeypatch.delenv("FCN_REPRO_MAX_FORWARD_BYTES")
+    assert infer.main(args + ["--tile", "0", "-o", str(tmp_path / "b"), "--fast"]) == 0
+    a, b = np.load(tmp_path / "a" / "big.npy"), np.load(tmp_path / "b" / "big.npy")
+    assert a.shape == b.shape == (21, 700, 41)
+    assert _rel(a, b) < 1e-6 and np.array_equal(a.argmax(0), b.argmax(0))
+    assert np.array_equal(np.array(Image.open(tmp_path / "a" / "big.png")),
+                          np.array(Image.open(tmp_path / "b" / "big.png")))
 
 
 @pytest.mark.parametrize("ending", [e for e in FORMATS if e != ".npy"])
