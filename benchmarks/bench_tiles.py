@@ -15,12 +15,14 @@ VmHWM, is its own: loading the weights included):
 * untiled: one forward of the whole image at a size that fits (``--untiled``,
   default 750x1000, the issue's 0.75 MP photo) after a warm-up forward;
 * tiled: the ``--size`` image (default 3000x4000, 12 MP) through
-  :func:`fcn_repro.tiles.run_tiled`, window ``--tile`` (default: the
-  planner's automatic choice under ``forward_bytes``), one pass (no warm-up:
-  the first tile warms up, as it would for a user).
+  :func:`fcn_repro.streaming.run_image` as :func:`fcn_repro.streaming.plan_image`
+  plans it: ``--tile auto`` (default) is the tools' automatic choice under
+  ``forward_bytes`` (streamed layer by layer for the FCNs), ``--tile N``
+  exact tiles of N pixels; one pass (no warm-up: the first band or tile
+  warms up, as it would for a user).
 
 Printed: seconds, seconds per megapixel of image, the tiled/untiled ratio of
-that, the tiles and their margin share (input computed twice), peak RSS,
+that, the bands or tiles and their margin share (input computed twice), peak RSS,
 and the CPU load other processes put on the machine meanwhile (cores).
 Targets (issue 22): peak RSS < 2 GB, time per MP within 1.5x of untiled.
 """
@@ -90,7 +92,7 @@ def worker(mode: str, h: int, w: int, tile: str, proto: str, model: str) -> dict
             t0 = time.perf_counter()
             labels = run_image(m, feed, plan, geo.outputs[:1], cpu, progress=False, geometry=geo)[geo.outputs[0]]
             t = time.perf_counter() - t0
-        info = {"tiles": plan.count, "window": list(plan.window), "margin_share": plan.overhead,
+        info = {"tiles": plan.count, "window": list(plan.window), "margin_share": plan.overhead, "stream": plan.stream,
                 "notes": plan.notes, "plan": plan.describe()}
     del labels
     return dict(info, mode=mode, size=[h, w], seconds=t, s_per_mp=t / (h * w / 1e6),
@@ -135,10 +137,12 @@ def main(argv=None) -> int:
         u, t = res["untiled"], res["tiled"]
         rows.append([mode, f"{u['size'][1]}x{u['size'][0]}", common.fmt_s(u["seconds"]), f"{u['s_per_mp']:.2f}",
                      common.mb(u["peak_rss"]), f"{u['other_load']:.1f}",
-                     f"{t['size'][1]}x{t['size'][0]}", f"{t['window'][1]}x{t['window'][0]} ({t['tiles']})",
+                     f"{t['size'][1]}x{t['size'][0]}",
+                     (f"bands of {t['stream']} rows ({t['tiles']})" if t.get("stream") else
+                      f"{t['window'][1]}x{t['window'][0]} ({t['tiles']})"),
                      f"{100 * t['margin_share']:.0f}%", common.fmt_s(t["seconds"]), f"{t['s_per_mp']:.2f}",
                      f"{t['s_per_mp'] / u['s_per_mp']:.2f}", common.mb(t["peak_rss"]), f"{t['other_load']:.1f}"])
-    common.print_table(["forward", "untiled", "s", "s/MP", "peak RSS MiB", "other load", "tiled", "window (tiles)",
+    common.print_table(["forward", "untiled", "s", "s/MP", "peak RSS MiB", "other load", "tiled", "window (tiles) or bands",
                         "margin share", "s", "s/MP", "tiled/untiled s/MP", "peak RSS MiB", "other load"], rows)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
