@@ -4,6 +4,7 @@
         [--device cpu|cuda] [--save-scores] [--scores-format .npy|.f16.npy|.npz|.f16.npz]
         [--tile N] [--batch-size N] [--fast] [--json FILE]
         [--alpha A] [--background-alpha A] [--side-by-side] [--no-legend]
+        [--input NAME=FILE_OR_DIR]   # nets of more than one image read (NYUDv2 color + HHA)
 
 Images are files, directories (their image files) or globs (quote them:
 ``'photos/**/*.jpg'``). Each is read with PIL and turned upright by its EXIF
@@ -76,7 +77,7 @@ from PIL import Image
 
 from fcn_repro import cli
 from fcn_repro.data.folder import parse_classes
-from fcn_repro.data.transforms import save_label_png
+from fcn_repro.data.transforms import read_rgb, save_label_png
 from fcn_repro.devices import check_device
 from fcn_repro.evaluation import build
 from fcn_repro.labels import LabelSet
@@ -174,7 +175,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
           save_scores: bool = False, batch_size: int = 2, json_path: Optional[str] = None,
           background_alpha: float = 0.0, legend: bool = True, side_by_side: bool = False,
           labelsets: Optional[Dict[str, LabelSet]] = None, tile: Optional[int] = None,
-          scores_format: str = ".npy", progress: bool = True, classes: Optional[Sequence[str]] = None) -> dict:
+          scores_format: str = ".npy", progress: bool = True, classes: Optional[Sequence[str]] = None,
+          inputs: Optional[Dict[str, str]] = None) -> dict:
     """Segment ``images`` (files, directories, globs); write labels, overlays (and scores) into ``outdir``.
 
     Returns {image path: {'outputs': {blob: {...}}, 'size': [H, W]}} for the
@@ -192,7 +194,11 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     ``legend`` the classes present below it (needs matplotlib: without it,
     one warning naming the extra and no legend); ``side_by_side``: the image
     on the left. ``classes``: names for every score head (a deploy prototxt of
-    your own classes; a run directory knows its own).
+    your own classes; a run directory knows its own). ``inputs``: for a net
+    that reads more than one image (NYUDv2's color and HHA), {read: file or
+    directory} for each read after the first: ``images`` are the first read's
+    (e.g. the colour photos), a directory gives each the file of the same
+    stem, a file serves one image.
     """
     out = out or sys.stdout
     device = check_device(device)
@@ -208,6 +214,8 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         if target and target != "-":
             check_not_input(target, paths)
     netm, _ = build(model, device, fast=fast, verify=verify)
+    transforms = Transforms.for_model(model, netm.inputs)
+    items = _paired(paths, transforms.reads, dict(inputs or {}))
     heads = list(model.heads) or None
     given = dict(labelsets or {})
     if classes is not None:     # names for every score head (a deploy prototxt of the user's classes)
@@ -218,7 +226,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         warnings.warn("overlays without a legend: the legend needs matplotlib (pip install 'fcn_repro[report]'; "
                       "--no-legend says you want none)", stacklevel=2)
         legend = False
-    predictor = Predictor(netm, Transforms.for_model(model), heads, device=device, batch_size=batch_size,
+    predictor = Predictor(netm, transforms, heads, device=device, batch_size=batch_size,
                           keep_images=True, tile=tile, progress=None if progress else False)
     outdir_p = Path(outdir)
     outdir_p.mkdir(parents=True, exist_ok=True)
@@ -233,9 +241,11 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         warnings.warn(f"skipped {src}: {e}", stacklevel=2)
         skipped.append({"image": str(src), "error": str(e)})
 
-    protect = protect_inputs(paths)   # an output named like an input (infer photo.png -o .) is refused
-    for pred in _guarded(protect, predictor.iter(paths, scores=save_scores, on_error=skip, score_sink=sink)):
-        path, rgb = pred.source, pred.image
+    every = paths + [v for it in items if isinstance(it, dict) for v in list(it.values())[1:]]
+    protect = protect_inputs(every)   # an output named like an input (infer photo.png -o .) is refused
+    for pred in _guarded(protect, predictor.iter(items, scores=save_scores, on_error=skip, score_sink=sink)):
+        path = pred.source[transforms.reads[0]] if isinstance(pred.source, dict) else pred.source
+        rgb = pred.image if pred.image is not None else read_rgb(path)   # no colour read: the first one shown
         blobs = list(pred.labels)
         base = names.take(names.base(Path(path)), lambda b: output_names(b, blobs, save_scores, scores_format))
         per = {}
@@ -270,7 +280,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
                                            "margins": [my, mx], "margin_fraction": pred.tiling.overhead,
                                            "streamed_rows": pred.tiling.stream}
     report = {"net": net, "weights": str(model.weights), "images": summary, "skipped": skipped}
-    with protect_inputs(paths):
+    with protect_inputs(every):
         write_json(outdir_p / "summary.json", report)
         if json_path:
             write_json(json_path, report)
@@ -278,6 +288,40 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
     print(f"wrote {nfiles} files for {len(summary)} image(s) and summary.json to {outdir_p}"
           + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=out)
     return summary
+
+
+def _paired(paths: List, reads: List[str], inputs: Dict[str, str]) -> List:
+    """The predictor's items: ``paths`` as they are for a net of one image read, else one dict per image,
+    {first read: path, other read: its file} (from ``inputs``: a file, or a directory searched by stem)."""
+    unknown = sorted(set(inputs) - set(reads[1:]))
+    if unknown:
+        raise cli.UsageError(f"--input {unknown[0]}=...: this net reads {', '.join(reads)}"
+                             + (f"; the {reads[0]} images are the IMAGE arguments" if unknown[0] == reads[0] else ""))
+    if len(reads) == 1 and reads[0] in ("data", "color"):
+        return list(paths)
+    missing = [r for r in reads[1:] if r not in inputs]
+    if missing:
+        raise cli.UsageError(f"this net reads {', '.join(reads)}: the IMAGE arguments are its {reads[0]} images; "
+                             f"give the others with " + " ".join(f"--input {r}=FILE_OR_DIR" for r in missing))
+    items = []
+    for p in paths:
+        it = {reads[0]: p}
+        for r in reads[1:]:
+            src = Path(inputs[r])
+            if src.is_dir():
+                found = sorted(f for f in src.iterdir() if f.stem == Path(p).stem and f.is_file())
+                if not found:
+                    raise MissingError(f"--input {r}={src}: no file named {Path(p).stem}.* for {p}")
+                it[r] = str(found[0])
+            elif src.is_file():
+                if len(paths) > 1:
+                    raise cli.UsageError(f"--input {r}={src} is one file for {len(paths)} images: give a "
+                                         "directory (its files are matched to the images by name)")
+                it[r] = str(src)
+            else:
+                raise MissingError(f"--input {r}={src}: not found")
+        items.append(it)
+    return items
 
 
 def main(argv=None) -> int:
@@ -294,6 +338,10 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", help="weights file (default: the original caffemodel, see python -m fcn_repro.zoo)")
     ap.add_argument("--classes", help="class names, comma-separated in label-value order, for a deploy prototxt "
                                       "of your own classes (a run directory knows its own)")
+    ap.add_argument("--input", action="append", default=[], metavar="NAME=FILE_OR_DIR",
+                    help="a net that reads more than one image (NYUDv2 color+HHA): the IMAGE arguments are its "
+                         "first read, each other read from a file (one image) or a directory (files matched by "
+                         "name), e.g. --input hha=hha/")
     ap.add_argument("-o", "--outdir", default="out", help="output directory (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ap.add_argument("--alpha", type=float, default=0.5,
@@ -335,6 +383,12 @@ def _main(args) -> int:
     if args.tile is not None and args.tile < 0:
         raise cli.UsageError(f"--tile {args.tile}: must be 0 (whole image) or a size in pixels")
     device = check_device(args.device, "--device")
+    extra = {}
+    for item in args.input:
+        name, eq, src = item.partition("=")
+        if not eq or not name or not src:
+            raise cli.UsageError(f"--input {item}: expected NAME=FILE_OR_DIR (e.g. hha=hha/)")
+        extra[name] = src
     # Outputs are checked before the work, so a bad path does not cost a whole run.
     check_writable(args.outdir, "-o", directory=True)
     check_writable(args.json, "--json")
@@ -346,7 +400,7 @@ def _main(args) -> int:
                   json_path=args.json, out=sys.stderr if args.json == "-" else None,
                   background_alpha=args.background_alpha, legend=not args.no_legend, side_by_side=args.side_by_side,
                   tile=args.tile, scores_format=args.scores_format, progress=not args.no_progress,
-                  classes=parse_classes(args.classes))
+                  classes=parse_classes(args.classes), inputs=extra)
     except WeightsNotFoundError as e:
         if args.net == "fcn8s" and args.weights is None:
             raise WeightsNotFoundError(f"{e}\n  (to try the bundled model instead: --net sample; it knows synthetic "

@@ -97,9 +97,12 @@ class Transforms:
         return cls([(i.blob, [(r, card.data.means[r]) for r in i.reads]) for i in card.inputs])
 
     @classmethod
-    def for_model(cls, model: Model) -> "Transforms":
+    def for_model(cls, model: Model, inputs: Optional[Sequence[str]] = None) -> "Transforms":
         """The preprocessing of a resolved net: its card's, else its means per input blob (a run
-        directory's colour inputs, BGR), else a VOC-style colour net's."""
+        directory's colour inputs, BGR), else (a prototxt: ``inputs``, its input blobs) the first
+        registry net's with the same input blobs (NYUDv2's color/HHA/depth), else a VOC-style colour net's."""
+        if model.card is None and not model.means and inputs and list(inputs) != ["data"]:
+            return cls.for_net(registry.net_with_inputs(inputs))
         if model.card is not None or not model.means:
             return cls.for_net(model.card)
         return cls([(blob, [("data", np.asarray(m))]) for blob, m in model.means.items()])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -432,6 +432,16 @@ def net(name: str) -> NetCard:
         return _CARDS[name]
     except KeyError:
         raise UnknownNameError(f"unknown net {name!r}; known nets: {', '.join(_CARDS)}") from None
+
+
+def net_with_inputs(blobs: Sequence[str]) -> Optional[NetCard]:
+    """The first registry net whose input blobs are ``blobs`` (in order): how a prototxt of one's own
+    that reads e.g. ``color`` and ``hha`` gets NYUDv2's reads and means. None when none has them."""
+    for name in names():
+        card = net(name)
+        if [i.blob for i in card.inputs] == list(blobs):
+            return card
+    return None
 
 
 def dataset(key: str) -> DatasetCard:

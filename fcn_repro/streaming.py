@@ -224,32 +224,38 @@ class Stream:
         return int(4 * widest)
 
     # ------------------------------------------------------------ row rules
-    def _needs(self, node: _Node, i: int, o0: int, o1: int, rows: Dict[str, int]) -> Optional[Tuple[int, int]]:
-        """The rows [lo, hi) of bottom i that output rows [o0, o1) of ``node`` read (clipped to the map),
-        or None when it reads no rows (a Crop's reference), or all of it (a per-channel operand)."""
-        m, b, size = node.layer, node.bottoms[i], rows[node.bottoms[i]]
+    @staticmethod
+    def _window(node: _Node) -> Tuple[int, int, int]:
+        """(extent, stride, pad) along the rows of a Convolution, Deconvolution or Pooling."""
+        w = node.layer.window
+        return (w.kernel[0] if node.kind == "pool" else w.extent[0]), w.stride[0], w.pad[0]
+
+    def _reads(self, node: _Node, i: int, o0: int, o1: int, rows: Dict[str, int]) -> Optional[Tuple[int, int]]:
+        """The rows [lo, hi) of bottom i, in its map's coordinates and not clipped to it (the padding
+        rows of a window), that the output rows [o0, o1) of ``node`` read; None when it reads no rows (a
+        Crop's reference); all of it for a per-channel operand (Scale/Bias by a blob of another size)."""
         if node.kind in ("conv", "pool"):
-            w = m.window
-            ext = w.extent[0] if node.kind == "conv" else w.kernel[0]
-            lo, hi = row_reads(o0, o1, ext, w.stride[0], w.pad[0])
-        elif node.kind == "deconv":
-            w = m.window
-            s, p, ext = w.stride[0], w.pad[0], w.extent[0]
-            lo, hi = _ceil_div(o0 + p - ext + 1, s), (o1 - 1 + p) // s + 1
-        elif node.kind == "crop":
+            return row_reads(o0, o1, *self._window(node))
+        if node.kind == "deconv":              # input i reaches outputs [i*s - p, i*s - p + extent)
+            ext, s, p = self._window(node)
+            return _ceil_div(o0 + p - ext + 1, s), (o1 - 1 + p) // s + 1
+        if node.kind == "crop":
             if i == 1:
                 return None
-            off = self._crop_offsets(m)[2]
-            lo, hi = o0 + off, o1 + off
-        elif size != rows[node.tops[0]]:
-            return 0, size            # Scale/Bias by a per-channel blob: all of it, once there
-        else:
-            lo, hi = o0, o1
-        return max(0, lo), min(size, hi)
+            off = self._crop_offsets(node.layer)[2]
+            return o0 + off, o1 + off
+        size = rows[node.bottoms[i]]
+        return (0, size) if size != rows[node.tops[0]] else (o0, o1)
+
+    def _needs(self, node: _Node, i: int, o0: int, o1: int, rows: Dict[str, int]) -> Optional[Tuple[int, int]]:
+        """:meth:`_reads` clipped to the bottom's map."""
+        r = self._reads(node, i, o0, o1, rows)
+        size = rows[node.bottoms[i]]
+        return None if r is None else (max(0, r[0]), min(size, r[1]))
 
     def _ready(self, node: _Node, done: Dict[str, int], rows: Dict[str, int]) -> int:
-        """How many of the top's rows can be computed from the bottoms' rows computed so far."""
-        m = node.layer
+        """How many of the top's rows can be computed from the bottoms' rows computed so far: the
+        inverse of :meth:`_reads` (the last output row whose rows read are all there)."""
         top = rows[node.tops[0]]
         n = top
         for i, b in enumerate(node.bottoms):
@@ -257,18 +263,18 @@ class Stream:
             if a >= rows[b] or (node.kind == "crop" and i == 1):
                 continue
             if node.kind in ("conv", "pool"):
-                w = m.window
-                ext = w.extent[0] if node.kind == "conv" else w.kernel[0]
-                k = max(0, (a + w.pad[0] - ext) // w.stride[0] + 1)
+                ext, s, p = self._window(node)
+                k = (a + p - ext) // s + 1          # o*s - p + ext <= a
             elif node.kind == "deconv":
-                k = max(0, a * m.window.stride[0] - m.window.pad[0])
+                ext, s, p = self._window(node)
+                k = a * s - p                       # (o + p) // s + 1 <= a
             elif node.kind == "crop":
-                k = max(0, a - self._crop_offsets(m)[2])
+                k = a - self._crop_offsets(node.layer)[2]
             elif rows[b] != top:
-                k = 0                 # a per-channel operand: wait for all of it
+                k = 0                               # a per-channel operand: wait for all of it
             else:
                 k = a
-            n = min(n, k)
+            n = min(n, max(0, k))
         return n
 
     @staticmethod
@@ -382,16 +388,14 @@ class Stream:
         b = node.bottoms[0]
         size = rows[b]
         if kind in ("conv", "pool"):
-            w = m.window
-            ext = w.extent[0] if kind == "conv" else w.kernel[0]
-            lo, hi = row_reads(o0, o1, ext, w.stride[0], w.pad[0])
+            lo, hi = self._reads(node, 0, o0, o1, rows)
             a = min(max(lo, 0), size)
             z = max(min(hi, size), a)
             x = take(b, a, z)
             top, bottom = a - lo, hi - z       # rows of the map's padding (some rows may be all padding)
             if kind == "conv":
                 x = _pad_rows(x, top, bottom)          # the image's own zero padding, written out
-                pad = (0, w.pad[1])
+                pad = (0, m.window.pad[1])
                 if not plain and x.dim() == 4 and x.is_floating_point():
                     return [self.fast._kernel(m)(x, node.relu, pad=pad)]
                 y = _conv2d(x, m.blobs[0], m.bias(), m.stride, pad, m.dilation, m.group)
@@ -408,19 +412,18 @@ class Stream:
             dw = _ave_divisor(cin, cout, k[1], s[1], p[1], x)
             return [sums / (dh[:, None] * dw[None, :])]
         if kind == "deconv":
-            w = m.window
-            s, p, ext = w.stride[0], w.pad[0], w.extent[0]
-            i0, i1 = max(0, _ceil_div(o0 + p - ext + 1, s)), min(size, (o1 - 1 + p) // s + 1)
+            _, s, p = self._window(node)
+            i0, i1 = self._needs(node, 0, o0, o1, rows)
             x = take(b, i0, i1)
             start = i0 * s - p           # the whole-map row of the first row of x's deconvolution
             return [ops.deconv2d_crop(x, m.blobs[0], m.bias(), m.stride, (0, m.pad[1]), m.dilation, m.group,
                                       (o0 - start, 0), (o1 - o0, ncols[node.tops[0]]))]
         if kind == "crop":
             off = self._crop_offsets(m)
-            x = take(b, o0 + off[2], o1 + off[2])
+            x = take(b, *self._reads(node, 0, o0, o1, rows))
             ch = self._channels(node.tops[0]) if off[1] or m.offsets(4)[0] <= 1 else x.shape[1]
             return [x[:, off[1]:off[1] + ch, :, off[3]:off[3] + ncols[node.tops[0]]]]
-        xs = [take(v, o0, o1) if rows[v] == rows[node.tops[0]] else take(v, 0, rows[v]) for v in node.bottoms]
+        xs = [take(v, *self._reads(node, i, o0, o1, rows)) for i, v in enumerate(node.bottoms)]
         return list(m(*xs, inplace=False))
 
 
@@ -453,14 +456,20 @@ def plan_image(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
             return plan_tiles(net, size, 0, geometry=geo)   # the whole forward says why in its own words
         win, cols = _fit_axis(geo, 1, w, min(int(tile), w) if tile else w, asked_by_user=bool(tile))
         return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], int(stream))
-    plan = plan_tiles(net, size, tile, budget, geometry=geo)
-    if tile is not None or not plan.tiled:
-        return plan
     budget = limits.current().forward_bytes if budget is None else int(budget)
+    if tile is not None:
+        return plan_tiles(net, size, tile, budget, geometry=geo)
+    try:
+        out = (geo.out_span(0, h, 0, h).size, geo.out_span(1, w, 0, w).size)
+        est = geo.peak_bytes(h, w)
+    except _TooSmall:
+        est = 0          # smaller than the net takes: the whole forward says why in its own words
+    if est <= budget:
+        return plan_tiles(net, size, 0, geometry=geo)
     try:
         st = Stream(net, geo)
     except StreamError:
-        return plan
+        return plan_tiles(net, size, None, budget, geometry=geo)
     half = budget // 2
     step = geo.stride[0]
     chunk, win = step, w
@@ -479,8 +488,8 @@ def plan_image(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
                 hi = mid - 1
         win = max(lo * sx, smallest_window(geo, 1, w))
     win, cols = _fit_axis(geo, 1, w, win, asked_by_user=False)
-    streamed = TilePlan((h, w), plan.out_size, (h, win), [AxisTile(0, h, 0, plan.out_size[0], 0)], cols, [], chunk)
-    streamed.notes.append(f"{over_budget(w, h, geo.peak_bytes(h, w), budget)}: {streamed.describe()}")
+    streamed = TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], chunk)
+    streamed.notes.append(f"{over_budget(w, h, est, budget)}: {streamed.describe()}")
     return streamed
 
 

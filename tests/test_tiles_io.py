@@ -127,6 +127,41 @@ def test_infer_streams_an_image_over_the_budget(tmp_path, capsys, monkeypatch):
                           np.array(Image.open(tmp_path / "b" / "big.png")))
 
 
+def test_infer_two_input_nyud_streamed_and_whole(tmp_path, capsys, monkeypatch):
+    """A net of two image reads (NYUDv2 color + HHA, a prototxt path): the IMAGE arguments are the colour
+    images, --input hha=DIR pairs each with its HHA file by name; streamed equals whole."""
+    rng = np.random.default_rng(7)
+    for d in ("color", "hha"):
+        (tmp_path / d).mkdir()
+        for n in ("a", "b"):
+            Image.fromarray(rng.integers(0, 255, (300, 41, 3), dtype=np.uint8)).save(tmp_path / d / f"{n}.png")
+    proto, w = caffe_fixture("nyud-fcn32s-color-hha.prototxt"), caffe_fixture("nyud-fcn32s-color-hha.caffemodel")
+    args = [str(tmp_path / "color"), "--net", str(proto), "--weights", str(w), "--save-scores", "--no-progress"]
+    assert infer.main(args + ["-o", str(tmp_path / "o")]) == 2
+    assert "--input hha=FILE_OR_DIR" in capsys.readouterr().err
+    assert infer.main(args + ["--input", "depth=x", "-o", str(tmp_path / "o")]) == 2
+    assert "this net reads color, hha" in capsys.readouterr().err
+    assert infer.main(args + ["--input", f"hha={tmp_path / 'hha' / 'a.png'}", "-o", str(tmp_path / "o")]) == 2
+    assert "give a directory" in capsys.readouterr().err
+    args += ["--input", f"hha={tmp_path / 'hha'}"]
+    assert infer.main(args + ["--tile", "0", "-o", str(tmp_path / "whole")]) == 0
+    assert "streamed" not in capsys.readouterr().out
+    need = Geometry(Net(str(proto), str(w))).peak_bytes(300, 41)
+    monkeypatch.setenv("FCN_REPRO_MAX_FORWARD_BYTES", str(need // 3))
+    assert infer.main(args + ["-o", str(tmp_path / "streamed")]) == 0
+    assert "streamed layer by layer" in capsys.readouterr().out
+    for n in ("a", "b"):
+        a, b = np.load(tmp_path / "whole" / f"{n}.npy"), np.load(tmp_path / "streamed" / f"{n}.npy")
+        assert a.shape == (40, 300, 41) and _rel(a, b) < 1e-6 and np.array_equal(a.argmax(0), b.argmax(0))
+    # the HHA image matters: other HHA files give other scores
+    (tmp_path / "hha2").mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (300, 41, 3), dtype=np.uint8)).save(tmp_path / "hha2" / f"{n}.png")
+    monkeypatch.delenv("FCN_REPRO_MAX_FORWARD_BYTES")
+    assert infer.main(args[:-1] + [f"hha={tmp_path / 'hha2'}", "-o", str(tmp_path / "other")]) == 0
+    assert _rel(np.load(tmp_path / "other" / "a.npy"), np.load(tmp_path / "whole" / "a.npy")) > 1e-3
+
+
 @pytest.mark.parametrize("ending", [e for e in FORMATS if e != ".npy"])
 def test_infer_scores_formats(tmp_path, ending):
     p = _png(tmp_path, _img(40, 30, 4), "s.png")
