@@ -251,7 +251,7 @@ def infer(images: Sequence[str], net: str = "fcn8s", weights: Optional[str] = No
         per = {}
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}):", file=out)
         if pred.tiling is not None:
-            print(f"  tiled: {pred.tiling.describe()}", file=out)
+            print(f"  {'' if pred.tiling.stream else 'tiled: '}{pred.tiling.describe()}", file=out)
         for blob, lab in pred.labels.items():
             suffix = "" if len(blobs) == 1 else f"_{blob}"
             lab_path = outdir_p / f"{base}{suffix}.png"
