@@ -100,9 +100,13 @@ class Transforms:
     def for_model(cls, model: Model, inputs: Optional[Sequence[str]] = None) -> "Transforms":
         """The preprocessing of a resolved net: its card's, else its means per input blob (a run
         directory's colour inputs, BGR), else (a prototxt: ``inputs``, its input blobs) the first
-        registry net's with the same input blobs (NYUDv2's color/HHA/depth), else a VOC-style colour net's."""
+        registry net's with the same input blobs (NYUDv2's color/HHA/depth), else a VOC-style colour net's
+        (on its one input blob, whatever its name)."""
         if model.card is None and not model.means and inputs and list(inputs) != ["data"]:
-            return cls.for_net(registry.net_with_inputs(inputs))
+            card = registry.net_with_inputs(inputs)
+            if card is None and len(inputs) == 1:
+                return cls([(inputs[0], [("data", registry.dataset("voc").means["data"])])])
+            return cls.for_net(card)
         if model.card is not None or not model.means:
             return cls.for_net(model.card)
         return cls([(blob, [("data", np.asarray(m))]) for blob, m in model.means.items()])

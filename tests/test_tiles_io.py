@@ -162,6 +162,28 @@ def test_infer_two_input_nyud_streamed_and_whole(tmp_path, capsys, monkeypatch):
     assert _rel(np.load(tmp_path / "other" / "a.npy"), np.load(tmp_path / "whole" / "a.npy")) > 1e-3
 
 
+def test_infer_a_prototxt_whose_input_is_not_named_data(tmp_path, capsys):
+    """A deploy prototxt of one's own whose one input blob has another name is a colour net on that blob."""
+    from fcn_repro.caffe import save_weights
+    proto = tmp_path / "own.prototxt"
+    proto.write_text('name: "own"\n'
+                     'layer { name: "in" type: "Input" top: "image" input_param { shape { dim: 1 dim: 3 dim: 8 '
+                     'dim: 8 } } }\n'
+                     'layer { name: "c" type: "Convolution" bottom: "image" top: "score" convolution_param { '
+                     'num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 } } }\n')
+    net = Net(str(proto), seed=0)
+    save_weights(tmp_path / "own.caffemodel", {"c": [p.detach().numpy() for p in net.parameters()]})
+    p = _png(tmp_path, _img(30, 20, 6), "i.png")
+    assert infer.main([str(p), "--net", str(proto), "--weights", str(tmp_path / "own.caffemodel"), "--save-scores",
+                       "-o", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    got = np.load(tmp_path / "o" / "i.npy")
+    from fcn_repro import registry
+    x = np.asarray(Image.open(p), np.float32)[:, :, ::-1] - registry.dataset("voc").means["data"]   # BGR - mean
+    with torch.inference_mode():
+        ref = net(image=torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), np.float32))[None])["score"][0]
+    assert _rel(got, ref.numpy()) < 1e-6
+
+
 @pytest.mark.parametrize("ending", [e for e in FORMATS if e != ".npy"])
 def test_infer_scores_formats(tmp_path, ending):
     p = _png(tmp_path, _img(40, 30, 4), "s.png")
