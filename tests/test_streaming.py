@@ -8,7 +8,7 @@ up to a few strides and bands that do not divide the image; column windows
 (exact tiles along the columns) under streamed rows; prototxts with layers the
 FCNs lack (AVE pooling with pad, stride 2, a convolution read twice); the
 memory bound (the rows held do not grow with the image); the planner's choice
-and its refusals.
+and its refusals; FCN-8s at the real widths (slow: ~1 min), streamed and tiled.
 """
 from __future__ import annotations
 
