@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from fcn_repro.caffe.layers.convolution import onednn_conv2d
+from fcn_repro.caffe.layers.convolution import fixed_gemm as _fixed_gemm, onednn_conv2d
 from fcn_repro.caffe.shapes import conv_out
 
 __all__ = ["ConvKernel", "Winograd23", "Winograd43", "winograd_matrices", "WINOGRAD_POINTS"]
@@ -293,37 +293,3 @@ class ConvKernel:
         if relu:
             y.relu_()
         return y.view(n, cout, oh, ow)
-
-
-
-
-#: positions per GEMM call (see _fixed_gemm)
-GEMM_BLOCK = 256
-
-
-def _fixed_gemm(w: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
-    """The product with ``w`` (Cout, K) of the positions of ``x``: ``x @ w.T`` for x (P, K) (axis 0),
-    ``w @ x`` for x (K, P) (axis 1), in calls of exactly GEMM_BLOCK positions (the last one zero-padded).
-
-    A BLAS picks its blocking, and so the order of its sums, by the matrices'
-    shapes: one position's score would round differently in a big map and in a
-    window of it. Calls of one shape compute every position the same way, so
-    exact tiles (:mod:`fcn_repro.tiles`) stay exact, at the cost of at most one
-    padded block per layer.
-    """
-    p = x.shape[axis]
-    if p == 0 or not x.is_floating_point() or x.device.type != "cpu":
-        return x @ w.t() if axis == 0 else w @ x
-    out = x.new_empty((p, w.shape[0]) if axis == 0 else (w.shape[0], p))
-    wt = w.t()
-    for i in range(0, p, GEMM_BLOCK):
-        j = min(p, i + GEMM_BLOCK)
-        blk = x[i:j] if axis == 0 else x[:, i:j]
-        if j - i < GEMM_BLOCK:
-            pad = (0, 0, 0, GEMM_BLOCK - (j - i)) if axis == 0 else (0, GEMM_BLOCK - (j - i))
-            blk = F.pad(blk, pad)
-        if axis == 0:
-            out[i:j] = (blk @ wt)[:j - i]
-        else:
-            out[:, i:j] = (w @ blk)[:, :j - i]
-    return out

@@ -110,6 +110,38 @@ def _conv2d(x, w, b, stride, pad, dilation, groups):
     return F.conv2d(x, w, b, stride, pad, dilation, groups)
 
 
+#: positions per GEMM call (see fixed_gemm)
+GEMM_BLOCK = 256
+
+
+def fixed_gemm(w: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """The product with ``w`` (Cout, K) of the positions of ``x``: ``x @ w.T`` for x (P, K) (axis 0),
+    ``w @ x`` for x (K, P) (axis 1), in calls of exactly GEMM_BLOCK positions (the last one zero-padded).
+
+    A BLAS picks its blocking, and so the order of its sums, by the matrices'
+    shapes: one position's score would round differently in a big map and in a
+    window of it. Calls of one shape compute every position the same way, so
+    exact tiles (:mod:`fcn_repro.tiles`) stay exact, at the cost of at most one
+    padded block per layer.
+    """
+    p = x.shape[axis]
+    if p == 0 or not x.is_floating_point() or x.device.type != "cpu":
+        return x @ w.t() if axis == 0 else w @ x
+    out = x.new_empty((p, w.shape[0]) if axis == 0 else (w.shape[0], p))
+    wt = w.t()
+    for i in range(0, p, GEMM_BLOCK):
+        j = min(p, i + GEMM_BLOCK)
+        blk = x[i:j] if axis == 0 else x[:, i:j]
+        if j - i < GEMM_BLOCK:
+            pad = (0, 0, 0, GEMM_BLOCK - (j - i)) if axis == 0 else (0, GEMM_BLOCK - (j - i))
+            blk = F.pad(blk, pad)
+        if axis == 0:
+            out[i:j] = (blk @ wt)[:j - i]
+        else:
+            out[:, i:j] = (w @ blk)[:, :j - i]
+    return out
+
+
 def onednn_conv2d(x, w, b, stride, pad, dilation, groups):
     """A float32 CPU convolution through oneDNN, the same arithmetic for every map size and padding.
 
@@ -119,8 +151,18 @@ def onednn_conv2d(x, w, b, stride, pad, dilation, groups):
     picks oneDNN or im2col + GEMM by the map's size; oneDNN on channels-last
     maps picks its kernel by the size; and oneDNN leaves its direct kernel for
     another when a pad exceeds the kernel's extent - 1 (conv1_1's pad 100).
-    So: NCHW maps, and padding beyond extent - 1 written as zeros first.
+    So: NCHW maps, and padding beyond extent - 1 written as zeros first; and
+    a 1x1 convolution (oneDNN's 1x1 kernels block by size as well) is a
+    :func:`fixed_gemm` per image.
     """
+    if tuple(w.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and not any(pad) and groups == 1:
+        # oneDNN's 1x1 kernels block by the map's size too: one GEMM rule instead (fixed_gemm)
+        n, c, h, wd = x.shape
+        wm = w.detach().reshape(w.shape[0], c)
+        y = torch.stack([fixed_gemm(wm, x[i].reshape(c, h * wd), 1) for i in range(n)])
+        if b is not None:
+            y += b.detach()[:, None]
+        return y.view(n, w.shape[0], h, wd)
     ext = [d * (k - 1) + 1 for d, k in zip(dilation, w.shape[2:])]
     pad = list(pad)
     extra = [max(0, p - (e - 1)) for p, e in zip(pad, ext)]
