@@ -90,10 +90,11 @@ class Transforms:
         self.inputs = [(blob, [(r, np.asarray(m)) for r, m in reads]) for blob, reads in inputs]
 
     @classmethod
-    def for_net(cls, card: Optional[registry.NetCard]) -> "Transforms":
-        """The preprocessing of a net, from its registry card (None: a VOC-style colour net)."""
+    def for_net(cls, card: Optional[registry.NetCard], blob: str = "data") -> "Transforms":
+        """The preprocessing of a net, from its registry card (None: a VOC-style colour net, its one
+        input ``blob``)."""
         if card is None:
-            return cls([("data", [("data", registry.dataset("voc").means["data"])])])
+            return cls([(blob, [("data", registry.dataset("voc").means["data"])])])
         return cls([(i.blob, [(r, card.data.means[r]) for r in i.reads]) for i in card.inputs])
 
     @classmethod
@@ -104,9 +105,7 @@ class Transforms:
         (on its one input blob, whatever its name)."""
         if model.card is None and not model.means and inputs and list(inputs) != ["data"]:
             card = registry.net_with_inputs(inputs)
-            if card is None and len(inputs) == 1:
-                return cls([(inputs[0], [("data", registry.dataset("voc").means["data"])])])
-            return cls.for_net(card)
+            return cls.for_net(card, inputs[0] if card is None and len(inputs) == 1 else "data")
         if model.card is not None or not model.means:
             return cls.for_net(model.card)
         return cls([(blob, [("data", np.asarray(m))]) for blob, m in model.means.items()])

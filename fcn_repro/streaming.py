@@ -220,11 +220,13 @@ class Stream:
     def _channels(self, v: str) -> int:
         return self.geo.channels.get(v.rsplit("@", 1)[0], 1)
 
-    def band_bytes(self, h: int, w: int, c0: int, c1: int, chunk: int, itemsize: int = 4) -> int:
-        """Estimated peak bytes of the buffers while streaming bands of ``chunk`` input rows: the widest
-        map's rows for one band (plus a few rows of halo) four times over (a reader's buffer, its padded
-        copy, the new rows, the buffer they are appended to)."""
-        rows, cols = self.sizes(h, w, c0, c1)
+    def band_bytes(self, sizes: Tuple[Dict[str, int], Dict[str, int]], h: int, chunk: int,
+                   itemsize: int = 4) -> int:
+        """Estimated peak bytes of the buffers while streaming bands of ``chunk`` input rows of an image
+        ``h`` rows tall, ``sizes`` its maps' (:meth:`sizes`): the widest map's rows for one band (plus a
+        few rows of halo) four times over (a reader's buffer, its padded copy, the new rows, the buffer
+        they are appended to)."""
+        rows, cols = sizes
         widest = max(self._channels(v) * cols[v] * itemsize * (chunk * rows[v] / h + 8) for v in rows)
         return int(4 * widest)
 
@@ -305,8 +307,6 @@ class Stream:
         """
         h, w = size
         rows, ncols = self.sizes(h, w, cols[0], cols[1])
-        plain = self.fast is None or not getattr(self.fast, "enabled", True) or not all(
-            bool(torch.isfinite(x).all()) for x in feed.values() if x.is_floating_point())
         done: Dict[str, int] = {}
         held: Dict[str, Optional[torch.Tensor]] = {}
         first: Dict[str, int] = {}
@@ -349,6 +349,8 @@ class Stream:
         # releases at once are worked through in several passes, not held all at the same time.
         cap = {t: max(1, -(-chunk * rows[t] // h)) for node in self.nodes for t in node.tops}
         with torch.inference_mode():
+            # the plain kernels exactly when the fast net's whole-image forward would run the plain net
+            plain = self.fast is None or self.fast.runs_plain(dict(feed))
             for end in range(min(chunk, h), h + chunk, chunk):
                 end = min(end, h)
                 for v in self.inputs.values():
@@ -451,24 +453,21 @@ def plan_image(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
     """
     geo = geometry or Geometry(net)
     h, w = (int(v) for v in size)
+    budget = limits.current().forward_bytes if budget is None else int(budget)
     if stream is not None:
         if int(stream) < 1:
             raise TilingError(f"stream {stream}: rows per band must be at least 1")
         Stream(net, geo)                  # refuses a net it cannot stream, naming the layer
-        try:
-            out = (geo.out_span(0, h, 0, h).size, geo.out_span(1, w, 0, w).size)
-        except _TooSmall:
-            return plan_tiles(net, size, 0, geometry=geo)   # the whole forward says why in its own words
-        win, cols = _fit_axis(geo, 1, w, min(int(tile), w) if tile else w, asked_by_user=bool(tile))
-        return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], int(stream))
-    budget = limits.current().forward_bytes if budget is None else int(budget)
-    if tile is not None:
+    elif tile is not None:
         return plan_tiles(net, size, tile, budget, geometry=geo)
     try:
         out = (geo.out_span(0, h, 0, h).size, geo.out_span(1, w, 0, w).size)
-        est = geo.peak_bytes(h, w)
     except _TooSmall:
-        est = 0          # smaller than the net takes: the whole forward says why in its own words
+        return plan_tiles(net, size, 0, geometry=geo)   # the whole forward says why in its own words
+    if stream is not None:
+        win, cols = _fit_axis(geo, 1, w, min(int(tile), w) if tile else w, asked_by_user=bool(tile))
+        return TilePlan((h, w), out, (h, win), [AxisTile(0, h, 0, out[0], 0)], cols, [], int(stream))
+    est = geo.peak_bytes(h, w)
     if est <= budget:
         return plan_tiles(net, size, 0, geometry=geo)
     try:
@@ -478,8 +477,9 @@ def plan_image(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
     half = budget // 2
     step = geo.stride[0]
     chunk, win = step, w
+    full = st.sizes(h, w, 0, w)
     for k in (8, 6, 4, 3, 2, 1):
-        if st.band_bytes(h, w, 0, w, k * step) <= half:
+        if st.band_bytes(full, h, k * step) <= half:
             chunk = k * step
             break
     else:
@@ -487,7 +487,7 @@ def plan_image(net, size: Tuple[int, int], tile: Optional[int] = None, budget: O
         lo, hi = smallest_window(geo, 1, w) // sx, w // sx     # the widest window (in strides) that fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if st.band_bytes(h, w, 0, mid * sx, step) <= half:
+            if st.band_bytes(st.sizes(h, w, 0, mid * sx), h, step) <= half:
                 lo = mid
             else:
                 hi = mid - 1

@@ -26,7 +26,7 @@ from fcn_repro.caffe.prototxt import write_prototxt
 from fcn_repro.fast import optimize
 from fcn_repro.streaming import Stream, StreamError, plan_image, run_image
 from fcn_repro.tiles import Geometry, TilingError, run_tiled
-from test_tiles import F32_REL, NETS, _feed, _net
+from test_tiles import F32_REL, NETS, _feed, _model, _net
 
 CPU = torch.device("cpu")
 
@@ -70,9 +70,7 @@ CASES = [((1, 1), 1), ((37, 3), 5), ((545, 5), 32), ((300, 40), 7)]
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("name", NETS)
 def test_streamed_equals_whole_float32(name, fast):
-    net = _net(name)
-    geo = Geometry(net)
-    m = optimize(net) if fast else net
+    m, geo = _model(name, fast)
     for (h, w), chunk in CASES:
         _check(m, geo, _feed(geo, h, w, np.float32, seed=h), chunk, F32_REL)
 
@@ -80,9 +78,7 @@ def test_streamed_equals_whole_float32(name, fast):
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("name", ["fcn32s", "fcn8s", "fcn-alexnet", "siftflow-fcn8s", "nyud-fcn32s-color-hha"])
 def test_streamed_equals_whole_float64(name, fast):
-    net = _net(name, torch.float64)
-    geo = Geometry(net)
-    m = optimize(net) if fast else net
+    m, geo = _model(name, fast, torch.float64)
     for (h, w), chunk in CASES[1:]:
         _check(m, geo, _feed(geo, h, w, np.float64, seed=h), chunk, 1e-12)
 
@@ -91,9 +87,7 @@ def test_streamed_equals_whole_float64(name, fast):
 @pytest.mark.parametrize("name", ["fcn8s", "siftflow-fcn8s", "nyud-fcn32s-color-hha"])
 def test_streamed_rows_in_column_windows(name, fast):
     """Column windows too small for the net's margins (enlarged) under streamed rows, 2-D images."""
-    net = _net(name)
-    geo = Geometry(net)
-    m = optimize(net) if fast else net
+    m, geo = _model(name, fast)
     plan = _check(m, geo, _feed(geo, 515, 509, np.float32, seed=3), 64, F32_REL, tile=16)
     assert len(plan.cols) >= 2 and plan.rows[0].keep1 == plan.out_size[0]
     assert "streamed" in plan.describe() and "column windows" in plan.describe()

@@ -47,6 +47,12 @@ def _net(name: str, dtype=torch.float32) -> Net:
     return _nets[key]
 
 
+def _model(name: str, fast: bool, dtype=torch.float32):
+    """(the fixture net ``name``, plain or through the fast path; its Geometry)."""
+    net = _net(name, dtype)
+    return (optimize(net) if fast else net), Geometry(net)
+
+
 def _feed(geo: Geometry, h: int, w: int, dtype, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {b: (rng.uniform(0, 255, (3, h, w)) - 110).astype(dtype) for b in geo.inputs}
@@ -93,9 +99,7 @@ def test_geometry_of_every_fixture_net(name):
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("name", NETS)
 def test_tiled_equals_whole(name, fast, dtype):
-    net = _net(name, dtype)
-    geo = Geometry(net)
-    m = optimize(net) if fast else net
+    m, geo = _model(name, fast, dtype)
     npt = np.float64 if dtype == torch.float64 else np.float32
     for (h, w), tile in [((1, 1), 64), ((37, 3), 0), ((545, 5), 16), ((1000, 7), 960)]:
         plan = _compare(m, geo, _feed(geo, h, w, npt, seed=h), tile, 1e-12 if dtype == torch.float64 else F32_REL)
@@ -108,9 +112,7 @@ def test_tiled_equals_whole(name, fast, dtype):
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("name", ["fcn8s", "siftflow-fcn8s", "nyud-fcn32s-color-hha"])
 def test_tiled_equals_whole_float32_2d(name, fast):
-    net = _net(name)
-    geo = Geometry(net)
-    m = optimize(net) if fast else net
+    m, geo = _model(name, fast)
     plan = _compare(m, geo, _feed(geo, 515, 509, np.float32, seed=3), 16, F32_REL)
     assert len(plan.rows) >= 2 and len(plan.cols) >= 2
 

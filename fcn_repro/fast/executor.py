@@ -112,6 +112,23 @@ class FastNet(nn.Module):
             return True
         return any(p.requires_grad for p in self.net.parameters())
 
+    def _switched_off(self, inputs) -> bool:
+        """The plain path whatever the values: disabled, a ``keep_blobs`` net, or a gradient needed."""
+        return not self.enabled or self.net.keep_blobs or self._needs_grad(inputs)
+
+    @staticmethod
+    def _finite(env: dict) -> bool:
+        """Every floating-point input finite. The background of a structured blob is computed from an
+        all-zero image, so a NaN or inf in the input would stay inside its data box while the plain
+        path spreads it through every padded convolution: such inputs run the plain path, so that
+        both give the same scores."""
+        return all(bool(torch.isfinite(x).all()) for x in env.values() if x.is_floating_point())
+
+    def runs_plain(self, env: dict) -> bool:
+        """Whether :meth:`forward` runs the plain net for these inputs ({blob: tensor}), so that what
+        runs them another way (:mod:`fcn_repro.streaming`) takes the same kernels."""
+        return self._switched_off(env) or not self._finite(env)
+
     def forward(self, *args: Any, **inputs: Any) -> dict[str, torch.Tensor]:
         """``fast(data=x)`` or positionally in ``net.inputs`` order, as the net; {output blob: tensor}."""
         net = self.net
@@ -119,17 +136,13 @@ class FastNet(nn.Module):
             if len(args) > len(net.inputs) or any(n in inputs for n in net.inputs[:len(args)]):
                 return net(*args, **inputs)  # the plain path raises the builder's error
             inputs = {**dict(zip(net.inputs, args)), **inputs}
-        if not self.enabled or net.keep_blobs or self._needs_grad(inputs):
+        if self._switched_off(inputs):
             return net(**inputs)
         if sorted(inputs) != sorted(net.inputs):
             return net(**inputs)  # the plain path raises the builder's error
         env: dict[str, Any] = {n: x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
                                for n, x in inputs.items()}
-        # The background of a structured blob is computed from an all-zero
-        # image, so a NaN or inf in the input would stay inside its data box
-        # while the plain path spreads it through every padded convolution:
-        # such inputs run the plain path, so that both give the same scores.
-        if not all(bool(torch.isfinite(x).all()) for x in env.values() if x.is_floating_point()):
+        if not self._finite(env):
             return net(**env)
         with torch.no_grad():
             return self._forward(env)
