@@ -34,6 +34,15 @@ TORCH_LIBRARY(FCN_REPRO_NS, m) {
   // Caffe Crop(axis 2) of b to a's H x W at offsets, then Eltwise SUM c0*a + c1*crop(b).
   m.def("crop_sum(Tensor a, Tensor b, int[2] offsets, float c0=1.0, float c1=1.0) -> Tensor");
 
+  // CPU only (csrc/cpu/winograd_kernel.cpp): the valid 3x3 correlation of x
+  // zero-padded by pad, stride 1, as Winograd F(m x m, 3x3) with the transformed
+  // weight U (n*n, ceil(K/32), C, 32), B^T (n, n) and A^T (m, n), n = m + 2;
+  // + bias, then ReLU when relu. Tiles start at output (-phase_y, -phase_x).
+  // -> (N, K, H + 2 pad_h - 2, W + 2 pad_w - 2), channels-last.
+  m.def(
+      "winograd_conv3x3(Tensor x, Tensor U, Tensor BT, Tensor AT, Tensor? bias, int K, int[2] pad, "
+      "int[2] phase, bool relu) -> Tensor");
+
   // Private: backward kernels (called by the autograd formulas).
   m.def(
       "_deconv2d_grad_input(Tensor grad, Tensor weight, int[2] in_size, int[2] stride, "

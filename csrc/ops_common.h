@@ -302,4 +302,65 @@ inline CropGeom check_crop_sum_backward(const char* op, c10::DeviceType backend,
   return crop_geom(op, grad.sizes(), b_shape, offsets);
 }
 
+// ---- winograd_conv3x3 (CPU only) -------------------------------------------
+
+// Geometry of one call of the Winograd F(m x m, 3x3) convolution: the
+// stride-1 correlation of x (N, C, H, W), zero-padded by pad, with a 3x3
+// kernel given as its transform U (n*n, Kp/32, C, 32), n = m + 2, Kp = K
+// rounded up to 32; B^T (n, n) and A^T (m, n) the transforms.
+struct WinogradGeom {
+  int64_t N, C, H, W, K, Kp, OH, OW, m, n, pt, pl, phy, phx, th, tw;
+};
+
+inline WinogradGeom check_winograd(const char* op, const at::Tensor& x, const at::Tensor& U,
+                                   const at::Tensor& BT, const at::Tensor& AT,
+                                   const c10::optional<at::Tensor>& bias, int64_t K,
+                                   at::IntArrayRef pad, at::IntArrayRef phase) {
+  const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
+  for (const NamedTensor& t : {NamedTensor{&x, "x"}, NamedTensor{&U, "U"}, NamedTensor{&BT, "BT"},
+                               NamedTensor{&AT, "AT"}, NamedTensor{b, "bias"}}) {
+    if (t.t == nullptr) continue;
+    FCN_CHECK(op, t.t->scalar_type() == at::kFloat, t.name, " must be float32, got ",
+              t.t->scalar_type());
+    FCN_CHECK(op, t.t->device().is_cpu(), t.name, " must be a CPU tensor, got ", t.t->device());
+  }
+  check_shape(x.sizes(), "x", op);
+  FCN_CHECK(op, AT.dim() == 2 && BT.dim() == 2, "AT and BT must be 2-D, got ", AT.sizes(), " and ",
+            BT.sizes());
+  const int64_t m = AT.size(0), n = AT.size(1);
+  FCN_CHECK(op, (m == 2 || m == 3 || m == 4 || m == 6) && n == m + 2,
+            "AT must be (m, m + 2) with m in {2, 3, 4, 6} (F(m x m, 3x3)), got ", AT.sizes());
+  FCN_CHECK(op, BT.size(0) == n && BT.size(1) == n, "BT must be (", n, ", ", n, "), got ", BT.sizes());
+  check_int(K, 1, "K (output channels)", op);
+  check_int_pair(pad, 0, "pad", op);
+  check_pair(phase, "phase", op);
+  FCN_CHECK(op, phase[0] >= 0 && phase[0] < m && phase[1] >= 0 && phase[1] < m, "phase must be in [0, ",
+            m, "), got ", phase);
+  WinogradGeom g{};
+  g.N = x.size(0); g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  g.K = K; g.m = m; g.n = n; g.pt = pad[0]; g.pl = pad[1]; g.phy = phase[0]; g.phx = phase[1];
+  g.Kp = (K + 31) / 32 * 32;
+  FCN_CHECK(op, g.C >= 1, "x has no channels: ", x.sizes());
+  FCN_CHECK(op, U.dim() == 4 && U.size(0) == n * n && U.size(1) == g.Kp / 32 && U.size(2) == g.C &&
+                    U.size(3) == 32,
+            "U must be (", n * n, ", ", g.Kp / 32, ", ", g.C, ", 32) for x ", x.sizes(), " and K ", K,
+            ", got ", U.sizes());
+  FCN_CHECK(op, b == nullptr || (b->dim() == 1 && b->size(0) == K), "bias must have shape (", K,
+            ",), got ", b ? b->sizes() : at::IntArrayRef());
+  const int64_t in[2] = {g.H, g.W};
+  int64_t out[2];
+  for (int i = 0; i < 2; ++i) {
+    const int64_t padded = add_checked(in[i], mul_checked(2, pad[i], "2 * pad", op), "padded size", op);
+    out[i] = padded - 2;
+    FCN_CHECK(op, out[i] >= 1, "the padded input ", x.sizes(), " with pad ", pad,
+              " is smaller than the 3x3 kernel");
+  }
+  g.OH = out[0]; g.OW = out[1];
+  g.th = (g.OH + g.phy + m - 1) / m;
+  g.tw = (g.OW + g.phx + m - 1) / m;
+  numel_checked({g.N, g.K, g.OH, g.OW}, "output", op);
+  numel_checked({g.N, g.th, g.tw}, "tile count", op);
+  return g;
+}
+
 }  // namespace fcn_repro

@@ -404,7 +404,7 @@ class Stream:
                 x = _pad_rows(x, top, bottom)          # the image's own zero padding, written out
                 pad = (0, m.window.pad[1])
                 if not plain and x.dim() == 4 and x.is_floating_point():
-                    return [self.fast._kernel(m)(x, node.relu, pad=pad)]
+                    return [self.fast._kernel(m)(x, node.relu, pad=pad, origin=(o0, 0))]
                 y = _conv2d(x, m.blobs[0], m.bias(), m.stride, pad, m.dilation, m.group)
                 return [torch.relu_(y) if node.relu else y]
             k, s, p = m.kernel, m.stride, m.pad

@@ -90,7 +90,8 @@ Usage::
 """
 from .executor import FAST_DEFAULTS, FastNet, count_flops, optimize
 from .geometry import Axis, Geo, conv_geo, input_geo, pool_geo
-from .kernels import ConvKernel, Winograd23, Winograd43, winograd_matrices
+from .kernels import ConvKernel
+from .winograd import Winograd23, Winograd43, WinogradCpu, winograd_matrices
 from .sblob import SBlob, materialize, region, structured_from_tensor
 from .schedule import FastStep, fast_steps, schedule, walk
 from .structured import sconv, spool_max, srelu

@@ -13,13 +13,14 @@ from .kernels import ConvKernel
 from .sblob import SBlob, materialize, structured_from_tensor
 from .schedule import FastStep, conv_flops, fast_steps, schedule
 from .structured import sconv, spool_max, srelu
+from .winograd import KINDS as WINOGRAD_KINDS
 
 __all__ = ["FAST_DEFAULTS", "FastNet", "optimize", "count_flops"]
 
 # The default options of the fast path (chosen from the measurements in
 # benchmarks/RESULTS.md).
 FAST_DEFAULTS = dict(background=True, conv="mkldnn", channels_last=True, gemm=True, views=True,
-                     winograd="f2", winograd_min_channels=512)
+                     winograd="f4", winograd_min_channels=64)
 
 _BACKGROUNDS_KEPT = 4   # input sizes whose backgrounds are remembered (a few MB each for FCN-8s)
 
@@ -54,9 +55,9 @@ class FastNet(nn.Module):
             raise ValueError(f"optimize(): conv must be 'mkldnn' or 'torch', got {self.options['conv']!r}")
         if self.options["winograd"] is True:   # the safe variant; F(4x4) is asked for by name
             self.options["winograd"] = "f2"
-        if self.options["winograd"] not in (False, None, "f2", "f4"):
-            raise ValueError(f"optimize(): winograd must be False, 'f2' (F(2x2,3x3)) or 'f4' (F(4x4,3x3)), "
-                             f"got {self.options['winograd']!r}")
+        if self.options["winograd"] not in (False, None, *WINOGRAD_KINDS):
+            raise ValueError(f"optimize(): winograd must be False or one of {sorted(WINOGRAD_KINDS)} "
+                             f"(F(m x m, 3x3)), got {self.options['winograd']!r}")
         if self.options["conv"] == "mkldnn" and not torch.backends.mkldnn.is_available():
             self.options["conv"] = "torch"
         self._kernels: dict[str, ConvKernel] = {}

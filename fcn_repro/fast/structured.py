@@ -85,7 +85,7 @@ def sconv(sb: SBlob, kernel: ConvKernel, k: tuple, pad: tuple, relu: bool = Fals
     win = g.box if want is None else tuple(want)
     if _area(win):
         x, p = _read(sb, conv_reads(win, w), g_in.hw)
-        box = kernel(x, relu, pad=p)
+        box = kernel(x, relu, pad=p, origin=(win[0], win[2]))
     else:
         box = kernel.weight.new_zeros((sb.n, cout, 0, 0))
     return SBlob(box, bg, g.ay, g.ax, False, sb.n, cout, win)
