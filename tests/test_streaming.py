@@ -24,6 +24,7 @@ from fcn_repro.caffe.fcn_nets import build_net
 from fcn_repro.caffe.fillers import bilinear_weight
 from fcn_repro.caffe.prototxt import write_prototxt
 from fcn_repro.fast import optimize
+from fcn_repro.fast.fidelity import fidelity
 from fcn_repro.streaming import Stream, StreamError, plan_image, run_image
 from fcn_repro.tiles import Geometry, TilingError, run_tiled
 from test_tiles import F32_REL, NETS, _feed, _model, _net
@@ -191,8 +192,9 @@ def test_refusals(tmp_path):
 @pytest.mark.slow
 def test_full_width_fcn8s_streamed_and_tiled():
     """FCN-8s at the real widths (64..512 channels, fc 4096: the fast path's Winograd layers, fc6's 7x7 GEMM),
-    He-scaled random weights and the bilinear upsampling, at 1000x420: streamed and tiled equal the whole
-    image within 1e-6 relative, the same argmax, plain and fast."""
+    He-scaled random weights and the bilinear upsampling, at 1000x420: plain, streamed and tiled equal the
+    whole image within 1e-6 relative, the same argmax; fast, whole, streamed and tiled are each within the
+    fast path's error budget of the plain whole image (fcn_repro.fast.fidelity)."""
     with tempfile.TemporaryDirectory() as d:
         proto = Path(d) / "fcn8s.prototxt"
         write_prototxt(proto, build_net("fcn8s", "deploy"))
@@ -211,14 +213,31 @@ def test_full_width_fcn8s_streamed_and_tiled():
     geo = Geometry(net)
     rng = np.random.default_rng(5)
     feed = {"data": (rng.uniform(0, 255, (3, 420, 1000)) - 110).astype(np.float32)}
-    for m in (net, optimize(net)):
-        _check(m, geo, feed, 64, F32_REL)
-        with torch.inference_mode():
-            whole = m(data=torch.from_numpy(feed["data"])[None])["score"][0].numpy()
-        plan = plan_image(m, (420, 1000), tile=300, geometry=geo)
-        got = {}
-        labels = run_image(m, feed, plan, ["score"], CPU, progress=False, geometry=geo,
-                           scores=lambda h, shape: got.setdefault(h, np.zeros(shape, np.float32)))
-        assert plan.count > 1 and not plan.stream
-        assert np.abs(got["score"] - whole).max() <= F32_REL * np.abs(whole).max()
-        assert np.array_equal(labels["score"], whole.argmax(0))
+    x = torch.from_numpy(feed["data"])[None]
+    with torch.inference_mode():
+        plain = net(data=x)["score"][0].numpy()
+    _check(net, geo, feed, 64, F32_REL)
+    _tiled_equals(net, geo, feed, plain, lambda got: float(np.abs(got - plain).max() / np.abs(plain).max())
+                  <= F32_REL and np.array_equal(got.argmax(0), plain.argmax(0)))
+    # The fast path's Winograd layers round by a pixel's place in their tile grid, laid on the whole map;
+    # the whole image's compressed background is not laid on it, so streamed, tiled and whole fast
+    # scores differ by rounding: each within the fast path's budget of the plain forward.
+    fast = optimize(net)
+    assert any(k.wino is not None for k in fast._kernels.values()) or not fast._kernels
+    with torch.inference_mode():
+        whole = fast(data=x)["score"][0].numpy()
+    assert fidelity(whole, plain).ok, str(fidelity(whole, plain))
+    plan, labels, got = _streamed(fast, geo, feed, 64)
+    assert plan.stream > 0 and fidelity(got["score"], plain).ok, str(fidelity(got["score"], plain))
+    assert np.array_equal(labels["score"], got["score"].argmax(0))
+    _tiled_equals(fast, geo, feed, plain, lambda got: fidelity(got, plain).ok)
+
+
+def _tiled_equals(m, geo, feed, ref, ok):
+    plan = plan_image(m, ref.shape[1:], tile=300, geometry=geo)
+    got = {}
+    labels = run_image(m, feed, plan, ["score"], CPU, progress=False, geometry=geo,
+                       scores=lambda h, shape: got.setdefault(h, np.zeros(shape, np.float32)))
+    assert plan.count > 1 and not plan.stream
+    assert ok(got["score"])
+    assert np.array_equal(labels["score"], got["score"].argmax(0))

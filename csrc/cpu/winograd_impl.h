@@ -17,7 +17,10 @@
 //   then + bias, then ReLU (max(0, y), NaN kept).
 // The tile grid is anchored at (phase_y, phase_x): tile row ty covers output
 // rows [ty m - phase_y, ty m - phase_y + m), so a caller that passes the
-// window's origin modulo m tiles every window of a map alike.
+// window's origin modulo m lays every window's tiles on the map's grid. A
+// tile computes its pixels as the map's tile does when it reads the same
+// inputs (a window that cuts a tile reads zeros where the map has data: the
+// same value in exact arithmetic, rounded differently).
 
 template <int MRR>
 static inline void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* Cm,

@@ -53,8 +53,8 @@ class FastNet(nn.Module):
         self.options = dict(FAST_DEFAULTS, **options)
         if self.options["conv"] not in ("mkldnn", "torch"):
             raise ValueError(f"optimize(): conv must be 'mkldnn' or 'torch', got {self.options['conv']!r}")
-        if self.options["winograd"] is True:   # the safe variant; F(4x4) is asked for by name
-            self.options["winograd"] = "f2"
+        if self.options["winograd"] is True:   # the default variant; the others by name
+            self.options["winograd"] = FAST_DEFAULTS["winograd"]
         if self.options["winograd"] not in (False, None, *WINOGRAD_KINDS):
             raise ValueError(f"optimize(): winograd must be False or one of {sorted(WINOGRAD_KINDS)} "
                              f"(F(m x m, 3x3)), got {self.options['winograd']!r}")

@@ -74,8 +74,7 @@ class ConvKernel:
         """Convolution of ``x`` (N, C, h, w) with zero padding ``pad``; ReLU applied when ``relu``.
 
         ``origin``: where the output's first pixel lies in the whole map (row, column): the
-        C++ Winograd kernel lays its tiles on the whole map's grid, so that every window
-        computes a pixel as the whole map does.
+        C++ Winograd kernel lays its tiles on the whole map's grid (see :class:`WinogradCpu`).
         """
         self.refresh()
         if isinstance(self.wino, WinogradCpu) and x.dtype == torch.float32 and x.device.type == "cpu":

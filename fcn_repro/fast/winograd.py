@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from fcn_repro.ops import _ext
+
 __all__ = ["KINDS", "winograd_for", "WinogradCpu", "Winograd23", "Winograd43", "winograd_matrices", "WINOGRAD_POINTS", "POINTS",
            "cpu_kernel_available", "cpu_isa"]
 
@@ -226,7 +228,6 @@ KINDS = {"f2": 2, "f3": 3, "f4": 4, "f6": 6}
 
 def cpu_isa() -> str:
     """The instruction set the extension's CPU kernels use: 'avx512', 'avx2' or 'none' (no kernel)."""
-    from fcn_repro.ops import _ext
     if not _ext.AVAILABLE or not hasattr(torch.ops.fcn_repro, "_cpu_isa"):
         return "none"
     return str(torch.ops.fcn_repro._cpu_isa())
@@ -247,9 +248,12 @@ class WinogradCpu:
     float32 CPU maps in any layout (channels-last reads without a copy) and
     return channels-last maps.
 
-    The arithmetic of a pixel depends only on its position in the tile grid,
-    which ``phase`` anchors: give each window of a map its origin (modulo m)
-    and every window computes a pixel as the whole map does.
+    The arithmetic of a pixel depends only on its tile's inputs and its place
+    in the tile, and ``phase`` anchors the tile grid: give each window of a map
+    its origin (modulo m) and its tiles lie on the map's grid. A window that
+    reads its tiles' whole input computes their pixels bit for bit as the
+    whole map does; one that cuts a tile rounds that tile's pixels otherwise
+    (except for F(2x2), whose transforms keep each output's inputs apart).
     """
 
     def __init__(self, weight: torch.Tensor, m: int = 4, points=None):
