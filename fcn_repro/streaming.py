@@ -20,11 +20,13 @@ blocks, oneDNN on NCHW maps), the project's deconvolution op, and MAX pooling
 (exact in any order). So the scores equal the whole-image forward's to the
 rounding of the kernels, as the tiles' do (tests/test_streaming.py: bitwise
 on the fixture nets in float32, and on full-width FCN-8s in the plain path).
-What still rounds by the map's size: the fast path's Winograd F(2x2) layers
-(512 channels), whose 2x2 tiles fall on other positions in the whole map's
-data box and background than in a band (full-width FCN-8s: 4e-7 relative, the
-same argmax; bitwise with ``winograd=False``), and the deconvolution when its
-weights are not the FCNs' per-class bilinear ones (a sum over classes).
+What still rounds by the map's size: the fast path's Winograd layers, whose
+tiles a band lays on the map's grid (``origin``) but which the whole image's
+forward also computes on its compressed background, and whose tiles a window
+cuts at its edges (full-width FCN-8s: each within the fast path's error
+budget of the plain scores, :mod:`fcn_repro.fast.fidelity`; bitwise with
+``winograd=False``), and the deconvolution when its weights are not the FCNs'
+per-class bilinear ones (a sum over classes).
 
 The rows each output row reads come from the one place that knows a layer's
 window (``layer.window``: kernel extent, stride, pad, dilation) and the

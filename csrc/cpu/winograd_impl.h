@@ -160,7 +160,9 @@ template <int N>
 static void run_blocks_n(const WinoArgs& a, int64_t b0, int64_t b1, float* vb, float* mb, float* tmp) {
   constexpr int P = N * N;
   const int64_t per_img = a.th * a.tw, total = a.N * per_img, panels = a.Kp / kPanel;
-  const int64_t vstride = a.TB * a.ldv, mstride = a.TB * a.Kp;
+  // a cache line between points: the n*n rows a tile's transform reads or
+  // writes are then not all a multiple of 4 KiB apart (one L1 set)
+  const int64_t vstride = a.TB * a.ldv + kSkew, mstride = a.TB * a.Kp + kSkew;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t t0 = blk * a.TB;
     const int64_t tb = total - t0 < a.TB ? total - t0 : a.TB;

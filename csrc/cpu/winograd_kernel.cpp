@@ -36,6 +36,7 @@ namespace fcn_repro {
 namespace wino {
 
 constexpr int kPanel = 32;  // output channels per packed weight panel (U's last axis)
+constexpr int kSkew = 16;   // floats between the block's rows of two transform points
 
 struct WinoArgs {
   const float* x;     // (N, H, W, C): the input, channels-last
@@ -209,7 +210,8 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& U, const 
   const int64_t blocks = (total + a.TB - 1) / a.TB;
   const int64_t nn = g.n * g.n;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> vb(static_cast<size_t>(nn * a.TB * a.ldv)), mb(static_cast<size_t>(nn * a.TB * a.Kp)),
+    std::vector<float> vb(static_cast<size_t>(nn * (a.TB * a.ldv + kSkew))),
+        mb(static_cast<size_t>(nn * (a.TB * a.Kp + kSkew))),
         tmp(static_cast<size_t>(nn * 16));
 #ifdef FCN_WINO_X86
     if (isa == kIsaAvx512) avx512::run_blocks(a, b0, b1, vb.data(), mb.data(), tmp.data());

@@ -60,18 +60,20 @@ following ReLU fused in (``conv="mkldnn"``), or through ``F.conv2d``
 512 channels on a 22x22 map) run as one GEMM against a view of the weight
 (``gemm=True``): no copy of the 411 MB fc6 weight, no per-call reorder.
 
-Winograd: 3x3 convolutions with 512 input or output channels
-(``winograd_min_channels``; VGG-16's conv4_1 .. conv5_3, where it pays)
-run as Winograd F(2x2, 3x3) (``winograd="f2"``, the default): 2.25x
-fewer multiplications, transforms that only add and subtract, and a
-float32 error *below* the direct convolution's (~4e-7 vs ~2e-6 relative
-per layer: each output sums fewer rounded terms). Forced onto every 3x3
-layer of the eight Caffe fixture nets it keeps every argmax and every
-score within 2e-6 relative. ``winograd="f4"`` (F(4x4, 3x3), 4x fewer
-multiplications) is faster still but rounds more (~2.5e-6 per layer even
-with the low-error points below): forced onto every layer it flips one
-near-tie pixel of 12,000 on the fcn8s fixture, so it is opt-in only, by
-that name (``winograd=True`` means ``"f2"``).
+Winograd: 3x3 convolutions with 64 or more input or output channels
+(``winograd_min_channels``: every 3x3 layer of the VGG FCNs) run as
+Winograd F(4x4, 3x3) (``winograd="f4"``, the default; ``winograd=True``
+means the default): 4x fewer multiplications, in the C++ kernel of
+:mod:`.winograd` on CPUs with AVX2 or AVX-512. That rounds differently from
+the direct convolution (~2-7e-6 per layer against float64, the direct one
+~1-2e-6), within the fast path's error budget (:mod:`.fidelity`: 5e-6 of
+the plain forward, the argmax kept except at near ties, 1e-5 of Caffe's
+scores); on FCN-8s at full width the whole forward lies 1.2e-6 from the
+plain one. ``"f2"`` (F(2x2): transforms that only add and subtract, an error
+*below* the direct convolution's) and ``"f3"`` are within the budget too;
+``"f6"`` (F(6x6)) rounds more (~3e-5 per layer) and is opt-in only, held to
+``fidelity.LOOSE_REL``. The tests force each variant onto every layer of the
+Caffe fixture nets. Measured speeds and errors: benchmarks/RESULTS.md.
 ``winograd=False``: direct convolutions everywhere.
 
 Switching it off: ``optimize(net, enabled=False)`` (or ``fast.enabled =

@@ -38,9 +38,8 @@ class FastNet(nn.Module):
     F.conv2d), ``channels_last``, ``gemm`` (1x1 convolutions and kernels
     of 25 taps or more run as one GEMM on a view of the weight), ``views``
     (compute a few more pixels where that lets the next layer read its
-    input in place instead of copying it), ``winograd`` ("f2" default;
-    True is "f2" too, the safe variant; "f4" only by that name; False) /
-    ``winograd_min_channels``.
+    input in place instead of copying it), ``winograd`` ("f4" default, True
+    too; "f2", "f3", "f6" by name; False) / ``winograd_min_channels``.
     """
 
     def __init__(self, net: nn.Module, enabled: bool = True, **options: Any):
