@@ -445,7 +445,8 @@ def variants(args) -> dict:
                               "max_rel_diff": common.max_rel_diff(outs[l], ref)}
     res["kernels"] = kernel_table(proto, size, repeats)
     res["layers"] = layer_profile(shared, x, [("fast (default)", {}), ("winograd=False", {"winograd": False}),
-                                              ("winograd='f4'", {"winograd": "f4"})])
+                                              ("winograd='f2'", {"winograd": "f2"}),
+                                              ("winograd='f6'", {"winograd": "f6"})])
     report_variants(res)
     if args.json:
         from fcn_repro.outputs import output_file

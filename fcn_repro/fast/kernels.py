@@ -1,4 +1,4 @@
-"""Convolution kernels of the fast path: GEMM, oneDNN with fused ReLU, F.conv2d, Winograd F(2x2,3x3) / F(4x4,3x3)."""
+"""Convolution kernels of the fast path: GEMM, oneDNN with fused ReLU, F.conv2d, Winograd F(m x m, 3x3) (.winograd)."""
 from __future__ import annotations
 
 from typing import Any, Optional
