@@ -22,6 +22,16 @@
 // inputs (a window that cuts a tile reads zeros where the map has data: the
 // same value in exact arithmetic, rounded differently).
 
+// c[0] d[0] + c[1] d[1] + ... + c[R-1] d[R-1]: one product, then fused
+// multiply-adds in index order (every transform is made of these).
+template <int R>
+static inline typename V::T dot(const float* c, const typename V::T* d) {
+  typename V::T s = V::mul(V::set1(c[0]), d[0]);
+#pragma GCC unroll 8
+  for (int r = 1; r < R; ++r) s = V::fma(V::set1(c[r]), d[r], s);
+  return s;
+}
+
 template <int MRR>
 static inline void micro_kernel(const float* A, int64_t lda, const float* B, int64_t kc, float* Cm,
                                 int64_t ldc) {
@@ -85,12 +95,7 @@ static inline void input_tile(const WinoArgs& a, int64_t img, int64_t ty, int64_
                                                : V::zero();
       }
 #pragma GCC unroll 8
-      for (int i = 0; i < N; ++i) {
-        typename V::T s = V::mul(V::set1(a.BT[i * N]), d[0]);
-#pragma GCC unroll 8
-        for (int r = 1; r < N; ++r) s = V::fma(V::set1(a.BT[i * N + r]), d[r], s);
-        V::store(tmp + (i * N + b) * V::W, s);
-      }
+      for (int i = 0; i < N; ++i) V::store(tmp + (i * N + b) * V::W, dot<N>(a.BT + i * N, d));
     }
 #pragma GCC unroll 8
     for (int i = 0; i < N; ++i) {
@@ -98,12 +103,7 @@ static inline void input_tile(const WinoArgs& a, int64_t img, int64_t ty, int64_
 #pragma GCC unroll 8
       for (int b = 0; b < N; ++b) t[b] = V::load(tmp + (i * N + b) * V::W);
 #pragma GCC unroll 8
-      for (int j = 0; j < N; ++j) {
-        typename V::T s = V::mul(V::set1(a.BT[j * N]), t[0]);
-#pragma GCC unroll 8
-        for (int b = 1; b < N; ++b) s = V::fma(V::set1(a.BT[j * N + b]), t[b], s);
-        V::store(vb + (i * N + j) * pstride + c, s);
-      }
+      for (int j = 0; j < N; ++j) V::store(vb + (i * N + j) * pstride + c, dot<N>(a.BT + j * N, t));
     }
   }
 }
@@ -125,12 +125,7 @@ static inline void output_tile(const WinoArgs& a, int64_t img, int64_t ty, int64
 #pragma GCC unroll 8
       for (int r = 0; r < N; ++r) mv[r] = V::load(mb + (r * N + b) * pstride + k);
 #pragma GCC unroll 8
-      for (int i = 0; i < M; ++i) {
-        typename V::T s = V::mul(V::set1(a.AT[i * N]), mv[0]);
-#pragma GCC unroll 8
-        for (int r = 1; r < N; ++r) s = V::fma(V::set1(a.AT[i * N + r]), mv[r], s);
-        V::store(tmp + (i * N + b) * V::W, s);
-      }
+      for (int i = 0; i < M; ++i) V::store(tmp + (i * N + b) * V::W, dot<N>(a.AT + i * N, mv));
     }
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
@@ -143,9 +138,7 @@ static inline void output_tile(const WinoArgs& a, int64_t img, int64_t ty, int64
       for (int j = 0; j < M; ++j) {
         const int64_t xx = ox0 + j;
         if (xx < 0 || xx >= a.OW) continue;
-        typename V::T s = V::mul(V::set1(a.AT[j * N]), t[0]);
-#pragma GCC unroll 8
-        for (int b = 1; b < N; ++b) s = V::fma(V::set1(a.AT[j * N + b]), t[b], s);
+        typename V::T s = dot<N>(a.AT + j * N, t);
         if (a.bias != nullptr) s = V::add(s, bias);
         if (a.relu) s = V::max(V::zero(), s);
         V::storen(yimg + (yy * a.OW + xx) * a.K + k, s, nk);
