@@ -53,6 +53,17 @@ struct WinoArgs {
 enum Isa : int { kIsaNone = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 
 #ifdef FCN_WINO_X86
+// The vector operations both ISAs spell alike, P the intrinsics' prefix.
+#define FCN_WINO_VEC_OPS(P)                                                  \
+  static inline T load(const float* p) { return P##_loadu_ps(p); }           \
+  static inline void store(float* p, T v) { P##_storeu_ps(p, v); }           \
+  static inline T zero() { return P##_setzero_ps(); }                        \
+  static inline T set1(float f) { return P##_set1_ps(f); }                   \
+  static inline T mul(T a, T b) { return P##_mul_ps(a, b); }                 \
+  static inline T add(T a, T b) { return P##_add_ps(a, b); }                 \
+  static inline T fma(T a, T b, T c) { return P##_fmadd_ps(a, b, c); }       \
+  static inline T max(T a, T b) { return P##_max_ps(a, b); }
+
 // GCC 12 warns that the undefined pass-through operand of its own AVX-512
 // intrinsics "may be used uninitialized": a false positive in its headers.
 #pragma GCC diagnostic push
@@ -65,21 +76,14 @@ struct V {
   static constexpr int W = 16;
   static constexpr int MR = 6;  // 6 rows x 2 vectors: 12 accumulators
   static inline __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
-  static inline T load(const float* p) { return _mm512_loadu_ps(p); }
   static inline T loadn(const float* p, int n) {
     return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask(n), p);
   }
-  static inline void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static inline void storen(float* p, T v, int n) {
     if (n == W) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, mask(n), v);
   }
-  static inline T zero() { return _mm512_setzero_ps(); }
-  static inline T set1(float f) { return _mm512_set1_ps(f); }
-  static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
-  static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
-  static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
+  FCN_WINO_VEC_OPS(_mm512)
 };
 #define FCN_WINO_MR 6
 #include "winograd_impl.h"
@@ -97,21 +101,14 @@ struct V {
   static inline __m256i mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static inline T load(const float* p) { return _mm256_loadu_ps(p); }
   static inline T loadn(const float* p, int n) {
     return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask(n));
   }
-  static inline void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static inline void storen(float* p, T v, int n) {
     if (n == W) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, mask(n), v);
   }
-  static inline T zero() { return _mm256_setzero_ps(); }
-  static inline T set1(float f) { return _mm256_set1_ps(f); }
-  static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
-  static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
+  FCN_WINO_VEC_OPS(_mm256)
 };
 #define FCN_WINO_MR 3
 #include "winograd_impl.h"
