@@ -17,7 +17,7 @@ __all__ = ["ConvKernel"]
 # ---------------------------------------------------------------- kernels
 
 class ConvKernel:
-    """How one convolution runs on a window: GEMM, oneDNN with fused ReLU, or F.conv2d.
+    """How one convolution runs on a window: GEMM, Winograd, oneDNN with fused ReLU, or F.conv2d.
 
     * ``gemm`` (1x1 kernels, and kernels of 25 taps or more: fc6's 7x7 on a
       22x22 map): one matrix product against a *view* of the layer's weight
@@ -27,6 +27,10 @@ class ConvKernel:
       weight kept in a channels-last copy (the 3x3 layers: 59 MB in all for
       VGG-16).
     * ``torch``: F.conv2d (channels-last when the input is), ReLU after.
+    * ``winograd`` (a key of :data:`.winograd.KINDS`; 3x3, stride 1, no
+      dilation, no groups): F(m x m, 3x3), the C++ kernel where it runs
+      (:func:`.winograd.winograd_for`), bias and ReLU fused, keeping the
+      transformed weight instead of the channels-last copy.
 
     Holds the layer's weight/bias (the net's Parameters); ``refresh()``
     re-derives the copies when the parameters changed (their version
