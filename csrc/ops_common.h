@@ -308,6 +308,9 @@ inline CropGeom check_crop_sum_backward(const char* op, c10::DeviceType backend,
 // stride-1 correlation of x (N, C, H, W), zero-padded by pad, with a 3x3
 // kernel given as its transform U (n*n, Kp/32, C, 32), n = m + 2, Kp = K
 // rounded up to 32; B^T (n, n) and A^T (m, n) the transforms.
+// Output channels per packed panel of U (its last axis): the kernel's layout.
+constexpr int64_t kWinogradPanel = 32;
+
 struct WinogradGeom {
   int64_t N, C, H, W, K, Kp, OH, OW, m, n, pt, pl, phy, phx, th, tw;
 };
@@ -339,11 +342,12 @@ inline WinogradGeom check_winograd(const char* op, const at::Tensor& x, const at
   WinogradGeom g{};
   g.N = x.size(0); g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
   g.K = K; g.m = m; g.n = n; g.pt = pad[0]; g.pl = pad[1]; g.phy = phase[0]; g.phx = phase[1];
-  g.Kp = (K + 31) / 32 * 32;
+  constexpr int64_t P = kWinogradPanel;
+  g.Kp = (K + P - 1) / P * P;
   FCN_CHECK(op, g.C >= 1, "x has no channels: ", x.sizes());
-  FCN_CHECK(op, U.dim() == 4 && U.size(0) == n * n && U.size(1) == g.Kp / 32 && U.size(2) == g.C &&
-                    U.size(3) == 32,
-            "U must be (", n * n, ", ", g.Kp / 32, ", ", g.C, ", 32) for x ", x.sizes(), " and K ", K,
+  FCN_CHECK(op, U.dim() == 4 && U.size(0) == n * n && U.size(1) == g.Kp / P && U.size(2) == g.C &&
+                    U.size(3) == P,
+            "U must be (", n * n, ", ", g.Kp / P, ", ", g.C, ", ", P, ") for x ", x.sizes(), " and K ", K,
             ", got ", U.sizes());
   FCN_CHECK(op, b == nullptr || (b->dim() == 1 && b->size(0) == K), "bias must have shape (", K,
             ",), got ", b ? b->sizes() : at::IntArrayRef());

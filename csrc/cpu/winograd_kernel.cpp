@@ -35,17 +35,17 @@
 namespace fcn_repro {
 namespace wino {
 
-constexpr int kPanel = 32;  // output channels per packed weight panel (U's last axis)
+constexpr int kPanel = static_cast<int>(kWinogradPanel);  // U's last axis (ops_common.h)
 constexpr int kSkew = 16;   // floats between the block's rows of two transform points
 
-struct WinoArgs {
+// One call: its checked geometry (ops_common.h), its data, its blocking.
+struct WinoArgs : WinogradGeom {
   const float* x;     // (N, H, W, C): the input, channels-last
   const float* U;     // (n*n, Kp/32, C, 32): the transformed weight, packed
   const float* BT;    // (n, n)
   const float* AT;    // (m, n)
   const float* bias;  // (K,) or nullptr
   float* y;           // (N, OH, OW, K): the output, channels-last
-  int64_t N, C, H, W, K, Kp, OH, OW, m, n, pt, pl, phy, phx, th, tw;
   int64_t TB, ldv;    // tiles per block; row length of the block's input transforms
   bool relu;
 };
@@ -132,12 +132,11 @@ const char* isa_name(int isa) {
   return isa == kIsaAvx512 ? "avx512" : isa == kIsaAvx2 ? "avx2" : "none";
 }
 
-int isa_from_name(const std::string& s, const char* op) {
-  if (s == "avx512") return kIsaAvx512;
-  if (s == "avx2") return kIsaAvx2;
-  if (s == "none") return kIsaNone;
-  FCN_CHECK(op, false, "instruction set must be 'avx512', 'avx2' or 'none', got '", s, "'");
-  return kIsaNone;
+// The ISA of a name ('avx512', 'avx2', 'none'), or -1 for any other.
+int isa_from_name(const std::string& s) {
+  for (int isa : {kIsaNone, kIsaAvx2, kIsaAvx512})
+    if (s == isa_name(isa)) return isa;
+  return -1;
 }
 
 // The ISA in use: the detected one, lowered by FCN_REPRO_CPU_ISA at the first
@@ -146,11 +145,8 @@ std::atomic<int>& isa_in_use() {
   static std::atomic<int> isa([] {
     int best = detected_isa();
     const char* env = std::getenv("FCN_REPRO_CPU_ISA");
-    if (env != nullptr) {
-      const std::string s(env);
-      const int want = s == "avx512" ? kIsaAvx512 : s == "avx2" ? kIsaAvx2 : s == "none" ? kIsaNone : best;
-      if (want < best) best = want;
-    }
+    const int want = env != nullptr ? isa_from_name(env) : -1;
+    if (want >= 0 && want < best) best = want;
     return best;
   }());
   return isa;
@@ -161,7 +157,8 @@ std::string cpu_isa() { return isa_name(isa_in_use().load()); }
 // Sets the ISA (at most what the CPU supports); returns the one it replaces.
 std::string set_cpu_isa(const std::string& name) {
   const char* op = "_set_cpu_isa";
-  const int want = isa_from_name(name, op);
+  const int want = isa_from_name(name);
+  FCN_CHECK(op, want >= 0, "instruction set must be 'avx512', 'avx2' or 'none', got '", name, "'");
   FCN_CHECK(op, want <= detected_isa(), "this CPU does not support ", name, " (best: ",
             isa_name(detected_isa()), ")");
   return isa_name(isa_in_use().exchange(want));
@@ -195,11 +192,10 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& U, const 
   if (y.numel() == 0) return y;
 
   WinoArgs a{};
+  static_cast<WinogradGeom&>(a) = g;
   a.x = xc.data_ptr<float>(); a.U = Uc.data_ptr<float>(); a.BT = BTc.data_ptr<float>();
   a.AT = ATc.data_ptr<float>(); a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
   a.y = y.data_ptr<float>();
-  a.N = g.N; a.C = g.C; a.H = g.H; a.W = g.W; a.K = g.K; a.Kp = g.Kp; a.OH = g.OH; a.OW = g.OW;
-  a.m = g.m; a.n = g.n; a.pt = g.pt; a.pl = g.pl; a.phy = g.phy; a.phx = g.phx; a.th = g.th; a.tw = g.tw;
   a.ldv = (g.C + 15) / 16 * 16;
   a.relu = relu;
   const int64_t total = g.N * g.th * g.tw;

@@ -221,7 +221,7 @@ POINTS = {
     6: ((0, 1), (1, 1), (-1, 1), (1, 2), (-1, 2), (2, 1), (-2, 1)),
 }
 
-PANEL = 32    # output channels per packed weight panel (the kernel's layout)
+PANEL = 32    # output channels per packed weight panel (the kernel's layout: kWinogradPanel, which checks it)
 
 #: the fast path's names of the variants (its ``winograd`` option): F(m x m, 3x3)
 KINDS = {"f2": 2, "f3": 3, "f4": 4, "f6": 6}
